@@ -1,0 +1,49 @@
+"""Model registry: ``register_model`` / ``create_model(name, **kwargs)`` / ``list_models()`` (timm-style)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from torch import nn
+
+# Modules whose import registers models. A new model family is a new module here, not a new trainer.
+_MODEL_MODULES = ("train.models.neat",)
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_loaded = False
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a factory function under its ``__name__``; duplicate names are a bug and raise."""
+    name = fn.__name__
+    if name in _REGISTRY and _REGISTRY[name] is not fn:
+        raise ValueError(f"model {name!r} is already registered by {_REGISTRY[name].__module__}")
+    _REGISTRY[name] = fn
+    return fn
+
+
+def _load_model_modules() -> None:
+    # Lazy so that importing the registry never pulls every model family (and no import cycles).
+    global _loaded
+    if not _loaded:
+        for mod in _MODEL_MODULES:
+            importlib.import_module(mod)
+        _loaded = True
+
+
+def list_models() -> list[str]:
+    """Sorted names of every registered model."""
+    _load_model_modules()
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; kwargs override its config (see the model's ``model_config()``)."""
+    _load_model_modules()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY)) or '(none)'}")
+    return _REGISTRY[name](**kwargs)
+
+
+__all__ = ["create_model", "list_models", "register_model"]
