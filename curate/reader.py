@@ -1,0 +1,251 @@
+"""Stream URL lists (Parquet, CSV/TSV, JSONL, plain text; optionally gzipped; local or fsspec) into keyed partitions."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from collections.abc import Iterator
+from typing import Literal
+
+import pyarrow as pa
+
+from curate import schema
+
+FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
+
+# Columns the pipeline writes itself; an input column with one of these names is kept as ``input_<name>``.
+RESERVED_COLUMNS = frozenset(schema.META_COLUMNS) | {"image", "ext", "http_status"}
+
+
+@dataclasses.dataclass
+class ReaderConfig:
+    url_column: str = "url"  # input column holding the image URL (renamed to ``url``)
+    source_column: str = "source"  # input column naming the origin (e.g. behance/flickr); null when absent
+    rows_per_partition: int = 10_000  # rows per partition: one meta Parquet file and one unit of resume each
+    format: Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt"] = "auto"  # auto: by file extension
+    compression: Literal["infer", "none", "gzip"] = "infer"  # infer: gzip when the name ends in .gz
+    read_block_bytes: int = 1 << 20  # CSV/TSV reader block size; bounds memory while streaming
+
+    def __post_init__(self) -> None:
+        if self.rows_per_partition < 1 or self.rows_per_partition > 10**schema.KEY_ROW_DIGITS:
+            raise ValueError(f"rows_per_partition must be in 1..{10**schema.KEY_ROW_DIGITS}, "
+                             f"got {self.rows_per_partition}")
+
+
+def detect_format(path: str, cfg: ReaderConfig) -> str:
+    """File format from ``cfg.format`` or the file extension (``.gz`` stripped)."""
+    if cfg.format != "auto":
+        return cfg.format
+    name = path.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    ext = name.rsplit(".", 1)[-1] if "." in name.rsplit("/", 1)[-1] else ""
+    aliases = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "tsv": "tsv", "jsonl": "jsonl",
+               "ndjson": "jsonl", "json": "jsonl", "txt": "txt"}
+    if ext not in aliases:
+        raise ValueError(f"{path}: cannot tell the URL list format from the extension {ext!r}; "
+                         f"use one of {sorted(aliases)} or set reader.format to one of {list(FORMATS)}")
+    return aliases[ext]
+
+
+def _compression(path: str, cfg: ReaderConfig) -> str | None:
+    if cfg.compression == "none":
+        return None
+    if cfg.compression == "gzip" or path.lower().endswith(".gz"):
+        return "gzip"
+    return None
+
+
+def list_files(path: str) -> tuple[object, list[str]]:
+    """Expand a file, a folder (its files, sorted) or a glob into ``(fs, paths)``; protocol kept for fsspec URLs."""
+    import fsspec
+
+    fs, _, paths = fsspec.get_fs_token_paths(path)
+    if not paths:
+        raise ValueError(f"{path}: no URL list found (no file matches)")
+    files: list[str] = []
+    for p in paths:
+        if fs.isdir(p):
+            files.extend(sorted(f for f in fs.find(p) if not f.rsplit("/", 1)[-1].startswith((".", "_"))))
+        elif fs.exists(p):
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{path}: URL list not found")
+    if not files:
+        raise ValueError(f"{path}: folder holds no URL list files")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol not in ("file", "local"):
+        files = [f if "://" in f else f"{protocol}://{f}" for f in files]
+    return fs, sorted(files)
+
+
+def _open(path: str, cfg: ReaderConfig, mode: str = "rb"):
+    import fsspec
+
+    return fsspec.open(path, mode, compression=_compression(path, cfg))
+
+
+def _iter_parquet(path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
+    with _open(path, cfg) as f:
+        try:
+            pf = pq.ParquetFile(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"{path}: not a readable Parquet file: {exc}") from None
+        yield from pf.iter_batches(batch_size=min(cfg.rows_per_partition, 65_536))
+
+
+def _iter_csv(path: str, cfg: ReaderConfig, delimiter: str) -> Iterator[pa.RecordBatch]:
+    import pyarrow.csv as pcsv
+
+    # Read the header ourselves so that every column is typed as string: type inference on the first block
+    # breaks on a later block with a different-looking value, and URLs/sources are text anyway.
+    with _open(path, cfg, "rt") as f:
+        header_line = f.readline()
+    if not header_line.strip():
+        raise ValueError(f"{path}: line 1: empty file or missing header row")
+    names = next(csv.reader([header_line], delimiter=delimiter))
+    with _open(path, cfg) as f:
+        try:
+            reader = pcsv.open_csv(
+                f,
+                read_options=pcsv.ReadOptions(block_size=cfg.read_block_bytes),
+                parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=False),
+                convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                    strings_can_be_null=True),
+            )
+            yield from reader
+        except pa.ArrowInvalid as exc:
+            raise ValueError(f"{path}: malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}") from None
+
+
+def _iter_jsonl(path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
+    rows: list[dict] = []
+    first_line = 1
+    with _open(path, cfg, "rt") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
+            rows.append(obj)
+            if len(rows) >= cfg.rows_per_partition:
+                yield _jsonl_batch(rows, path, first_line, lineno)
+                rows, first_line = [], lineno + 1
+    if rows:
+        yield _jsonl_batch(rows, path, first_line, lineno)
+
+
+def _jsonl_batch(rows: list[dict], path: str, first: int, last: int) -> pa.RecordBatch:
+    names: dict[str, None] = {}
+    for row in rows:  # union of keys in first-seen order (from_pylist would use the first row's keys only)
+        names.update(dict.fromkeys(row))
+    try:
+        return pa.RecordBatch.from_pydict({n: [row.get(n) for row in rows] for n in names})
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"{path}: lines {first}-{last}: inconsistent column types ({exc})") from None
+
+
+def _iter_txt(path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
+    urls: list[str | None] = []
+    with _open(path, cfg, "rt") as f:
+        for line in f:
+            urls.append(line.strip() or None)
+            if len(urls) >= cfg.rows_per_partition:
+                yield pa.RecordBatch.from_arrays([pa.array(urls, pa.string())], names=[cfg.url_column])
+                urls = []
+    if urls:
+        yield pa.RecordBatch.from_arrays([pa.array(urls, pa.string())], names=[cfg.url_column])
+
+
+def _iter_batches(path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
+    fmt = detect_format(path, cfg)
+    if fmt == "parquet":
+        return _iter_parquet(path, cfg)
+    if fmt in ("csv", "tsv"):
+        return _iter_csv(path, cfg, "," if fmt == "csv" else "\t")
+    if fmt == "jsonl":
+        return _iter_jsonl(path, cfg)
+    return _iter_txt(path, cfg)
+
+
+def _normalise(table: pa.Table, path: str, partition: int, first_row_in_file: int, cfg: ReaderConfig) -> pa.Table:
+    """Rename the URL/source columns, add ``key``, keep every other column (renamed if it clashes with ours)."""
+    names = table.column_names
+    if cfg.url_column not in names:
+        raise ValueError(f"{path}: no URL column {cfg.url_column!r} (columns: {names}); "
+                         f"set reader.url_column to the right name")
+    n = table.num_rows
+    url = table.column(cfg.url_column)
+    if not pa.types.is_string(url.type):
+        if pa.types.is_large_string(url.type) or pa.types.is_null(url.type):
+            url = url.cast(pa.string())
+        else:
+            raise ValueError(f"{path}: rows {first_row_in_file}-{first_row_in_file + n - 1}: URL column "
+                             f"{cfg.url_column!r} has type {url.type}, expected strings")
+    if cfg.source_column in names:
+        source = table.column(cfg.source_column)
+        if not pa.types.is_string(source.type):
+            source = source.cast(pa.string())
+    else:
+        source = pa.nulls(n, pa.string())
+    keys = pa.array([schema.make_key(partition, r) for r in range(n)], pa.string())
+    arrays, out_names = [keys, url, source], ["key", "url", "source"]
+    for name in names:
+        if name in (cfg.url_column, cfg.source_column):
+            continue
+        out = f"input_{name}" if name in RESERVED_COLUMNS else name
+        if out in out_names:
+            raise ValueError(f"{path}: column {name!r} clashes with {out!r}; rename it in the URL list")
+        arrays.append(table.column(name))
+        out_names.append(out)
+    return pa.Table.from_arrays(arrays, names=out_names)
+
+
+def iter_file_tables(path: str, cfg: ReaderConfig) -> Iterator[pa.Table]:
+    """Raw tables of ``rows_per_partition`` rows from one file (the last one shorter), streaming."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in _iter_batches(path, cfg):
+        while batch.num_rows:
+            take = min(batch.num_rows, cfg.rows_per_partition - pending_rows)
+            pending.append(batch.slice(0, take))
+            pending_rows += take
+            batch = batch.slice(take)
+            if pending_rows == cfg.rows_per_partition:
+                yield _concat(pending, path)
+                pending, pending_rows = [], 0
+    if pending_rows:
+        yield _concat(pending, path)
+
+
+def _concat(batches: list[pa.RecordBatch], path: str) -> pa.Table:
+    try:
+        return pa.Table.from_batches(batches).combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"{path}: inconsistent columns across rows: {exc}") from None
+
+
+def iter_partitions(path: str, cfg: ReaderConfig | None = None) -> Iterator[tuple[int, pa.Table]]:
+    """Yield ``(partition, table)`` with columns ``key``, ``url``, ``source`` and every pass-through column.
+
+    ``path`` is a file, a folder or a glob, local or any fsspec URL. Files are read in sorted order and
+    partitions are numbered consecutively across them (a partition never spans two files), so keys are a pure
+    function of the list. Only one partition (plus one read block) is held in memory at a time.
+    """
+    cfg = cfg or ReaderConfig()
+    _, files = list_files(path)
+    partition = 0
+    for file in files:
+        first_row = 0
+        for table in iter_file_tables(file, cfg):
+            yield partition, _normalise(table, file, partition, first_row, cfg)
+            first_row += table.num_rows
+            partition += 1
+
