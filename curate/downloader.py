@@ -1,0 +1,417 @@
+"""Download stage: polite, bounded, concurrent HTTP fetching of a batch of URLs; every failure becomes a row status."""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import ipaddress
+import random
+import socket
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from curate.schema import Status
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("bbst")
+    except Exception:  # noqa: BLE001 - running from a source tree that was never installed
+        return "0.1.0"
+
+
+USER_AGENT_TOKEN = "bbst"  # the token X-Robots-Tag ``ua: directive`` scoping is matched against
+DEFAULT_USER_AGENT = f"bbst/{_version()} (+https://github.com/bbst-project/bbst; image dataset builder)"
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+# X-Robots-Tag directives that take a value after a colon; a colon elsewhere introduces a user-agent scope.
+_VALUED_DIRECTIVES = ("unavailable_after", "max-snippet", "max-image-preview", "max-video-preview")
+
+# Downloaded image types we recognise by their magic bytes (Content-Type headers are not trusted).
+IMAGE_MIMES = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff", "image/avif",
+               "image/heic")
+
+
+@dataclasses.dataclass
+class DownloadConfig:
+    threads: int = 64  # concurrent downloads per worker (thread pool size; also the connection pool size)
+    per_host_concurrency: int = 16  # at most this many requests in flight to one host per worker
+    timeout: float = 10.0  # socket connect/read timeout in seconds for each network operation
+    total_timeout: float = 30.0  # deadline for one attempt (all redirects + body); stops slow-trickle servers
+    retries: int = 2  # extra attempts after a timeout, connection error, 429 or 5xx (never after other 4xx)
+    backoff_base: float = 0.5  # first retry waits about this long (seconds), doubling each retry, with jitter
+    backoff_max: float = 8.0  # cap on one backoff wait (seconds)
+    retry_after_max: float = 30.0  # cap on a server's Retry-After wait (seconds)
+    max_bytes: int = 50 * 1024 * 1024  # larger bodies are refused (Content-Length) or cut off -> too_large
+    max_redirects: int = 5  # more redirect hops than this -> download_error
+    user_agent: str = DEFAULT_USER_AGENT  # honest User-Agent naming the tool and where to learn about it
+    disallowed_robots_directives: list[str] = dataclasses.field(
+        default_factory=lambda: ["noai", "noimageai"])  # X-Robots-Tag values that opt an image out
+    respect_noindex: bool = False  # also treat X-Robots-Tag noindex/noimageindex as an opt-out
+    allow_private_network: bool = False  # allow loopback/private/link-local/reserved targets (demo, tests)
+    allowed_networks: list[str] = dataclasses.field(
+        default_factory=list)  # CIDRs allowed even when private networks are not (e.g. one internal mirror)
+    blocked_networks: list[str] = dataclasses.field(
+        default_factory=lambda: ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128"]
+    )  # CIDRs refused always, even with allow_private_network (cloud metadata endpoints)
+    trust_env: bool = False  # honour HTTP(S)_PROXY / .netrc from the environment
+    dns_cache_seconds: float = 60.0  # how long a host's resolved addresses are reused for the address check
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.per_host_concurrency < 1:
+            raise ValueError("threads and per_host_concurrency must be >= 1")
+        if self.retries < 0 or self.max_redirects < 0 or self.max_bytes < 1:
+            raise ValueError("retries and max_redirects must be >= 0 and max_bytes >= 1")
+        for cidr in [*self.allowed_networks, *self.blocked_networks]:
+            ipaddress.ip_network(cidr, strict=False)  # a typo is a config error, not a silent no-op
+
+    @property
+    def robots_directives(self) -> frozenset[str]:
+        extra = ("noindex", "noimageindex") if self.respect_noindex else ()
+        return frozenset(d.lower() for d in [*self.disallowed_robots_directives, *extra])
+
+
+def sniff_mime(data: bytes | None) -> str | None:
+    """Image MIME type from the first bytes, or None when the bytes are not a recognised image format."""
+    if not data:
+        return None
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head.startswith(b"BM") and len(head) >= 26:
+        return "image/bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "image/avif"
+        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
+            return "image/heic"
+    return None
+
+
+def robots_opt_out(values: list[str], directives: frozenset[str], ua_token: str = USER_AGENT_TOKEN) -> str | None:
+    """The X-Robots-Tag directive that opts us out, or None.
+
+    Each header value is a comma list; an item ``bot: directive`` scopes it (and the items after it in the
+    same value) to user agent ``bot``. Unscoped items and items scoped to our token (or ``*``) apply.
+    """
+    ua_token = ua_token.lower()
+    for value in values:
+        scope: str | None = None
+        for item in value.split(","):
+            item = item.strip().lower()
+            if not item:
+                continue
+            if ":" in item:
+                head, rest = (p.strip() for p in item.split(":", 1))
+                if head not in _VALUED_DIRECTIVES:
+                    scope, item = head, rest
+            if scope not in (None, ua_token, "*"):
+                continue
+            if item in directives:
+                return item
+    return None
+
+
+class _Fail(Exception):
+    """Internal: a per-URL outcome that ends the attempt (status, message, retryable, http status, retry wait)."""
+
+    def __init__(self, status: Status, error: str, retryable: bool = False, http_status: int | None = None,
+                 retry_after: float | None = None):
+        super().__init__(error)
+        self.status, self.error, self.retryable = status, error, retryable
+        self.http_status, self.retry_after = http_status, retry_after
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None when absent or unparsable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class AddressPolicy:
+    """Decides whether a host may be contacted: resolves it and checks every address against the policy.
+
+    The check runs before each request and each redirect hop, so a public URL that redirects to 10.0.0.1 or
+    169.254.169.254 is refused without any packet being sent there.
+    """
+
+    def __init__(self, cfg: DownloadConfig):
+        self.allow_private = cfg.allow_private_network
+        self.allowed = [ipaddress.ip_network(c, strict=False) for c in cfg.allowed_networks]
+        self.blocked = [ipaddress.ip_network(c, strict=False) for c in cfg.blocked_networks]
+        self.cache_seconds = cfg.dns_cache_seconds
+        self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get((host, port))
+        if hit and hit[0] > now:
+            return hit[1]
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addrs = sorted({info[4][0] for info in infos})
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[(host, port)] = (now + self.cache_seconds, addrs)
+        return addrs
+
+    def refusal(self, host: str, port: int) -> str | None:
+        """Why ``host`` may not be contacted (a short message), or None when it may. Raises on DNS failure."""
+        for addr in self.resolve(host, port):
+            ip = ipaddress.ip_address(addr.split("%", 1)[0])
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            if any(ip in net for net in self.blocked):
+                return f"{host} resolves to blocked address {ip}"
+            if any(ip in net for net in self.allowed):
+                continue
+            if not self.allow_private and not ip.is_global:
+                return f"{host} resolves to non-public address {ip}"
+        return None
+
+
+def _check_url(url: Any) -> urllib.parse.SplitResult:
+    if not isinstance(url, str) or not url.strip():
+        raise _Fail(Status.INVALID_URL, "empty URL")
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise _Fail(Status.INVALID_URL, f"malformed URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise _Fail(Status.INVALID_URL, f"unsupported scheme {parts.scheme!r}" if parts.scheme else "no scheme")
+    if not parts.hostname:
+        raise _Fail(Status.INVALID_URL, "no host in URL")
+    return parts
+
+
+class Downloader:
+    """Callable batch stage: adds ``image``, ``status``, ``error``, ``num_bytes``, ``http_status``, ``mime``.
+
+    One instance per worker (Ray actor). It owns a thread pool of ``threads`` and one pooled
+    ``requests.Session`` so connections to a host are reused across rows and batches.
+    """
+
+    OUTPUT_COLUMNS = ("image", "status", "error", "num_bytes", "http_status", "mime")
+
+    def __init__(self, cfg: DownloadConfig | None = None):
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        self.cfg = cfg or DownloadConfig()
+        self.session = requests.Session()
+        self.session.trust_env = self.cfg.trust_env
+        self.session.headers.update({"User-Agent": self.cfg.user_agent, "Accept": "image/*,*/*;q=0.5",
+                                     "Accept-Encoding": "identity"})
+        # Retries are ours (with backoff and Retry-After), so the adapter never retries by itself.
+        adapter = HTTPAdapter(pool_connections=256, pool_maxsize=self.cfg.threads, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.policy = AddressPolicy(self.cfg)
+        self.pool = ThreadPoolExecutor(max_workers=self.cfg.threads, thread_name_prefix="bbst-download")
+        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._host_lock = threading.Lock()
+        self._directives = self.cfg.robots_directives
+
+    # -- batch interface -------------------------------------------------------------------------------
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["url"])
+        status_in = batch.get("status")
+        todo = [i for i in range(n) if status_in is None or status_in[i] in (None, Status.OK.value)]
+        results = dict(zip(todo, self.pool.map(self.fetch, [batch["url"][i] for i in todo]), strict=True))
+        out = dict(batch)
+        for col in self.OUTPUT_COLUMNS:
+            prev = batch.get(col)
+            values = np.empty(n, dtype=object)
+            for i in range(n):
+                values[i] = results[i][col] if i in results else (prev[i] if prev is not None else None)
+            out[col] = values
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)
+        self.session.close()
+
+    # -- one URL -----------------------------------------------------------------------------------------
+    def fetch(self, url: Any) -> dict[str, Any]:
+        """Fetch one URL with retries; returns the row's output columns. Never raises for per-URL problems."""
+        row: dict[str, Any] = {"image": None, "status": Status.OK.value, "error": None, "num_bytes": None,
+                               "http_status": None, "mime": None}
+        attempts = self.cfg.retries + 1
+        for attempt in range(attempts):
+            try:
+                data, http_status, mime = self._attempt(url)
+                row.update(image=data, status=Status.OK.value, error=None, num_bytes=len(data),
+                           http_status=http_status, mime=mime)
+                return row
+            except _Fail as fail:
+                row.update(status=fail.status.value, error=fail.error, http_status=fail.http_status)
+                if not fail.retryable or attempt == attempts - 1:
+                    if fail.retryable and attempts > 1:
+                        row["error"] = f"{fail.error} (after {attempts} attempts)"
+                    return row
+                time.sleep(self._backoff(attempt, fail.retry_after))
+        return row  # pragma: no cover - the loop always returns
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.cfg.retry_after_max)
+        wait = min(self.cfg.backoff_max, self.cfg.backoff_base * (2**attempt))
+        return wait * random.uniform(0.5, 1.0)  # jitter spreads retries from many workers  # noqa: S311
+
+    def _slot(self, host: str) -> threading.BoundedSemaphore:
+        with self._host_lock:
+            slot = self._host_slots.get(host)
+            if slot is None:
+                slot = self._host_slots[host] = threading.BoundedSemaphore(self.cfg.per_host_concurrency)
+            return slot
+
+    def _attempt(self, url: Any) -> tuple[bytes, int, str]:
+        """One attempt: follow redirects by hand (checking each hop's address), then read the body under caps."""
+        import requests
+
+        deadline = time.monotonic() + self.cfg.total_timeout
+        current = url
+        for hop in range(self.cfg.max_redirects + 1):
+            parts = _check_url(current)
+            host = parts.hostname.lower()
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                refusal = self.policy.refusal(host, port)
+            except OSError as exc:
+                raise _Fail(Status.DOWNLOAD_ERROR, f"DNS lookup failed for {host}: {exc}") from None
+            if refusal:
+                raise _Fail(Status.BLOCKED_ADDRESS, refusal + (f" (redirect hop {hop})" if hop else ""))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Fail(Status.DOWNLOAD_ERROR, f"timed out after {self.cfg.total_timeout:g}s", retryable=True)
+            with self._slot(f"{host}:{port}"):
+                try:
+                    resp = self.session.get(current, stream=True, allow_redirects=False,
+                                            timeout=(min(self.cfg.timeout, remaining), self.cfg.timeout))
+                except requests.exceptions.Timeout:
+                    raise _Fail(Status.DOWNLOAD_ERROR, "timeout", retryable=True) from None
+                except requests.exceptions.InvalidURL as exc:
+                    raise _Fail(Status.INVALID_URL, f"invalid URL: {exc}") from None
+                except requests.exceptions.RequestException as exc:
+                    raise _Fail(Status.DOWNLOAD_ERROR, f"connection error: {_short(exc)}", retryable=True) from None
+                try:
+                    if resp.status_code in REDIRECT_CODES:
+                        location = resp.headers.get("Location")
+                        if not location:
+                            raise _Fail(Status.DOWNLOAD_ERROR, f"HTTP {resp.status_code} without Location",
+                                        http_status=resp.status_code)
+                        self._drain(resp)
+                        current = urllib.parse.urljoin(current, location)
+                        continue
+                    return self._read(resp, deadline)
+                finally:
+                    resp.close()
+        raise _Fail(Status.DOWNLOAD_ERROR, f"too many redirects (more than {self.cfg.max_redirects})")
+
+    def _drain(self, resp) -> None:
+        """Read a small redirect body so the connection can go back to the pool; large ones just close."""
+        length = resp.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) <= 65536:
+            try:
+                resp.raw.read(int(length) + 1)
+                resp.raw.release_conn()
+            except Exception:  # noqa: BLE001 - a broken redirect body only costs the connection
+                pass
+
+    def _read(self, resp, deadline: float) -> tuple[bytes, int, str]:
+        status = resp.status_code
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
+            raise _Fail(Status.DOWNLOAD_ERROR, f"HTTP {status}", retryable=True, http_status=status,
+                        retry_after=retry_after)
+        if status >= 400 or status < 200:
+            raise _Fail(Status.DOWNLOAD_ERROR, f"HTTP {status}", http_status=status)
+        directive = robots_opt_out(resp.raw.headers.getlist("X-Robots-Tag"), self._directives)
+        if directive:
+            raise _Fail(Status.OPTED_OUT, f"X-Robots-Tag: {directive}", http_status=status)
+        length = resp.headers.get("Content-Length")
+        if length is not None and length.strip().isdigit() and int(length) > self.cfg.max_bytes:
+            raise _Fail(Status.TOO_LARGE, f"Content-Length {int(length)} > max_bytes {self.cfg.max_bytes}",
+                        http_status=status)
+        chunks: list[bytes] = []
+        total = 0
+        raw = resp.raw
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise _Fail(Status.DOWNLOAD_ERROR, f"timed out after {self.cfg.total_timeout:g}s "
+                                f"(body too slow, {total} bytes read)", retryable=True, http_status=status)
+                # read1 returns what has arrived (up to the size) instead of waiting to fill it, so the
+                # deadline above is checked while a slow server trickles bytes.
+                chunk = raw.read1(65536, decode_content=True)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > self.cfg.max_bytes:
+                    raise _Fail(Status.TOO_LARGE, f"body over max_bytes {self.cfg.max_bytes}", http_status=status)
+                chunks.append(chunk)
+        except _Fail:
+            raise
+        except Exception as exc:  # noqa: BLE001 - urllib3/socket errors while streaming (reset, incomplete read)
+            name = type(exc).__name__
+            retryable = "Timeout" in name or isinstance(exc, (OSError, ConnectionError)) or "Protocol" in name \
+                or "IncompleteRead" in name
+            raise _Fail(Status.DOWNLOAD_ERROR, f"body read failed: {_short(exc)}", retryable=retryable,
+                        http_status=status) from None
+        raw.release_conn()
+        data = b"".join(chunks)
+        mime = sniff_mime(data)
+        if mime is None:
+            declared = (resp.headers.get("Content-Type") or "none").split(";")[0].strip()
+            what = "empty body" if not data else ("HTML page" if _looks_html(data) else "not an image")
+            raise _Fail(Status.NOT_IMAGE, f"{what} (Content-Type {declared})", http_status=status)
+        return data, status, mime
+
+
+def _looks_html(data: bytes) -> bool:
+    head = data[:512].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml"))
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    """One-line exception text: the innermost cause, trimmed (urllib3 nests the real reason deep)."""
+    inner = exc
+    while True:
+        nxt = inner.__cause__ or inner.__context__
+        if nxt is None or nxt is inner:
+            break
+        inner = nxt
+    text = f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__
+    return text.replace("\n", " ")[:limit]
