@@ -1,0 +1,151 @@
+"""Tests for train.data: shard shuffling before the split, rank balance, crops, and exact mid-epoch resume."""
+
+from __future__ import annotations
+
+import io
+import json
+from itertools import islice
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from train.config import DataConfig, LoaderConfig
+from train.data import CropSpec, LoaderError, ShardPairLoader, decode_crops, epoch_shards, list_shards
+from train.demo_shards import write_demo_shards
+
+CONTENT = [5, 7, 6, 4, 5, 6, 3, 6]
+STYLE = [4, 4, 5, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return str(write_demo_shards(tmp_path_factory.mktemp("shards"), {"content": CONTENT, "style": STYLE},
+                                 size=(160, 128)))
+
+
+def _cfgs(root, **loader):
+    data = DataConfig(root=root, crop_size=48, short_side_min=48, short_side_max=128)
+    base = dict(batch_size=2, num_workers=0, shuffle_buffer=4, open_shards=2, seed=3)
+    base.update(loader)
+    return data, LoaderConfig(**base)
+
+
+def _stream(loader, n):
+    return [(tuple(b["content_key"]), tuple(b["style_key"]), b["content"].sum().item(), b["style2"].sum().item())
+            for b in islice(iter(loader), n)]
+
+
+def test_shards_are_shuffled_before_the_split(shards):
+    content = list_shards(shards, "content")
+    assert [s.nsamples for s in content] == CONTENT
+    per_epoch = []
+    for epoch in range(4):
+        slots = [epoch_shards(content, 0, "content", epoch, g, 4) for g in range(4)]
+        urls = sorted(s.url for slot in slots for s in slot)
+        assert urls == sorted(s.url for s in content)  # every shard dealt exactly once per epoch
+        per_epoch.append(frozenset(s.url for s in slots[0]))
+    # a split-then-shuffle loader would give slot 0 the same shard set every epoch
+    assert len(set(per_epoch)) > 1
+
+
+def test_ranks_and_workers_see_disjoint_samples_and_equal_batches(shards):
+    seen, counts = [], []
+    for rank in range(2):
+        data, cfg = _cfgs(shards, num_workers=2)
+        loader = ShardPairLoader(data, cfg, rank=rank, world_size=2)
+        n = loader.batches_per_epoch(0)
+        batches = list(islice(iter(loader), n))
+        assert all(b["epoch"] == 0 for b in batches)
+        keys = [k for b in batches for k in b["content_key"]]
+        assert len(keys) == len(set(keys)), "a sample repeated within one epoch"
+        seen.append(set(keys))
+        counts.append(n)
+    assert counts[0] == counts[1] > 0
+    assert not seen[0] & seen[1]
+    # balance drops only the remainder of the smallest slot, never more than a slot's worth per slot
+    assert len(seen[0] | seen[1]) > sum(CONTENT) // 2
+
+
+def test_too_few_shards_for_ranks_times_workers_is_a_clear_error(shards):
+    data, cfg = _cfgs(shards, num_workers=3)
+    with pytest.raises(LoaderError, match=r"5 'style' shard\(s\) for 2 rank\(s\) x 3 worker\(s\)"):
+        ShardPairLoader(data, cfg, rank=0, world_size=2)
+
+
+def test_manifest_count_mismatch_names_the_shard(tmp_path):
+    root = write_demo_shards(tmp_path, {"content": [3, 3], "style": [2]}, size=(96, 96))
+    index = json.loads((root / "manifest.json").read_text())
+    index["shardlist"][0]["nsamples"] = 4
+    (root / "manifest.json").write_text(json.dumps(index))
+    data, cfg = _cfgs(str(root), open_shards=1, shuffle_buffer=0)
+    with pytest.raises(LoaderError, match=r"content-000000.tar: holds 3 samples but the manifest says 4"):
+        list(islice(iter(ShardPairLoader(data, cfg)), 4))
+
+
+def test_without_manifest_shards_are_globbed_and_counted(tmp_path):
+    root = write_demo_shards(tmp_path, {"content": [3, 2], "style": [2]}, size=(96, 96), manifest=False)
+    assert [s.nsamples for s in list_shards(str(root), "content")] == [3, 2]
+    data, cfg = _cfgs(str(root))
+    assert ShardPairLoader(data, cfg).batches_per_epoch(0) == 2
+
+
+def test_batches_are_random_crops_at_training_size(shards):
+    data, cfg = _cfgs(shards)
+    batch = next(iter(ShardPairLoader(data, cfg)))
+    for view in ("content", "style", "style2"):
+        t = batch[view]
+        assert t.shape == (2, 3, 48, 48) and t.dtype == torch.float32
+        assert 0.0 <= t.min() and t.max() <= 1.0
+    assert not torch.equal(batch["style"], batch["style2"])  # two different crops of one style image
+    assert len(batch["content_key"]) == len(batch["style_key"]) == 2
+
+
+def test_decode_crops_takes_the_box_from_the_full_resolution_image():
+    # a horizontal ramp: the crop's mean brightness tells where it came from
+    ramp = np.tile(np.linspace(0, 255, 512, dtype=np.float32), (384, 1))
+    img = Image.fromarray(np.stack([ramp] * 3, -1).astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95)
+    data = buf.getvalue()
+    left, right = decode_crops(data, [CropSpec(384, 0.0, 0.0, False), CropSpec(384, 1.0, 0.0, False)], 64)
+    assert left.shape == right.shape == (64, 64, 3)
+    assert left.mean() < 30 and right.mean() > 225  # left edge vs right edge at full resolution
+    # downscaled 4x (short side 96): decoded at a reduced DCT scale, still equal to a full decode + resize
+    small = decode_crops(data, [CropSpec(96, 0.5, 0.5, False)], 64)[0]
+    ref = np.asarray(img.resize((128, 96), Image.Resampling.BILINEAR))[16:80, 32:96]
+    assert np.abs(small.astype(float) - ref.astype(float)).mean() < 4
+    flipped = decode_crops(data, [CropSpec(384, 0.0, 0.0, True)], 64)[0]
+    assert np.array_equal(flipped, left[:, ::-1])
+
+
+@pytest.mark.parametrize("num_workers,stop", [(0, 5), (2, 7), (2, -1)])
+def test_mid_epoch_resume_yields_the_identical_stream(shards, num_workers, stop):
+    torch.set_num_threads(1)
+    data, cfg = _cfgs(shards, num_workers=num_workers)
+    full_loader = ShardPairLoader(data, cfg)
+    if stop < 0:  # stop one batch before the epoch ends, so the resumed stream crosses into epoch 1
+        stop = full_loader.batches_per_epoch(0) + stop
+    total = stop + 6
+    full = _stream(full_loader, total)
+
+    first = ShardPairLoader(data, cfg)
+    head = _stream(first, stop)
+    state = first.state_dict()
+    buf = io.BytesIO()
+    torch.save(state, buf)  # the state must survive a checkpoint round trip
+    buf.seek(0)
+    resumed = ShardPairLoader(data, cfg)
+    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    tail = _stream(resumed, total - stop)
+    assert head + tail == full
+
+
+def test_resume_refuses_a_different_worker_count(shards):
+    data, cfg = _cfgs(shards, num_workers=2)
+    loader = ShardPairLoader(data, cfg)
+    _stream(loader, 1)
+    data, cfg1 = _cfgs(shards, num_workers=1)
+    with pytest.raises(LoaderError, match="num_workers: checkpoint 2 vs now 1"):
+        ShardPairLoader(data, cfg1).load_state_dict(loader.state_dict())

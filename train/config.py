@@ -1,0 +1,116 @@
+"""Typed training configuration: data, loader, model, optimisation, schedule, logging, checkpoints, distribution.
+
+Filled by ``curate.config.load_config(TrainConfig, path, sets=[...])``: a YAML file supplies values, ``--set``
+overrides them, unknown keys are errors. A checkpoint stores ``to_dict(cfg)`` so a run describes itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # run directory written by the curation pipeline (local path or fsspec URL) holding shards/
+    content_subset: str = "content"  # subset name of the content shards (DIR/shards/{subset}-NNNNNN.tar)
+    style_subset: str = "style"  # subset name of the style shards
+    crop_size: int = 256  # square training crop in pixels
+    short_side_min: int = 256  # random resize: short side drawn uniformly from [min, max] before the crop
+    short_side_max: int = 1024  # upper end of the short-side range (capped at the image's own short side)
+    hflip: bool = True  # random horizontal flip of every crop
+    style2: bool = True  # also yield ``style2``, a second random crop of the same style image (contrastive loss)
+
+    def __post_init__(self) -> None:
+        if self.crop_size <= 0:
+            raise ValueError(f"data.crop_size must be positive, got {self.crop_size}")
+        if self.short_side_min < self.crop_size:
+            raise ValueError(f"data.short_side_min ({self.short_side_min}) must be >= crop_size ({self.crop_size})")
+        if self.short_side_max < self.short_side_min:
+            raise ValueError(f"data.short_side_max ({self.short_side_max}) must be >= short_side_min")
+
+
+@dataclass
+class LoaderConfig:
+    batch_size: int = 4  # pairs per micro-batch per rank
+    num_workers: int = 2  # DataLoader worker processes per rank (0 = decode in the training process)
+    open_shards: int = 4  # shards each worker reads at once, interleaved at random (mixes across shards)
+    shuffle_buffer: int = 32  # raw (undecoded) samples held per stream for shuffling; decode happens after
+    decode: Literal["cpu", "cuda"] = "cpu"  # "cuda": workers ship JPEG bytes, the GPU decodes (nvJPEG)
+    prefetch_factor: int = 2  # batches each worker prepares ahead
+    pin_memory: bool = True  # page-locked host batches for faster host-to-GPU copies (ignored on CPU)
+    seed: int = 0  # data-order seed: shard order, interleaving, shuffle buffer and crops derive from it
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "open_shards"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"loader.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0 or self.shuffle_buffer < 0:
+            raise ValueError("loader.num_workers and loader.shuffle_buffer must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "neat_tiny"  # registered model name (train.models.list_models())
+    kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the model's own config (loss weights...)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  # generator Adam learning rate (PAMA / IEContraAST use 1e-4)
+    betas: tuple[float, float] = (0.9, 0.999)  # generator Adam betas
+    lr_d: float = 1e-4  # discriminator Adam learning rate
+    betas_d: tuple[float, float] = (0.5, 0.999)  # discriminator Adam betas (GAN practice, IEContraAST)
+    weight_decay: float = 0.0  # Adam weight decay for both optimizers
+    grad_clip: float = 0.0  # clip the global gradient norm of each optimizer to this (0 = off)
+    grad_accum: int = 1  # micro-batches accumulated per optimizer step
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+
+    def __post_init__(self) -> None:
+        if self.grad_accum < 1:
+            raise ValueError(f"optim.grad_accum must be >= 1, got {self.grad_accum}")
+
+
+@dataclass
+class ScheduleConfig:
+    max_steps: int = 160_000  # optimizer steps to train for
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    lr_decay: float = 5e-5  # inverse decay lr0 / (1 + lr_decay * step), as in PAMA / ContraAST (0 = constant)
+    d_every: int = 1  # discriminator update every N generator steps (0 = never)
+
+
+@dataclass
+class LoggingConfig:
+    dir: str = "runs/neat"  # run directory: TensorBoard events, metrics.jsonl, checkpoints/ (unless set below)
+    log_every: int = 10  # scalars to TensorBoard and metrics.jsonl every N steps
+    image_every: int = 500  # image grids (content, style, prior, output) every N steps (0 = off)
+    max_images: int = 4  # images per grid row
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = ""  # checkpoint directory ("" = {logging.dir}/checkpoints)
+    every: int = 1000  # write a checkpoint every N steps (and at the end)
+    keep: int = 3  # newest checkpoints kept (0 = keep all)
+
+
+@dataclass
+class DistributedConfig:
+    backend: str = "auto"  # "auto" = nccl on CUDA, gloo on CPU
+    num_workers: int = 1  # Ray Train workers (--launcher ray); torchrun takes its world size from the launcher
+    use_gpu: bool = False  # Ray Train: one GPU per worker
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    seed: int = 0  # model initialisation and training randomness (the loader has its own seed)
+    threads: int = 0  # torch CPU threads per process (0 = leave torch's default)
