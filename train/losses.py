@@ -1,0 +1,173 @@
+"""Loss registry for style-transfer models: feature-statistics, perceptual, identity, adversarial, contrastive."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from train.models.layers import mean_std
+
+_LOSSES: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def register_loss(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Register a loss function under its ``__name__`` so configs can refer to it by name."""
+    if fn.__name__ in _LOSSES:
+        raise ValueError(f"loss {fn.__name__!r} is already registered")
+    _LOSSES[fn.__name__] = fn
+    return fn
+
+
+def get_loss(name: str) -> Callable[..., torch.Tensor]:
+    """Look a loss up by name; unknown names raise with the list of known ones."""
+    if name not in _LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(sorted(_LOSSES))}")
+    return _LOSSES[name]
+
+
+def list_losses() -> list[str]:
+    return sorted(_LOSSES)
+
+
+# ------------------------------------------------------------------------------------------ feature-space losses
+@register_loss
+def style_mean_std(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
+                   layers: tuple[str, ...] | None = None) -> torch.Tensor:
+    """NeAT Eq. 1 / AdaIN: sum over layers of MSE(mean) + MSE(std) of VGG features."""
+    layers = layers or tuple(style_feats)
+    total = 0.0
+    for name in layers:
+        mo, so = mean_std(out_feats[name])
+        ms, ss = mean_std(style_feats[name])
+        total = total + F.mse_loss(mo.float(), ms.float()) + F.mse_loss(so.float(), ss.float())
+    return total
+
+
+@register_loss
+def content_perceptual(out_feat: torch.Tensor, content_feat: torch.Tensor) -> torch.Tensor:
+    """NeAT Eq. 3: MSE between conv4_2 (or any single tap) features of output and content."""
+    return F.mse_loss(out_feat.float(), content_feat.float())
+
+
+def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
+    """Gram matrix normalised by C*H*W (MetaStyle/Johnson convention), (B, C, C)."""
+    b, c, h, w = feat.shape
+    f = feat.float().reshape(b, c, h * w)
+    return f @ f.transpose(1, 2) / (c * h * w)
+
+
+@register_loss
+def gram_style(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
+               layers: tuple[str, ...] | None = None) -> torch.Tensor:
+    """Mean over layers of MSE between Gram matrices (also the evaluation 'Gram distance')."""
+    layers = layers or tuple(style_feats)
+    return sum(F.mse_loss(gram_matrix(out_feats[n]), gram_matrix(style_feats[n])) for n in layers) / len(layers)
+
+
+@register_loss
+def identity_pixel(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """NeAT Eq. 4, first term: pixel MSE of I_cc vs I_c (call once per pair and add)."""
+    return F.mse_loss(recon.float(), target.float())
+
+
+@register_loss
+def identity_feature(recon_feats: dict[str, torch.Tensor], target_feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """NeAT Eq. 4, second term: sum over VGG layers of feature MSE."""
+    return sum(F.mse_loss(recon_feats[n].float(), target_feats[n].float()) for n in target_feats)
+
+
+# ------------------------------------------------------------------------------------------------- adversarial
+ADV_TYPES = ("nsgan", "hinge", "lsgan")
+
+
+@register_loss
+def adversarial_g(fake_logits: list[torch.Tensor] | torch.Tensor, kind: str = "nsgan") -> torch.Tensor:
+    """Generator side of a GAN loss, summed over a list of (multi-scale) logits."""
+    logits = fake_logits if isinstance(fake_logits, (list, tuple)) else [fake_logits]
+    total = 0.0
+    for x in logits:
+        x = x.float()
+        if kind == "nsgan":
+            total = total + F.softplus(-x).mean()
+        elif kind == "hinge":
+            total = total - x.mean()
+        elif kind == "lsgan":
+            total = total + (x - 1).pow(2).mean()
+        else:
+            raise ValueError(f"adversarial loss {kind!r} not in {ADV_TYPES}")
+    return total
+
+
+@register_loss
+def adversarial_d(real_logits: list[torch.Tensor] | torch.Tensor, fake_logits: list[torch.Tensor] | torch.Tensor,
+                  kind: str = "nsgan") -> torch.Tensor:
+    """Discriminator side: real -> 1, fake -> 0 (non-saturating log loss of Eq. 2, hinge, or least squares)."""
+    reals = real_logits if isinstance(real_logits, (list, tuple)) else [real_logits]
+    fakes = fake_logits if isinstance(fake_logits, (list, tuple)) else [fake_logits]
+    total = 0.0
+    for r, f in zip(reals, fakes):
+        r, f = r.float(), f.float()
+        if kind == "nsgan":
+            total = total + F.softplus(-r).mean() + F.softplus(f).mean()
+        elif kind == "hinge":
+            total = total + F.relu(1 - r).mean() + F.relu(1 + f).mean()
+        elif kind == "lsgan":
+            total = total + (r - 1).pow(2).mean() + f.pow(2).mean()
+        else:
+            raise ValueError(f"adversarial loss {kind!r} not in {ADV_TYPES}")
+    return total
+
+
+@register_loss
+def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
+    """R1 gradient penalty 0.5 * E||grad_x D(x)||^2 on real inputs (inputs must require grad)."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real_inputs, create_graph=True)
+    return 0.5 * grad.pow(2).flatten(1).sum(1).mean()
+
+
+# ------------------------------------------------------------------------------------------------- contrastive
+@register_loss
+def info_nce(query: torch.Tensor, keys: torch.Tensor, positive_mask: torch.Tensor, tau: float,
+             exclude_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE with possibly several positives per query (each positive scored against all negatives).
+
+    query (N, D) and keys (M, D) are L2-normalised; positive_mask (N, M) bool; keys that are neither positive nor
+    excluded (``exclude_mask``, e.g. the query itself) are negatives. Queries without a positive or without a negative
+    are skipped; returns the mean over (query, positive) pairs, 0 when there is none (e.g. a batch of one).
+    """
+    logits = query.float() @ keys.float().t() / tau  # N, M
+    if exclude_mask is None:
+        exclude_mask = torch.zeros_like(positive_mask)
+    positive_mask = positive_mask & ~exclude_mask
+    neg_mask = ~positive_mask & ~exclude_mask
+    neg_lse = torch.logsumexp(logits.masked_fill(~neg_mask, float("-inf")), dim=1, keepdim=True)  # N, 1
+    # -log(e^p / (e^p + sum e^n)) = logaddexp(p, lse_n) - p
+    per_pair = torch.logaddexp(logits, neg_lse.expand_as(logits)) - logits
+    valid = positive_mask & neg_mask.any(1, keepdim=True)
+    if not valid.any():
+        return logits.sum() * 0.0
+    return per_pair[valid].mean()
+
+
+def roll_pair_masks(batch: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive masks for 2B stylisations built with IEContraAST's roll trick.
+
+    Stylisation i < B is (content i, style i); B + i is (content (i+1) % B, style i). Returns (same_style,
+    same_content) boolean (2B, 2B) masks with the diagonal cleared.
+    """
+    idx = torch.arange(2 * batch, device=device)
+    style_id = idx % batch
+    content_id = torch.where(idx < batch, idx, (idx - batch + 1) % batch)
+    eye = torch.eye(2 * batch, dtype=torch.bool, device=device)
+    same_style = (style_id[:, None] == style_id[None, :]) & ~eye
+    same_content = (content_id[:, None] == content_id[None, :]) & ~eye
+    return same_style, same_content
+
+
+@register_loss
+def stylization_contrastive(embeddings: torch.Tensor, positive_mask: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
+    """IEContraAST / NeAT Eqs. 5-6: among stylisations, pull together those sharing a style (or a content)."""
+    eye = torch.eye(embeddings.shape[0], dtype=torch.bool, device=embeddings.device)
+    return info_nce(embeddings, embeddings, positive_mask, tau, exclude_mask=eye)

@@ -1,0 +1,539 @@
+"""NeAT: PAMA-style attention over frozen VGG-19 features, decoding RGB deltas over a recoloured content prior."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from train import losses as L
+from train.models import register_model
+from train.models.layers import (
+    ATTENTION_MODES,
+    PAMABlock,
+    bilateral_filter,
+    cap_tokens,
+    gaussian_blur,
+    recolour,
+    sobel_magnitude,
+)
+from train.models.vgg import STYLE_LAYERS, VGG19Encoder, feature_channels
+
+
+@dataclass
+class NeATConfig:
+    """Everything needed to rebuild a NeAT model; ``model_config()`` returns it as a dict."""
+
+    # --- encoder
+    vgg_weights: str | None = "auto"  # "auto" = $BBST_VGG19_WEIGHTS or torch hub cache; a path; None = random init
+    vgg_width: float = 1.0  # channel multiplier of the VGG (1.0 = real VGG-19; tiny values only for tests)
+    vgg_format: str | None = None  # "torchvision" or "normalised" (AdaIN/PAMA); None = detect from the weights
+    # --- transformation
+    num_blocks: int = 4  # PAMA blocks applied progressively at relu4_1 (NeAT: 4)
+    attention_mode: str = "chunked"  # "chunked", "sdpa" or "full" (reference, quadratic memory)
+    attention_chunk: int = 4096  # content tokens per attention chunk; bounds peak memory at chunk x style tokens
+    max_style_tokens: int = 4096  # style relu4_1 positions kept (area-pooled above this; 4096 = a 512 px style)
+    decoder_width: float = 1.0  # channel multiplier of the decoder
+    # --- content prior
+    prior_weight: float = 0.5  # the prior is scaled by this before the deltas are added (paper: 0.5)
+    prior_blur_kernel: int = 7  # Gaussian blur kernel in px (paper: 7); 0 = off
+    prior_blur_sigma: float = 0.0  # Gaussian sigma; 0 = OpenCV's rule for the kernel size
+    prior_bilateral_diameter: int = 25  # bilateral filter window (paper: 25); 0 = off
+    prior_bilateral_sigma_color: float = 100.0  # on the 0-255 scale (paper: 100)
+    prior_bilateral_sigma_space: float = 100.0  # in pixels (paper: 100)
+    prior_recolour: bool = True  # match the prior's RGB mean/covariance to the style image
+    # --- loss weights (sources in docs/neat.md)
+    w_style: float = 3.0  # mean/std style loss over style_layers (SANet/ContraAST weight)
+    w_content: float = 1.0  # conv4_2 perceptual loss
+    w_identity_pixel: float = 50.0  # ||I_cc - I_c|| + ||I_ss - I_s|| (ContraAST)
+    w_identity_feature: float = 1.0  # VGG-feature identity (ContraAST)
+    w_adv: float = 5.0  # domain-level adversarial loss (ContraAST)
+    w_contrast_style: float = 0.3  # stylisations sharing a style (ContraAST)
+    w_contrast_content: float = 0.3  # stylisations sharing a content (ContraAST)
+    w_style_nce: float = 0.05  # output vs two crops of its style image, generator side (CAST lambda_NCE_G)
+    w_style_nce_d: float = 1.0  # style-crop vs style-crop NCE training the style projector (CAST lambda_NCE_D)
+    w_patch_simple: float = 0.25  # Sobel-simple patch co-occurrence loss (paper: 0.25)
+    w_patch_complex: float = 0.75  # Sobel-complex patch co-occurrence loss (paper: 0.75)
+    w_r1: float = 0.0  # R1 penalty on real images for the domain discriminator (0 = off)
+    style_layers: tuple[str, ...] = STYLE_LAYERS  # VGG taps of the style and identity-feature losses
+    adv_type: str = "nsgan"  # "nsgan" (paper Eq. 2), "hinge" or "lsgan"
+    contrast_tau: float = 0.2  # temperature of the stylisation contrastive losses (ContraAST)
+    nce_tau: float = 0.07  # temperature of the style-crop NCE (CAST)
+    roll_pairs: bool = True  # also stylise (content i+1, style i) so same-style/same-content positives exist
+    # --- discriminators and heads
+    disc_width: int = 64  # first-layer channels of the multi-scale domain discriminator
+    disc_scales: int = 3  # scales of the domain discriminator (ContraAST: 3)
+    patch_size: int = 64  # patches are resampled to this square size for the co-occurrence discriminators
+    patch_num_crops: int = 8  # patches per tier (simple/complex) and image; 2x this are sampled and sorted
+    patch_min_scale: float = 0.125  # patch side as a fraction of the image's short side (Swapping AE: 1/8..1/4)
+    patch_max_scale: float = 0.25
+    patch_disc_width: int = 32  # first-layer channels of each patch discriminator
+    patch_disc_max_width: int = 384  # channel cap of the patch encoder (Swapping AE: 384)
+    patch_mlp_width: int = 1024  # hidden width of the co-occurrence MLP
+    proj_dim: int = 128  # embedding size of the contrastive projection heads
+    style_nce_layers: tuple[str, ...] = ("relu2_1", "relu3_1", "relu4_1")  # taps of the CAST-style projector
+    extra: dict = field(default_factory=dict)  # free-form notes carried with the checkpoint
+
+    def __post_init__(self):
+        if self.attention_mode not in ATTENTION_MODES:
+            raise ValueError(f"attention_mode {self.attention_mode!r} not in {ATTENTION_MODES}")
+        if self.adv_type not in L.ADV_TYPES:
+            raise ValueError(f"adv_type {self.adv_type!r} not in {L.ADV_TYPES}")
+        if self.patch_num_crops < 2:
+            raise ValueError("patch_num_crops must be >= 2 (each patch is compared with the others of its tier)")
+        self.style_layers = tuple(self.style_layers)
+        self.style_nce_layers = tuple(self.style_nce_layers)
+
+
+# --------------------------------------------------------------------------------------------------------- decoder
+def _conv(cin: int, cout: int, act: bool = True) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, padding_mode="reflect")]
+    return layers + [nn.ReLU(inplace=True)] if act else layers
+
+
+class DeltaDecoder(nn.Module):
+    """AdaIN-mirror decoder from relu4_1 (stride 8) to a 3-channel RGB delta (no output activation)."""
+
+    def __init__(self, in_channels: int, width: float = 1.0):
+        super().__init__()
+        c256, c128, c64 = (max(2, round(c * width)) for c in (256, 128, 64))
+        up = [nn.Upsample(scale_factor=2, mode="nearest")]
+        self.net = nn.Sequential(
+            *_conv(in_channels, c256), *up,
+            *_conv(c256, c256), *_conv(c256, c256), *_conv(c256, c256), *_conv(c256, c128), *up,
+            *_conv(c128, c128), *_conv(c128, c64), *up,
+            *_conv(c64, c64), *_conv(c64, 3, act=False),
+        )
+        # Start as "no edit": the first outputs are the (weighted) prior itself, a sane image from step 0.
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.net(feat)
+
+
+# --------------------------------------------------------------------------------------------------- discriminators
+class MultiScaleDiscriminator(nn.Module):
+    """Domain-level discriminator (ContraAST): PatchGAN at several image scales, one logit map per scale."""
+
+    def __init__(self, width: int = 64, scales: int = 3):
+        super().__init__()
+
+        def one() -> nn.Sequential:
+            layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            c = width
+            for _ in range(3):
+                layers += [nn.Conv2d(c, 2 * c, 4, 2, 1), nn.InstanceNorm2d(2 * c), nn.LeakyReLU(0.2, inplace=True)]
+                c *= 2
+            return nn.Sequential(*layers, nn.Conv2d(c, 1, 3, padding=1))
+
+        self.nets = nn.ModuleList(one() for _ in range(scales))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for i, net in enumerate(self.nets):
+            if i:
+                x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+            outs.append(net(x))
+        return outs
+
+
+class _ResDown(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+                                  nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+                                  nn.AvgPool2d(2))
+        self.skip = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(cin, cout, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.body(x) + self.skip(x)) * 2 ** -0.5
+
+
+class PatchCooccurrenceDiscriminator(nn.Module):
+    """Swapping-Autoencoder patch co-occurrence D: is ``query`` a patch of the image the reference patches come from?
+
+    A residual encoder maps each patch to a vector; the references are averaged, concatenated with the query and
+    scored by an MLP.
+    """
+
+    def __init__(self, patch_size: int = 64, width: int = 32, max_width: int = 384, mlp_width: int = 1024):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        c, size = width, patch_size
+        while size > 4:
+            nc = min(2 * c, max_width)
+            layers.append(_ResDown(c, nc))
+            c, size = nc, size // 2
+        layers += [nn.Conv2d(c, c, 3), nn.LeakyReLU(0.2, inplace=True), nn.Flatten()]
+        self.encoder = nn.Sequential(*layers)
+        feat_dim = c * max(1, size - 2) ** 2
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * feat_dim, mlp_width), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(mlp_width, mlp_width // 2), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(mlp_width // 2, 1),
+        )
+
+    def forward(self, query_feat: torch.Tensor, ref_feat: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.cat([query_feat, ref_feat], dim=1)).squeeze(1)
+
+
+def sample_patch_boxes(batch: int, num: int, height: int, width: int, min_scale: float, max_scale: float,
+                       device: torch.device) -> torch.Tensor:
+    """Random square boxes (roi_align format [b, x1, y1, x2, y2]), ``num`` per image, side a fraction of min(H, W)."""
+    side = (torch.rand(batch, num, device=device) * (max_scale - min_scale) + min_scale) * min(height, width)
+    x1 = torch.rand(batch, num, device=device) * (width - side)
+    y1 = torch.rand(batch, num, device=device) * (height - side)
+    bidx = torch.arange(batch, device=device, dtype=side.dtype).view(-1, 1).expand(batch, num)
+    return torch.stack([bidx, x1, y1, x1 + side, y1 + side], dim=-1).reshape(-1, 5)
+
+
+def sobel_split(img: torch.Tensor, guide: torch.Tensor, num_per_tier: int, min_scale: float, max_scale: float,
+                patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample 2*num_per_tier patches per image, sort them by mean Sobel magnitude of ``guide`` at the same place.
+
+    Returns (simple, complex) patch tensors, each (B, num_per_tier, 3, patch_size, patch_size): the low-intensity
+    half and the high-intensity half. ``guide`` is the image whose edges define complexity (the content image for
+    a stylisation, the style image itself for style patches).
+    """
+    b, _, h, w = img.shape
+    n = 2 * num_per_tier
+    boxes = sample_patch_boxes(b, n, h, w, min_scale, max_scale, img.device).to(img.dtype)
+    with torch.no_grad():
+        edges = sobel_magnitude(guide.float())
+        score = roi_align(edges, boxes.float(), output_size=4, aligned=True).mean((1, 2, 3)).view(b, n)
+        order = score.argsort(dim=1)
+    patches = roi_align(img, boxes, output_size=patch_size, aligned=True).view(b, n, 3, patch_size, patch_size)
+    patches = torch.gather(patches, 1, order.view(b, n, 1, 1, 1).expand_as(patches))
+    return patches[:, :num_per_tier], patches[:, num_per_tier:]
+
+
+class ContrastHead(nn.Module):
+    """Spatially pooled features -> MLP -> unit vector (ContraAST projection head; mean pooling keeps it size-free)."""
+
+    def __init__(self, cin: int, dim: int):
+        super().__init__()
+        hidden = max(dim, cin // 2)
+        self.mlp = nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(feat.float().mean((2, 3))), dim=1)
+
+
+class StyleProjector(nn.Module):
+    """CAST multi-layer style projector: per tap cat(GAP, GMP) -> linear+ReLU -> linear projector -> unit vector."""
+
+    def __init__(self, channels: dict[str, int], layers: tuple[str, ...], dim: int):
+        super().__init__()
+        self.layers = layers
+        self.heads = nn.ModuleDict({
+            name: nn.Sequential(nn.Linear(2 * channels[name], channels[name]), nn.ReLU(inplace=True),
+                                nn.Linear(channels[name], 2 * dim), nn.Linear(2 * dim, dim))
+            for name in layers
+        })
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self.layers:
+            f = feats[name].float()
+            pooled = torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1)
+            out[name] = F.normalize(self.heads[name](pooled), dim=1)
+        return out
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+    return x
+
+
+# ------------------------------------------------------------------------------------------------------------ model
+class NeAT(nn.Module):
+    """NeAT generator, its discriminators and heads, with the trainer-facing step interface."""
+
+    def __init__(self, cfg: NeATConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vgg = VGG19Encoder(cfg.vgg_weights, width=cfg.vgg_width, fmt=cfg.vgg_format)
+        ch = feature_channels(cfg.vgg_width)
+        c4 = ch["relu4_1"]
+        # generator
+        self.blocks = nn.ModuleList(PAMABlock(c4) for _ in range(cfg.num_blocks))
+        self.decoder = DeltaDecoder(c4, cfg.decoder_width)
+        self.style_head = ContrastHead(ch["relu3_1"], cfg.proj_dim)
+        self.content_head = ContrastHead(ch["relu4_1"], cfg.proj_dim)
+        # discriminators (trained by discriminator_step)
+        self.domain_disc = MultiScaleDiscriminator(cfg.disc_width, cfg.disc_scales)
+        self.patch_disc_simple = PatchCooccurrenceDiscriminator(cfg.patch_size, cfg.patch_disc_width,
+                                                                cfg.patch_disc_max_width, cfg.patch_mlp_width)
+        self.patch_disc_complex = PatchCooccurrenceDiscriminator(cfg.patch_size, cfg.patch_disc_width,
+                                                                 cfg.patch_disc_max_width, cfg.patch_mlp_width)
+        self.style_projector = StyleProjector(ch, cfg.style_nce_layers, cfg.proj_dim)
+        self._loss_layers = tuple(dict.fromkeys(cfg.style_layers + cfg.style_nce_layers + ("relu3_1", "relu4_1",
+                                                                                            "conv4_2")))
+
+    # ------------------------------------------------------------------------------------------- parameter groups
+    def generator_parameters(self) -> list[nn.Parameter]:
+        mods = [self.blocks, self.decoder, self.style_head, self.content_head]
+        return [p for m in mods for p in m.parameters()]
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        mods = [self.domain_disc, self.patch_disc_simple, self.patch_disc_complex, self.style_projector]
+        return [p for m in mods for p in m.parameters()]
+
+    def model_config(self) -> dict:
+        return dataclasses.asdict(self.cfg)
+
+    # ---------------------------------------------------------------------------------------------- generation
+    def filter_prior(self, content: torch.Tensor, blur: float | None = None) -> torch.Tensor:
+        """Blur + bilateral-filter the content; ``blur`` scales both window sizes (1 = training, 0 = off)."""
+        cfg, strength = self.cfg, 1.0 if blur is None else float(blur)
+        if strength < 0:
+            raise ValueError(f"blur strength must be >= 0, got {blur}")
+        with torch.no_grad(), torch.autocast(device_type=content.device.type, enabled=False):
+            x = content.float()
+            k = round(cfg.prior_blur_kernel * strength)
+            if k > 1:
+                x = gaussian_blur(x, k, cfg.prior_blur_sigma * strength or None)
+            d = round(cfg.prior_bilateral_diameter * strength)
+            if d > 1:
+                x = bilateral_filter(x, d, cfg.prior_bilateral_sigma_color / 255.0, cfg.prior_bilateral_sigma_space)
+        return x.to(content.dtype)
+
+    def make_prior(self, filtered: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """Recolour the filtered content to the style image's colour mean/covariance (if enabled)."""
+        if not self.cfg.prior_recolour:
+            return filtered
+        with torch.no_grad():
+            return recolour(filtered, style)
+
+    def transform(self, fc: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
+        """Progressive attentional alignment of content relu4_1 features to (capped) style relu4_1 features."""
+        fs = cap_tokens(fs, self.cfg.max_style_tokens)
+        fcs = fc
+        for block in self.blocks:
+            fcs = block(fcs, fs, mode=self.cfg.attention_mode, chunk_size=self.cfg.attention_chunk)
+        return fcs
+
+    def generate(self, fc4: torch.Tensor, fs4: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """Stylised image = prior_weight * prior + decoded RGB deltas (unclamped, for the losses)."""
+        delta = self.decoder(self.transform(fc4, fs4))
+        return self.cfg.prior_weight * prior + delta[..., :prior.shape[-2], :prior.shape[-1]]
+
+    @torch.no_grad()
+    def stylize(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0,
+                blur: float | None = None) -> torch.Tensor:
+        """Inference: content (B,3,H,W) in [0,1] at any size, style (B or 1,3,h,w) -> stylised (B,3,H,W) in [0,1].
+
+        ``alpha`` interpolates the decoder input between content and stylised features and the prior between the
+        original content and the recoloured prior; alpha > 1 extrapolates (stronger style). ``blur`` scales the
+        prior filters (None = as trained, 0 = no blur).
+        """
+        h, w = content.shape[-2:]
+        if style.shape[0] == 1 and content.shape[0] > 1:
+            style = style.expand(content.shape[0], -1, -1, -1)
+        content_p = _pad_to_multiple(content, 8)
+        prior = self.make_prior(self.filter_prior(content_p, blur), style)
+        fc = self.vgg(content_p, ("relu4_1",))["relu4_1"]
+        fs = self.vgg(style, ("relu4_1",))["relu4_1"]
+        feat = self.transform(fc, fs)
+        if alpha != 1.0:
+            feat = fc + alpha * (feat - fc)
+            prior = content_p + alpha * (prior - content_p)
+        out = self.cfg.prior_weight * prior + self.decoder(feat)[..., :content_p.shape[-2], :content_p.shape[-1]]
+        return out[..., :h, :w].clamp(0, 1)
+
+    # ------------------------------------------------------------------------------------------ training steps
+    def forward(self, batch: dict[str, torch.Tensor], step: str = "generator"):
+        """Dispatch to a training step, so wrappers such as DistributedDataParallel see a ``forward`` call."""
+        if step == "generator":
+            return self.generator_step(batch)
+        if step == "discriminator":
+            return self.discriminator_step(batch)
+        raise ValueError(f"step must be 'generator' or 'discriminator', got {step!r}")
+
+    def _pairs(self, batch: dict[str, torch.Tensor]):
+        """Stylisation pairs: (c_i, s_i) and, with roll_pairs, (c_{i+1}, s_i); returns index tensors into the batch."""
+        content = batch["content"]
+        b = content.shape[0]
+        idx = torch.arange(b, device=content.device)
+        if self.cfg.roll_pairs and b > 1:
+            return torch.cat([idx, (idx + 1) % b]), torch.cat([idx, idx])
+        return idx, idx
+
+    def _stylise_batch(self, batch: dict[str, torch.Tensor], cfeat: dict, sfeat: dict,
+                       filtered_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        ci, si = self._pairs(batch)
+        prior = self.make_prior(filtered_c[ci], batch["style"][si])
+        out = self.generate(cfeat["relu4_1"][ci], sfeat["relu4_1"][si], prior)
+        return out, prior, ci, si
+
+    def _patch_logits(self, disc: PatchCooccurrenceDiscriminator, style_patches: torch.Tensor,
+                      query_patches: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Real logits (a style patch vs the other style patches of its tier) and fake logits (output patches)."""
+        b, n = style_patches.shape[:2]
+        sf = disc.encoder(style_patches.flatten(0, 1)).view(b, n, -1)
+        ref = (sf.sum(1, keepdim=True) - sf) / (n - 1)  # leave-one-out mean of the reference patches
+        real = disc(sf.flatten(0, 1), ref.flatten(0, 1))
+        if query_patches is None:
+            return real, None
+        qf = disc.encoder(query_patches.flatten(0, 1)).view(b, n, -1)
+        fake = disc(qf.flatten(0, 1), ref.flatten(0, 1))
+        return real, fake
+
+    def _patch_tiers(self, out: torch.Tensor, guide: torch.Tensor, style: torch.Tensor):
+        c = self.cfg
+        args = (c.patch_num_crops, c.patch_min_scale, c.patch_max_scale, c.patch_size)
+        out_simple, out_complex = sobel_split(out, guide, *args)
+        st_simple, st_complex = sobel_split(style, style, *args)
+        return (st_simple, out_simple), (st_complex, out_complex)
+
+    def generator_step(self, batch: dict[str, torch.Tensor]):
+        cfg = self.cfg
+        content, style = batch["content"], batch["style"]
+        b = content.shape[0]
+        with torch.no_grad():
+            cfeat = self.vgg(content, self._loss_layers)
+            sfeat = self.vgg(style, self._loss_layers)
+            filtered_c = self.filter_prior(content)
+            filtered_s = self.filter_prior(style)
+        out, prior, ci, si = self._stylise_batch(batch, cfeat, sfeat, filtered_c)
+        ofeat = self.vgg(out, self._loss_layers)
+        logs: dict[str, float] = {}
+        terms: dict[str, torch.Tensor] = {}
+        s_tgt = {k: v[si] for k, v in sfeat.items()}
+        terms["style"] = L.style_mean_std(ofeat, s_tgt, cfg.style_layers)
+        terms["content"] = L.content_perceptual(ofeat["conv4_2"], cfeat["conv4_2"][ci])
+        if cfg.w_identity_pixel or cfg.w_identity_feature:
+            i_cc = self.generate(cfeat["relu4_1"], cfeat["relu4_1"], self.make_prior(filtered_c, content))
+            i_ss = self.generate(sfeat["relu4_1"], sfeat["relu4_1"], self.make_prior(filtered_s, style))
+            terms["identity_pixel"] = L.identity_pixel(i_cc, content) + L.identity_pixel(i_ss, style)
+            fcc = self.vgg(i_cc, cfg.style_layers)
+            fss = self.vgg(i_ss, cfg.style_layers)
+            terms["identity_feature"] = (
+                L.identity_feature(fcc, {k: cfeat[k] for k in cfg.style_layers})
+                + L.identity_feature(fss, {k: sfeat[k] for k in cfg.style_layers}))
+        if cfg.w_adv:
+            terms["adv"] = L.adversarial_g(self.domain_disc(out), cfg.adv_type)
+        if cfg.w_patch_simple or cfg.w_patch_complex:
+            (st_s, out_s), (st_c, out_c) = self._patch_tiers(out, content[ci], style[si])
+            _, fake_s = self._patch_logits(self.patch_disc_simple, st_s, out_s)
+            _, fake_c = self._patch_logits(self.patch_disc_complex, st_c, out_c)
+            terms["patch_simple"] = L.adversarial_g(fake_s, "nsgan")  # Eq. 7: -log D(fake pair)
+            terms["patch_complex"] = L.adversarial_g(fake_c, "nsgan")
+        if len(ci) > b:  # roll pairs exist: same-style and same-content positives
+            same_style, same_content = L.roll_pair_masks(b, content.device)
+            terms["contrast_style"] = L.stylization_contrastive(self.style_head(ofeat["relu3_1"]), same_style,
+                                                                cfg.contrast_tau)
+            terms["contrast_content"] = L.stylization_contrastive(self.content_head(ofeat["relu4_1"]), same_content,
+                                                                  cfg.contrast_tau)
+        if cfg.w_style_nce and "style2" in batch and b > 1:
+            terms["style_nce"] = self._style_nce_generator(ofeat, sfeat, batch["style2"], si)
+        weights = {"style": cfg.w_style, "content": cfg.w_content, "identity_pixel": cfg.w_identity_pixel,
+                   "identity_feature": cfg.w_identity_feature, "adv": cfg.w_adv,
+                   "patch_simple": cfg.w_patch_simple, "patch_complex": cfg.w_patch_complex,
+                   "contrast_style": cfg.w_contrast_style, "contrast_content": cfg.w_contrast_content,
+                   "style_nce": cfg.w_style_nce}
+        loss = sum(weights[k] * v for k, v in terms.items())
+        logs = {f"g/{k}": float(v.detach()) for k, v in terms.items()}
+        logs["g/total"] = float(loss.detach())
+        images = {"content": content.detach(), "style": style.detach(), "prior": prior[:b].detach().clamp(0, 1),
+                  "output": out[:b].detach().clamp(0, 1)}
+        return loss, logs, images
+
+    def _style_nce_generator(self, ofeat: dict, sfeat: dict, style2: torch.Tensor, si: torch.Tensor) -> torch.Tensor:
+        """CAST generator-side NCE: each output vs both crops of its own style, other styles as negatives."""
+        with torch.no_grad():
+            s2feat = self.vgg(style2, self.cfg.style_nce_layers)
+        q = self.style_projector(ofeat)
+        k1 = self.style_projector({n: sfeat[n] for n in self.cfg.style_nce_layers})
+        k2 = self.style_projector(s2feat)
+        b = style2.shape[0]
+        key_style = torch.cat([torch.arange(b, device=si.device)] * 2)
+        pos = si[:, None] == key_style[None, :]
+        total = 0.0
+        for name in self.cfg.style_nce_layers:
+            # Keys are targets for the generator, not something it should move.
+            keys = torch.cat([k1[name], k2[name]]).detach()
+            total = total + L.info_nce(q[name], keys, pos, self.cfg.nce_tau)
+        return total / len(self.cfg.style_nce_layers)
+
+    def discriminator_step(self, batch: dict[str, torch.Tensor]):
+        cfg = self.cfg
+        content, style = batch["content"], batch["style"]
+        b = content.shape[0]
+        with torch.no_grad():
+            cfeat = self.vgg(content, ("relu4_1",))
+            sfeat = self.vgg(style, ("relu4_1",))
+            out, _, ci, si = self._stylise_batch(batch, cfeat, sfeat, self.filter_prior(content))
+            out = out.detach()
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.w_adv:
+            real_in = style.detach().requires_grad_(cfg.w_r1 > 0)
+            real_logits = self.domain_disc(real_in)
+            terms["adv"] = L.adversarial_d(real_logits, self.domain_disc(out), cfg.adv_type)
+            if cfg.w_r1 > 0:
+                terms["r1"] = sum(L.r1_penalty(r, real_in) for r in real_logits) / len(real_logits)
+        if cfg.w_patch_simple or cfg.w_patch_complex:
+            (st_s, out_s), (st_c, out_c) = self._patch_tiers(out, content[ci], style[si])
+            real_s, fake_s = self._patch_logits(self.patch_disc_simple, st_s, out_s)
+            real_c, fake_c = self._patch_logits(self.patch_disc_complex, st_c, out_c)
+            terms["patch_simple"] = L.adversarial_d(real_s, fake_s, "nsgan")
+            terms["patch_complex"] = L.adversarial_d(real_c, fake_c, "nsgan")
+        if cfg.w_style_nce_d and "style2" in batch and b > 1:
+            with torch.no_grad():
+                f1 = self.vgg(style, cfg.style_nce_layers)
+                f2 = self.vgg(batch["style2"], cfg.style_nce_layers)
+            p1, p2 = self.style_projector(f1), self.style_projector(f2)
+            eye = torch.eye(b, dtype=torch.bool, device=style.device)
+            terms["style_nce"] = sum(L.info_nce(p1[n], p2[n], eye, cfg.nce_tau) + L.info_nce(p2[n], p1[n], eye,
+                                                                                             cfg.nce_tau)
+                                     for n in cfg.style_nce_layers) / (2 * len(cfg.style_nce_layers))
+        weights = {"adv": cfg.w_adv, "r1": cfg.w_r1, "patch_simple": cfg.w_patch_simple,
+                   "patch_complex": cfg.w_patch_complex, "style_nce": cfg.w_style_nce_d}
+        if not terms:
+            loss = sum(p.sum() * 0.0 for p in self.discriminator_parameters())
+        else:
+            loss = sum(weights[k] * v for k, v in terms.items())
+        logs = {f"d/{k}": float(v.detach()) for k, v in terms.items()}
+        logs["d/total"] = float(loss.detach())
+        return loss, logs
+
+
+# --------------------------------------------------------------------------------------------------------- registry
+_TINY = {"vgg_weights": None, "vgg_width": 1 / 16, "decoder_width": 1 / 16, "num_blocks": 2, "max_style_tokens": 256,
+         "attention_chunk": 64, "prior_bilateral_diameter": 5, "disc_width": 8, "disc_scales": 2, "patch_size": 16,
+         "patch_num_crops": 2, "patch_min_scale": 0.25, "patch_max_scale": 0.5, "patch_disc_width": 8,
+         "patch_disc_max_width": 32, "patch_mlp_width": 64, "proj_dim": 16}
+
+
+def _build(defaults: dict, overrides: dict) -> NeAT:
+    known = {f.name for f in dataclasses.fields(NeATConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise TypeError(f"unknown NeAT config keys {sorted(unknown)}; valid: {sorted(known)}")
+    return NeAT(NeATConfig(**{**defaults, **overrides}))
+
+
+@register_model
+def neat(**kwargs) -> NeAT:
+    """NeAT at paper sizes: VGG-19 weights from the local cache (see docs/neat.md), 4 PAMA blocks at relu4_1."""
+    return _build({}, kwargs)
+
+
+@register_model
+def neat_tiny(**kwargs) -> NeAT:
+    """Random-init tiny NeAT (VGG width 1/16, 2 blocks, small discriminators) for CPU tests at 32-64 px."""
+    return _build(_TINY, kwargs)
+
+
+@register_model
+def test_neat(**kwargs) -> NeAT:
+    """Alias of ``neat_tiny`` following timm's ``test_*`` naming for test variants."""
+    return _build(_TINY, kwargs)
