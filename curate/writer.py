@@ -1,0 +1,226 @@
+"""Write stage: deterministic WebDataset tar shards, a wids shard-index manifest and Parquet metadata, atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import posixpath
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+TAR_MTIME = 0  # fixed member mtime: the same samples always give byte-identical tars
+TAR_HEADER = 512  # bytes per tar member header; data is padded to 512-byte blocks
+JSON_ESTIMATE = 1024  # bytes a sample's .json member takes in plan_shards' size estimate (header + body)
+MANIFEST_KIND = "wids-shard-index-v1"
+
+
+def _fs(url: str):
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def _is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _tmp_name(path: str) -> str:
+    head, tail = posixpath.split(path)
+    return posixpath.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:12]}")
+
+
+class _HashingWriter:
+    """File wrapper that hashes and counts what passes through (one pass: no re-read to checksum the shard)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5()  # noqa: S324 - the wids index format asks for md5sum; sha256 is stored too
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.f.write(data)
+        self.sha256.update(data)
+        self.md5.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_write(url: str, write_fn) -> Any:
+    """Call ``write_fn(fileobj)`` so the file appears at ``url`` only once complete.
+
+    Local and POSIX-like filesystems: write to a hidden temporary name in the same folder, then rename over
+    the target. Object stores (s3://, gs://, ...): write the object directly; a PUT/multipart upload becomes
+    visible only when it completes, which is the same guarantee, and a rename there would be a full copy.
+    """
+    fs, path = _fs(url)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if not _is_local(fs):
+        with fs.open(path, "wb") as f:
+            return write_fn(f)
+    tmp = _tmp_name(path)
+    try:
+        with fs.open(tmp, "wb") as f:
+            result = write_fn(f)
+            f.flush()
+            _fsync(f)
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+    return result
+
+
+def _fsync(f) -> None:
+    import os
+
+    try:
+        os.fsync(f.fileno())
+    except (AttributeError, OSError, ValueError):
+        pass  # not a real file descriptor
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError("bytes are not JSON metadata")
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def sample_json(sample: Mapping[str, Any]) -> bytes:
+    """The ``.json`` member of a sample: every field except the image bytes, keys sorted, compact."""
+    meta = {k: _jsonable(v) for k, v in sample.items() if k != "image"}
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def write_shard(url: str, samples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Write one tar shard atomically and return its manifest entry.
+
+    Each sample is a mapping with ``key`` (no dots), ``ext`` (``jpg``/``png``), ``image`` (the bytes) and any
+    other fields, which go to the ``{key}.json`` member. Members are ``{key}.{ext}`` and ``{key}.json``, samples
+    sorted by key, with fixed mtime/owner so the same samples always produce the same bytes.
+    Returns ``{"url", "nsamples", "filesize", "sha256", "md5sum"}``.
+    """
+    import webdataset as wds
+
+    ordered = sorted(samples, key=lambda s: s["key"])
+    for s in ordered:
+        key, ext = str(s["key"]), str(s.get("ext") or "")
+        if not key or "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must be non-empty with no '.' or '/' (WebDataset splits on them)")
+        if ext not in ("jpg", "png"):
+            raise ValueError(f"sample {key}: ext must be 'jpg' or 'png', got {ext!r}")
+        if not isinstance(s.get("image"), (bytes, bytearray, memoryview)) or not len(s["image"]):
+            raise ValueError(f"sample {key}: no image bytes")
+    if len({s["key"] for s in ordered}) != len(ordered):
+        raise ValueError(f"{url}: duplicate sample keys in one shard")
+
+    def write(f) -> _HashingWriter:
+        hashing = _HashingWriter(f)
+        tar = wds.TarWriter(hashing, user="bbst", group="bbst", mode=0o444, encoder=False, mtime=TAR_MTIME)
+        for s in ordered:
+            tar.write({"__key__": str(s["key"]), str(s["ext"]): bytes(s["image"]), "json": sample_json(s)})
+        tar.close()  # writes the end-of-archive blocks into ``hashing``
+        return hashing
+
+    hashing = atomic_write(url, write)
+    return {"url": url, "nsamples": len(ordered), "filesize": hashing.size,
+            "sha256": hashing.sha256.hexdigest(), "md5sum": hashing.md5.hexdigest()}
+
+
+def _padded(n: int) -> int:
+    return TAR_HEADER + (n + 511) // 512 * 512
+
+
+def plan_shards(rows: Sequence[Any], max_samples: int, max_bytes: int, size_field: str = "num_bytes",
+                ) -> list[list[Any]]:
+    """Pack rows into shards deterministically: sorted by key, filled in order up to both limits.
+
+    ``rows`` are mappings with ``key`` and ``size_field`` (the image byte size), or ``(key, size)`` tuples. A
+    shard closes when the next sample would take it over ``max_samples`` or over ``max_bytes`` (estimated tar
+    size: headers, padding and the JSON member); a single sample larger than ``max_bytes`` gets its own shard.
+    """
+    if max_samples < 1 or max_bytes < 1:
+        raise ValueError("max_samples and max_bytes must be >= 1")
+
+    def key_size(row: Any) -> tuple[str, int]:
+        if isinstance(row, Mapping):
+            return str(row["key"]), int(row.get(size_field) or 0)
+        return str(row[0]), int(row[1] or 0)
+
+    shards: list[list[Any]] = []
+    current: list[Any] = []
+    current_bytes = 1024  # end-of-archive blocks
+    for row in sorted(rows, key=lambda r: key_size(r)[0]):
+        size = _padded(key_size(row)[1]) + JSON_ESTIMATE
+        if current and (len(current) >= max_samples or current_bytes + size > max_bytes):
+            shards.append(current)
+            current, current_bytes = [], 1024
+        current.append(row)
+        current_bytes += size
+    if current:
+        shards.append(current)
+    return shards
+
+
+def write_manifest(url: str, shard_entries: Iterable[Mapping[str, Any]], name: str,
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write a wids shard index (``wids-shard-index-v1``) listing ``shard_entries`` sorted by url, atomically.
+
+    Entries need ``url``, ``nsamples`` and ``filesize``; other fields (``md5sum``, ``sha256``, ``subset``, ...)
+    are kept. wids resolves relative shard urls against the index's own location.
+    """
+    shardlist = []
+    for entry in shard_entries:
+        missing = {"url", "nsamples", "filesize"} - set(entry)
+        if missing:
+            raise ValueError(f"manifest entry {dict(entry)} lacks {sorted(missing)}")
+        shardlist.append({k: _jsonable(v) for k, v in entry.items()})
+    shardlist.sort(key=lambda e: e["url"])
+    index = {"__kind__": MANIFEST_KIND, "wids_version": 1, "name": name, **(dict(extra) if extra else {}),
+             "shardlist": shardlist}
+    data = json.dumps(index, indent=1, sort_keys=False).encode("utf-8")
+    atomic_write(url, lambda f: f.write(data))
+    return index
+
+
+def read_manifest(url: str) -> dict[str, Any]:
+    """Read a manifest written by :func:`write_manifest` (checks its kind)."""
+    import fsspec
+
+    with fsspec.open(url, "rb") as f:
+        index = json.load(f)
+    if index.get("__kind__") != MANIFEST_KIND:
+        raise ValueError(f"{url}: not a {MANIFEST_KIND} file (kind {index.get('__kind__')!r})")
+    return index
+
+
+def write_meta_parquet(url: str, table) -> None:
+    """Write a pyarrow Table (or a dict of columns) as Parquet, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not isinstance(table, pa.Table):
+        table = pa.table(table)
+    atomic_write(url, lambda f: pq.write_table(table, f, compression="zstd"))
