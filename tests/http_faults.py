@@ -257,6 +257,21 @@ class FaultServer(ThreadingHTTPServer):
             except OSError:
                 pass  # the client gave up, as it should
 
+        def noai_slow(h: _Handler) -> None:
+            """Opt-out header, then a body that would take ~10 s: a client that reads it first is too slow."""
+            h.send_response(200)
+            h.send_header("Content-Type", "image/jpeg")
+            h.send_header("Content-Length", str(len(jpeg)))
+            h.send_header("X-Robots-Tag", "noimageai")
+            h.end_headers()
+            try:
+                for i in range(0, len(jpeg), max(1, len(jpeg) // 100)):
+                    h.wfile.write(jpeg[i:i + max(1, len(jpeg) // 100)])
+                    h.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
         def reset(h: _Handler) -> None:
             # SO_LINGER 0 makes close() send a TCP RST instead of a response
             h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -283,6 +298,7 @@ class FaultServer(ThreadingHTTPServer):
             h.send_bytes(jpeg, "image/jpeg")
 
         r["/slow"] = slow
+        r["/noai-slow"] = noai_slow
         r["/reset"] = reset
         r["/truncated"] = truncated
         r["/big"] = big
