@@ -34,7 +34,7 @@ def photo_like(width: int, height: int, seed: int | np.random.Generator = 0, noi
     arr = np.asarray(img, dtype=np.float32)
     if noise > 0:
         # low-resolution noise upsampled keeps generation fast at 1024+ px while staying incompressible enough
-        small = rng.normal(0, noise, size=(max(1, height // 2), max(1, width // 2), 3)).astype(np.float32)
+        small = rng.normal(0, noise, size=(-(-height // 2), -(-width // 2), 3)).astype(np.float32)
         arr = arr + np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)[:height, :width]
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
@@ -61,7 +61,7 @@ def artwork_like(width: int, height: int, seed: int | np.random.Generator = 0) -
         draw.line(pts, fill=colour, width=max(2, int(scale * rng.uniform(0.005, 0.03))))
     arr = np.asarray(img, dtype=np.int16)
     # a faint paper/canvas texture, so the bytes are not trivially compressible
-    texture = rng.integers(-3, 4, size=(max(1, height // 4), max(1, width // 4), 1), dtype=np.int16)
+    texture = rng.integers(-3, 4, size=(-(-height // 4), -(-width // 4), 1), dtype=np.int16)
     arr = arr + np.repeat(np.repeat(texture, 4, axis=0), 4, axis=1)[:height, :width]
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
