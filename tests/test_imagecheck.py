@@ -1,0 +1,199 @@
+"""Inspect-and-filter stage: header-first rejections, bomb guard, validation, mode policy, hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from curate import synthetic
+from curate.downloader import DownloadConfig, Downloader
+from curate.imagecheck import ImageCheckConfig, ImageChecker
+from http_faults import exif_rotated_jpeg, sample_images
+
+SMALL = ImageCheckConfig(min_side=64)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return {name: body for name, (body, _) in sample_images(96).items()}
+
+
+def check(data, cfg=SMALL) -> dict:
+    out = ImageChecker(cfg)({"image": np.array([data], dtype=object)})
+    return {c: out[c][0] for c in out}
+
+
+def reopen(row) -> Image.Image:
+    img = Image.open(io.BytesIO(row["image"]))
+    img.load()
+    return img
+
+
+@pytest.fixture
+def count_loads(monkeypatch):
+    """Count full pixel decodes (ImageFile.load calls that actually decode)."""
+    calls = []
+    real = ImageFile.ImageFile.load
+
+    def counting(self):
+        if self.tile:
+            calls.append(self.format)
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
+    return calls
+
+
+EXPECTED = {
+    "ok.jpg": ("ok", "jpg"),
+    "ok.png": ("ok", "png"),
+    "gray.jpg": ("ok", "jpg"),
+    "cmyk.jpg": ("ok", "jpg"),
+    "png16.png": ("ok", "png"),
+    "palette.png": ("ok", "png"),
+    "alpha.png": ("ok", "png"),
+    "exif-rotated.jpg": ("ok", "jpg"),
+    "animated.gif": ("unsupported", None),
+    "animated.webp": ("unsupported", None),
+    "animated.png": ("unsupported", None),
+    "static.gif": ("ok", "png"),
+    "image.webp": ("ok", "jpg"),
+    "alpha.webp": ("ok", "png"),
+    "image.tiff": ("ok", "jpg"),
+    "image.bmp": ("ok", "jpg"),
+    "tiny.jpg": ("too_small", None),
+    "wide.jpg": ("bad_aspect", None),
+    "bomb.png": ("too_large", None),
+    "corrupt.jpg": ("corrupt", None),
+}
+
+
+def test_every_sample_image_gets_its_status(images):
+    assert set(images) == set(EXPECTED)
+    names = list(EXPECTED)
+    out = ImageChecker(SMALL)({"image": np.array([images[n] for n in names], dtype=object)})
+    for i, name in enumerate(names):
+        status, ext = EXPECTED[name]
+        assert out["status"][i] == status, (name, out["error"][i])
+        assert out["sha256"][i] == hashlib.sha256(images[name]).hexdigest()
+        if status == "ok":
+            assert out["ext"][i] == ext and out["error"][i] is None
+            assert out["mime"][i] == {"jpg": "image/jpeg", "png": "image/png"}[ext]
+            assert len(out["phash"][i]) == 16 and int(out["phash"][i], 16) >= 0
+            img = Image.open(io.BytesIO(out["image"][i]))
+            assert img.format == {"jpg": "JPEG", "png": "PNG"}[ext]
+        else:
+            assert out["image"][i] is None and out["error"][i] and out["phash"][i] is None
+
+
+def test_end_to_end_through_downloader(fault_server):
+    routes = ["ok.jpg", "cmyk.jpg", "png16.png", "exif-rotated.jpg", "animated.gif", "image.webp", "bomb.png",
+              "tiny.jpg", "corrupt.jpg", "html", "404"]
+    dl = Downloader(DownloadConfig(allowed_networks=["127.0.0.0/8"], retries=0, max_bytes=10_000_000))
+    batch = dl({"url": np.array([fault_server.url(r) for r in routes], dtype=object)})
+    out = ImageChecker(SMALL)(batch)
+    got = dict(zip(routes, out["status"], strict=True))
+    assert got == {"ok.jpg": "ok", "cmyk.jpg": "ok", "png16.png": "ok", "exif-rotated.jpg": "ok",
+                   "animated.gif": "unsupported", "image.webp": "ok", "bomb.png": "too_large", "tiny.jpg": "too_small",
+                   "corrupt.jpg": "corrupt", "html": "not_image", "404": "download_error"}
+    assert out["error"][routes.index("404")] == "HTTP 404"  # failed rows pass through untouched
+    assert all(out["image"][i] is None for i, r in enumerate(routes) if got[r] != "ok")
+
+
+def test_too_small_decided_from_header_without_decode(count_loads):
+    big_declared = synthetic.encode(synthetic.photo_like(1000, 1200, seed=1), "JPEG")
+    row = check(big_declared, ImageCheckConfig(min_side=1024))
+    assert row["status"] == "too_small" and "1000" in row["error"]
+    assert row["original_width"] == 1000 and row["original_height"] == 1200
+    assert count_loads == []
+
+
+def test_min_side_boundary():
+    ok = synthetic.encode(synthetic.photo_like(1024, 1100, seed=2), "JPEG")
+    small = synthetic.encode(synthetic.photo_like(1022, 1100, seed=2), "JPEG")
+    assert check(ok, ImageCheckConfig())["status"] == "ok"
+    assert check(small, ImageCheckConfig())["status"] == "too_small"
+
+
+def test_pixel_ceiling_before_decode(count_loads, images):
+    row = check(images["ok.jpg"], ImageCheckConfig(min_side=64, max_pixels=100 * 100))
+    assert row["status"] == "too_large" and "max_pixels" in row["error"]
+    assert check(images["bomb.png"])["status"] == "too_large"
+    assert count_loads == []
+
+
+def test_exif_orientation_swaps_sizes():
+    stored_portrait = exif_rotated_jpeg(800, 1200, orientation=6)
+    row = check(stored_portrait)
+    assert (row["original_width"], row["original_height"]) == (1200, 800)
+    assert (row["width"], row["height"]) == (1200, 800)
+    assert row["image"] == stored_portrait  # original bytes kept, orientation tag included
+    assert check(exif_rotated_jpeg(800, 1200, orientation=3))["original_width"] == 800
+    # min_side applies to the upright image
+    landscape = check(exif_rotated_jpeg(800, 1200, orientation=8), ImageCheckConfig(min_side=1000))
+    assert landscape["status"] == "too_small" and landscape["original_width"] == 1200
+
+
+def test_mode_policy(images):
+    # CMYK JPEG -> RGB JPEG
+    cmyk = check(images["cmyk.jpg"])
+    assert reopen(cmyk).mode == "RGB" and cmyk["ext"] == "jpg"
+    # 16-bit PNG -> 8-bit PNG keeping the high byte
+    png16 = check(images["png16.png"])
+    img = reopen(png16)
+    assert img.mode == "L" and png16["image"][24] == 8
+    src = np.asarray(Image.open(io.BytesIO(images["png16.png"])))
+    np.testing.assert_array_equal(np.asarray(img), (src.astype(np.uint32) >> 8).astype(np.uint8))
+    # palette, alpha and grayscale keep their original bytes
+    for name in ("palette.png", "alpha.png", "gray.jpg", "ok.jpg", "ok.png"):
+        assert check(images[name])["image"] == images[name], name
+    # WebP with alpha -> PNG RGBA; static WebP/TIFF/BMP -> JPEG; static GIF -> PNG
+    assert reopen(check(images["alpha.webp"])).mode == "RGBA"
+    assert check(images["image.tiff"])["ext"] == "jpg" and check(images["image.bmp"])["ext"] == "jpg"
+    assert check(images["static.gif"])["ext"] == "png"
+
+
+def test_animated_first_frame_policy(images):
+    cfg = ImageCheckConfig(min_side=64, animated="first_frame")
+    for name in ("animated.gif", "animated.webp", "animated.png"):
+        row = check(images[name], cfg)
+        assert row["status"] == "ok", (name, row["error"])
+        img = Image.open(io.BytesIO(row["image"]))
+        assert not getattr(img, "is_animated", False)
+        assert img.size == (128, 96)
+
+
+def test_not_image_and_missing_bytes():
+    assert check(b"<!DOCTYPE html><html></html>")["status"] == "not_image"
+    assert check(None)["status"] == "not_image"
+    assert check(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)["status"] in ("corrupt", "not_image")
+
+
+def test_phash_is_stable_under_reencoding():
+    img = synthetic.artwork_like(640, 480, seed=11)
+    a = check(synthetic.encode(img, "JPEG", quality=95))["phash"]
+    b = check(synthetic.encode(img.resize((576, 432)), "JPEG", quality=75))["phash"]
+    c = check(synthetic.encode(synthetic.artwork_like(640, 480, seed=12), "JPEG"))["phash"]
+    dist = (imagehash.hex_to_hash(a) - imagehash.hex_to_hash(b), imagehash.hex_to_hash(a) - imagehash.hex_to_hash(c))
+    assert dist[0] <= 4 < 12 <= dist[1]
+
+
+def test_non_ok_rows_untouched(images):
+    batch = {"image": np.array([images["ok.jpg"], None], dtype=object),
+             "status": np.array(["ok", "download_error"], dtype=object),
+             "error": np.array([None, "HTTP 404"], dtype=object), "mime": np.array(["image/jpeg", None], dtype=object)}
+    out = ImageChecker(SMALL)(batch)
+    assert list(out["status"]) == ["ok", "download_error"]
+    assert out["error"][1] == "HTTP 404" and out["sha256"][1] is None
+
+
+def test_config_guards():
+    with pytest.raises(ValueError):
+        ImageChecker(ImageCheckConfig(max_pixels=10**12))
+    with pytest.raises(ValueError):
+        ImageCheckConfig(max_aspect_ratio=0.5)
