@@ -1,0 +1,121 @@
+"""URL list reader: formats, compression, folders/globs, fsspec, keys, pass-through columns, clear errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate import schema
+from curate.reader import ReaderConfig, detect_format, iter_partitions
+
+ROWS = [{"url": f"http://img.example/{i}.jpg", "source": "flickr" if i % 2 else "behance", "caption": f"c{i}"}
+        for i in range(7)]
+
+
+def write_all_formats(tmp_path):
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "list.parquet", row_group_size=3)
+    csv = "url,source,caption\n" + "".join(f"{r['url']},{r['source']},\"{r['caption']}\"\n" for r in ROWS)
+    (tmp_path / "list.csv").write_text(csv)
+    (tmp_path / "list.tsv").write_text(csv.replace(",", "\t").replace('"', ""))
+    (tmp_path / "list.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    with gzip.open(tmp_path / "list.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "list.txt").write_text("".join(r["url"] + "\n" for r in ROWS))
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["list.parquet", "list.csv", "list.tsv", "list.jsonl", "list.jsonl.gz", "list.txt"])
+def test_formats_partition_and_key(tmp_path, name):
+    write_all_formats(tmp_path)
+    parts = list(iter_partitions(str(tmp_path / name), ReaderConfig(rows_per_partition=3)))
+    assert [p for p, _ in parts] == [0, 1, 2]
+    assert [t.num_rows for _, t in parts] == [3, 3, 1]
+    table = pa.concat_tables([t for _, t in parts])
+    assert table.column_names[:3] == ["key", "url", "source"]
+    assert table.column("url").to_pylist() == [r["url"] for r in ROWS]
+    assert table.column("key").to_pylist()[3] == schema.make_key(1, 0)
+    if name == "list.txt":
+        assert table.column("source").null_count == 7
+    else:
+        assert table.column("source").to_pylist() == [r["source"] for r in ROWS]
+        assert table.column("caption").to_pylist() == [r["caption"] for r in ROWS]
+
+
+def test_folder_and_glob_number_partitions_across_files(tmp_path):
+    for i in range(3):
+        (tmp_path / f"part{i}.txt").write_text("".join(f"http://h/{i}-{j}.jpg\n" for j in range(4)))
+    (tmp_path / "_SUCCESS").write_text("")  # marker files are skipped in folders
+    folder = list(iter_partitions(str(tmp_path), ReaderConfig(rows_per_partition=3)))
+    assert [(p, t.num_rows) for p, t in folder] == [(0, 3), (1, 1), (2, 3), (3, 1), (4, 3), (5, 1)]
+    glob = list(iter_partitions(str(tmp_path / "part*.txt"), ReaderConfig(rows_per_partition=3)))
+    assert [t.to_pylist() for _, t in glob] == [t.to_pylist() for _, t in folder]
+
+
+def test_fsspec_url(tmp_path):
+    write_all_formats(tmp_path)
+    parts = list(iter_partitions(f"file://{tmp_path}/list.csv", ReaderConfig(rows_per_partition=10)))
+    assert parts[0][1].num_rows == 7
+
+
+def test_empty_and_missing_urls_are_rows(tmp_path):
+    (tmp_path / "l.csv").write_text("url,source\nhttp://a/1.jpg,flickr\n,behance\n   ,x\n")
+    (_, table), = iter_partitions(str(tmp_path / "l.csv"))
+    assert table.num_rows == 3
+    assert table.column("url").to_pylist()[1] is None
+
+
+def test_reserved_columns_are_renamed(tmp_path):
+    (tmp_path / "l.jsonl").write_text('{"url": "u", "status": "x", "width": 5}\n{"url": "v", "extra": 1}\n')
+    (_, table), = iter_partitions(str(tmp_path / "l.jsonl"))
+    assert set(table.column_names) == {"key", "url", "source", "input_status", "input_width", "extra"}
+    assert table.column("extra").to_pylist() == [None, 1]
+
+
+def test_custom_url_column(tmp_path):
+    pq.write_table(pa.table({"URL": ["a", "b"], "TEXT": ["x", "y"]}), tmp_path / "laion.parquet")
+    (_, table), = iter_partitions(str(tmp_path / "laion.parquet"), ReaderConfig(url_column="URL"))
+    assert table.column("url").to_pylist() == ["a", "b"] and "TEXT" in table.column_names
+
+
+def test_errors_name_file_and_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"url": "a"}\n{"url": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl: line 2"):
+        list(iter_partitions(str(tmp_path / "bad.jsonl")))
+    (tmp_path / "arr.jsonl").write_text('["a"]\n')
+    with pytest.raises(ValueError, match=r"arr.jsonl: line 1: expected a JSON object"):
+        list(iter_partitions(str(tmp_path / "arr.jsonl")))
+    (tmp_path / "nourl.csv").write_text("link,source\nhttp://a,b\n")
+    with pytest.raises(ValueError, match=r"nourl.csv: no URL column 'url'"):
+        list(iter_partitions(str(tmp_path / "nourl.csv")))
+    (tmp_path / "ragged.csv").write_text("url,source\nhttp://a,b\nhttp://c,d,e,f\n")
+    with pytest.raises(ValueError, match=r"ragged.csv: malformed CSV"):
+        list(iter_partitions(str(tmp_path / "ragged.csv")))
+    pq.write_table(pa.table({"url": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(ValueError, match=r"ints.parquet: rows 0-1: URL column 'url' has type int64"):
+        list(iter_partitions(str(tmp_path / "ints.parquet")))
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        list(iter_partitions(str(tmp_path / "nope.csv")))
+    with pytest.raises(ValueError, match="extension"):
+        detect_format("list.xlsx", ReaderConfig())
+
+
+def test_streaming_memory_is_bounded(tmp_path):
+    """A big list is read one partition at a time: Arrow's pool never holds more than a few partitions."""
+    n = 200_000
+    with open(tmp_path / "big.csv", "w") as f:
+        f.write("url,source\n")
+        for i in range(n):
+            f.write(f"http://img.example/some/long/path/{i:08d}.jpg,flickr\n")
+    cfg = ReaderConfig(rows_per_partition=5_000, read_block_bytes=1 << 18)
+    pool = pa.default_memory_pool()
+    peak, total, file_bytes = 0, 0, (tmp_path / "big.csv").stat().st_size
+    for _, table in iter_partitions(str(tmp_path / "big.csv"), cfg):
+        total += table.num_rows
+        peak = max(peak, pool.bytes_allocated())
+        del table
+    assert total == n
+    assert peak < file_bytes / 4, (peak, file_bytes)
