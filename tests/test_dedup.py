@@ -1,0 +1,129 @@
+"""Run-wide deduplication: exact and near duplicates, smallest key kept, independent of arrival order."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from curate.dedup import DedupConfig, DedupIndex, dedup_rows
+
+
+def key(i: int) -> str:
+    return f"{i:013d}"
+
+
+def hexh(h: int) -> str:
+    return f"{h:016x}"
+
+
+def brute_force(keys, shas, phashes, cfg):
+    """Reference: the same rule written the obvious, quadratic way."""
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    kept, first_sha, status = [], {}, {}
+    for i in order:
+        if cfg.exact and shas[i] in first_sha:
+            status[i] = "duplicate"
+            continue
+        first_sha[shas[i]] = i
+        h = int(phashes[i], 16)
+        if cfg.near and any((h ^ int(phashes[k], 16)).bit_count() <= cfg.phash_distance for k in kept):
+            status[i] = "near_duplicate"
+            continue
+        kept.append(i)
+        status[i] = "ok"
+    return [status[i] for i in range(len(keys))]
+
+
+def corpus(n=800, seed=0):
+    rng = random.Random(seed)
+    base = [rng.getrandbits(64) for _ in range(n)]
+    keys, shas, phashes = [], [], []
+    for i in range(n):
+        keys.append(key(i))
+        r = rng.random()
+        if r < 0.1 and i:  # exact copy of an earlier row
+            j = rng.randrange(i)
+            shas.append(shas[j])
+            phashes.append(phashes[j])
+            continue
+        h = base[i]
+        if r < 0.3 and i:  # near copy: flip up to 6 bits of an earlier hash
+            h = int(phashes[rng.randrange(i)], 16)
+            for b in rng.sample(range(64), rng.randint(1, 6)):
+                h ^= 1 << b
+        shas.append(f"sha{i}")
+        phashes.append(hexh(h))
+    return keys, shas, phashes
+
+
+@pytest.mark.parametrize("distance", [0, 3, 4, 6, 9])
+def test_matches_brute_force(distance):
+    keys, shas, phashes = corpus()
+    cfg = DedupConfig(phash_distance=distance)
+    status, dup_of = dedup_rows(keys, shas, phashes, cfg)
+    assert status == brute_force(keys, shas, phashes, cfg)
+    kept = {keys[i] for i, s in enumerate(status) if s == "ok"}
+    for i, s in enumerate(status):
+        if s == "ok":
+            assert dup_of[i] is None
+        else:
+            assert dup_of[i] in kept and dup_of[i] < keys[i]
+
+
+def test_independent_of_arrival_order():
+    keys, shas, phashes = corpus(seed=1)
+    status, dup_of = dedup_rows(keys, shas, phashes)
+    perm = list(range(len(keys)))
+    random.Random(5).shuffle(perm)
+    s2, d2 = dedup_rows([keys[i] for i in perm], [shas[i] for i in perm], [phashes[i] for i in perm])
+    assert [s2[perm.index(i)] for i in range(len(keys))] == status
+    assert [d2[perm.index(i)] for i in range(len(keys))] == dup_of
+
+
+def test_smallest_key_of_a_group_is_kept():
+    h = 0x0123456789ABCDEF
+    keys = [key(9), key(3), key(5), key(7)]
+    shas = ["a", "a", "b", "c"]
+    phashes = [hexh(h), hexh(h), hexh(h ^ 0b111), hexh(h ^ (1 | 1 << 16 | 1 << 32 | 1 << 48))]  # 3 and 4 bits off
+    status, dup_of = dedup_rows(keys, shas, phashes, DedupConfig(phash_distance=4))
+    assert status == ["duplicate", "ok", "near_duplicate", "near_duplicate"]
+    assert dup_of == [key(3), None, key(3), key(3)]
+    # one bit per 16-bit chunk is the pigeonhole worst case for distance 4: still found
+    assert dedup_rows(keys, shas, phashes, DedupConfig(phash_distance=3))[0][3] == "ok"
+
+
+def test_exact_duplicate_of_a_near_duplicate_points_at_the_kept_row():
+    h = 0xFFFF0000FFFF0000
+    keys = [key(1), key(2), key(3)]
+    status, dup_of = dedup_rows(keys, ["x", "y", "y"], [hexh(h), hexh(h ^ 1), hexh(h ^ 1)])
+    assert status == ["ok", "near_duplicate", "duplicate"]
+    assert dup_of == [None, key(1), key(1)]
+
+
+def test_switches_and_missing_hashes():
+    keys, shas, phashes = [key(1), key(2), key(3)], ["a", "a", None], ["00" * 8, "00" * 8, None]
+    assert dedup_rows(keys, shas, phashes, DedupConfig(exact=False, near=False))[0] == ["ok"] * 3
+    assert dedup_rows(keys, shas, phashes, DedupConfig(exact=False))[0] == ["ok", "near_duplicate", "ok"]
+    assert dedup_rows(keys, shas, phashes, DedupConfig(near=False))[0] == ["ok", "duplicate", "ok"]
+    with pytest.raises(ValueError):
+        dedup_rows(keys, shas, phashes[:2])
+    with pytest.raises(ValueError):
+        dedup_rows([key(1), key(1)], ["a", "b"], [None, None])
+
+
+def test_incremental_index_and_prior_state():
+    idx = DedupIndex(DedupConfig(phash_distance=2))
+    assert idx.check_and_add(key(1), "a", hexh(0)) == ("ok", None)
+    assert idx.check_and_add(key(2), "a", hexh(123)) == ("duplicate", key(1))
+    assert idx.check_and_add(key(3), "b", hexh(0b11)) == ("near_duplicate", key(1))
+    assert idx.check_and_add(key(4), "c", hexh(0b111)) == ("ok", None)
+    assert idx.near(hexh(0b1), distance=1) == [(1, key(1))]
+    # a later batch is judged against rows kept earlier (resume: rebuild the index from kept metadata)
+    status, dup_of = dedup_rows([key(9)], ["a"], [hexh(999)], DedupConfig(), index=idx)
+    assert (status, dup_of) == (["duplicate"], [key(1)])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        DedupConfig(phash_distance=64)
