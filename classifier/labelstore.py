@@ -246,9 +246,12 @@ class LabelStore:
             return cur.lastrowid
 
     def recent(self, annotator: str, n: int = EDITABLE_RECENT) -> list[dict]:
-        """The annotator's latest live decisions, newest first."""
-        rows = self._read("SELECT * FROM labels WHERE annotator = ? AND undone = 0 ORDER BY id DESC LIMIT ?",
-                          (annotator, int(n)))
+        """The live decisions among the annotator's last ``n`` rows, newest first: what undo and edit may touch.
+
+        The window counts undone rows too, so ten undos in a row reach back exactly ten decisions, no further.
+        """
+        rows = self._read("SELECT * FROM (SELECT * FROM labels WHERE annotator = ? ORDER BY id DESC LIMIT ?) "
+                          "WHERE undone = 0 ORDER BY id DESC", (annotator, int(n)))
         return [dict(r) for r in rows]
 
     def labels(self, include_undone: bool = False) -> list[dict]:

@@ -1,0 +1,95 @@
+"""The pipeline's score stage: a callable scorer (Ray Data actor) adding calibrated P(stylistic) to batches."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import torch
+
+from curate.schema import Status
+
+log = logging.getLogger(__name__)
+
+
+class StyleScorer:
+    """Load a classifier checkpoint once; score batches in Ray's "numpy" format.
+
+    ``__call__`` reads ``image`` (bytes, None for failed rows) for rows whose ``status`` is ``"ok"`` and adds
+    ``score`` (float64 calibrated P(stylistic), NaN where not scored) and ``classifier_version`` (the
+    checkpoint's version on scored rows, None elsewhere). An undecodable image sets that row's ``status`` to
+    ``"score_error"`` with the reason in ``error``; other rows are unaffected. Decoding and resizing run on
+    the CPU in ``num_threads`` threads; the forward runs under ``torch.inference_mode()`` (bf16 autocast on CUDA).
+    """
+
+    def __init__(self, checkpoint: str, device: str | None = None, batch_size: int = 32,
+                 num_threads: int | None = None):
+        from classifier.checkpoint import load_classifier
+        from classifier.transforms import ImageTransform
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.batch_size = batch_size
+        self.num_threads = num_threads or 1
+        self.model, self.head_result, self.meta = load_classifier(checkpoint, device=self.device)
+        self.version: str = self.meta["version"]
+        self.demo = bool(self.meta.get("demo"))
+        self.transform = ImageTransform(self.model.cfg.preprocess)
+        self.temperature = float(self.head_result.temperature)
+        if self.demo:
+            log.warning("!" * 78 + "\nStyleScorer: %s is a DEMO classifier (%s) trained on generated images with "
+                        "random-init tiny backbones; its scores mean nothing for real data.\n" + "!" * 78,
+                        checkpoint, self.version)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def score_images(self, images: list) -> tuple[np.ndarray, list[str | None]]:
+        """Calibrated scores of image bytes (NaN for undecodable ones) and the per-image decode errors."""
+        scores = np.full(len(images), np.nan, dtype=np.float64)
+        errors: list[str | None] = [None] * len(images)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            batch, errs = self.transform.batch(chunk, num_threads=self.num_threads)
+            ok = [i for i, e in enumerate(errs) if e is None]
+            for i, e in enumerate(errs):
+                errors[start + i] = e
+            if not ok:
+                continue
+            x = self.transform.normalize(batch.to(self.device, non_blocking=True))
+            with torch.inference_mode(), self._autocast():
+                logits = self.model(x).float() / self.temperature
+            probs = torch.sigmoid(logits).double().cpu().numpy()
+            scores[[start + i for i in ok]] = probs
+        return scores, errors
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "image" not in batch:
+            raise KeyError(f"StyleScorer needs an 'image' column; the batch has {sorted(batch)}")
+        images = batch["image"]
+        n = len(images)
+        status = np.asarray(batch["status"], dtype=object).copy() if "status" in batch else \
+            np.full(n, Status.OK.value, dtype=object)
+        error = np.asarray(batch["error"], dtype=object).copy() if "error" in batch else np.full(n, None, dtype=object)
+        rows = [i for i in range(n) if status[i] == Status.OK.value]
+        scores = np.full(n, np.nan, dtype=np.float64)
+        versions = np.full(n, None, dtype=object)
+        if rows:
+            row_scores, errors = self.score_images([images[i] for i in rows])
+            for j, i in enumerate(rows):
+                if errors[j] is not None:
+                    status[i] = Status.SCORE_ERROR.value
+                    error[i] = f"classifier {self.version}: {errors[j]}"
+                else:
+                    scores[i] = row_scores[j]
+                    versions[i] = self.version
+        out = dict(batch)
+        out["status"] = status
+        out["error"] = error
+        out["score"] = scores
+        out["classifier_version"] = versions
+        return out
