@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
+import torch
 from torch import nn
 
 # Modules whose import registers models. A new model family is a new module here, not a new trainer.
@@ -46,4 +47,22 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return _REGISTRY[name](**kwargs)
 
 
-__all__ = ["create_model", "list_models", "register_model"]
+def load_model_from_checkpoint(path: str, map_location: str | torch.device = "cpu", **overrides) -> nn.Module:
+    """Rebuild a model from a trainer checkpoint (``model_name``, ``model_config``, ``model``) alone.
+
+    ``overrides`` change inference-only options (e.g. ``attention_mode``). Frozen encoder weights stored in the
+    checkpoint are used as they are, so no separate weight file is needed to stylise.
+    """
+    from train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path, map_location=map_location)
+    cfg = {**state["model_config"], **overrides}
+    weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
+    if "vgg_weights" in cfg and any(k.startswith("vgg.") for k in weights):
+        cfg["vgg_weights"] = None  # the checkpoint carries the encoder: skip looking for the weight file
+    model = create_model(state["model_name"], **cfg)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+__all__ = ["create_model", "list_models", "load_model_from_checkpoint", "register_model"]

@@ -138,6 +138,8 @@ class MultiScaleDiscriminator(nn.Module):
         for i, net in enumerate(self.nets):
             if i:
                 x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+                if min(x.shape[-2:]) < 32:  # four stride-2 convs would leave < 2x2 for instance norm
+                    break
             outs.append(net(x))
         return outs
 
@@ -261,6 +263,7 @@ class NeAT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vgg = VGG19Encoder(cfg.vgg_weights, width=cfg.vgg_width, fmt=cfg.vgg_format)
+        cfg.vgg_format = self.vgg.fmt  # record the detected layout so a checkpoint rebuilds the same encoder
         ch = feature_channels(cfg.vgg_width)
         c4 = ch["relu4_1"]
         # generator
@@ -441,8 +444,7 @@ class NeAT(nn.Module):
                    "contrast_style": cfg.w_contrast_style, "contrast_content": cfg.w_contrast_content,
                    "style_nce": cfg.w_style_nce}
         loss = sum(weights[k] * v for k, v in terms.items())
-        logs = {f"g/{k}": float(v.detach()) for k, v in terms.items()}
-        logs["g/total"] = float(loss.detach())
+        logs = {k: float(v.detach()) for k, v in terms.items()}
         images = {"content": content.detach(), "style": style.detach(), "prior": prior[:b].detach().clamp(0, 1),
                   "output": out[:b].detach().clamp(0, 1)}
         return loss, logs, images
@@ -501,8 +503,7 @@ class NeAT(nn.Module):
             loss = sum(p.sum() * 0.0 for p in self.discriminator_parameters())
         else:
             loss = sum(weights[k] * v for k, v in terms.items())
-        logs = {f"d/{k}": float(v.detach()) for k, v in terms.items()}
-        logs["d/total"] = float(loss.detach())
+        logs = {k: float(v.detach()) for k, v in terms.items()}
         return loss, logs
 
 

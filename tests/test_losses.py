@@ -1,0 +1,89 @@
+"""Loss registry and loss functions: values on known cases, finiteness, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from train import losses as L
+
+
+def test_registry_rejects_unknown_names():
+    assert {"style_mean_std", "content_perceptual", "identity_pixel", "identity_feature", "adversarial_g",
+            "adversarial_d", "info_nce", "stylization_contrastive", "gram_style", "r1_penalty"} <= set(L.list_losses())
+    assert L.get_loss("gram_style") is L.gram_style
+    with pytest.raises(ValueError, match="known losses"):
+        L.get_loss("nope")
+
+
+def test_style_and_content_losses_zero_on_identical_and_differentiable():
+    feats = {"a": torch.randn(2, 4, 8, 8), "b": torch.randn(2, 8, 4, 4)}
+    assert float(L.style_mean_std(feats, feats)) == pytest.approx(0.0, abs=1e-10)
+    assert float(L.gram_style(feats, feats)) == 0.0
+    x = {k: (v + torch.randn_like(v)).requires_grad_() for k, v in feats.items()}
+    for loss in (L.style_mean_std(x, feats), L.gram_style(x, feats), L.identity_feature(x, feats),
+                 L.content_perceptual(x["a"], feats["a"])):
+        assert torch.isfinite(loss) and loss > 0
+        (g,) = torch.autograd.grad(loss, x["a"])
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_style_mean_std_matches_definition():
+    a, b = torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5)
+    fa, fb = a.flatten(2), b.flatten(2)
+    ref = ((fa.mean(-1) - fb.mean(-1)) ** 2).mean() + \
+        (((fa.var(-1, unbiased=False) + 1e-5).sqrt() - (fb.var(-1, unbiased=False) + 1e-5).sqrt()) ** 2).mean()
+    assert float(L.style_mean_std({"x": a}, {"x": b})) == pytest.approx(float(ref), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", L.ADV_TYPES)
+def test_adversarial_losses_push_the_right_way(kind):
+    fake = torch.full((4, 1, 3, 3), 0.5, requires_grad=True)
+    (g,) = torch.autograd.grad(L.adversarial_g([fake], kind), fake)
+    assert (g < 0).all()  # generator wants fake logits up
+    real = torch.full((4, 1, 3, 3), 0.5, requires_grad=True)
+    gr, gf = torch.autograd.grad(L.adversarial_d([real], [fake], kind), (real, fake))
+    assert (gr < 0).all() and (gf > 0).all()
+    if kind == "nsgan":
+        zero = torch.zeros(2, 1, 4, 4)
+        assert float(L.adversarial_d(zero, zero, kind)) == pytest.approx(2 * math.log(2), rel=1e-6)
+    with pytest.raises(ValueError):
+        L.adversarial_g(fake, "wgan")
+
+
+def test_r1_penalty_of_linear_discriminator():
+    x = torch.randn(3, 2, requires_grad=True)
+    w = torch.tensor([3.0, 4.0])
+    assert float(L.r1_penalty(x @ w, x)) == pytest.approx(0.5 * 25.0)
+
+
+def test_info_nce_known_values():
+    q = torch.tensor([[1.0, 0.0]])
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    pos = torch.tensor([[True, False, False]])
+    tau = 0.5
+    expected = -math.log(math.exp(2) / (math.exp(2) + math.exp(0) + math.exp(-2)))
+    assert float(L.info_nce(q, keys, pos, tau)) == pytest.approx(expected, rel=1e-6)
+    # no negatives -> skipped, zero but still a graph-connected tensor
+    z = L.info_nce(q.requires_grad_(), keys[:1], pos[:, :1], tau)
+    assert float(z) == 0.0 and z.requires_grad
+
+
+def test_roll_pair_masks_and_stylization_contrastive():
+    same_style, same_content = L.roll_pair_masks(3)
+    # stylisation 0 = (c0, s0); 3 = (c1, s0); 5 = (c0, s2)
+    assert same_style[0].nonzero().flatten().tolist() == [3]
+    assert same_content[0].nonzero().flatten().tolist() == [5]
+    assert not same_style.diagonal().any()
+    emb = torch.nn.functional.normalize(torch.randn(6, 8), dim=1).requires_grad_()
+    loss = L.stylization_contrastive(emb, same_style, tau=0.2)
+    assert torch.isfinite(loss)
+    (g,) = torch.autograd.grad(loss, emb)
+    assert g.abs().sum() > 0
+    # embeddings clustered by style give a lower loss than embeddings clustered by content
+    style_id = torch.tensor([0, 1, 2, 0, 1, 2])
+    by_style = torch.nn.functional.one_hot(style_id, 8).float()
+    by_content = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 1, 2, 0]), 8).float()
+    assert L.stylization_contrastive(by_style, same_style) < L.stylization_contrastive(by_content, same_style)

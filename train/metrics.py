@@ -1,0 +1,233 @@
+"""Style-transfer evaluation metrics: LPIPS, SIFID, Gram distance, normalised Chamfer colour distance, SSIM, timing."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.losses import gram_matrix
+from train.models.vgg import STYLE_LAYERS, VGG19Encoder
+
+LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
+INCEPTION_FILES = ("inception_v3_google-0cc3c7bd.pth", "pt_inception-2015-12-05-6726825d.pth")
+_SIFID_MODULES = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")
+
+
+def _find_weights(what: str, explicit: str | os.PathLike | None, names: tuple[str, ...], env: str) -> Path:
+    """Resolve ``"auto"``/a path to an existing file or raise naming every place looked at."""
+    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    if explicit not in (None, "auto"):
+        candidates = [Path(explicit)]
+    else:
+        candidates = ([Path(os.environ[env])] if os.environ.get(env) else []) + [ckpt_dir / n for n in names]
+    for path in candidates:
+        if path.is_file():
+            return path
+    looked = "\n  ".join(str(p) for p in candidates)
+    raise FileNotFoundError(f"{what} weights not found. Looked in:\n  {looked}\nCopy {' or '.join(names)} into "
+                            f"{ckpt_dir}, set ${env}, or pass the path explicitly (nothing is downloaded).")
+
+
+# ------------------------------------------------------------------------------------------------------------ LPIPS
+class LPIPSMetric(nn.Module):
+    """LPIPS v0.1 from the ``lpips`` package (its linear-layer weights ship with it); backbone weights load locally.
+
+    ``backbone_weights``: "auto" (torch hub checkpoints dir / $BBST_LPIPS_BACKBONE), a path, or None for a
+    random-init backbone (tests only: the distance of identical images is still 0).
+    """
+
+    def __init__(self, net: str = "alex", backbone_weights: str | os.PathLike | None = "auto", lin: bool = True):
+        super().__init__()
+        try:
+            import lpips
+        except ImportError as exc:
+            raise ImportError("LPIPS needs the lpips package: pip install lpips") from exc
+        if net not in LPIPS_BACKBONE_FILES:
+            raise ValueError(f"LPIPS net {net!r} not in {sorted(LPIPS_BACKBONE_FILES)}")
+        import warnings
+
+        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
+            warnings.simplefilter("ignore")
+            self.model = lpips.LPIPS(pretrained=lin, net=net, pnet_rand=True, verbose=False)
+        if backbone_weights is not None:
+            path = _find_weights(f"LPIPS {net} backbone", backbone_weights, (LPIPS_BACKBONE_FILES[net],),
+                                 "BBST_LPIPS_BACKBONE")
+            src = torch.load(path, map_location="cpu", weights_only=True)
+            own = self.model.net.state_dict()
+            # lpips slices keep torchvision's layer indices: net.sliceK.<i>.weight <- features.<i>.weight
+            mapped = {k: src["features." + k.split(".", 1)[1]] for k in own}
+            self.model.net.load_state_dict(mapped)
+        self.model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-image LPIPS for images in [0, 1], (B,)."""
+        return self.model(a, b, normalize=True).flatten()
+
+
+# ------------------------------------------------------------------------------------------------------------ SIFID
+class SIFIDMetric(nn.Module):
+    """Single-image FID (SinGAN): Frechet distance between InceptionV3 block-1 (192-d) features of two images.
+
+    Each spatial position is one sample; inputs are scaled to [-1, 1] without resizing. Weights: torchvision's
+    ``inception_v3_google`` or pytorch-fid's ``pt_inception`` file (their first five conv blocks share names), or
+    None for random init (tests).
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = "auto"):
+        super().__init__()
+        from torchvision.models import inception_v3
+
+        net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+        if weights is not None:
+            path = _find_weights("InceptionV3 (SIFID)", weights, INCEPTION_FILES, "BBST_INCEPTION_WEIGHTS")
+            src = torch.load(path, map_location="cpu", weights_only=True)
+            for name in _SIFID_MODULES:
+                prefix = name + "."
+                sub = {k[len(prefix):]: v for k, v in src.items() if k.startswith(prefix)}
+                if not sub:
+                    raise ValueError(f"{path}: no {name} weights; not an InceptionV3 state dict")
+                getattr(net, name).load_state_dict(sub)
+        self.blocks = nn.Sequential(net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3,
+                                    nn.MaxPool2d(3, 2), net.Conv2d_3b_1x1, net.Conv2d_4a_3x3)
+        self.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> np.ndarray:
+        f = self.blocks(2 * x - 1)
+        return f.flatten(2).transpose(1, 2).double().cpu().numpy()  # B, positions, 192
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        ff, fr = self.features(fake), self.features(real)
+        return torch.tensor([frechet_distance(a, b) for a, b in zip(ff, fr)])
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> float:
+    """Frechet distance between Gaussians fitted to sample sets x, y (N, D), as in pytorch-fid/SinGAN."""
+    from scipy import linalg
+
+    mu1, mu2 = x.mean(0), y.mean(0)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    diff = mu1 - mu2
+    covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * eps  # near-singular product: regularise as the reference does
+        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+    covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+# ------------------------------------------------------------------------------------------- pixel-space metrics
+def chamfer_colour_distance(a: torch.Tensor, b: torch.Tensor, num_points: int = 4096, seed: int = 0,
+                            chunk: int = 2048) -> torch.Tensor:
+    """Symmetric Chamfer distance between the RGB colour sets of two images, normalised by the point count.
+
+    Colours are on the 0-255 scale; each image contributes ``num_points`` pixels sampled with a fixed seed (all pixels
+    if fewer), so the score does not depend on resolution. Distance = mean squared distance to the nearest colour of
+    the other image, summed over both directions. Returns (B,).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for x, y in zip(a, b):
+        pts = []
+        for img in (x, y):
+            p = img.reshape(3, -1).t().float() * 255.0
+            if p.shape[0] > num_points:
+                p = p[torch.randperm(p.shape[0], generator=gen)[:num_points].to(p.device)]
+            pts.append(p)
+        px, py = pts
+
+        def nn_mean(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+            mins = [torch.cdist(src[i:i + chunk], dst).amin(1) for i in range(0, src.shape[0], chunk)]
+            return torch.cat(mins).pow(2).mean()
+
+        out.append(nn_mean(px, py) + nn_mean(py, px))
+    return torch.stack(out)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5, data_range: float = 1.0,
+         ) -> torch.Tensor:
+    """SSIM (Wang et al. 2004; Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03) averaged over RGB and pixels, (B,)."""
+    x = torch.arange(window, dtype=torch.float32, device=a.device) - window // 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    k = (g[:, None] * g[None, :]).expand(3, 1, window, window)
+    a, b = a.float(), b.float()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, k, groups=3)  # 'valid' like skimage/torchmetrics: no padding artefacts
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    saa = blur(a * a) - mu_a ** 2
+    sbb = blur(b * b) - mu_b ** 2
+    sab = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
+    return s.flatten(1).mean(1)
+
+
+def gram_distance(vgg: VGG19Encoder, out: torch.Tensor, style: torch.Tensor,
+                  layers: tuple[str, ...] = STYLE_LAYERS) -> torch.Tensor:
+    """Mean over VGG-19 layers of the MSE between (C*H*W-normalised) Gram matrices of output and style, (B,)."""
+    with torch.no_grad():
+        fo, fs = vgg(out, layers), vgg(style, layers)
+        per = [(gram_matrix(fo[n]) - gram_matrix(fs[n])).pow(2).flatten(1).mean(1) for n in layers]
+    return torch.stack(per).mean(0)
+
+
+# ------------------------------------------------------------------------------------------------------- all at once
+class StyleTransferMetrics:
+    """Holds the metric backbones once; ``__call__(output, content, style)`` returns per-image metric lists.
+
+    LPIPS and SSIM compare output with content (content preservation); SIFID, Gram and Chamfer compare output with
+    style. The style image is resized to the output's size for SIFID/Gram/Chamfer so that statistics are comparable.
+    """
+
+    def __init__(self, vgg_weights: str | None = "auto", lpips_net: str = "alex", lpips_backbone: str | None = "auto",
+                 inception_weights: str | None = "auto", device: str | torch.device = "cpu", vgg_width: float = 1.0):
+        self.device = torch.device(device)
+        self.vgg = VGG19Encoder(vgg_weights, width=vgg_width).to(self.device)
+        self.lpips = LPIPSMetric(lpips_net, lpips_backbone).to(self.device)
+        self.sifid = SIFIDMetric(inception_weights).to(self.device)
+
+    @classmethod
+    def random_init(cls, device: str = "cpu") -> StyleTransferMetrics:
+        """Random-weight backbones (tests and dry runs: the math is exercised, the numbers mean nothing)."""
+        return cls(vgg_weights=None, lpips_backbone=None, inception_weights=None, device=device, vgg_width=1 / 16)
+
+    def __call__(self, output: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> dict[str, list[float]]:
+        output, content, style = (t.to(self.device) for t in (output, content, style))
+        if content.shape[-2:] != output.shape[-2:]:
+            content = F.interpolate(content, size=output.shape[-2:], mode="bilinear", antialias=True)
+        style_r = F.interpolate(style, size=output.shape[-2:], mode="bilinear", antialias=True)
+        return {
+            "lpips": self.lpips(output, content).tolist(),
+            "ssim": ssim(output, content).tolist(),
+            "sifid": self.sifid(output, style_r).tolist(),
+            "gram": gram_distance(self.vgg, output, style_r).tolist(),
+            "chamfer": chamfer_colour_distance(output, style).tolist(),
+        }
+
+
+def seconds_per_image(fn, content: torch.Tensor, style: torch.Tensor, repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time of ``fn(content, style)`` (synchronising CUDA), after ``warmup`` untimed calls."""
+    def sync():
+        if content.is_cuda:
+            torch.cuda.synchronize(content.device)
+
+    for _ in range(warmup):
+        fn(content, style)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(content, style)
+        sync()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
