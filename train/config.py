@@ -77,6 +77,7 @@ class ScheduleConfig:
     warmup_steps: int = 0  # linear learning-rate warm-up
     lr_decay: float = 5e-5  # inverse decay lr0 / (1 + lr_decay * step), as in PAMA / ContraAST (0 = constant)
     d_every: int = 1  # discriminator update every N generator steps (0 = never)
+    overfit_batches: bool = False  # debugging: train every step on the first step's micro-batches (loss must fall)
 
 
 @dataclass

@@ -597,7 +597,10 @@ class ShardPairLoader:
         if self.cfg.num_workers > 0:
             kwargs = dict(num_workers=self.cfg.num_workers, prefetch_factor=self.cfg.prefetch_factor,
                           persistent_workers=False)
+        # an own generator: DataLoader draws its worker base seed from the global torch RNG otherwise, which
+        # would shift the training step's random stream differently in a resumed run
         loader = torch.utils.data.DataLoader(dataset, batch_size=None,
+                                             generator=torch.Generator().manual_seed(self.cfg.seed),
                                              pin_memory=self.cfg.pin_memory and self.device.type == "cuda",
                                              **kwargs)
         for batch in loader:

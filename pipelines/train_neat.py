@@ -1,0 +1,110 @@
+"""Train a style-transfer model (NeAT by default) on curated content/style shards.
+
+One training function (``train.trainer.train``) under three launchers:
+
+* ``--launcher none`` (default): one process, CPU or one GPU.
+* ``--launcher torchrun``: ``torchrun --nproc_per_node 8 pipelines/train_neat.py --config cfg.yaml
+  --launcher torchrun``; rank and world size come from torchrun's environment (nccl on GPU, gloo on CPU).
+* ``--launcher ray``: wraps the same function in Ray Train's ``TorchTrainer`` with
+  ``ScalingConfig(num_workers=distributed.num_workers, use_gpu=distributed.use_gpu)``; attaches to the cluster
+  named by ``RAY_ADDRESS`` or starts a local Ray.
+
+``--resume`` continues from the newest checkpoint in the checkpoint directory (or ``--resume PATH``): model,
+both optimizers, data-stream position and random state, so the run continues as if never stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python pipelines/train_neat.py` puts pipelines/ first on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from curate.config import from_dict, load_config, to_dict  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+
+log = logging.getLogger("bbst.train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", help="YAML config (see train/configs/neat_tiny.yaml, neat_1024.yaml)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config option, e.g. --set loader.batch_size=8 (repeatable)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                   help="resume from the newest checkpoint (or from CKPT)")
+    p.add_argument("--launcher", choices=("none", "torchrun", "ray"), default="none",
+                   help="how ranks are started (default: a single process)")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return p
+
+
+def _absolute(cfg: TrainConfig) -> TrainConfig:
+    # Ray workers may run in another directory: pin local paths before the config travels
+    def fix(p: str) -> str:
+        return p if not p or "://" in p else os.path.abspath(p)
+
+    cfg.data.root = fix(cfg.data.root)
+    cfg.logging.dir = fix(cfg.logging.dir)
+    cfg.checkpoint.dir = fix(cfg.checkpoint.dir)
+    return cfg
+
+
+def _ray_train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker; Ray has already created the process group."""
+    import ray.train
+
+    from train.trainer import train
+
+    logging.basicConfig(level=config.get("log_level", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    cfg = from_dict(TrainConfig, config["cfg"], "<ray train config>")
+    os.environ.setdefault("LOCAL_RANK", str(ray.train.get_context().get_local_rank()))
+
+    def report(step: int, logs: dict[str, float]) -> None:
+        ray.train.report({"step": step, **logs})
+
+    train(cfg, resume=config["resume"], on_log=report)
+
+
+def run_ray(cfg: TrainConfig, resume: bool | str, log_level: str = "INFO") -> Any:
+    try:
+        import ray
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+    except ImportError as exc:  # pragma: no cover - ray is a declared dependency
+        raise ImportError("--launcher ray needs Ray Train: pip install 'ray[train]'") from exc
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    cfg = _absolute(cfg)
+    trainer = TorchTrainer(
+        _ray_train_loop,
+        train_loop_config={"cfg": to_dict(cfg), "resume": resume, "log_level": log_level},
+        scaling_config=ScalingConfig(num_workers=cfg.distributed.num_workers, use_gpu=cfg.distributed.use_gpu),
+        run_config=RunConfig(name="train_neat", storage_path=os.path.join(cfg.logging.dir, "ray")),
+    )
+    return trainer.fit()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(TrainConfig, args.config, sets=args.sets)
+    if args.launcher == "ray":
+        result = run_ray(cfg, args.resume, args.log_level.upper())
+        return {"metrics": dict(result.metrics or {}), "error": result.error}
+    if args.launcher == "torchrun" and "WORLD_SIZE" not in os.environ:
+        raise SystemExit("--launcher torchrun: WORLD_SIZE is not set; start this script with torchrun")
+    from train.trainer import train
+
+    return train(cfg, resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Self-describing training checkpoints: atomic writes, newest-first discovery, pruning and RNG state capture."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:08d}.pt"
+
+
+def _fs(directory: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(directory)
+
+
+def list_checkpoints(directory: str) -> list[tuple[int, str]]:
+    """``(step, path)`` of every checkpoint in ``directory`` (local or fsspec URL), oldest first."""
+    fs, path = _fs(directory)
+    if not fs.exists(path):
+        return []
+    found = []
+    for p in fs.ls(path, detail=False):
+        m = CKPT_RE.match(p.rstrip("/").rsplit("/", 1)[-1])
+        if m:
+            found.append((int(m.group(1)), p if "://" not in directory else fs.unstrip_protocol(p)))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str) -> str | None:
+    """Path of the newest checkpoint in ``directory``, or None."""
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(state: dict, directory: str, step: int, keep: int = 0) -> str:
+    """Write ``state`` as ``ckpt-{step}.pt`` atomically (temp file + rename) and prune to the newest ``keep``.
+
+    A run killed mid-write leaves only a ``.tmp`` file behind, never a truncated checkpoint that ``--resume``
+    would pick up.
+    """
+    fs, path = _fs(directory)
+    fs.makedirs(path, exist_ok=True)
+    final = f"{path.rstrip('/')}/{checkpoint_name(step)}"
+    tmp = f"{final}.tmp"
+    with fs.open(tmp, "wb") as f:
+        torch.save(state, f)
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        os.replace(tmp, final)  # atomic on POSIX filesystems
+    else:
+        fs.mv(tmp, final)  # object stores: the object appears whole on completion of the copy
+    if keep > 0:
+        for _, old in list_checkpoints(directory)[:-keep]:
+            fs.rm(old)
+    return final if "://" not in directory else fs.unstrip_protocol(final)
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (holds Python/NumPy RNG states, so trusted files only)."""
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb") as f:
+            state = torch.load(f, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint not found") from None
+    for key in ("model_name", "model_config", "model", "step"):
+        if key not in state:
+            raise ValueError(f"{path}: not a bbst training checkpoint (missing {key!r})")
+    return state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every random state the training step may touch: Python, NumPy, torch CPU and (if present) CUDA."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
