@@ -25,8 +25,8 @@ from typing import Any
 if __package__ in (None, ""):  # `python pipelines/train_neat.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curate.config import from_dict, load_config, to_dict  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
+from curate.config import from_dict, load_config, to_dict
+from train.config import TrainConfig
 
 log = logging.getLogger("bbst.train")
 

@@ -27,7 +27,7 @@ def shards(tmp_path_factory):
 
 def _cfgs(root, **loader):
     data = DataConfig(root=root, crop_size=48, short_side_min=48, short_side_max=128)
-    base = dict(batch_size=2, num_workers=0, shuffle_buffer=4, open_shards=2, seed=3)
+    base = {"batch_size": 2, "num_workers": 0, "shuffle_buffer": 4, "open_shards": 2, "seed": 3}
     base.update(loader)
     return data, LoaderConfig(**base)
 

@@ -32,8 +32,9 @@ import io
 import json
 import math
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,7 +141,7 @@ def samples_per_slot(shards: list[Shard], seed: int, subset: str, epoch: int, nu
 def _open(url: str):
     import fsspec
 
-    return fsspec.open(url, "rb").open()
+    return fsspec.open(url, "rb").open()  # noqa: SIM115 - ShardReader keeps it open and closes it in close()
 
 
 class ShardReader:
@@ -443,8 +444,8 @@ class PairStream(torch.utils.data.IterableDataset):
         def content_quota(epoch: int) -> int:
             return samples_per_slot(self.content, seed, "content", epoch, slots, bs)
 
-        common = dict(seed=seed, slot=slot, num_slots=slots, open_shards=self.cfg.open_shards,
-                      buffer_size=self.cfg.shuffle_buffer)
+        common = {"seed": seed, "slot": slot, "num_slots": slots, "open_shards": self.cfg.open_shards,
+                  "buffer_size": self.cfg.shuffle_buffer}
         content = SubsetStream(self.content, "content", quota=content_quota,
                                state=state["content"] if state else None, **common)
         style = SubsetStream(self.style, "style", state=state["style"] if state else None, **common)
@@ -527,8 +528,8 @@ def decode_on_device(batch: dict, data_cfg: DataConfig, device: torch.device) ->
                 continue
             img = images[i]
             for v, ((x0, y0, x1, y1), flip) in enumerate(zip(e["boxes"], e["flips"])):
-                xa, ya = int(math.floor(x0)), int(math.floor(y0))
-                xb, yb = max(xa + 1, int(math.ceil(x1))), max(ya + 1, int(math.ceil(y1)))
+                xa, ya = math.floor(x0), math.floor(y0)
+                xb, yb = max(xa + 1, math.ceil(x1)), max(ya + 1, math.ceil(y1))
                 piece = img[:, ya:yb, xa:xb].unsqueeze(0).float()
                 piece = F.interpolate(piece, size=(crop, crop), mode="bilinear", antialias=True,
                                       align_corners=False)
@@ -595,8 +596,8 @@ class ShardPairLoader:
                              list(self._worker_states), self._next_worker)
         kwargs: dict[str, Any] = {}
         if self.cfg.num_workers > 0:
-            kwargs = dict(num_workers=self.cfg.num_workers, prefetch_factor=self.cfg.prefetch_factor,
-                          persistent_workers=False)
+            kwargs = {"num_workers": self.cfg.num_workers, "prefetch_factor": self.cfg.prefetch_factor,
+                      "persistent_workers": False}
         # an own generator: DataLoader draws its worker base seed from the global torch RNG otherwise, which
         # would shift the training step's random stream differently in a resumed run
         loader = torch.utils.data.DataLoader(dataset, batch_size=None,

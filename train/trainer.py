@@ -12,8 +12,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -147,9 +148,9 @@ def train(cfg: TrainConfig, resume: bool | str = False,
                 fixed = micro  # debugging mode: every step trains on these same micro-batches
         sums: dict[str, float] = {}
 
-        def add(logs: dict[str, float]) -> None:
+        def add(logs: dict[str, float], sums: dict[str, float] = sums, n: int = len(micro)) -> None:
             for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / len(micro)
+                sums[k] = sums.get(k, 0.0) + float(v) / n
 
         # discriminator first, on the same micro-batches the generator then trains on (detached outputs inside)
         if opt_d is not None and cfg.schedule.d_every > 0 and step % cfg.schedule.d_every == 0:
