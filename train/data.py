@@ -141,7 +141,7 @@ def samples_per_slot(shards: list[Shard], seed: int, subset: str, epoch: int, nu
 def _open(url: str):
     import fsspec
 
-    return fsspec.open(url, "rb").open()  # noqa: SIM115 - ShardReader keeps it open and closes it in close()
+    return fsspec.open(url, "rb").open()
 
 
 class ShardReader:
@@ -152,7 +152,7 @@ class ShardReader:
         self._file = _open(url)
         self._file.seek(offset)
         self._base = offset
-        self._tar = tarfile.open(fileobj=self._file, mode="r|")
+        self._tar = tarfile.open(fileobj=self._file, mode="r|")  # noqa: SIM115 - closed in close()
         self._members = iter(self._tar)
         self._pending: tuple[str, str, bytes, int] | None = None  # (key, ext, data, header offset)
         self.next_offset = offset  # header offset of the first member of the next sample
