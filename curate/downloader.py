@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
 import ipaddress
@@ -288,7 +289,7 @@ class Downloader:
         if retry_after is not None:
             return min(retry_after, self.cfg.retry_after_max)
         wait = min(self.cfg.backoff_max, self.cfg.backoff_base * (2**attempt))
-        return wait * random.uniform(0.5, 1.0)  # jitter spreads retries from many workers  # noqa: S311
+        return wait * random.uniform(0.5, 1.0)  # jitter spreads retries from many workers
 
     def _slot(self, host: str) -> threading.BoundedSemaphore:
         with self._host_lock:
@@ -344,11 +345,9 @@ class Downloader:
         """Read a small redirect body so the connection can go back to the pool; large ones just close."""
         length = resp.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) <= 65536:
-            try:
+            with contextlib.suppress(Exception):  # a broken redirect body only costs the connection
                 resp.raw.read(int(length) + 1)
                 resp.raw.release_conn()
-            except Exception:  # noqa: BLE001 - a broken redirect body only costs the connection
-                pass
 
     def _read(self, resp, deadline: float) -> tuple[bytes, int, str]:
         status = resp.status_code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -105,13 +106,12 @@ def _encode(img: Image.Image, fmt: str, quality: int, exif: bytes | None = None)
 def _cmyk_to_rgb(img: Image.Image, to_srgb: bool) -> Image.Image:
     icc = img.info.get("icc_profile")
     if to_srgb and icc:
-        try:
+        # a broken or unusable profile falls back to the plain conversion below
+        with contextlib.suppress(Exception):
             from PIL import ImageCms
 
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
-        except Exception:  # noqa: BLE001 - a broken profile falls back to the plain conversion below
-            pass
     return img.convert("RGB")
 
 
@@ -169,7 +169,6 @@ class ImageChecker:
         return row
 
     def _inspect(self, data: bytes) -> dict[str, Any]:
-        cfg = self.cfg
         mime = sniff_mime(data)
         try:
             img = Image.open(io.BytesIO(data))  # lazy: parses the header only

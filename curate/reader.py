@@ -38,8 +38,7 @@ def detect_format(path: str, cfg: ReaderConfig) -> str:
     if cfg.format != "auto":
         return cfg.format
     name = path.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
+    name = name.removesuffix(".gz")
     ext = name.rsplit(".", 1)[-1] if "." in name.rsplit("/", 1)[-1] else ""
     aliases = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "tsv": "tsv", "jsonl": "jsonl",
                "ndjson": "jsonl", "json": "jsonl", "txt": "txt"}
@@ -133,7 +132,8 @@ def _iter_jsonl(path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
+                raise ValueError(  # noqa: TRY004 - a malformed list is a ValueError like every other input error
+                    f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
             rows.append(obj)
             if len(rows) >= cfg.rows_per_partition:
                 yield _jsonl_batch(rows, path, first_line, lineno)

@@ -41,7 +41,7 @@ class _HashingWriter:
     def __init__(self, f):
         self.f = f
         self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5()  # noqa: S324 - the wids index format asks for md5sum; sha256 is stored too
+        self.md5 = hashlib.md5()
         self.size = 0
 
     def write(self, data) -> int:

@@ -89,10 +89,10 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.connections += 1
 
-    def log_message(self, format, *args) -> None:  # noqa: A002 - quiet test output
+    def log_message(self, format, *args) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         srv = self.server
         path = self.path.split("?", 1)[0]
         with srv.lock:
@@ -165,7 +165,7 @@ class FaultServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
 
-    def __enter__(self) -> FaultServer:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -23,8 +23,8 @@ LOOPBACK = ["127.0.0.0/8"]
 
 
 def cfg(**overrides) -> DownloadConfig:
-    base = dict(allowed_networks=LOOPBACK, threads=16, timeout=2.0, total_timeout=0.6, retries=1,
-                backoff_base=0.01, backoff_max=0.05, max_bytes=150_000, max_redirects=3)
+    base = {"allowed_networks": LOOPBACK, "threads": 16, "timeout": 2.0, "total_timeout": 0.6, "retries": 1,
+            "backoff_base": 0.01, "backoff_max": 0.05, "max_bytes": 150_000, "max_redirects": 3}
     base.update(overrides)
     return DownloadConfig(**base)
 
@@ -109,7 +109,7 @@ def test_fault_route_status(fault_results, route):
 
 
 def test_fault_batch_counts_add_up(fault_results):
-    rows, elapsed, out = fault_results
+    _, elapsed, out = fault_results
     counts = collections.Counter(out["status"])
     assert sum(counts.values()) == len(EXPECTED)
     assert set(counts) <= set(STATUSES)

@@ -108,8 +108,7 @@ def test_streaming_memory_is_bounded(tmp_path):
     n = 200_000
     with open(tmp_path / "big.csv", "w") as f:
         f.write("url,source\n")
-        for i in range(n):
-            f.write(f"http://img.example/some/long/path/{i:08d}.jpg,flickr\n")
+        f.writelines(f"http://img.example/some/long/path/{i:08d}.jpg,flickr\n" for i in range(n))
     cfg = ReaderConfig(rows_per_partition=5_000, read_block_bytes=1 << 18)
     pool = pa.default_memory_pool()
     peak, total, file_bytes = 0, 0, (tmp_path / "big.csv").stat().st_size

@@ -70,7 +70,7 @@ def test_bad_samples_rejected_before_writing(tmp_path):
 
 
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
-    import curate.writer as writer
+    from curate import writer
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
