@@ -270,8 +270,11 @@ class ActiveLearner:
             y = np.array([cons[k] for k in keys], dtype=np.int64)
             if len(set(y.tolist())) < 2:
                 raise ValueError("both classes need labelled items with features before a head can be trained")
+            # the head's shape comes from the model config, so the saved checkpoint reloads as the same network
+            head_cfg = self.model.cfg.head
             head_result = train_head(feats, y, keys, val_fraction=self.cfg.val_fraction, seed=self.cfg.seed,
-                                     target_precision=self.cfg.target_precision)
+                                     target_precision=self.cfg.target_precision, hidden=head_cfg.hidden,
+                                     dropout=head_cfg.dropout)
             train_seconds = time.perf_counter() - t0
             rnd = self.store.current_round() + 1
             path = self.rounds_dir / f"round-{rnd:04d}.ckpt"

@@ -116,8 +116,10 @@ def select(n: int, cand: Candidates, cfg: SamplingConfig, rng: np.random.Generat
         perm = rng.permutation(len(cand.overlap))
         yield from ((cand.overlap[i], AGREEMENT) for i in perm)
 
-    streams = [uncertain_stream(), random_stream(), agreement_stream()]
-    quotas = allocate(n, [cfg.uncertainty_share, cfg.random_share, cfg.agreement_share])
+    # the random share is drawn first, so within a batch it is uniform over every unlabeled item, not over
+    # what the uncertainty share left behind
+    streams = [random_stream(), uncertain_stream(), agreement_stream()]
+    quotas = allocate(n, [cfg.random_share, cfg.uncertainty_share, cfg.agreement_share])
 
     def drain(stream, k: int) -> int:
         got = 0
@@ -131,8 +133,8 @@ def select(n: int, cand: Candidates, cfg: SamplingConfig, rng: np.random.Generat
     short = 0
     for stream, q in zip(streams, quotas):
         short += q - drain(stream, q)
-    # a share that cannot be filled is filled from the others, in order, so batches stay full
-    for stream in streams:
+    # a share that cannot be filled is filled from the others (uncertain first), so batches stay full
+    for stream in (streams[1], streams[0], streams[2]):
         if short <= 0:
             break
         short -= drain(stream, short)
