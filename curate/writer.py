@@ -55,14 +55,17 @@ class _HashingWriter:
         self.f.flush()
 
 
-def atomic_write(url: str, write_fn) -> Any:
+def atomic_write(url: str, write_fn, fs=None) -> Any:
     """Call ``write_fn(fileobj)`` so the file appears at ``url`` only once complete.
+
+    ``fs`` is an fsspec filesystem to use (e.g. one built with S3 endpoint/credential options); without it the
+    filesystem is inferred from the URL.
 
     Local and POSIX-like filesystems: write to a hidden temporary name in the same folder, then rename over
     the target. Object stores (s3://, gs://, ...): write the object directly; a PUT/multipart upload becomes
     visible only when it completes, which is the same guarantee, and a rename there would be a full copy.
     """
-    fs, path = _fs(url)
+    fs, path = (fs, fs._strip_protocol(url)) if fs is not None else _fs(url)
     parent = posixpath.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
@@ -114,17 +117,17 @@ def sample_json(sample: Mapping[str, Any]) -> bytes:
     return json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def write_shard(url: str, samples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def write_shard(url: str, samples: Iterable[Mapping[str, Any] | tuple], fs=None) -> dict[str, Any]:
     """Write one tar shard atomically and return its manifest entry.
 
     Each sample is a mapping with ``key`` (no dots), ``ext`` (``jpg``/``png``), ``image`` (the bytes) and any
-    other fields, which go to the ``{key}.json`` member. Members are ``{key}.{ext}`` and ``{key}.json``, samples
+    other fields, which go to the ``{key}.json`` member; or a tuple ``(key, ext, image, meta_dict)``. Members are ``{key}.{ext}`` and ``{key}.json``, samples
     sorted by key, with fixed mtime/owner so the same samples always produce the same bytes.
     Returns ``{"url", "nsamples", "filesize", "sha256", "md5sum"}``.
     """
     import webdataset as wds
 
-    ordered = sorted(samples, key=lambda s: s["key"])
+    ordered = sorted((_as_sample(s) for s in samples), key=lambda s: s["key"])
     for s in ordered:
         key, ext = str(s["key"]), str(s.get("ext") or "")
         if not key or "." in key or "/" in key:
@@ -144,9 +147,16 @@ def write_shard(url: str, samples: Iterable[Mapping[str, Any]]) -> dict[str, Any
         tar.close()  # writes the end-of-archive blocks into ``hashing``
         return hashing
 
-    hashing = atomic_write(url, write)
+    hashing = atomic_write(url, write, fs=fs)
     return {"url": url, "nsamples": len(ordered), "filesize": hashing.size,
             "sha256": hashing.sha256.hexdigest(), "md5sum": hashing.md5.hexdigest()}
+
+
+def _as_sample(sample: Mapping[str, Any] | tuple) -> Mapping[str, Any]:
+    if isinstance(sample, Mapping):
+        return sample
+    key, ext, image, meta = sample
+    return {**(meta or {}), "key": key, "ext": ext, "image": image}
 
 
 def _padded(n: int) -> int:
@@ -185,7 +195,7 @@ def plan_shards(rows: Sequence[Any], max_samples: int, max_bytes: int, size_fiel
 
 
 def write_manifest(url: str, shard_entries: Iterable[Mapping[str, Any]], name: str,
-                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   extra: Mapping[str, Any] | None = None, fs=None) -> dict[str, Any]:
     """Write a wids shard index (``wids-shard-index-v1``) listing ``shard_entries`` sorted by url, atomically.
 
     Entries need ``url``, ``nsamples`` and ``filesize``; other fields (``md5sum``, ``sha256``, ``subset``, ...)
@@ -201,26 +211,25 @@ def write_manifest(url: str, shard_entries: Iterable[Mapping[str, Any]], name: s
     index = {"__kind__": MANIFEST_KIND, "wids_version": 1, "name": name, **(dict(extra) if extra else {}),
              "shardlist": shardlist}
     data = json.dumps(index, indent=1, sort_keys=False).encode("utf-8")
-    atomic_write(url, lambda f: f.write(data))
+    atomic_write(url, lambda f: f.write(data), fs=fs)
     return index
 
 
-def read_manifest(url: str) -> dict[str, Any]:
+def read_manifest(url: str, fs=None) -> dict[str, Any]:
     """Read a manifest written by :func:`write_manifest` (checks its kind)."""
-    import fsspec
-
-    with fsspec.open(url, "rb") as f:
+    fs, path = (fs, fs._strip_protocol(url)) if fs is not None else _fs(url)
+    with fs.open(path, "rb") as f:
         index = json.load(f)
     if index.get("__kind__") != MANIFEST_KIND:
         raise ValueError(f"{url}: not a {MANIFEST_KIND} file (kind {index.get('__kind__')!r})")
     return index
 
 
-def write_meta_parquet(url: str, table) -> None:
+def write_meta_parquet(url: str, table, fs=None) -> None:
     """Write a pyarrow Table (or a dict of columns) as Parquet, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not isinstance(table, pa.Table):
         table = pa.table(table)
-    atomic_write(url, lambda f: pq.write_table(table, f, compression="zstd"))
+    atomic_write(url, lambda f: pq.write_table(table, f, compression="zstd"), fs=fs)

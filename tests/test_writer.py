@@ -117,3 +117,17 @@ def test_meta_parquet_atomic(tmp_path):
     write_meta_parquet(path, pa.table({"key": ["c"]}))  # replaces atomically
     assert pq.read_table(path).num_rows == 1
     assert [n for n in os.listdir(tmp_path / "meta")] == ["part-000000.parquet"]
+
+
+def test_explicit_filesystem_and_tuple_samples(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("file")
+    s = samples(2)
+    tuples = [(x["key"], x["ext"], x["image"], {"url": x["url"]}) for x in s]
+    entry = write_shard(str(tmp_path / "t.tar"), tuples, fs=fs)
+    assert entry["nsamples"] == 2
+    got = list(wds.WebDataset(str(tmp_path / "t.tar"), shardshuffle=False))
+    assert json.loads(got[1]["json"]) == {"key": s[1]["key"], "ext": "png", "url": s[1]["url"]}
+    write_manifest(str(tmp_path / "m.json"), [entry], name="t", fs=fs)
+    assert read_manifest(str(tmp_path / "m.json"), fs=fs)["shardlist"][0]["md5sum"] == entry["md5sum"]
