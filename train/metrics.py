@@ -82,9 +82,14 @@ class SIFIDMetric(nn.Module):
 
     def __init__(self, weights: str | os.PathLike | None = "auto"):
         super().__init__()
-        from torchvision.models import inception_v3
+        from torchvision.models.inception import BasicConv2d
 
-        net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+        # Only the layers up to block 1 are needed: build them alone instead of the whole 27M-parameter network.
+        layers = {"Conv2d_1a_3x3": BasicConv2d(3, 32, kernel_size=3, stride=2),
+                  "Conv2d_2a_3x3": BasicConv2d(32, 32, kernel_size=3),
+                  "Conv2d_2b_3x3": BasicConv2d(32, 64, kernel_size=3, padding=1),
+                  "Conv2d_3b_1x1": BasicConv2d(64, 80, kernel_size=1),
+                  "Conv2d_4a_3x3": BasicConv2d(80, 192, kernel_size=3)}
         if weights is not None:
             path = _find_weights("InceptionV3 (SIFID)", weights, INCEPTION_FILES, "BBST_INCEPTION_WEIGHTS")
             src = torch.load(path, map_location="cpu", weights_only=True)
@@ -93,9 +98,9 @@ class SIFIDMetric(nn.Module):
                 sub = {k[len(prefix):]: v for k, v in src.items() if k.startswith(prefix)}
                 if not sub:
                     raise ValueError(f"{path}: no {name} weights; not an InceptionV3 state dict")
-                getattr(net, name).load_state_dict(sub)
-        self.blocks = nn.Sequential(net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3,
-                                    nn.MaxPool2d(3, 2), net.Conv2d_3b_1x1, net.Conv2d_4a_3x3)
+                layers[name].load_state_dict(sub)
+        self.blocks = nn.Sequential(layers["Conv2d_1a_3x3"], layers["Conv2d_2a_3x3"], layers["Conv2d_2b_3x3"],
+                                    nn.MaxPool2d(3, 2), layers["Conv2d_3b_1x1"], layers["Conv2d_4a_3x3"])
         self.eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -132,19 +137,22 @@ def chamfer_colour_distance(a: torch.Tensor, b: torch.Tensor, num_points: int = 
     if fewer), so the score does not depend on resolution. Distance = mean squared distance to the nearest colour of
     the other image, summed over both directions. Returns (B,).
     """
-    gen = torch.Generator().manual_seed(seed)
     out = []
     for x, y in zip(a, b):
         pts = []
         for img in (x, y):
             p = img.reshape(3, -1).t().float() * 255.0
             if p.shape[0] > num_points:
+                # same seed for both images: identical images pick identical pixels and score exactly 0
+                gen = torch.Generator().manual_seed(seed)
                 p = p[torch.randperm(p.shape[0], generator=gen)[:num_points].to(p.device)]
             pts.append(p)
         px, py = pts
 
         def nn_mean(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-            mins = [torch.cdist(src[i:i + chunk], dst).amin(1) for i in range(0, src.shape[0], chunk)]
+            # exact differences (not the matmul expansion), so identical colour sets give exactly 0
+            mins = [torch.cdist(src[i:i + chunk], dst, compute_mode="donot_use_mm_for_euclid_dist").amin(1)
+                    for i in range(0, src.shape[0], chunk)]
             return torch.cat(mins).pow(2).mean()
 
         out.append(nn_mean(px, py) + nn_mean(py, px))

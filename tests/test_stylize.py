@@ -1,0 +1,93 @@
+"""pipelines/stylize.py: checkpoint -> image files at their own (non-square) size, folders, bad inputs as rows."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from curate.synthetic import artwork_like, photo_like
+from pipelines.stylize import main
+from train.checkpoint import load_checkpoint
+from train.models import create_model, load_model_from_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("test_neat")
+    torch.nn.init.normal_(model.decoder.net[-1].weight, std=0.05)  # a non-trivial "trained" decoder
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model_name": "test_neat", "model_config": model.model_config(), "model": model.state_dict(),
+                "step": 1}, path)
+    return path
+
+
+def test_checkpoint_rebuilds_the_same_model(checkpoint):
+    ref = load_checkpoint(str(checkpoint))
+    model = load_model_from_checkpoint(str(checkpoint), attention_mode="full")
+    assert model.cfg.attention_mode == "full"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ref["model"][k])
+
+
+def test_single_pair_non_square(tmp_path, checkpoint):
+    photo_like(120, 72, seed=1).save(tmp_path / "c.jpg")
+    artwork_like(64, 80, seed=2).save(tmp_path / "s.png")
+    out = tmp_path / "out" / "c_styled.png"
+    rows = main(["--checkpoint", str(checkpoint), "--content", str(tmp_path / "c.jpg"), "--style",
+                 str(tmp_path / "s.png"), "--out", str(out), "--alpha", "1.25", "--blur", "0.5", "--device", "cpu"])
+    assert rows[0]["status"] == "ok"
+    with Image.open(out) as img:
+        assert img.size == (120, 72)
+    # alpha changes the picture
+    out0 = tmp_path / "a0.png"
+    main(["--checkpoint", str(checkpoint), "--content", str(tmp_path / "c.jpg"), "--style", str(tmp_path / "s.png"),
+          "--out", str(out0), "--alpha", "0", "--set", "max_side=100"])
+    with Image.open(out0) as img0, Image.open(out) as img1:
+        assert img0.size == (100, 60)  # max_side caps the long side, aspect kept
+        assert not np.array_equal(np.asarray(img0.resize(img1.size)), np.asarray(img1))
+
+
+def test_folders_record_bad_images_as_rows(tmp_path, checkpoint):
+    cdir, sdir = tmp_path / "content", tmp_path / "style"
+    cdir.mkdir()
+    sdir.mkdir()
+    photo_like(40, 56, seed=3).save(cdir / "a.jpg")
+    (cdir / "broken.jpg").write_bytes(b"not a jpeg")
+    artwork_like(48, 48, seed=4).save(sdir / "x.png")
+    artwork_like(32, 64, seed=5).save(sdir / "y.jpg")
+    rows = main(["--checkpoint", str(checkpoint), "--content", str(cdir), "--style", str(sdir), "--out",
+                 str(tmp_path / "out")])
+    assert len(rows) == 4
+    ok = [r for r in rows if r["status"] == "ok"]
+    bad = [r for r in rows if r["status"] == "error"]
+    assert len(ok) == 2 and len(bad) == 2 and all("broken.jpg" in r["error"] for r in bad)
+    assert (tmp_path / "out" / "a_stylized_y.png").exists()
+    with open(tmp_path / "out" / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+def test_clear_errors(tmp_path, checkpoint):
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        main(["--checkpoint", str(checkpoint), "--content", str(tmp_path / "missing.jpg"), "--style",
+              str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o.png")])
+    (tmp_path / "bad.png").write_bytes(b"xx")
+    photo_like(32, 32).save(tmp_path / "c.png")
+    with pytest.raises(ValueError, match="bad.png: cannot decode"):
+        main(["--checkpoint", str(checkpoint), "--content", str(tmp_path / "c.png"), "--style",
+              str(tmp_path / "bad.png"), "--out", str(tmp_path / "o.png")])
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        main(["--checkpoint", str(tmp_path / "nope.pt"), "--content", str(tmp_path / "c.png"), "--style",
+              str(tmp_path / "c.png"), "--out", str(tmp_path / "o.png")])
