@@ -84,7 +84,12 @@ def build_trunk(cfg: TrunkConfig, weights: str | os.PathLike | None, what: str) 
     # OpenAI CLIP state dicts; HF_HUB_OFFLINE keeps any hub code path from reaching the network.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        return timm.create_model(cfg.arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **cfg.kwargs)
+        overlay = {"file": str(path)}
+        if "num_classes" in cfg.kwargs:
+            # timm drops the checkpoint's head when num_classes differs from the pretrained cfg's (1000 for an
+            # untagged CLIP arch), which would silently leave the CLIP projection random
+            overlay["num_classes"] = cfg.kwargs["num_classes"]
+        return timm.create_model(cfg.arch, pretrained=True, pretrained_cfg_overlay=overlay, **cfg.kwargs)
     except RuntimeError as exc:
         raise RuntimeError(f"{what}: {path} does not fit architecture {cfg.arch} {cfg.kwargs}: {exc}") from exc
 

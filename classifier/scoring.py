@@ -23,10 +23,14 @@ class StyleScorer:
     the CPU in ``num_threads`` threads; the forward runs under ``torch.inference_mode()`` (bf16 autocast on CUDA).
     """
 
-    def __init__(self, checkpoint: str, device: str | None = None, batch_size: int = 32,
-                 num_threads: int | None = None):
+    def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 32,
+                 num_threads: int | None = None, checkpoint_path: str | None = None):
         from classifier.checkpoint import load_classifier
         from classifier.transforms import ImageTransform
+
+        checkpoint = checkpoint or checkpoint_path  # checkpoint_path: the name build_bbst's score stage passes
+        if not checkpoint:
+            raise ValueError("StyleScorer needs a checkpoint (folder or its config.json)")
 
         if num_threads:
             torch.set_num_threads(num_threads)
