@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # `python pipelines/label.py` puts pipelines/ on 
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request  # module level: route annotations are resolved in this module's globals
 
 from classifier.active import ActiveConfig, ActiveLearner
 from classifier.agreement import agreement_summary
@@ -254,7 +255,7 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
                start_background: bool = True):
     """FastAPI app for one labeling session. ``require_token`` checks ``token`` on every request."""
     try:
-        from fastapi import FastAPI, HTTPException, Query, Request
+        from fastapi import FastAPI, HTTPException, Query
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
         from fastapi.staticfiles import StaticFiles
