@@ -180,7 +180,7 @@ class AddressPolicy:
         if hit and hit[0] > now:
             return hit[1]
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addrs = sorted({info[4][0] for info in infos})
+        addrs = list(dict.fromkeys(info[4][0] for info in infos))  # resolver order, deduplicated
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
@@ -189,7 +189,11 @@ class AddressPolicy:
 
     def refusal(self, host: str, port: int) -> str | None:
         """Why ``host`` may not be contacted (a short message), or None when it may. Raises on DNS failure."""
-        for addr in self.resolve(host, port):
+        return self.check(host, self.resolve(host, port))
+
+    def check(self, host: str, addrs: list[str]) -> str | None:
+        """Why ``host`` at ``addrs`` may not be contacted, or None when every address is acceptable."""
+        for addr in addrs:
             ip = ipaddress.ip_address(addr.split("%", 1)[0])
             if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
                 ip = ip.ipv4_mapped
@@ -200,6 +204,78 @@ class AddressPolicy:
             if not self.allow_private and not ip.is_global:
                 return f"{host} resolves to non-public address {ip}"
         return None
+
+
+class BlockedAddressError(OSError):
+    """Raised at connect time when the address policy refuses a host (the pinned connection below)."""
+
+
+def _pinned_adapter(policy: AddressPolicy, pool_maxsize: int):
+    """A requests adapter whose connections go only to addresses the policy approved.
+
+    The policy check before each request gives a clear status; this closes the gap behind it: the socket is
+    opened to the very addresses that were checked (from the policy's resolver cache), not to whatever a second
+    DNS lookup returns, so a name that re-resolves to a private address in between (DNS rebinding) is refused.
+    TLS still verifies and sends SNI for the host name.
+    """
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+    def pinned_new_conn(conn, parent_new_conn):
+        host = conn._dns_host
+        try:
+            addrs = policy.resolve(host, conn.port)
+        except socket.gaierror as exc:
+            raise NewConnectionError(conn, f"DNS lookup failed for {host}: {exc}") from exc
+        refusal = policy.check(host, addrs)
+        if refusal:
+            raise BlockedAddressError(refusal)
+        last: Exception | None = None
+        try:
+            for addr in addrs:
+                conn._dns_host = addr
+                try:
+                    return parent_new_conn()
+                except (NewConnectionError, ConnectTimeoutError) as exc:
+                    last = exc
+        finally:
+            conn._dns_host = host  # a later reconnect resolves and checks again
+        raise last if last else NewConnectionError(conn, f"no address for {host}")
+
+    class PinnedHTTPConnection(HTTPConnection):
+        def _new_conn(self):
+            return pinned_new_conn(self, super()._new_conn)
+
+    class PinnedHTTPSConnection(HTTPSConnection):
+        def _new_conn(self):
+            return pinned_new_conn(self, super()._new_conn)
+
+    class PinnedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = PinnedHTTPConnection
+
+    class PinnedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = PinnedHTTPSConnection
+
+    adapter = HTTPAdapter(pool_connections=256, pool_maxsize=pool_maxsize, max_retries=0)
+    adapter.poolmanager.pool_classes_by_scheme = {"http": PinnedHTTPPool, "https": PinnedHTTPSPool}
+    return adapter
+
+
+def _blocked_cause(exc: BaseException) -> BlockedAddressError | None:
+    """The BlockedAddressError somewhere inside urllib3/requests' exception wrapping, if any."""
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, BlockedAddressError):
+            return e
+        stack.extend([e.__cause__, e.__context__, getattr(e, "reason", None), *e.args])
+    return None
 
 
 def _check_url(url: Any) -> urllib.parse.SplitResult:
@@ -228,18 +304,17 @@ class Downloader:
 
     def __init__(self, cfg: DownloadConfig | None = None):
         import requests
-        from requests.adapters import HTTPAdapter
 
         self.cfg = cfg or DownloadConfig()
         self.session = requests.Session()
         self.session.trust_env = self.cfg.trust_env
         self.session.headers.update({"User-Agent": self.cfg.user_agent, "Accept": "image/*,*/*;q=0.5",
                                      "Accept-Encoding": "identity"})
+        self.policy = AddressPolicy(self.cfg)
         # Retries are ours (with backoff and Retry-After), so the adapter never retries by itself.
-        adapter = HTTPAdapter(pool_connections=256, pool_maxsize=self.cfg.threads, max_retries=0)
+        adapter = _pinned_adapter(self.policy, self.cfg.threads)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.policy = AddressPolicy(self.cfg)
         self.pool = ThreadPoolExecutor(max_workers=self.cfg.threads, thread_name_prefix="bbst-download")
         self._host_slots: dict[str, threading.BoundedSemaphore] = {}
         self._host_lock = threading.Lock()
@@ -326,6 +401,9 @@ class Downloader:
                 except requests.exceptions.InvalidURL as exc:
                     raise _Fail(Status.INVALID_URL, f"invalid URL: {exc}") from None
                 except requests.exceptions.RequestException as exc:
+                    blocked = _blocked_cause(exc)
+                    if blocked is not None:
+                        raise _Fail(Status.BLOCKED_ADDRESS, f"{blocked} (at connect)") from None
                     raise _Fail(Status.DOWNLOAD_ERROR, f"connection error: {_short(exc)}", retryable=True) from None
                 try:
                     if resp.status_code in REDIRECT_CODES:

@@ -239,3 +239,20 @@ def test_sniff_mime():
 def test_config_rejects_bad_networks():
     with pytest.raises(ValueError):
         DownloadConfig(allowed_networks=["10.0.0.0/33"])
+
+
+def test_connection_is_pinned_to_checked_addresses(fault_server, monkeypatch):
+    """DNS rebinding: a name checked as public that re-resolves to a private address at connect time is refused."""
+    d = Downloader(cfg(allowed_networks=[], retries=0))
+    answers = iter([["93.184.216.34"], ["127.0.0.1"]])  # first answer passes the check, second would not
+    monkeypatch.setattr(d.policy, "resolve", lambda host, port: next(answers))
+    url = f"http://rebind.example:{fault_server.server_address[1]}/ok.jpg"
+    out = run(d, [url])
+    assert out["status"][0] == "blocked_address" and "at connect" in out["error"][0]
+
+
+def test_pinned_connection_uses_the_checked_address(fault_server, monkeypatch):
+    d = Downloader(cfg())
+    monkeypatch.setattr(d.policy, "resolve", lambda host, port: ["127.0.0.1"])
+    out = run(d, [f"http://images.invalid:{fault_server.server_address[1]}/ok.jpg"])  # never resolvable by DNS
+    assert out["status"][0] == "ok"
