@@ -107,3 +107,35 @@ def test_seconds_per_image_counts_calls():
     calls = []
     t = seconds_per_image(lambda c, s: calls.append(1), _img(0), _img(1), repeats=3, warmup=1)
     assert len(calls) == 4 and t >= 0
+
+
+def test_evaluate_st_writes_quality_and_speed_tables(tmp_path):
+    from curate.synthetic import artwork_like, photo_like
+    from pipelines.evaluate_st import main
+    from train.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_neat")
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model_name": "test_neat", "model_config": model.model_config(), "model": model.state_dict(),
+                "step": 0}, ckpt)
+    photo_like(64, 48, seed=1).save(tmp_path / "c1.jpg")
+    artwork_like(48, 48, seed=2).save(tmp_path / "s1.png")
+    (tmp_path / "broken.png").write_bytes(b"nope")
+    (tmp_path / "pairs.csv").write_text("content,style\nc1.jpg,s1.png\nc1.jpg,broken.png\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    photo_like(64, 48, seed=1).save(other / "c1_stylized_s1.png")  # a "method" that returns the content
+    res = main(["--pairs", str(tmp_path / "pairs.csv"), "--model", f"tiny={ckpt}", "--no-blur-row",
+                "--outputs", f"identity={other}", "--random-metrics", "--timing-sizes", "32x32", "48x40",
+                "--timing-repeats", "1", "--out", str(tmp_path / "eval")])
+    labels = [r[0] for r in res["quality"]]
+    assert labels == ["tiny", "tiny (no prior blurring)", "identity"]
+    assert all(r[1] == "1" for r in res["quality"])  # the broken pair is recorded, not averaged
+    assert sum(r["status"] == "error" for r in res["per_pair"]) == 3
+    identity = res["quality"][2]
+    assert float(identity[2]) == pytest.approx(0.0, abs=0.02)  # LPIPS to content ~0 (JPEG re-encode only)
+    assert len(res["speed"]) == 2 and len(res["speed"][0]) == 3
+    md = (tmp_path / "eval" / "quality.md").read_text()
+    assert "SIFID" in md and "RANDOM" in md
+    assert (tmp_path / "eval" / "speed.csv").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,6 @@ class LPIPSMetric(nn.Module):
             raise ImportError("LPIPS needs the lpips package: pip install lpips") from exc
         if net not in LPIPS_BACKBONE_FILES:
             raise ValueError(f"LPIPS net {net!r} not in {sorted(LPIPS_BACKBONE_FILES)}")
-        import warnings
-
         with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
             warnings.simplefilter("ignore")
             self.model = lpips.LPIPS(pretrained=lin, net=net, pnet_rand=True, verbose=False)
@@ -120,7 +119,9 @@ def frechet_distance(x: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> float:
     mu1, mu2 = x.mean(0), y.mean(0)
     s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
+    with warnings.catch_warnings():  # singular products are expected for small images; handled just below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
     if not np.isfinite(covmean).all():
         offset = np.eye(s1.shape[0]) * eps  # near-singular product: regularise as the reference does
         covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
