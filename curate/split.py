@@ -18,8 +18,7 @@ class SplitConfig:
     )  # input ``source`` value (case-insensitive) -> subset it feeds; unmapped sources count as "no source"
     style_min_score: float = 0.5  # a style row needs P(stylistic) >= this (when scored)
     content_max_score: float = 0.5  # a content row needs P(stylistic) <= this (when scored)
-    default_subset: Literal["style", "content", "none"] = "content"  # rows with no (mapped) source and no score;
-    # "none" sends them to score_filtered instead
+    default_subset: Literal["style", "content", "none"] = "content"  # no mapped source, no score ("none": filtered)
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in self.source_sides.items() if v not in SUBSETS}
@@ -72,7 +71,7 @@ def decide(source: Any, score: Any, cfg: SplitConfig) -> tuple[str | None, str |
 def assign_subsets(batch: dict[str, np.ndarray], cfg: SplitConfig | None = None) -> dict[str, np.ndarray]:
     """Batch stage: sets ``subset`` for ok rows, or status ``score_filtered`` (image dropped) when neither fits."""
     cfg = cfg or SplitConfig()
-    n = len(batch["key"])
+    n = len(batch["status"])
     out = dict(batch)
     status = np.array(batch["status"], dtype=object, copy=True)
     error = np.array(batch["error"], dtype=object, copy=True) if "error" in batch else np.full(n, None, object)
