@@ -244,7 +244,8 @@ class LabelSession:
         return ex
 
     def histogram(self, bins: int = 20) -> dict:
-        vals = np.fromiter(self.learner.scores.values(), dtype=np.float64, count=len(self.learner.scores))
+        # list() copies in one step: the feature worker may be adding scores meanwhile
+        vals = np.asarray(list(self.learner.scores.values()), dtype=np.float64)
         counts, edges = np.histogram(vals, bins=bins, range=(0.0, 1.0))
         return {"counts": counts.tolist(), "edges": edges.round(4).tolist(), "n_scored": len(vals),
                 "threshold": self.learner.threshold, "model_version": self.learner.model_version}

@@ -125,6 +125,39 @@ def test_export_import_over_http(pool_dir, tmp_path):
     assert r.status_code == 400 and "uploaded csv file: row 1" in r.json()["error"]
 
 
+def test_second_annotator_is_asked_for_agreement_and_kappa_reported(pool_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from classifier.sampling import SamplingConfig
+
+    cfg = _cfg(pool_dir, tmp_path, sampling=SamplingConfig(uncertainty_share=0.0, random_share=0.5,
+                                                           agreement_share=0.5))
+    c = TestClient(label_app.create_app(cfg, start_background=False), base_url="http://127.0.0.1")
+    first = c.get("/api/next", params={"annotator": "ann", "n": 10}).json()["items"]
+    for it in first:
+        c.post("/api/label", json={"annotator": "ann", "key": it["key"], "label": "stylistic"
+                                   if truth_of_key(it["key"]) else "not_stylistic", "reason": it["reason"]})
+    # items ann holds are never handed to bob as fresh ones; decided ones come back to him for agreement
+    asked = c.get("/api/next", params={"annotator": "bob", "n": 10}).json()["items"]
+    agree = [it for it in asked if it["reason"] == "agreement"]
+    assert len(agree) == 5 and {it["key"] for it in agree} <= {it["key"] for it in first}
+    assert {r["key"] for r in app_assignments(c, "bob")} == {it["key"] for it in agree}  # persisted
+    for i, it in enumerate(agree):
+        truth = "stylistic" if truth_of_key(it["key"]) else "not_stylistic"
+        flipped = "not_stylistic" if truth == "stylistic" else "stylistic"
+        c.post("/api/label", json={"annotator": "bob", "key": it["key"], "label": flipped if i == 0 else truth})
+    ag = c.get("/api/stats").json()["agreement"]
+    assert ag["items_multi"] == 5 and ag["items_disagreed"] == 1
+    assert ag["pairs"][0]["annotators"] == ["ann", "bob"] and ag["pairs"][0]["observed_agreement"] == 0.8
+    # the disagreement goes to a third annotator first, as a tie-breaker
+    third = c.get("/api/next", params={"annotator": "cy", "n": 4}).json()["items"]
+    assert [it["reason"] for it in third].count("disagreement") == 1
+
+
+def app_assignments(client, annotator):
+    return client.app.state.session.store.assignments(annotator)
+
+
 # ------------------------------------------------------------------------------------------ browser session
 def _free_port() -> int:
     with socket.socket() as s:
