@@ -199,7 +199,10 @@ class ImageChecker:
             raise _RejectSized(Status.BAD_ASPECT, f"aspect ratio {long_ / short:.2f} > {cfg.max_aspect_ratio:g}",
                                sizes)
         fmt = img.format
-        animated = getattr(img, "is_animated", False) and getattr(img, "n_frames", 1) > 1
+        try:  # GIF/APNG find out by seeking to frame 1, which damaged files fail in many ways
+            animated = bool(getattr(img, "is_animated", False)) and getattr(img, "n_frames", 1) > 1
+        except Exception as exc:  # noqa: BLE001
+            raise _RejectSized(Status.CORRUPT, f"frame scan failed: {type(exc).__name__}: {exc}"[:200], sizes) from None
         if animated and cfg.animated == "reject":
             raise _RejectSized(Status.UNSUPPORTED, f"animated {fmt} ({img.n_frames} frames)", sizes)
         try:
@@ -209,6 +212,15 @@ class ImageChecker:
         except Exception as exc:  # noqa: BLE001 - PIL raises OSError/SyntaxError/ValueError for damaged data
             raise _RejectSized(Status.CORRUPT, f"decode failed: {type(exc).__name__}: {exc}"[:200], sizes) from None
 
+        try:
+            return self._store(img, data, fmt, orient, animated, sizes)
+        except (OSError, ValueError, SyntaxError, IndexError, EOFError) as exc:  # pixel data PIL cannot convert
+            raise _RejectSized(Status.CORRUPT, f"conversion failed: {type(exc).__name__}: {exc}"[:200], sizes) from None
+
+    def _store(self, img: Image.Image, data: bytes, fmt: str, orient: int, animated: bool,
+               sizes: dict[str, int]) -> dict[str, Any]:
+        """Apply the mode policy to a decoded image; returns the stored bytes, type, sizes and phash."""
+        cfg = self.cfg
         out_bytes, out_img, stored_orient = data, img, orient
         if fmt == "JPEG" and img.mode == "CMYK":
             out_img = _cmyk_to_rgb(img, cfg.cmyk_to_srgb)

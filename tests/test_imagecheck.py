@@ -198,3 +198,31 @@ def test_config_guards():
         ImageChecker(ImageCheckConfig(max_pixels=10**12))
     with pytest.raises(ValueError):
         ImageCheckConfig(max_aspect_ratio=0.5)
+
+
+def test_mutated_bytes_never_raise(images):
+    """Random truncation and byte damage of every sample format: always a schema status, never an exception."""
+    from curate.schema import STATUSES
+
+    rng = np.random.default_rng(0)
+    mutated = []
+    for name, body in images.items():
+        if name == "bomb.png":
+            continue
+        for _ in range(6):
+            b = bytearray(body)
+            if rng.random() < 0.5:
+                b = b[: int(rng.integers(1, len(b)))]
+            else:
+                for pos in rng.integers(0, len(b), size=int(rng.integers(1, 16))):
+                    b[int(pos)] = int(rng.integers(0, 256))
+            mutated.append(bytes(b))
+    out = ImageChecker(ImageCheckConfig(min_side=16, animated="first_frame"))(
+        {"image": np.array(mutated, dtype=object)})
+    assert set(out["status"]) <= set(STATUSES)
+    for status, image, ext in zip(out["status"], out["image"], out["ext"], strict=True):
+        if status == "ok":
+            Image.open(io.BytesIO(image)).load()  # whatever is kept decodes
+            assert ext in ("jpg", "png")
+        else:
+            assert image is None
