@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import email.utils
 import ipaddress
+import logging
 import random
 import socket
 import threading
@@ -27,6 +28,8 @@ def _version() -> str:
     except Exception:  # noqa: BLE001 - running from a source tree that was never installed
         return "0.1.0"
 
+
+log = logging.getLogger(__name__)
 
 USER_AGENT_TOKEN = "bbst"  # the token X-Robots-Tag ``ua: directive`` scoping is matched against
 DEFAULT_USER_AGENT = f"bbst/{_version()} (+https://github.com/bbst-project/bbst; image dataset builder)"
@@ -347,7 +350,7 @@ class Downloader:
         attempts = self.cfg.retries + 1
         for attempt in range(attempts):
             try:
-                data, http_status, mime = self._attempt(url)
+                data, http_status, mime = self._guarded_attempt(url)
                 row.update(image=data, status=Status.OK.value, error=None, num_bytes=len(data),
                            http_status=http_status, mime=mime)
                 return row
@@ -359,6 +362,17 @@ class Downloader:
                     return row
                 time.sleep(self._backoff(attempt, fail.retry_after))
         return row  # pragma: no cover - the loop always returns
+
+    def _guarded_attempt(self, url: Any) -> tuple[bytes, int, str]:
+        """One attempt; an exception nobody anticipated for this URL is logged with its traceback and becomes
+        a ``download_error`` row, so one odd URL cannot take down a batch of thousands."""
+        try:
+            return self._attempt(url)
+        except _Fail:
+            raise
+        except Exception as exc:
+            log.exception("unexpected error downloading %r", url)
+            raise _Fail(Status.DOWNLOAD_ERROR, f"unexpected {type(exc).__name__}: {exc}"[:200]) from None
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -385,6 +399,8 @@ class Downloader:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             try:
                 refusal = self.policy.refusal(host, port)
+            except UnicodeError as exc:  # IDNA: empty or over-long labels ("a..b", 64+ characters)
+                raise _Fail(Status.INVALID_URL, f"invalid host name {host[:80]!r}: {exc}") from None
             except OSError as exc:
                 raise _Fail(Status.DOWNLOAD_ERROR, f"DNS lookup failed for {host}: {exc}") from None
             if refusal:

@@ -256,3 +256,21 @@ def test_pinned_connection_uses_the_checked_address(fault_server, monkeypatch):
     monkeypatch.setattr(d.policy, "resolve", lambda host, port: ["127.0.0.1"])
     out = run(d, [f"http://images.invalid:{fault_server.server_address[1]}/ok.jpg"])  # never resolvable by DNS
     assert out["status"][0] == "ok"
+
+
+def test_odd_host_names_are_rows():
+    out = run(Downloader(cfg(retries=0)), ["http://a..b/x.jpg", "http://" + "a" * 70 + ".example/x.jpg",
+                                           "http://.../", "http://[::ffff:10.0.0.1]/x.jpg"])
+    assert list(out["status"]) == ["invalid_url"] * 3 + ["blocked_address"]
+
+
+def test_unexpected_exception_becomes_a_row(monkeypatch, caplog):
+    d = Downloader(cfg(retries=0))
+
+    def broken(url):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(d, "_attempt", broken)
+    out = run(d, ["http://127.0.0.1:1/a.jpg", "http://127.0.0.1:1/b.jpg"])
+    assert list(out["status"]) == ["download_error"] * 2 and "unexpected KeyError" in out["error"][0]
+    assert "unexpected error downloading" in caplog.text
