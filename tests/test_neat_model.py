@@ -107,6 +107,10 @@ def test_prior_ops():
     step[..., 10:] = 1.0
     bil = bilateral_filter(step, 9, 0.1, 100.0)
     assert (bil - step).abs().max() < 0.05 and (gaussian_blur(step, 9) - step).abs().max() > 0.2
+    # the OpenCV (CPU) path and the torch loop (GPU / autograd) are the same filter
+    noisy = torch.rand(1, 3, 30, 40)
+    assert torch.allclose(bilateral_filter(noisy, 9, 0.3, 5.0),
+                          bilateral_filter(noisy.requires_grad_(), 9, 0.3, 5.0).detach(), atol=1e-4)
     target = torch.rand(2, 3, 25, 35) * torch.tensor([0.2, 1.0, 0.5]).view(1, 3, 1, 1)
     out = recolour(img, target)
 
