@@ -62,6 +62,7 @@ def select_thresholds(probs: np.ndarray, labels: np.ndarray, target_precision: f
     ``style``: keep ``score >= t`` as artworks; the smallest t whose kept set is >= target precision positive.
     ``content``: keep ``score <= t`` as photos; the largest t whose kept set is >= target precision negative.
     When no threshold reaches the target, the strictest one is used (1.0 / 0.0) and ``*_reached`` is False.
+    The content threshold always stays below the style threshold, so the subsets never overlap.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
@@ -92,6 +93,11 @@ def select_thresholds(probs: np.ndarray, labels: np.ndarray, target_precision: f
         out.update(content=float(p_sorted[i]), content_reached=True)
     else:
         out.update(content=0.0, content_reached=False)
+    if out["content"] >= out["style"]:
+        # both targets are met with room to spare (a well-separated held-out set): the two rules would overlap,
+        # so one split point is used, 0.5 when it lies between them, and no image can land in both subsets
+        split = float(np.clip(0.5, out["style"], out["content"]))
+        out["style"], out["content"] = split, float(np.nextafter(split, 0.0))
     return out
 
 

@@ -115,6 +115,7 @@ def _train_head(features, labels, keys, *, val_fraction, seed, target_precision,
         head = FusionHead(features.shape[1], hidden, dropout)
     else:
         head = copy.deepcopy(head)
+    head.requires_grad_(True)  # a head taken from a frozen model arrives with gradients off
     head.set_standardization(x_tr)
     n_pos, n_neg = float(y_tr.sum()), float(len(y_tr) - y_tr.sum())
     pos_weight = torch.tensor(n_neg / max(n_pos, 1.0))

@@ -208,7 +208,7 @@ def finetune(model, images: list[bytes], labels: np.ndarray, cfg: TrainClassifie
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         log.info("fine-tune epoch %d: loss %.4f", epoch, total / max(1, len(images)))
     model.requires_grad_(False)
     model.eval()
