@@ -56,11 +56,11 @@ def _compression(path: str, cfg: ReaderConfig) -> str | None:
     return None
 
 
-def list_files(path: str) -> tuple[object, list[str]]:
+def list_files(path: str, storage_options: dict | None = None) -> tuple[object, list[str]]:
     """Expand a file, a folder (its files, sorted) or a glob into ``(fs, paths)``; protocol kept for fsspec URLs."""
     import fsspec
 
-    fs, _, paths = fsspec.get_fs_token_paths(path)
+    fs, _, paths = fsspec.get_fs_token_paths(path, storage_options=storage_options or None)
     if not paths:
         raise ValueError(f"{path}: no URL list found (no file matches)")
     files: list[str] = []
@@ -75,20 +75,18 @@ def list_files(path: str) -> tuple[object, list[str]]:
         raise ValueError(f"{path}: folder holds no URL list files")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol not in ("file", "local"):
-        files = [f if "://" in f else f"{protocol}://{f}" for f in files]
+        files = [f if "://" in f else fs.unstrip_protocol(f) for f in files]
     return fs, sorted(files)
 
 
-def _open(path: str, cfg: ReaderConfig, mode: str = "rb"):
-    import fsspec
-
-    return fsspec.open(path, mode, compression=_compression(path, cfg))
+def _open(fs, path: str, cfg: ReaderConfig, mode: str = "rb"):
+    return fs.open(fs._strip_protocol(path), mode, compression=_compression(path, cfg))
 
 
-def _iter_parquet(path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
+def _iter_parquet(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
 
-    with _open(path, cfg) as f:
+    with _open(fs, path, cfg) as f:
         try:
             pf = pq.ParquetFile(f)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -96,17 +94,17 @@ def _iter_parquet(path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
         yield from pf.iter_batches(batch_size=min(cfg.rows_per_partition, 65_536))
 
 
-def _iter_csv(path: str, cfg: ReaderConfig, delimiter: str) -> Iterator[pa.RecordBatch]:
+def _iter_csv(fs, path: str, cfg: ReaderConfig, delimiter: str) -> Iterator[pa.RecordBatch]:
     import pyarrow.csv as pcsv
 
     # Read the header ourselves so that every column is typed as string: type inference on the first block
     # breaks on a later block with a different-looking value, and URLs/sources are text anyway.
-    with _open(path, cfg, "rt") as f:
+    with _open(fs, path, cfg, "rt") as f:
         header_line = f.readline()
     if not header_line.strip():
         raise ValueError(f"{path}: line 1: empty file or missing header row")
     names = next(csv.reader([header_line], delimiter=delimiter))
-    with _open(path, cfg) as f:
+    with _open(fs, path, cfg) as f:
         try:
             reader = pcsv.open_csv(
                 f,
@@ -120,10 +118,10 @@ def _iter_csv(path: str, cfg: ReaderConfig, delimiter: str) -> Iterator[pa.Recor
             raise ValueError(f"{path}: malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}") from None
 
 
-def _iter_jsonl(path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
+def _iter_jsonl(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
     rows: list[dict] = []
     first_line = 1
-    with _open(path, cfg, "rt") as f:
+    with _open(fs, path, cfg, "rt") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -152,9 +150,9 @@ def _jsonl_batch(rows: list[dict], path: str, first: int, last: int) -> pa.Recor
         raise ValueError(f"{path}: lines {first}-{last}: inconsistent column types ({exc})") from None
 
 
-def _iter_txt(path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
+def _iter_txt(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
     urls: list[str | None] = []
-    with _open(path, cfg, "rt") as f:
+    with _open(fs, path, cfg, "rt") as f:
         for line in f:
             urls.append(line.strip() or None)
             if len(urls) >= cfg.rows_per_partition:
@@ -164,15 +162,15 @@ def _iter_txt(path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
         yield pa.RecordBatch.from_arrays([pa.array(urls, pa.string())], names=[cfg.url_column])
 
 
-def _iter_batches(path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
+def _iter_batches(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
     fmt = detect_format(path, cfg)
     if fmt == "parquet":
-        return _iter_parquet(path, cfg)
+        return _iter_parquet(fs, path, cfg)
     if fmt in ("csv", "tsv"):
-        return _iter_csv(path, cfg, "," if fmt == "csv" else "\t")
+        return _iter_csv(fs, path, cfg, "," if fmt == "csv" else "\t")
     if fmt == "jsonl":
-        return _iter_jsonl(path, cfg)
-    return _iter_txt(path, cfg)
+        return _iter_jsonl(fs, path, cfg)
+    return _iter_txt(fs, path, cfg)
 
 
 def _normalise(table: pa.Table, path: str, partition: int, first_row_in_file: int, cfg: ReaderConfig) -> pa.Table:
@@ -208,11 +206,11 @@ def _normalise(table: pa.Table, path: str, partition: int, first_row_in_file: in
     return pa.Table.from_arrays(arrays, names=out_names)
 
 
-def iter_file_tables(path: str, cfg: ReaderConfig) -> Iterator[pa.Table]:
+def iter_file_tables(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.Table]:
     """Raw tables of ``rows_per_partition`` rows from one file (the last one shorter), streaming."""
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
-    for batch in _iter_batches(path, cfg):
+    for batch in _iter_batches(fs, path, cfg):
         while batch.num_rows:
             take = min(batch.num_rows, cfg.rows_per_partition - pending_rows)
             pending.append(batch.slice(0, take))
@@ -232,19 +230,21 @@ def _concat(batches: list[pa.RecordBatch], path: str) -> pa.Table:
         raise ValueError(f"{path}: inconsistent columns across rows: {exc}") from None
 
 
-def iter_partitions(path: str, cfg: ReaderConfig | None = None) -> Iterator[tuple[int, pa.Table]]:
+def iter_partitions(path: str, cfg: ReaderConfig | None = None,
+                    storage_options: dict | None = None) -> Iterator[tuple[int, pa.Table]]:
     """Yield ``(partition, table)`` with columns ``key``, ``url``, ``source`` and every pass-through column.
 
     ``path`` is a file, a folder or a glob, local or any fsspec URL. Files are read in sorted order and
     partitions are numbered consecutively across them (a partition never spans two files), so keys are a pure
     function of the list. Only one partition (plus one read block) is held in memory at a time.
+    ``storage_options`` go to fsspec (e.g. ``{"client_kwargs": {"endpoint_url": ...}}`` for an S3 endpoint).
     """
     cfg = cfg or ReaderConfig()
-    _, files = list_files(path)
+    fs, files = list_files(path, storage_options)
     partition = 0
     for file in files:
         first_row = 0
-        for table in iter_file_tables(file, cfg):
+        for table in iter_file_tables(fs, file, cfg):
             yield partition, _normalise(table, file, partition, first_row, cfg)
             first_row += table.num_rows
             partition += 1

@@ -118,3 +118,22 @@ def test_streaming_memory_is_bounded(tmp_path):
         del table
     assert total == n
     assert peak < file_bytes / 4, (peak, file_bytes)
+
+
+def test_non_local_filesystem_folder(tmp_path):
+    """A folder on a non-local fsspec filesystem (memory://, same code path as s3://), gzip included."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    with fs.open("/lists/a.jsonl", "wb") as f:
+        f.write(b'{"url": "http://h/1.jpg"}\n{"url": "http://h/2.jpg"}\n')
+    with fs.open("/lists/b.csv.gz", "wb") as f:
+        f.write(gzip.compress(b"url,source\nhttp://h/3.jpg,flickr\n"))
+    parts = list(iter_partitions("memory://lists", ReaderConfig(rows_per_partition=10), storage_options={}))
+    assert [t.column("url").to_pylist() for _, t in parts] == [["http://h/1.jpg", "http://h/2.jpg"],
+                                                               ["http://h/3.jpg"]]
+    with pytest.raises(ValueError, match=r"memory://.*lists/bad.jsonl: line 1"):
+        with fs.open("/lists/bad.jsonl", "wb") as f:
+            f.write(b"{oops\n")
+        list(iter_partitions("memory://lists/bad.jsonl"))
+    fs.rm("/lists", recursive=True)
