@@ -410,8 +410,8 @@ class Downloader:
                 raise _Fail(Status.DOWNLOAD_ERROR, f"timed out after {self.cfg.total_timeout:g}s", retryable=True)
             with self._slot(f"{host}:{port}"):
                 try:
-                    resp = self.session.get(current, stream=True, allow_redirects=False,
-                                            timeout=(min(self.cfg.timeout, remaining), self.cfg.timeout))
+                    wait = min(self.cfg.timeout, remaining)  # no single socket wait may overrun the deadline
+                    resp = self.session.get(current, stream=True, allow_redirects=False, timeout=(wait, wait))
                 except requests.exceptions.Timeout:
                     raise _Fail(Status.DOWNLOAD_ERROR, "timeout", retryable=True) from None
                 except requests.exceptions.InvalidURL as exc:
