@@ -30,6 +30,16 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
+def png16_rgb(width: int, height: int, seed: int = 0) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one, so the chunks are assembled here)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 65536, size=(height, width, 3), dtype=np.uint16).astype(">u2")
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)  # filter type 0 per scanline
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw))
+            + _png_chunk(b"IEND", b""))
+
+
 def exif_rotated_jpeg(width: int = 800, height: int = 1200, orientation: int = 6) -> bytes:
     """A JPEG stored ``width`` x ``height`` carrying an EXIF Orientation tag."""
     exif = Image.Exif()
@@ -61,6 +71,7 @@ def sample_images(side: int = 96) -> dict[str, tuple[bytes, str]]:
         "gray.jpg": (synthetic.encode(photo.convert("L"), "JPEG"), "image/jpeg"),
         "cmyk.jpg": (synthetic.encode(photo.convert("CMYK"), "JPEG"), "image/jpeg"),
         "png16.png": (synthetic.encode(gray16, "PNG"), "image/png"),
+        "png16-rgb.png": (png16_rgb(w, h), "image/png"),
         "palette.png": (synthetic.encode(art.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"), "image/png"),
         "alpha.png": (synthetic.encode(rgba, "PNG"), "image/png"),
         "exif-rotated.jpg": (exif_rotated_jpeg(), "image/jpeg"),

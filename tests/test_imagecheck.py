@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zlib
 
 import imagehash
 import numpy as np
@@ -55,6 +56,7 @@ EXPECTED = {
     "gray.jpg": ("ok", "jpg"),
     "cmyk.jpg": ("ok", "jpg"),
     "png16.png": ("ok", "png"),
+    "png16-rgb.png": ("ok", "png"),
     "palette.png": ("ok", "png"),
     "alpha.png": ("ok", "png"),
     "exif-rotated.jpg": ("ok", "jpg"),
@@ -149,6 +151,12 @@ def test_mode_policy(images):
     assert img.mode == "L" and png16["image"][24] == 8
     src = np.asarray(Image.open(io.BytesIO(images["png16.png"])))
     np.testing.assert_array_equal(np.asarray(img), (src.astype(np.uint32) >> 8).astype(np.uint8))
+    rgb16 = check(images["png16-rgb.png"])
+    assert rgb16["image"][24] == 8 and rgb16["image"][25] == 2  # 8-bit truecolour PNG now
+    # IDAT data sits between the 41-byte signature+IHDR+IDAT header and the 16-byte CRC+IEND tail
+    raw = np.frombuffer(zlib.decompress(images["png16-rgb.png"][41:-16]), np.uint8).reshape(96, -1)[:, 1:]
+    high = raw.reshape(96, 128, 3, 2)[..., 0]  # big-endian samples: the first byte is the high byte
+    np.testing.assert_array_equal(np.asarray(reopen(rgb16)), high)
     # palette, alpha and grayscale keep their original bytes
     for name in ("palette.png", "alpha.png", "gray.jpg", "ok.jpg", "ok.png"):
         assert check(images[name])["image"] == images[name], name
