@@ -145,6 +145,11 @@ def test_mode_policy(images):
     # CMYK JPEG -> RGB JPEG
     cmyk = check(images["cmyk.jpg"])
     assert reopen(cmyk).mode == "RGB" and cmyk["ext"] == "jpg"
+    # same picture as ok.jpg: colours survive the conversion (an inverted/garbled CMYK decode would not match)
+    assert imagehash.hex_to_hash(cmyk["phash"]) - imagehash.hex_to_hash(check(images["ok.jpg"])["phash"]) <= 4
+    rgb = np.asarray(reopen(cmyk), dtype=np.int16)
+    ref = np.asarray(reopen(check(images["ok.jpg"])), dtype=np.int16)
+    assert np.abs(rgb - ref).mean() < 12
     # 16-bit PNG -> 8-bit PNG keeping the high byte
     png16 = check(images["png16.png"])
     img = reopen(png16)
