@@ -87,12 +87,13 @@ def bench_browser(pool: Path, work: Path, decisions: int, retrain_every: int) ->
             except httpx.HTTPError:
                 time.sleep(0.3)
         startup = time.perf_counter() - t0
+        http = httpx.Client(base_url=base)  # one keep-alive connection, as the browser holds
         next_ms = []
         for _ in range(20):
             t = time.perf_counter()
-            httpx.get(base + "/api/next", params={"annotator": "probe", "n": 8})
+            http.get("/api/next", params={"annotator": "probe", "n": 8})
             next_ms.append((time.perf_counter() - t) * 1000)
-        httpx.post(base + "/api/release", json={"annotator": "probe", "keys": []})
+        http.post("/api/release", json={"annotator": "probe", "keys": []})
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -109,6 +110,7 @@ def bench_browser(pool: Path, work: Path, decisions: int, retrain_every: int) ->
             elapsed = time.perf_counter() - t_start
             page.wait_for_timeout(200)
             shown = page.evaluate("window.bbst.timings")
+            frame = page.evaluate("window.bbst.frameTimings")
             # peer: an image that was not prefetched, loaded and decoded on demand
             cold = page.evaluate("""async (keys) => {
                 const out = [];
@@ -122,7 +124,14 @@ def bench_browser(pool: Path, work: Path, decisions: int, retrain_every: int) ->
                 return out;
             }""", [make_key(0, i) for i in range(9000, 9030)])
             browser.close()
-        stats = httpx.get(base + "/api/stats").json()
+        # the decision round trip alone (commit + fsync), while the background worker is busy
+        probe = http.get("/api/next", params={"annotator": "probe", "n": 30}).json()["items"]
+        label_ms = []
+        for it in probe:
+            t = time.perf_counter()
+            http.post("/api/label", json={"annotator": "probe", "key": it["key"], "label": "skip"})
+            label_ms.append((time.perf_counter() - t) * 1000)
+        stats = http.get("/api/stats").json()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -134,11 +143,14 @@ def bench_browser(pool: Path, work: Path, decisions: int, retrain_every: int) ->
         "decisions": decisions,
         "key_to_next_image_ms": {"median": round(_pct(shown, 50), 1), "p95": round(_pct(shown, 95), 1),
                                  "max": round(max(shown), 1), "n": len(shown)},
+        "key_to_frame_ms": {"median": round(_pct(frame, 50), 1), "p95": round(_pct(frame, 95), 1)},
         "labels_per_minute": round(decisions / elapsed * 60, 1),
+        "api_label_ms": {"median": round(_pct(label_ms, 50), 1), "p95": round(_pct(label_ms, 95), 1)},
         "on_demand_image_ms": {"median": round(_pct(cold, 50), 1), "p95": round(_pct(cold, 95), 1)},
         "api_next_ms": {"median": round(_pct(next_ms, 50), 1), "p95": round(_pct(next_ms, 95), 1)},
         "rounds_during_run": len(stats["rounds"]),
-        "labels_committed": stats["labels_total"],
+        "labels_committed": stats["labels_total"] - len(probe),
+        "features_cached_at_end": stats["features_cached"],
     }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 import traceback
@@ -179,7 +180,16 @@ class ActiveLearner:
                         j += 1
                 return out, good
 
+    @staticmethod
+    def _lower_priority() -> None:
+        """Nice this thread (Linux schedules threads individually) so requests win the CPU on a busy machine."""
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+            pass
+
     def _feature_loop(self) -> None:
+        self._lower_priority()
         remaining = list(self.pool.keys)
         while not self._stop.is_set():
             with self._state_lock:
@@ -238,6 +248,7 @@ class ActiveLearner:
         return self.store.label_count() - last >= self.cfg.retrain_every
 
     def _retrain_loop(self) -> None:
+        self._lower_priority()
         while not self._stop.is_set():
             self._wake_retrain.wait(5.0)
             self._wake_retrain.clear()

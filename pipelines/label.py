@@ -588,6 +588,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
+    # hand the GIL over sooner (default 5 ms): a request thread waiting behind the feature worker is latency
+    sys.setswitchinterval(0.001)
     require = needs_token(cfg.server.host)
     token = (cfg.server.token or secrets.token_urlsafe(24)) if require else None
     app = create_app(cfg, require_token=require, token=token)

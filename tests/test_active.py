@@ -64,6 +64,11 @@ def test_retrain_round_rescore_and_checkpoint(tmp_path, model):
     feats, found = learner.cache.get([learner.sha256(k)])
     assert found.all()
     assert predict_proba(head, feats)[0] == pytest.approx(learner.scores[k], abs=1e-5)
+    # and the pipeline's scorer (what build_bbst.py --classifier loads) accepts it and agrees
+    from classifier.scoring import StyleScorer
+
+    scores, errors = StyleScorer(m["checkpoint"]).score_images([pool.read_bytes(k)])
+    assert errors == [None] and scores[0] == pytest.approx(learner.scores[k], abs=1e-4)
     assert not learner.retrain_due()  # no new labels since the round
 
 
