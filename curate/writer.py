@@ -96,10 +96,10 @@ def _fsync(f) -> None:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError("bytes are not JSON metadata")
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError("binary values cannot go into the JSON metadata")
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, np.ndarray):
@@ -113,7 +113,14 @@ def _jsonable(value: Any) -> Any:
 
 def sample_json(sample: Mapping[str, Any]) -> bytes:
     """The ``.json`` member of a sample: every field except the image bytes, keys sorted, compact."""
-    meta = {k: _jsonable(v) for k, v in sample.items() if k != "image"}
+    meta = {}
+    for k, v in sample.items():
+        if k == "image":
+            continue
+        try:
+            meta[k] = _jsonable(v)
+        except TypeError as exc:
+            raise TypeError(f"sample {sample.get('key')}: field {k!r}: {exc}") from None
     return json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 

@@ -131,3 +131,10 @@ def test_explicit_filesystem_and_tuple_samples(tmp_path):
     assert json.loads(got[1]["json"]) == {"key": s[1]["key"], "ext": "png", "url": s[1]["url"]}
     write_manifest(str(tmp_path / "m.json"), [entry], name="t", fs=fs)
     assert read_manifest(str(tmp_path / "m.json"), fs=fs)["shardlist"][0]["md5sum"] == entry["md5sum"]
+
+
+def test_binary_metadata_is_a_clear_error(tmp_path):
+    bad = {**samples(1)[0], "thumbnail": np.bytes_(b"\x00\x01")}
+    with pytest.raises(TypeError, match="field 'thumbnail'"):
+        write_shard(str(tmp_path / "b.tar"), [bad])
+    assert os.listdir(tmp_path) == []
