@@ -33,7 +33,7 @@ from starlette.requests import Request  # module level: route annotations are re
 from classifier.active import ActiveConfig, ActiveLearner
 from classifier.agreement import agreement_summary
 from classifier.labelstore import LABEL_VALUE, NOT_STYLISTIC, SKIP, STYLISTIC, LabelStore, LabelStoreError
-from classifier.pool import Pool, open_pool
+from classifier.pool import Pool, PoolError, open_pool
 from classifier.sampling import AGREEMENT, DISAGREEMENT, Candidates, SamplingConfig, kcenter_order, select
 from curate.config import ConfigError, load_config
 
@@ -63,7 +63,8 @@ class LabelConfig:
     db: str = "labels.sqlite"  # SQLite label database (created if missing; a restart resumes it)
     classifier: str | None = None  # starting classifier checkpoint (backbone + head); None = start from scratch
     model: str = "bbst_vitb16_2trunk"  # backbone to build when no --classifier is given (see classifier.factory)
-    weights: str | None = None  # local trunk weights for --model ("cache" searches the local caches)
+    weights: str | None = None  # content/shared trunk weights for --model: a local file, or "cache" (local caches)
+    style_weights: str | None = None  # style trunk weights of a two-trunk --model (file or "cache")
     feature_cache: str | None = None  # feature cache dir; default: <db>.features next to the database
     guideline: str = DEFAULT_GUIDELINE  # labeling guideline shown on the page
     examples_stylistic: list[str] = field(default_factory=list)  # pool keys shown as stylistic examples
@@ -541,7 +542,10 @@ def build_session(cfg: LabelConfig) -> LabelSession:
         # seeded so a backbone without weight files (tiny test variants) is the same network after a restart,
         # which keeps its feature-cache fingerprint valid
         torch.manual_seed(0)
-        model = create_model(cfg.model, weights=cfg.weights)
+        if cfg.weights is None and not cfg.model.startswith("test_"):
+            log.warning("model %s has random-init trunks (no --weights): its features and scores are near useless; "
+                        "see docs/classifier.md for where backbone weights go", cfg.model)
+        model = create_model(cfg.model, weights=cfg.weights, style_weights=cfg.style_weights)
     model.eval()
     cache = FeatureCache(cfg.feature_cache or db.parent / f"{db.stem}.features", fingerprint=feature_fingerprint(model))
     learner = ActiveLearner(store, pool, model, cache, cfg.active, rounds_dir=db.parent / f"{db.stem}.rounds",
@@ -559,7 +563,8 @@ def parse_args(argv=None) -> tuple[LabelConfig, argparse.Namespace]:
     p.add_argument("--db", help="SQLite label database")
     p.add_argument("--classifier", help="starting classifier checkpoint")
     p.add_argument("--model", help="backbone name when starting from scratch")
-    p.add_argument("--weights", help="local trunk weights for --model")
+    p.add_argument("--weights", help="trunk weights for --model: a local file or 'cache'")
+    p.add_argument("--style-weights", help="style trunk weights of a two-trunk --model: a local file or 'cache'")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--token", help="access token for non-loopback binds (default: generated)")
@@ -568,7 +573,8 @@ def parse_args(argv=None) -> tuple[LabelConfig, argparse.Namespace]:
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
     overrides: dict = {k: v for k, v in {"pool": args.pool, "db": args.db, "classifier": args.classifier,
-                                         "model": args.model, "weights": args.weights}.items() if v is not None}
+                                         "model": args.model, "weights": args.weights,
+                                         "style_weights": args.style_weights}.items() if v is not None}
     server = {k: v for k, v in {"host": args.host, "port": args.port, "token": args.token}.items() if v is not None}
     active = {k: v for k, v in {"retrain_every": args.retrain_every, "min_per_class": args.min_per_class}.items()
               if v is not None}
@@ -592,7 +598,12 @@ def main(argv=None) -> int:
     sys.setswitchinterval(0.001)
     require = needs_token(cfg.server.host)
     token = (cfg.server.token or secrets.token_urlsafe(24)) if require else None
-    app = create_app(cfg, require_token=require, token=token)
+    try:
+        app = create_app(cfg, require_token=require, token=token)
+    except (ConfigError, PoolError, LabelStoreError, FileNotFoundError, ValueError) as exc:
+        # bad pool, database, checkpoint or weights: one clear line naming the file, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     shown_host = cfg.server.host if ":" not in cfg.server.host else f"[{cfg.server.host}]"
     url = f"http://{shown_host}:{cfg.server.port}/"
     s = app.state.session

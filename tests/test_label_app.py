@@ -70,6 +70,15 @@ def test_cli_off_loopback_requires_token_on_every_request(pool_dir, tmp_path, mo
     assert local.get("/api/session", headers={"host": "attacker.example"}).status_code == 403
 
 
+def test_cli_bad_pool_is_one_clear_line(tmp_path, capsys):
+    assert label_app.main(["--pool", str(tmp_path / "missing"), "--db", str(tmp_path / "l.sqlite"),
+                           "--model", "test_vit_shared"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing: pool not found" in err and "Traceback" not in err
+    assert label_app.main(["--pool", str(tmp_path), "--set", "sampling.nope=1"]) == 2
+    assert "unknown key(s) ['nope']" in capsys.readouterr().err
+
+
 def test_validation_traversal_and_json_errors(pool_dir, tmp_path):
     from fastapi.testclient import TestClient
 

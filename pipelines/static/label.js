@@ -65,6 +65,7 @@ async function fill(min) {
         }
       }
       $("model").textContent = r.model_version ? `round ${r.round} · model ${r.model_version}` : "no model yet";
+      if (state.session && r.round !== state.session.round) refreshSession();  // new round: new examples
     })
     .catch((e) => status(`could not load images: ${e.message}`))
     .finally(() => { state.fetching = null; });
@@ -289,17 +290,22 @@ document.addEventListener("keydown", (ev) => {
 });
 
 // ------------------------------------------------------------------ start
-async function start() {
-  try {
-    state.session = await api("/api/session");
-  } catch (e) { status(`cannot reach the server: ${e.message}`); return; }
+async function refreshSession() {
+  state.session = await api("/api/session");
   const s = state.session;
-  $("guideline").textContent = s.guideline;
   for (const cls of ["stylistic", "not_stylistic"]) {
     $(`ex-${cls}`).replaceChildren(...(s.examples[cls] || []).map((key) => {
       const img = new Image(); img.src = imageUrl(key, "thumb"); img.alt = key; img.title = key; return img;
     }));
   }
+}
+
+async function start() {
+  try {
+    await refreshSession();
+  } catch (e) { status(`cannot reach the server: ${e.message}`); return; }
+  const s = state.session;
+  $("guideline").textContent = s.guideline;
   $("progress").textContent = `${s.pool_size} images in the pool`;
   $("model").textContent = s.model_version ? `round ${s.round} · model ${s.model_version}` : "no model yet";
   $("annotator").value = state.annotator;
