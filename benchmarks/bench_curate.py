@@ -1,0 +1,286 @@
+"""Benchmark: build_bbst vs img2dataset on a loopback corpus of high-resolution JPEGs, plus the machine's floor.
+
+Usage::
+
+    python benchmarks/bench_curate.py --images 1000 --rounds 2 --i2d /tmp/i2d-venv/bin/img2dataset
+
+img2dataset is not a dependency: install it into its own virtual environment for the benchmark
+(``python -m venv /tmp/i2d-venv && /tmp/i2d-venv/bin/pip install img2dataset``). Both tools get the same total
+download concurrency (build_bbst: ``download_actors x download.threads``; img2dataset: ``processes x threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+# --------------------------------------------------------------------------------------------------- corpus
+def _make_one(args: tuple[int, int, int, str]) -> tuple[str, int, str]:
+    import numpy as np
+
+    from curate import synthetic
+
+    i, min_side, seed, root = args
+    rng = np.random.default_rng(seed + i)
+    small = i % 10 == 9  # one in ten below min_side: filtered by both tools
+    short = int(min_side * (rng.uniform(0.6, 0.9) if small else rng.uniform(1.0, 1.25)))
+    long = int(short * rng.uniform(1.2, 1.5))
+    kind = i % 2
+    img = synthetic.photo_like(long, short, seed=rng, noise=14.0) if kind == 0 else \
+        synthetic.artwork_like(long, short, seed=rng)
+    if kind == 1:
+        # artwork-like images compress very well; a little grain brings them into the 0.3-1 MB range
+        arr = np.asarray(img, dtype=np.int16) + rng.normal(0, 7, size=(short, long, 1)).astype(np.int16)
+        from PIL import Image
+
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    data = synthetic.encode(img, "JPEG", quality=95)
+    name = f"b{i:06d}.jpg"
+    Path(root, name).write_bytes(data)
+    return name, len(data), "flickr" if kind == 0 else "behance"
+
+
+def build_corpus(root: Path, n: int, min_side: int, seed: int = 0) -> list[tuple[str, int, str]]:
+    """Generate (or reuse) ``n`` distinct JPEGs under ``root``; returns ``[(name, bytes, source)]``."""
+    index = root / f"index-{n}-{min_side}-{seed}.json"
+    if index.exists():
+        return [tuple(x) for x in json.loads(index.read_text())]
+    root.mkdir(parents=True, exist_ok=True)
+    with mp.Pool(os.cpu_count()) as pool:
+        items = pool.map(_make_one, [(i, min_side, seed, str(root)) for i in range(n)], chunksize=8)
+    index.write_text(json.dumps(items))
+    return items
+
+
+def _serve(root: str, port_q) -> None:
+    from curate.demo import CorpusServer
+
+    server = CorpusServer(root).start()
+    port_q.put(server.httpd.server_address[1])
+    threading.Event().wait()
+
+
+# --------------------------------------------------------------------------------------------------- measuring
+class TreeMemory:
+    """Peak RSS summed over a process and all its descendants, sampled every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self.interval = interval
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                total = 0
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self.thread.join()
+        return self.peak
+
+
+def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[float, int, str]:
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mem = TreeMemory(proc.pid)
+    out, _ = proc.communicate()
+    wall = time.monotonic() - t0
+    peak = mem.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{out[-4000:]}")
+    return wall, peak, out
+
+
+def run_bbst(urls: Path, out: Path, args) -> dict:
+    cmd = [sys.executable, str(REPO / "pipelines" / "build_bbst.py"), "--urls", str(urls), "--out", str(out),
+           "--min-side", str(args.min_side), "--allow-private-network",
+           "--set", f"ray.download_actors={args.processes}", "--set", f"download.threads={args.threads}",
+           "--set", f"download.per_host_concurrency={args.threads}", "--set", "report=false",
+           "--set", f"reader.rows_per_partition={args.rows_per_partition}", "--set", "progress_interval_s=30"]
+    env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
+    env.pop("RAY_ADDRESS", None)
+    wall, peak, _ = run_measured(cmd, env=env)
+    summary = json.loads((out / "summary.json").read_text())
+    meta = pa.concat_tables([pq.read_table(p) for p in sorted((out / "meta").glob("*.parquet"))])
+    kept = {u for u, s in zip(meta["url"].to_pylist(), meta["status"].to_pylist()) if s == "ok"}
+    ok = summary["counts_by_status"]["ok"]
+    return {"tool": "build_bbst", "wall_s": wall, "ok": ok, "startup_s": wall - summary["duration_seconds"],
+            "images_per_s_wall": ok / wall, "images_per_s_processing": ok / summary["duration_seconds"],
+            "peak_rss_mb": peak / 2**20, "kept": kept}
+
+
+def run_i2d(urls: Path, out: Path, args) -> dict:
+    cmd = [args.i2d, "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
+           "--save_additional_columns", "['source']", "--output_format", "webdataset", "--output_folder", str(out),
+           "--resize_mode", "no", "--min_image_size", str(args.min_side), "--processes_count", str(args.processes),
+           "--thread_count", str(args.threads), "--number_sample_per_shard", str(args.rows_per_partition),
+           "--enable_wandb", "False", "--distributor", "multiprocessing"]
+    wall, peak, _ = run_measured(cmd)
+    kept, ok = set(), 0
+    starts, ends = [], []
+    for p in sorted(out.glob("*.parquet")):
+        t = pq.read_table(p, columns=["url", "status"])
+        for u, s in zip(t["url"].to_pylist(), t["status"].to_pylist()):
+            if s == "success":
+                kept.add(u)
+                ok += 1
+    for p in sorted(out.glob("*_stats.json")):
+        st = json.loads(p.read_text())
+        if "start_time" in st and "end_time" in st:
+            starts.append(st["start_time"])
+            ends.append(st["end_time"])
+    processing = (max(ends) - min(starts)) if starts else wall
+    return {"tool": "img2dataset", "wall_s": wall, "ok": ok, "startup_s": wall - processing,
+            "images_per_s_wall": ok / wall, "images_per_s_processing": ok / processing,
+            "peak_rss_mb": peak / 2**20, "kept": kept}
+
+
+def _floor_one(path: str) -> int:
+    from PIL import Image
+
+    data = Path(path).read_bytes()
+    hashlib.sha256(data).hexdigest()
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()  # full decode: the validation both tools must do
+        return 1 if min(im.size) >= FLOOR_MIN_SIDE else 0
+
+
+FLOOR_MIN_SIDE = 1024
+
+
+def machine_floor(root: Path, names: list[str]) -> dict:
+    """Read, hash and fully decode every file on all cores with no network and no framework."""
+    paths = [str(root / n) for n in names]
+    t0 = time.monotonic()
+    with mp.Pool(os.cpu_count()) as pool:
+        kept = sum(pool.map(_floor_one, paths, chunksize=4))
+    wall = time.monotonic() - t0
+    return {"tool": "floor", "wall_s": wall, "images_per_s": len(paths) / wall, "kept_images": kept}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--min-side", type=int, default=1024)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--processes", type=int, default=2, help="downloader actors / img2dataset processes")
+    p.add_argument("--threads", type=int, default=16, help="threads per actor / process")
+    p.add_argument("--rows-per-partition", type=int, default=250)
+    p.add_argument("--corpus", default=str(Path(tempfile.gettempdir()) / "bbst-bench-corpus"))
+    p.add_argument("--i2d", default="/tmp/i2d-venv/bin/img2dataset", help="img2dataset executable ('' to skip)")
+    p.add_argument("--memory-rows", type=int, default=0,
+                   help="also run build_bbst on a list padded with this many failing URLs (memory vs list length)")
+    args = p.parse_args(argv)
+    global FLOOR_MIN_SIDE
+    FLOOR_MIN_SIDE = args.min_side
+
+    root = Path(args.corpus)
+    t0 = time.monotonic()
+    items = build_corpus(root, args.images, args.min_side)
+    sizes = [s for _, s, _ in items]
+    print(f"corpus: {len(items)} JPEGs, {sum(sizes) / 2**20:.0f} MiB, {min(sizes) / 1e6:.2f}-{max(sizes) / 1e6:.2f} MB "
+          f"each (mean {sum(sizes) / len(sizes) / 1e6:.2f} MB), built/reused in {time.monotonic() - t0:.0f}s",
+          flush=True)
+    q: mp.Queue = mp.Queue()
+    server = mp.Process(target=_serve, args=(str(root), q), daemon=True)
+    server.start()
+    base = f"http://127.0.0.1:{q.get(timeout=30)}"
+    work = Path(tempfile.mkdtemp(prefix="bbst-bench-"))
+    urls = work / "urls.parquet"
+    pq.write_table(pa.table({"url": [f"{base}/{n}" for n, _, _ in items], "source": [s for _, _, s in items]}), urls)
+
+    results: list[dict] = []
+    try:
+        floor = machine_floor(root, [n for n, _, _ in items])
+        print(f"floor: {floor['images_per_s']:.1f} images/s ({floor['kept_images']} >= {args.min_side} px)", flush=True)
+        for r in range(args.rounds):
+            tools = [("build_bbst", run_bbst)] + ([("img2dataset", run_i2d)] if args.i2d else [])
+            if r % 2:
+                tools.reverse()  # alternate the order so neither tool always runs on a warmer machine
+            for name, fn in tools:
+                res = fn(urls, work / f"{name}-{r}", args)
+                res["round"] = r
+                results.append(res)
+                print(f"round {r} {name}: wall {res['wall_s']:.1f}s, ok {res['ok']}, start-up {res['startup_s']:.1f}s, "
+                      f"{res['images_per_s_wall']:.1f} images/s (wall), {res['images_per_s_processing']:.1f} "
+                      f"images/s (processing), peak RSS {res['peak_rss_mb']:.0f} MiB", flush=True)
+        mem = None
+        if args.memory_rows:
+            padded = work / "urls-padded.parquet"
+            extra = [f"{base}/missing-{i}.jpg" for i in range(args.memory_rows)]
+            pq.write_table(pa.table({"url": [f"{base}/{n}" for n, _, _ in items] + extra,
+                                     "source": [s for _, _, s in items] + ["flickr"] * len(extra)}), padded)
+            mem = run_bbst(padded, work / "build_bbst-padded", args)
+            print(f"memory check: {len(items) + len(extra)} rows -> peak RSS {mem['peak_rss_mb']:.0f} MiB", flush=True)
+    finally:
+        server.terminate()
+
+    def best(tool: str) -> dict:
+        rs = [r for r in results if r["tool"] == tool]
+        return max(rs, key=lambda r: r["images_per_s_processing"]) if rs else {}
+
+    ours, theirs = best("build_bbst"), best("img2dataset")
+    report = {"floor_images_per_s": floor["images_per_s"], "rounds": [
+        {k: v for k, v in r.items() if k != "kept"} for r in results]}
+    print("\n== summary (best round per tool) ==")
+    print(f"floor (read+sha256+full decode, {os.cpu_count()} procs): {floor['images_per_s']:.1f} images/s")
+    for r in (ours, theirs):
+        if r:
+            print(f"{r['tool']:>12}: wall {r['wall_s']:.1f}s | {r['images_per_s_wall']:.1f} images/s with start-up | "
+                  f"{r['images_per_s_processing']:.1f} without | start-up {r['startup_s']:.1f}s | "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MiB | kept {r['ok']}")
+    if ours and theirs:
+        same = all(r["kept"] == results[0]["kept"] for r in results)
+        report.update(same_kept_set=same, ratio_wall=ours["images_per_s_wall"] / theirs["images_per_s_wall"],
+                      ratio_processing=ours["images_per_s_processing"] / theirs["images_per_s_processing"])
+        print(f"same kept set in every run: {same} ({len(ours['kept'])} vs {len(theirs['kept'])}; "
+              f"only ours {len(ours['kept'] - theirs['kept'])}, only img2dataset {len(theirs['kept'] - ours['kept'])})")
+        print(f"ratio build_bbst / img2dataset: {report['ratio_wall']:.2f}x with start-up, "
+              f"{report['ratio_processing']:.2f}x without")
+    if ours:
+        report["fraction_of_floor"] = ours["images_per_s_processing"] / floor["images_per_s"]
+        print(f"build_bbst / floor: {report['fraction_of_floor']:.0%} (processing rate)")
+    if mem:
+        report["memory_check"] = {"rows": args.images + args.memory_rows, "peak_rss_mb": mem["peak_rss_mb"],
+                                  "baseline_peak_rss_mb": ours["peak_rss_mb"]}
+    print(json.dumps(report, indent=2, default=str))
+    return report
+
+
+if __name__ == "__main__":
+    main()

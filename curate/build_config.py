@@ -1,0 +1,146 @@
+"""Top-level configuration of the curation job: the stage configs plus run, Ray and output options."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from curate.dedup import DedupConfig
+from curate.downloader import DownloadConfig
+from curate.imagecheck import ImageCheckConfig
+from curate.reader import ReaderConfig
+from curate.split import SplitConfig
+
+
+@dataclass
+class ScoreConfig:
+    """The optional stylistic-classifier stage."""
+
+    classifier: str | None = None  # checkpoint path of the stylistic classifier; None skips scoring
+    actors: int = 1  # scorer actors (each loads the model once)
+    num_gpus: float = 0.0  # GPUs per scorer actor (0 runs on CPU)
+    num_cpus: float = 1.0  # CPUs per scorer actor
+    batch_size: int = 32  # images per scorer call
+    device: str | None = None  # torch device for the scorer; None picks cuda when num_gpus > 0, else cpu
+    options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the scorer class
+
+
+@dataclass
+class ShardConfig:
+    """Output shard sizing: a shard closes at whichever target it reaches first."""
+
+    target_bytes: int = 1_000_000_000  # approximate tar size in bytes
+    target_samples: int = 5000  # samples per tar
+    writers: int = 4  # shards written in parallel
+
+
+@dataclass
+class RayConfig:
+    """How the stages are placed on Ray."""
+
+    download_actors: int = 2  # downloader actors; total concurrency = actors x download.threads
+    download_num_cpus: float = 0.25  # CPUs reserved per downloader actor (I/O bound)
+    download_batch_size: int = 64  # rows per downloader call
+    check_actors: int = 0  # image-check actors; 0 = as many as the CPUs left by reads and downloaders allow
+    check_num_cpus: float = 0.5  # CPUs reserved per image-check actor (decode bound)
+    check_batch_size: int = 16  # rows per image-check call
+    read_num_cpus: float = 0.25  # CPUs per staging-input read task
+
+
+@dataclass
+class BuildConfig:
+    """Everything ``pipelines/build_bbst.py`` needs: inputs, stage options, output and run behaviour."""
+
+    urls: str | None = None  # URL list (Parquet, CSV/TSV, JSONL; local or fsspec URL); None runs the built-in demo
+    out: str = "./bbst-out"  # output directory (local or fsspec URL such as s3://bucket/prefix)
+    min_side: int | None = None  # shortcut for check.min_side (the short-side floor, 1024 by default)
+    allow_private_network: bool | None = None  # shortcut for download.allow_private_network
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for urls and out (endpoint, ...)
+    keep_staging: bool = False  # keep DIR/_staging (downloaded bytes, per-partition rows) after success
+    progress_interval_s: float = 10.0  # seconds between progress lines (negative: never)
+    report: bool = True  # write DIR/report.html
+    report_thumbnails: int = 8  # thumbnails per subset in the report
+    demo_images: int = 40  # generated images in the built-in demo corpus (when urls is None)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)  # URL-list reading and partitioning
+    download: DownloadConfig = field(default_factory=DownloadConfig)  # HTTP download policy
+    check: ImageCheckConfig = field(default_factory=ImageCheckConfig)  # header checks, filters, validation
+    dedup: DedupConfig = field(default_factory=DedupConfig)  # exact and near-duplicate removal
+    score: ScoreConfig = field(default_factory=ScoreConfig)  # optional stylistic classifier
+    split: SplitConfig = field(default_factory=SplitConfig)  # style/content subset rules
+    shards: ShardConfig = field(default_factory=ShardConfig)  # output shard sizing
+    ray: RayConfig = field(default_factory=RayConfig)  # Ray placement of the stages
+
+    def __post_init__(self) -> None:
+        # the shortcuts exist so the common knobs are one flag away; they write through to the stage configs
+        if self.min_side is not None:
+            self.check = dataclasses.replace(self.check, min_side=self.min_side)
+        if self.allow_private_network is not None:
+            self.download = dataclasses.replace(self.download, allow_private_network=self.allow_private_network)
+
+
+def iter_field_paths(cls: type, prefix: str = "") -> list[str]:
+    """Dotted names of every leaf option of config class ``cls`` (used to check the example YAML is complete)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out.extend(iter_field_paths(tp, f"{prefix}{f.name}."))
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """``{field: comment}`` from the ``name: type = default  # comment`` lines of a dataclass's source."""
+    import inspect
+    import re
+
+    comments: dict[str, str] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    current = None
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"^    (\w+): [^#]*?(?:#\s*(.*))?$", line)
+        if m and m.group(1) in names:
+            current = m.group(1)
+            if m.group(2):
+                comments[current] = m.group(2).strip()
+        elif current and current not in comments and "#" in line:
+            comments[current] = line.split("#", 1)[1].strip()  # comment on a continuation line
+    return comments
+
+
+def example_yaml(cls: type = BuildConfig, indent: int = 0) -> str:
+    """The default config of ``cls`` as commented YAML: every option, its default and its one-line comment."""
+    import typing
+
+    import yaml
+
+    hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
+    default = cls()
+    pad = " " * indent
+    lines = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        comment = comments.get(f.name, "")
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            lines.append(f"{pad}{f.name}:  # {comment}")
+            lines.append(example_yaml(tp, indent + 2))
+            continue
+        value = getattr(default, f.name)
+        text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+        if text.endswith("\n..."):
+            text = text[:-4].strip()
+        text = text.removesuffix("...").strip()
+        lines.append(f"{pad}{f.name}: {text}  # {comment}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("# Every option of pipelines/build_bbst.py with its default. Generated by `python -m curate.build_config`.")
+    print("# Copy this file, change what you need; unknown keys are errors. Flags and --set override it.")
+    print(example_yaml())

@@ -1,0 +1,240 @@
+"""End-to-end tests of pipelines/build_bbst.py on a local Ray: invariants, statuses, config, demo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from ray_local import ray_local  # noqa: F401 - session fixture
+
+from curate import schema, synthetic
+from curate.build_config import BuildConfig, iter_field_paths
+from curate.config import ConfigError
+from pipelines import build_bbst
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "pipelines" / "configs" / "build_bbst.example.yaml"
+
+# route -> status the pipeline must give it (min_side 64, fault server images have a 96 px short side)
+EXPECTED = {
+    "ok.jpg": "ok",
+    "ok.png": "ok",
+    "image.webp": "near_duplicate",  # the ok.jpg picture re-encoded: same phash, other bytes
+    "exif-rotated.jpg": "ok",
+    "octet.jpg": "duplicate",  # same bytes as ok.jpg, larger key
+    "404": "download_error",
+    "always-500": "download_error",
+    "redirect-loop": "download_error",
+    "reset": "download_error",
+    "html": "not_image",
+    "empty": "not_image",
+    "wrong-type": "not_image",
+    "noai.jpg": "opted_out",
+    "tiny.jpg": "too_small",
+    "bomb.png": "too_large",
+    "corrupt.jpg": "corrupt",
+    "truncated": "download_error",
+    "wide.jpg": "bad_aspect",
+    "500-then-ok/smoke": "duplicate",  # retried after a 500, then the ok.jpg bytes
+}
+
+
+def read_meta(out: Path) -> pa.Table:
+    files = sorted((out / schema.META_DIR).glob("part-*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]).sort_by("key")
+
+
+def tar_members(out: Path) -> dict[str, list[str]]:
+    """``{shard: [member names]}``, opening every tar fully (a truncated tar raises)."""
+    res = {}
+    for tar in sorted((out / schema.SHARDS_DIR).iterdir()):
+        with tarfile.open(tar) as tf:
+            res[tar.name] = [m.name for m in tf.getmembers()]
+    return res
+
+
+def check_invariants(out: Path) -> tuple[pa.Table, dict]:
+    """The output contract every run must meet; returns (meta, summary)."""
+    meta = read_meta(out)
+    summary = json.loads((out / schema.SUMMARY_FILE).read_text())
+    assert list(meta.column_names[: len(schema.META_COLUMNS)]) == list(schema.META_COLUMNS)
+    assert meta.num_rows == summary["rows_in"] == sum(summary["counts_by_status"].values())
+    statuses = meta["status"].to_pylist()
+    assert set(statuses) <= set(schema.STATUSES)
+    keys = meta["key"].to_pylist()
+    assert len(set(keys)) == len(keys) and all("." not in k for k in keys)
+    members = tar_members(out)
+    seen: dict[str, str] = {}
+    for shard, names in members.items():
+        assert re.fullmatch(r"(style|content)-\d{6}\.tar", shard), shard
+        for name in names:
+            key, ext = name.split(".", 1)
+            if ext == "json":
+                continue
+            assert key not in seen, f"sample {key} in {seen[key]} and {shard}"
+            seen[key] = shard
+            assert f"{key}.json" in names
+    ok_rows = {k: (s, sub) for k, st, s, sub in zip(keys, statuses, meta["shard"].to_pylist(),
+                                                     meta["subset"].to_pylist()) if st == "ok"}
+    assert set(ok_rows) == set(seen), "every ok row in exactly one tar, and nothing else in the tars"
+    for k, (shard, subset) in ok_rows.items():
+        assert seen[k] == shard and shard.startswith(subset + "-")
+    manifest = json.loads((out / schema.MANIFEST_FILE).read_text())
+    listed = {e["url"].rsplit("/", 1)[-1]: e for e in manifest["shardlist"]}
+    assert set(listed) == set(members)
+    for name, entry in listed.items():
+        data = (out / schema.SHARDS_DIR / name).read_bytes()
+        assert entry["filesize"] == len(data)
+        assert entry["md5sum"] == hashlib.md5(data).hexdigest()
+        assert entry["nsamples"] == sum(1 for m in members[name] if not m.endswith(".json"))
+    assert sum(summary["counts_by_subset"].values()) == summary["counts_by_status"]["ok"]
+    assert not (out / build_bbst.STAGING).exists()
+    return meta, summary
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, fault_server, ray_local):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("smoke")
+    urls = [fault_server.url(r) for r in EXPECTED]
+    sources = ["flickr" if i % 2 else "behance" for i in range(len(urls))]
+    # a few more real images so there is more than one shard per subset
+    for i in range(6):
+        img = synthetic.make_image(i % 2, 120, 96, seed=100 + i)
+        urls.append(fault_server.add_bytes(f"extra{i}.jpg", synthetic.encode(img)))
+        sources.append("behance" if i % 2 else "flickr")
+    urls.append("not a url")
+    sources.append(None)
+    pq.write_table(pa.table({"url": urls, "source": sources, "license": [f"cc-{i}" for i in range(len(urls))]}),
+                   tmp / "urls.parquet")
+    out = tmp / "out"
+    summary = build_bbst.main([
+        "--urls", str(tmp / "urls.parquet"), "--out", str(out), "--min-side", "64", "--allow-private-network",
+        "--set", "reader.rows_per_partition=7", "--set", "download.timeout=2", "--set", "download.total_timeout=4",
+        "--set", "download.retries=1", "--set", "download.backoff_base=0.05", "--set", "shards.target_samples=3",
+        "--set", "progress_interval_s=0",
+    ])
+    return out, summary
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_smoke_statuses_and_invariants(smoke_run):
+    out, summary = smoke_run
+    meta, on_disk = check_invariants(out)
+    assert summary == on_disk
+    by_url = dict(zip(meta["url"].to_pylist(), meta["status"].to_pylist()))
+    got = {route: by_url[url] for url in by_url for route in EXPECTED if url.endswith("/" + route)}
+    assert got == EXPECTED
+    assert by_url["not a url"] == "invalid_url"
+    # pass-through column and the subset rule (source decides without a classifier)
+    assert "license" in meta.column_names and meta["license"].null_count == 0
+    for src, sub, st in zip(meta["source"].to_pylist(), meta["subset"].to_pylist(), meta["status"].to_pylist()):
+        if st == "ok":
+            assert sub == ("style" if src == "behance" else "content")
+    assert meta.num_rows > 7 and len(list((out / schema.META_DIR).glob("*.parquet"))) == -(-meta.num_rows // 7)
+    assert len(list((out / schema.SHARDS_DIR).glob("content-*.tar"))) >= 2
+    assert "scoring skipped" in summary["scoring"]
+    assert summary["duration_seconds"] > 0 and summary["images_per_second"] > 0
+    # failures keep their reason; ok rows carry the image facts
+    for row in meta.to_pylist():
+        if row["status"] == "ok":
+            assert row["width"] >= 64 and row["sha256"] and row["phash"] and row["mime"].startswith("image/")
+        else:
+            assert row["error"], row
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tar_samples_carry_original_bytes_and_metadata(smoke_run):
+    out, _ = smoke_run
+    meta = {r["key"]: r for r in read_meta(out).to_pylist()}
+    for tar in (out / schema.SHARDS_DIR).glob("*.tar"):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                key, ext = m.name.split(".", 1)
+                data = tf.extractfile(m).read()
+                if ext == "json":
+                    j = json.loads(data)
+                    assert j["key"] == key and j["url"] == meta[key]["url"] and j["subset"] == meta[key]["subset"]
+                else:
+                    assert hashlib.sha256(data).hexdigest() == meta[key]["sha256"]
+                    assert ext in ("jpg", "png", "webp", "gif", "tiff", "bmp")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_rerun_of_finished_output_is_a_no_op(smoke_run):
+    out, summary = smoke_run
+    before = {p.name: p.stat().st_mtime_ns for p in (out / schema.SHARDS_DIR).iterdir()}
+    again = build_bbst.main(["--urls", "unused.parquet", "--out", str(out)])
+    assert again == summary
+    assert {p.name: p.stat().st_mtime_ns for p in (out / schema.SHARDS_DIR).iterdir()} == before
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_demo_runs_in_process_and_matches_expected_statuses(tmp_path, ray_local):  # noqa: F811
+    out = tmp_path / "demo"
+    summary = build_bbst.main(["--out", str(out), "--demo-images", "10", "--min-side", "96",
+                               "--set", "progress_interval_s=0"])
+    meta, _ = check_invariants(out)
+    assert summary["demo"] is True
+    mismatched = [(r["url"], r["expect"], r["status"], r["error"]) for r in meta.to_pylist()
+                  if r["expect"] != r["status"]]
+    assert not mismatched
+    assert summary["counts_by_subset"]["style"] > 0 and summary["counts_by_subset"]["content"] > 0
+    assert (out / schema.REPORT_FILE).stat().st_size > 1000
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("urls: x.parquet\ndownload:\n  timeout: 3\n  not_an_option: 1\n")
+    with pytest.raises(ConfigError, match="not_an_option"):
+        build_bbst.main(["--config", str(bad)])
+    with pytest.raises(ConfigError, match="bogus"):
+        build_bbst.main(["--urls", "x.parquet", "--set", "bogus=1"])
+    with pytest.raises(ConfigError, match="min_side"):
+        build_bbst.main(["--urls", "x.parquet", "--set", "check.min_side=big"])
+
+
+def test_flags_override_config_file(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("urls: a.parquet\nout: /tmp/a\ncheck:\n  min_side: 512\n")
+    parser = build_bbst.build_parser()
+    args = parser.parse_args(["--config", str(cfg_file), "--min-side", "256", "--out", "/tmp/b",
+                              "--allow-private-network", "--set", "shards.target_samples=9"])
+    cfg = build_bbst.load_cli_config(args)
+    assert cfg.check.min_side == 256 and cfg.out == "/tmp/b" and cfg.download.allow_private_network
+    assert cfg.shards.target_samples == 9 and cfg.urls == "a.parquet"
+    assert build_bbst.load_cli_config(parser.parse_args(["--config", str(cfg_file)])).check.min_side == 512
+    assert BuildConfig().check.min_side == 1024
+
+
+def _flatten(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        if isinstance(v, dict) and v and not k.endswith("options"):
+            out |= _flatten(v, f"{prefix}{k}.")
+        out.add(prefix + k)
+    return out
+
+
+def test_example_config_documents_every_option():
+    text = EXAMPLE.read_text()
+    data = yaml.safe_load(text)
+    present = _flatten(data)
+    missing = [p for p in iter_field_paths(BuildConfig) if p not in present]
+    assert not missing, f"options missing from {EXAMPLE.name}: {missing}"
+    # every option line carries a comment
+    for line in text.splitlines():
+        if re.match(r"^\s*[a-z_]+:\s*\S", line):
+            assert "#" in line, f"undocumented option line: {line!r}"
+    cfg = build_bbst.load_config(BuildConfig, EXAMPLE)
+    assert cfg == BuildConfig(urls=cfg.urls, out=cfg.out)
