@@ -169,6 +169,8 @@ def test_no_discriminator_gives_zero_loss_and_config_roundtrip():
     model = create_model("test_neat", w_adv=0.0, w_patch_simple=0.0, w_patch_complex=0.0, w_style_nce_d=0.0)
     dloss, logs = model.discriminator_step(_batch())
     assert float(dloss.detach()) == 0.0 and logs == {}
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.generator_step({k: torch.rand(2, 3, 40, 48) for k in ("content", "style", "style2")})
     rebuilt = create_model("test_neat", **model.model_config())
     assert rebuilt.model_config() == model.model_config()
     rebuilt.load_state_dict(model.state_dict())

@@ -364,6 +364,12 @@ class NeAT(nn.Module):
     def _pairs(self, batch: dict[str, torch.Tensor]):
         """Stylisation pairs: (c_i, s_i) and, with roll_pairs, (c_{i+1}, s_i); returns index tensors into the batch."""
         content = batch["content"]
+        for key in ("content", "style"):
+            h, w = batch[key].shape[-2:]
+            if h % 16 or w % 16:
+                # relu5_1 is at stride 16 and the decoder upsamples x8: training crops must tile exactly
+                raise ValueError(f"batch[{key!r}] is {h}x{w}: training crops must be multiples of 16 "
+                                 "(stylize() pads arbitrary sizes itself)")
         b = content.shape[0]
         idx = torch.arange(b, device=content.device)
         if self.cfg.roll_pairs and b > 1:
