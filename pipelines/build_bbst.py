@@ -527,7 +527,7 @@ def write_shards(cfg: BuildConfig, store: Store, rows: pa.Table) -> tuple[pa.Tab
     # shards left over from an earlier plan (e.g. before a rescore) would be read by a glob over the folder
     planned = {name for name, _ in plan}
     for stale in store.ls(schema.SHARDS_DIR):
-        if stale.endswith(".tar") and stale not in planned:
+        if stale not in planned:  # also the temporary file of a shard whose writer was killed
             store.rm(f"{schema.SHARDS_DIR}/{stale}")
     shards = [shard_of.get(k) for k in rows["key"].to_pylist()]
     rows = _set_column(rows, "shard", pa.array(shards, pa.string()))
@@ -597,6 +597,7 @@ def finalize(cfg: BuildConfig, store: Store, rows: pa.Table, t_start: float, sta
     """Score, split, write shards, metadata, manifest, summary (last) and the report."""
     from curate.writer import write_manifest
 
+    _remove_temporaries(store)
     rows, scoring = apply_scores(cfg, store, rows)
     rows = apply_split(cfg, rows)
     rows, entries = write_shards(cfg, store, rows)
@@ -612,6 +613,14 @@ def finalize(cfg: BuildConfig, store: Store, rows: pa.Table, t_start: float, sta
         except Exception:  # the report is a convenience; the dataset is already complete
             log.exception("could not write %s", schema.REPORT_FILE)
     return summary
+
+
+def _remove_temporaries(store: Store) -> None:
+    """Delete temporary files a killed run left next to the final outputs (they are never read)."""
+    for folder in ("", schema.META_DIR):
+        for name in store.ls(folder) if folder else store.ls():
+            if name.startswith(".") and ".tmp-" in name:
+                store.rm(f"{folder}/{name}" if folder else name)
 
 
 def write_report(cfg: BuildConfig, store: Store, rows: pa.Table, summary: dict) -> None:
