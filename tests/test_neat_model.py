@@ -186,7 +186,7 @@ def test_few_steps_lower_generator_loss():
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] * 0.9, losses
 
 

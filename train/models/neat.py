@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,6 @@ class NeATConfig:
     patch_mlp_width: int = 1024  # hidden width of the co-occurrence MLP
     proj_dim: int = 128  # embedding size of the contrastive projection heads
     style_nce_layers: tuple[str, ...] = ("relu2_1", "relu3_1", "relu4_1")  # taps of the CAST-style projector
-    extra: dict = field(default_factory=dict)  # free-form notes carried with the checkpoint
 
     def __post_init__(self):
         if self.attention_mode not in ATTENTION_MODES:
