@@ -15,15 +15,8 @@ from classifier.calibration import (
     expected_calibration_error,
     precision_recall_at,
     reliability_curve,
+    roc_auc,
 )
-
-
-def _auc(probs, labels) -> float:
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, probs))
 
 
 def compute_metrics(probs_uncalibrated: np.ndarray, probs: np.ndarray, labels: np.ndarray,
@@ -35,7 +28,7 @@ def compute_metrics(probs_uncalibrated: np.ndarray, probs: np.ndarray, labels: n
         "n": len(labels),
         "n_pos": int(labels.sum()),
         "accuracy": float(((probs >= 0.5) == labels).mean()) if len(labels) else float("nan"),
-        "roc_auc": _auc(probs, labels),
+        "roc_auc": roc_auc(probs, labels),
         "ece_before": expected_calibration_error(probs_uncalibrated, labels),
         "ece_after": expected_calibration_error(probs, labels),
         "threshold_style": thresholds["style"],

@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from classifier.calibration import (
+    calibrated,
     expected_calibration_error,
     fit_temperature,
     precision_recall_at,
+    roc_auc,
     select_thresholds,
     sigmoid,
 )
@@ -45,14 +47,6 @@ def split_by_key(keys, val_fraction: float, seed: int = 0) -> np.ndarray:
     return out
 
 
-def _auc(probs: np.ndarray, labels: np.ndarray) -> float:
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, probs))
-
-
 @torch.no_grad()
 def head_logits(head: torch.nn.Module, features: np.ndarray, batch_size: int = 65536) -> np.ndarray:
     """Raw logits of a head over a feature matrix, in eval mode, on the CPU."""
@@ -65,7 +59,7 @@ def head_logits(head: torch.nn.Module, features: np.ndarray, batch_size: int = 6
 def predict_proba(head_result: HeadResult, features: np.ndarray) -> np.ndarray:
     """Calibrated P(stylistic) of cached feature vectors (float64)."""
     with torch.inference_mode():
-        return sigmoid(head_logits(head_result.head, features) / head_result.temperature)
+        return calibrated(head_logits(head_result.head, features), head_result.temperature)
 
 
 def train_head(features: np.ndarray, labels: np.ndarray, keys, *, val_fraction: float = 0.2, seed: int = 0,
@@ -150,7 +144,7 @@ def _train_head(features, labels, keys, *, val_fraction, seed, target_precision,
     thresholds = select_thresholds(p_after, val_labels, target_precision)
     metrics = {
         "accuracy": float(((p_after >= 0.5) == val_labels).mean()),
-        "roc_auc": _auc(p_after, val_labels),
+        "roc_auc": roc_auc(p_after, val_labels),
         "ece_before": expected_calibration_error(p_before, val_labels),
         "ece_after": expected_calibration_error(p_after, val_labels),
         "n_train": int(tr.sum()),

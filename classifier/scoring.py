@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import torch
 
+from classifier.calibration import calibrated
 from curate.schema import Status
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,8 @@ class StyleScorer:
                 continue
             x = self.transform.normalize(batch.to(self.device, non_blocking=True))
             with torch.inference_mode(), self._autocast():
-                logits = self.model(x).float() / self.temperature
-            probs = torch.sigmoid(logits).double().cpu().numpy()
-            scores[[start + i for i in ok]] = probs
+                logits = self.model(x).float().cpu().numpy()
+            scores[[start + i for i in ok]] = calibrated(logits, self.temperature)
         return scores, errors
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

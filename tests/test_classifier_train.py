@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from classifier.calibration import expected_calibration_error, fit_temperature, select_thresholds, sigmoid
+from classifier.calibration import expected_calibration_error, fit_temperature, roc_auc, select_thresholds, sigmoid
 from classifier.factory import create_model
 from classifier.features import FeatureCache, cached_features, extract_features, feature_fingerprint, sha256_bytes
 from classifier.head import predict_proba, split_by_key, train_head
@@ -97,6 +97,8 @@ def test_thresholds_reach_the_target_precision_on_each_side():
     # the loosest such threshold: one step looser falls below the target
     looser = probs[probs < th["style"]].max()
     assert labels[probs >= looser].mean() < 0.95
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75  # the textbook example
+    assert roc_auc([0.5, 0.5], [0, 1]) == 0.5 and np.isnan(roc_auc([0.2, 0.3], [1, 1]))
     impossible = select_thresholds(np.full(10, 0.5), np.r_[np.ones(5), np.zeros(5)].astype(int), 0.95)
     assert not impossible["style_reached"] and impossible["style"] == 1.0 and impossible["content"] == 0.0
 
