@@ -91,3 +91,15 @@ def test_clear_errors(tmp_path, checkpoint):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         main(["--checkpoint", str(tmp_path / "nope.pt"), "--content", str(tmp_path / "c.png"), "--style",
               str(tmp_path / "c.png"), "--out", str(tmp_path / "o.png")])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_stylize_matches_cpu(checkpoint):
+    # on GPU the bilateral filter is the torch loop, on CPU OpenCV: the two paths must agree
+    cpu = load_model_from_checkpoint(str(checkpoint))
+    gpu = load_model_from_checkpoint(str(checkpoint), attention_mode="sdpa").cuda()
+    c, s = torch.rand(1, 3, 72, 120), torch.rand(1, 3, 64, 64)
+    ref = cpu.stylize(c, s, alpha=1.2)
+    out = gpu.stylize(c.cuda(), s.cuda(), alpha=1.2).cpu()
+    assert torch.allclose(out, ref, atol=2e-3)
