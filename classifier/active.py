@@ -16,6 +16,7 @@ so the per-round accuracy and ROC-AUC estimate the pool distribution rather than
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -40,6 +41,7 @@ class ActiveConfig:
     val_fraction: float = 0.2  # held-out share of the labelled keys (split by key hash, stable across rounds)
     target_precision: float = 0.95  # precision the head's subset thresholds aim for (see classifier.head)
     decision_threshold: float = 0.5  # calibrated score separating the classes; uncertainty sampling centres here
+    review_margin: float = 0.8  # held-out items whose calibrated score is this far from their label are re-asked
     feature_batch_size: int = 32  # images per backbone forward in the feature worker
     seed: int = 0  # seed for the head's split and initialisation
 
@@ -70,6 +72,8 @@ class ActiveLearner:
             if r["score"] is not None:
                 self.scores[r["key"]] = float(r["score"])
         self._threads: list[threading.Thread] = []
+        # likely label errors found by the last round; persisted so a restart keeps asking for them
+        self.review_keys: list[str] = json.loads(store.get_meta("review_keys") or "[]")
         self._resume_last_round()
 
     # ------------------------------------------------------------------ lifecycle
@@ -297,6 +301,9 @@ class ActiveLearner:
             n_scored, rescore_seconds = self.rescore_pool()
             metrics = dict(head_result.metrics)
             metrics.update(self._random_share_metrics(head_result, keys, feats, y))
+            self.review_keys = self.likely_label_errors(head_result)
+            self.store.set_meta("review_keys", json.dumps(self.review_keys))
+            metrics["n_review"] = len(self.review_keys)
             metrics.update(train_seconds=round(train_seconds, 3), rescore_seconds=round(rescore_seconds, 3),
                            n_scored=n_scored, checkpoint=str(path), training_data_hash=data_hash,
                            threshold=self.threshold)
@@ -306,6 +313,22 @@ class ActiveLearner:
             return rnd
         finally:
             self.retraining = False
+
+    def likely_label_errors(self, head_result) -> list[str]:
+        """Held-out keys whose calibrated score contradicts their label by ``review_margin`` or more, worst first.
+
+        Only held-out predictions are used: they are out-of-sample, as confident-learning methods require
+        (cleanlab's ``pred_probs`` "must be out-of-sample"); training-split predictions would mostly agree with
+        the labels they were fitted to.
+        """
+        keys = list(getattr(head_result, "val_keys", None) or [])
+        logits, labels = getattr(head_result, "val_logits", None), getattr(head_result, "val_labels", None)
+        if not keys or logits is None or labels is None:
+            return []
+        p = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / float(head_result.temperature)))
+        gap = np.abs(p - np.asarray(labels, dtype=np.float64))
+        order = np.argsort(-gap, kind="stable")
+        return [keys[i] for i in order if gap[i] >= self.cfg.review_margin]
 
     def _random_share_metrics(self, head_result, keys: list[str], feats: np.ndarray, y: np.ndarray) -> dict:
         """Accuracy / ROC-AUC on the held-out keys that were drawn by the uniform random share.

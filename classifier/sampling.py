@@ -11,7 +11,9 @@ The strategy, per batch of ``n`` items for one annotator:
   estimate the pool distribution without bias.
 * **agreement** (``agreement_share``): items another annotator has already decided, asked again so that
   inter-annotator agreement (Cohen's kappa) can be measured. Items on which annotators *disagree* come first
-  (they need a tie-breaker), then items decided by fewer than ``annotators_per_item`` annotators.
+  (they need a tie-breaker), then **review** items, whose out-of-sample prediction in the last round
+  contradicts their label by a wide margin (likely label errors, the cleanlab idea), then items decided by
+  fewer than ``annotators_per_item`` annotators.
 
 Before any model exists there are no scores: the uncertainty share is replaced by a **diverse** sample, a
 greedy k-center order over the cached features of a random candidate subset, so the first labels cover the
@@ -31,7 +33,8 @@ RANDOM = "random"
 AGREEMENT = "agreement"
 DISAGREEMENT = "disagreement"
 DIVERSE = "diverse"
-REASONS: tuple[str, ...] = (UNCERTAIN, RANDOM, AGREEMENT, DISAGREEMENT, DIVERSE)
+REVIEW = "review"
+REASONS: tuple[str, ...] = (UNCERTAIN, RANDOM, AGREEMENT, DISAGREEMENT, DIVERSE, REVIEW)
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Candidates:
     threshold: float | None = None  # decision threshold of the current head; None = no model yet
     disagreements: Sequence[str] = ()  # keys where annotators disagree, not yet decided by this annotator
     overlap: Sequence[str] = ()  # keys decided by 1..annotators_per_item-1 others, not by this annotator
+    review: Sequence[str] = ()  # keys whose held-out prediction contradicts their label, not decided by this one
     diverse_order: Sequence[str] = ()  # cold-start order (k-center); used while there is no model
     exclude: set[str] = field(default_factory=set)  # keys never to return (e.g. already queued client-side)
 
@@ -113,6 +117,7 @@ def select(n: int, cand: Candidates, cfg: SamplingConfig, rng: np.random.Generat
 
     def agreement_stream():
         yield from ((k, DISAGREEMENT) for k in cand.disagreements)
+        yield from ((k, REVIEW) for k in cand.review)
         perm = rng.permutation(len(cand.overlap))
         yield from ((cand.overlap[i], AGREEMENT) for i in perm)
 

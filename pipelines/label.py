@@ -34,7 +34,7 @@ from classifier.active import ActiveConfig, ActiveLearner
 from classifier.agreement import agreement_summary
 from classifier.labelstore import LABEL_VALUE, NOT_STYLISTIC, SKIP, STYLISTIC, LabelStore, LabelStoreError
 from classifier.pool import Pool, PoolError, open_pool
-from classifier.sampling import AGREEMENT, DISAGREEMENT, Candidates, SamplingConfig, kcenter_order, select
+from classifier.sampling import AGREEMENT, DISAGREEMENT, REVIEW, Candidates, SamplingConfig, kcenter_order, select
 from curate.config import ConfigError, load_config
 
 log = logging.getLogger("bbst.label")
@@ -106,7 +106,7 @@ class LabelIn(BaseModel):
     label: Literal["stylistic", "not_stylistic", "skip"]
     score_shown: float | None = Field(default=None, ge=0.0, le=1.0)
     model_version: str | None = Field(default=None, max_length=200)
-    reason: Literal["uncertain", "random", "agreement", "disagreement", "diverse"] | None = None
+    reason: Literal["uncertain", "random", "agreement", "disagreement", "diverse", "review"] | None = None
 
 
 class BulkIn(BaseModel):
@@ -206,14 +206,18 @@ class LabelSession:
                     disagreements.append(k)
                 elif votes and n_dec < per:
                     overlap.append(k)
+            # likely label errors: asked again of someone who has not decided them, up to one extra opinion
+            review = [k for k in self.learner.review_keys
+                      if k in dec and k not in blocked and k not in leased_other and k in self.pool
+                      and sum(v in LABEL_VALUE for v in dec[k].values()) <= per]
             self._batches += 1
             rng = np.random.default_rng([self.cfg.sampling.seed, self._batches, int(now * 1000) % (1 << 31)])
             cand = Candidates(unlabeled=unlabeled, scores=scores, threshold=self.learner.threshold,
-                              disagreements=disagreements, overlap=overlap,
+                              disagreements=disagreements, overlap=overlap, review=review,
                               diverse_order=[] if has_model else self._diverse_order(), exclude=blocked)
             picked = select(n - len(out), cand, self.cfg.sampling, rng)
             for key, reason in picked:
-                if reason in (AGREEMENT, DISAGREEMENT):
+                if reason in (AGREEMENT, DISAGREEMENT, REVIEW):
                     self.store.assign(key, annotator, reason)
             out.extend(picked)
         with self._lock:

@@ -2,6 +2,7 @@
 
 import time
 
+import numpy as np
 import pytest
 import torch
 from label_pool import make_folder_pool, truth_of_key
@@ -118,3 +119,14 @@ def test_retrain_needs_both_classes(tmp_path, model):
     store.add_label(next(k for k in pool.keys if not truth_of_key(k)), "not_stylistic", "ann")
     assert learner.retrain_due()
     assert learner.threshold is None and not learner.scores  # nothing scored before the first head
+
+
+def test_likely_label_errors_use_held_out_predictions(tmp_path, model):
+    from types import SimpleNamespace
+
+    learner, _, _ = _learner(tmp_path, model, review_margin=0.8)
+    head = SimpleNamespace(val_keys=["a", "b", "c", "d"], val_logits=np.array([4.0, -4.0, -6.0, 0.5]),
+                           val_labels=np.array([1, 0, 1, 0]), temperature=1.0)
+    # c: labelled stylistic, scored 0.0025 -> review; d: 0.62 vs 0 is not wide enough
+    assert learner.likely_label_errors(head) == ["c"]
+    assert learner.likely_label_errors(SimpleNamespace(val_keys=[], val_logits=None, val_labels=None)) == []

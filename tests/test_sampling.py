@@ -11,6 +11,7 @@ from classifier.sampling import (
     DISAGREEMENT,
     DIVERSE,
     RANDOM,
+    REVIEW,
     UNCERTAIN,
     Candidates,
     SamplingConfig,
@@ -59,6 +60,16 @@ def test_disagreements_before_overlap():
     agree = [(k, r) for k, r in out if r in (AGREEMENT, DISAGREEMENT)]
     assert {k for k, r in agree if r == DISAGREEMENT} == {"d1", "d2"}
     assert len(agree) == 3
+
+
+def test_review_items_after_disagreements_before_overlap():
+    keys, scores = _pool(100)
+    cfg = SamplingConfig(uncertainty_share=0.0, random_share=0.0, agreement_share=1.0)
+    cand = Candidates(unlabeled=keys, scores=scores, threshold=0.5, disagreements=["d1"], review=["r1", "r2"],
+                      overlap=["o1", "o2"])
+    out = select(4, cand, cfg, np.random.default_rng(0))
+    assert sorted(out) == [("d1", DISAGREEMENT), ("o1", AGREEMENT), ("r1", REVIEW), ("r2", REVIEW)] or \
+        sorted(out) == [("d1", DISAGREEMENT), ("o2", AGREEMENT), ("r1", REVIEW), ("r2", REVIEW)]
 
 
 def test_random_share_is_unbiased_over_the_pool():

@@ -91,10 +91,9 @@ async function refresh() {
   $("round-count").textContent = `(${s.rounds.length})`;
   document.body.dataset.rounds = String(s.rounds.length);
   roundsPlot(s.rounds);
-  table("rounds", ["round", "labels", "accuracy", "ROC-AUC", "acc. (random share)", "ECE after", "n val",
-    "model"],
+  table("rounds", ["round", "labels", "acc.", "ROC-AUC", "acc. random", "ECE", "n val", "model"],
     s.rounds.map((r) => [r.round, r.n_labels, fmt(r.metrics.accuracy), fmt(r.metrics.roc_auc),
-      r.metrics.accuracy_random == null ? `– (${r.metrics.n_val_random ?? 0} items)` : fmt(r.metrics.accuracy_random),
+      r.metrics.accuracy_random == null ? `– (n=${r.metrics.n_val_random ?? 0})` : fmt(r.metrics.accuracy_random),
       fmt(r.metrics.ece_after), r.metrics.n_val ?? "–", r.model_version]));
   const next = s.rounds.length ? s.rounds[s.rounds.length - 1].n_labels + s.retrain_every : null;
   $("retrain").textContent = s.retraining ? "retraining…" :

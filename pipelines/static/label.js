@@ -271,7 +271,7 @@ document.addEventListener("keydown", (ev) => {
     else if (k === "Backspace" || k === "Delete") undo();
     else return;
   } else {
-    const cols = 4;
+    const cols = 6;  // matches #grid in label.css
     if (k === "a") gridDecide("stylistic");
     else if (k === "x") gridDecide("not_stylistic");
     else if (k === " ") gridDecide("skip");
