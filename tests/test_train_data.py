@@ -176,4 +176,4 @@ def test_device_decode_path_matches_the_worker_decode(shards, device):
         for view in ("content", "style", "style2"):
             assert a[view].shape == b[view].shape
             # same crop boxes; only the resampling differs (DCT-scaled decode + PIL vs full decode + antialias)
-            assert (a[view] - b[view]).abs().mean() < 0.03, view
+            assert (a[view] - b[view]).abs().mean() < 0.045, view  # a 8 px shift or a flip gives > 0.06
