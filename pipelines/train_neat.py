@@ -64,6 +64,10 @@ def _ray_train_loop(config: dict) -> None:
     logging.basicConfig(level=config.get("log_level", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
     cfg = from_dict(TrainConfig, config["cfg"], "<ray train config>")
     os.environ.setdefault("LOCAL_RANK", str(ray.train.get_context().get_local_rank()))
+    if cfg.distributed.use_gpu:  # Ray decides which of the visible GPUs is this worker's
+        import ray.train.torch
+
+        cfg.distributed.device = str(ray.train.torch.get_device())
 
     def report(step: int, logs: dict[str, float]) -> None:
         ray.train.report({"step": step, **logs})

@@ -29,9 +29,9 @@ class DistInfo:
 
 def setup(cfg: DistributedConfig) -> DistInfo:
     """Join the process group: reuse one that exists (Ray Train creates it), else init from torchrun's env."""
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("distributed.device='cuda' but no CUDA device is visible")
+    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise RuntimeError(f"distributed.device={cfg.device!r} but no CUDA device is visible")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     owns = False
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -42,8 +42,10 @@ def setup(cfg: DistributedConfig) -> DistInfo:
         owns = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    if cfg.device not in ("auto", "cuda", "cpu"):
+    if cfg.device not in ("auto", "cuda", "cpu"):  # an explicit device, e.g. "cuda:3" from Ray Train
         device = torch.device(cfg.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
     elif want_cuda:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
