@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import math
 import secrets
+import shutil
 import sys
 import tempfile
 import threading
@@ -267,6 +268,7 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
         from fastapi.staticfiles import StaticFiles
     except ImportError as exc:  # pragma: no cover - install hint
         raise ImportError("the labeling app needs fastapi and uvicorn: pip install fastapi uvicorn") from exc
+    from starlette.background import BackgroundTask
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     if require_token and not token:
@@ -456,7 +458,8 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
         tmp = Path(tempfile.mkdtemp(prefix="bbst-export-")) / f"labels.{format}"
         session.store.export_labels(tmp, include_undone=include_undone)
         return FileResponse(tmp, filename=f"{Path(cfg.db).stem}-labels.{format}",
-                            media_type="application/vnd.apache.parquet" if format == "parquet" else "text/csv")
+                            media_type="application/vnd.apache.parquet" if format == "parquet" else "text/csv",
+                            background=BackgroundTask(shutil.rmtree, tmp.parent, ignore_errors=True))
 
     @app.post("/api/import")
     async def api_import(request: Request, format: Literal["parquet", "csv"] = Query(...),
@@ -475,6 +478,8 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
             n = session.store.import_labels(tmp, default_annotator=annotator)
         except LabelStoreError as exc:
             raise HTTPException(400, str(exc).replace(str(tmp), f"uploaded {format} file")) from None
+        finally:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
         unknown = sum(1 for k in session.store.decisions_by_key() if k not in session.pool)
         session.learner.notify_labels()
         return {"imported": n, "keys_not_in_pool": unknown}
