@@ -177,3 +177,19 @@ def test_device_decode_path_matches_the_worker_decode(shards, device):
             assert a[view].shape == b[view].shape
             # same crop boxes; only the resampling differs (DCT-scaled decode + PIL vs full decode + antialias)
             assert (a[view] - b[view]).abs().mean() < 0.045, view  # a 8 px shift or a flip gives > 0.06
+
+
+def test_reads_shards_through_an_fsspec_url(shards):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.put(shards, "/bbst-run", recursive=True)  # same files behind a URL instead of a local path
+    data, cfg = _cfgs(shards)
+    local = _stream(ShardPairLoader(data, cfg), 3)
+    data, cfg = _cfgs("memory://bbst-run")
+    remote = ShardPairLoader(data, cfg)
+    assert remote.content[0].url.startswith("memory://bbst-run/shards/")
+    head = _stream(remote, 2)
+    resumed = ShardPairLoader(data, cfg)
+    resumed.load_state_dict(remote.state_dict())  # buffered samples are re-read by byte offset over the URL
+    assert head + _stream(resumed, 1) == local
