@@ -50,12 +50,14 @@ class ActiveLearner:
     """Owns the backbone, the feature cache and the current head for one labeling session."""
 
     def __init__(self, store: LabelStore, pool: Pool, model, cache, cfg: ActiveConfig, rounds_dir: str | Path,
-                 head_result=None, model_version: str | None = None):
+                 head_result=None, model_version: str | None = None, demo: bool = False):
         self.store, self.pool, self.model, self.cache, self.cfg = store, pool, model, cache, cfg
         self.rounds_dir = Path(rounds_dir)
         self.rounds_dir.mkdir(parents=True, exist_ok=True)
         self.head_result = head_result
         self.model_version = model_version
+        # started from a demo checkpoint (random-init tiny backbone): everything saved from it stays marked demo
+        self.demo = demo
         self.checkpoint_path: Path | None = None
         self.scores: dict[str, float] = {}
         self.feature_errors: dict[str, str] = {}  # key -> why its features could not be computed
@@ -295,7 +297,8 @@ class ActiveLearner:
             path = self.rounds_dir / f"round-{rnd:04d}.ckpt"
             data_hash = _labels_hash(keys, y)
             version = save_classifier(path, self.model, head_result, training_data_hash=data_hash,
-                                      extra={"labeling_round": rnd, "labeling_db": str(self.store.path)})
+                                      extra={"labeling_round": rnd, "labeling_db": str(self.store.path),
+                                             "demo": self.demo})
             with self._state_lock:
                 self.head_result, self.model_version, self.checkpoint_path = head_result, str(version), path
             n_scored, rescore_seconds = self.rescore_pool()
@@ -361,7 +364,8 @@ class ActiveLearner:
         keys = sorted(cons)
         return str(save_classifier(Path(path), self.model, self.head_result,
                                    training_data_hash=_labels_hash(keys, [cons[k] for k in keys]),
-                                   extra={"labeling_db": str(self.store.path), "round": self.store.current_round()}))
+                                   extra={"labeling_db": str(self.store.path), "round": self.store.current_round(),
+                                          "demo": self.demo}))
 
 
 def _labels_hash(keys, y) -> str:

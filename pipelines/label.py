@@ -232,6 +232,10 @@ class LabelSession:
         return {"key": key, "score": score, "reason": reason,
                 "model_version": self.learner.model_version if score is not None else None}
 
+    def lease(self, key: str, annotator: str) -> None:
+        with self._lock:
+            self._leases[key] = (annotator, time.time() + self.cfg.lease_seconds)
+
     def release(self, keys) -> None:
         with self._lock:
             for k in keys:
@@ -402,6 +406,7 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
         row = session.store.undo(body.annotator)
         if row is None:
             raise HTTPException(409, "nothing left to undo (only the last ten decisions are editable)")
+        session.lease(row["key"], body.annotator)  # it is back on this annotator's screen, not anyone else's
         session.learner.notify_labels()
         return {"undone": row, "item": session.describe(row["key"], row["reason"])}
 
@@ -539,12 +544,13 @@ def build_session(cfg: LabelConfig) -> LabelSession:
     pool = open_pool(cfg.pool, cache_dir=db.parent / f"{db.stem}.thumbs")
     store = LabelStore(db)
     store.add_items((it.key, it.sha256, it.ref) for it in (pool.item(k) for k in pool.keys))
-    head_result, version = None, None
+    head_result, version, demo = None, None, False
     if cfg.classifier:
         from classifier.checkpoint import load_classifier
 
         model, head_result, meta = load_classifier(cfg.classifier)
-        version = str(meta.get("version") or meta.get("model_version") or Path(cfg.classifier).stem)
+        version = str(meta.get("version") or Path(cfg.classifier).stem)
+        demo = bool(meta.get("demo"))
     else:
         from classifier.factory import create_model
 
@@ -558,7 +564,7 @@ def build_session(cfg: LabelConfig) -> LabelSession:
     model.eval()
     cache = FeatureCache(cfg.feature_cache or db.parent / f"{db.stem}.features", fingerprint=feature_fingerprint(model))
     learner = ActiveLearner(store, pool, model, cache, cfg.active, rounds_dir=db.parent / f"{db.stem}.rounds",
-                            head_result=head_result, model_version=version)
+                            head_result=head_result, model_version=version, demo=demo)
     if head_result is not None and not store.rounds():
         learner.checkpoint_path = Path(cfg.classifier)
     return LabelSession(cfg, pool, store, learner)

@@ -167,6 +167,36 @@ def app_assignments(client, annotator):
     return client.app.state.session.store.assignments(annotator)
 
 
+def test_start_from_a_classifier_checkpoint(pool_dir, tmp_path):
+    """--classifier: the pool is scored by the given head from the start and uncertainty sampling begins."""
+    from fastapi.testclient import TestClient
+
+    from classifier.demo import build_demo_classifier
+
+    keys = sorted(p.name for p in pool_dir.iterdir())[:16]
+    ckpt = build_demo_classifier([(pool_dir / k).read_bytes() for k in keys], [truth_of_key(k) for k in keys],
+                                 str(tmp_path / "ckpt"), model_name="test_vit_shared")
+    cfg = _cfg(pool_dir, tmp_path, classifier=ckpt)
+    app = label_app.create_app(cfg, start_background=False)
+    learner = app.state.session.learner
+    assert learner.threshold == 0.5 and learner.model_version.startswith("demo-")
+    learner.compute_features(list(app.state.session.pool.keys))  # what the background worker does
+    assert len(learner.scores) == 40
+    c = TestClient(app, base_url="http://127.0.0.1")
+    items = c.get("/api/next", params={"annotator": "ann", "n": 8}).json()["items"]
+    assert {"uncertain", "random"} >= {it["reason"] for it in items} and "uncertain" in {it["reason"] for it in items}
+    assert all(it["score"] is not None and it["model_version"] == learner.model_version for it in items)
+    c.post("/api/label", json={"annotator": "ann", "key": items[0]["key"], "label": "stylistic",
+                               "score_shown": items[0]["score"], "model_version": items[0]["model_version"]})
+    # undo puts the item back on ann's screen only
+    undone = c.post("/api/undo", json={"annotator": "ann"}).json()["item"]
+    bob = c.get("/api/next", params={"annotator": "bob", "n": 40}).json()["items"]
+    assert undone["key"] not in {it["key"] for it in bob}
+    # the checkpoint can be exported straight away
+    out = c.post("/api/export/checkpoint").json()
+    assert out["model_version"] == learner.model_version and Path(out["path"], "config.json").is_file()
+
+
 # ------------------------------------------------------------------------------------------ browser session
 def _free_port() -> int:
     with socket.socket() as s:
