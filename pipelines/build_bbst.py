@@ -425,12 +425,19 @@ def apply_scores(cfg: BuildConfig, store: Store, rows: pa.Table) -> tuple[pa.Tab
 
 
 def _file_digest(path: str) -> str:
+    """Content fingerprint of a checkpoint file, or of every file of a checkpoint folder."""
     import fsspec
 
+    fs, root = fsspec.core.url_to_fs(path)
+    files = sorted(fs.find(root)) if fs.isdir(root) else [root]
+    if not files:
+        raise FileNotFoundError(f"{path}: classifier checkpoint not found (pass --classifier PATH)")
     h = hashlib.sha256()
-    with fsspec.open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for name in files:
+        h.update(name[len(root):].encode())
+        with fs.open(name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()[:16]
 
 

@@ -238,3 +238,31 @@ def test_example_config_documents_every_option():
             assert "#" in line, f"undocumented option line: {line!r}"
     cfg = build_bbst.load_config(BuildConfig, EXAMPLE)
     assert cfg == BuildConfig(urls=cfg.urls, out=cfg.out)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_rescore_existing_shards_without_download(smoke_run, tmp_path, fault_server):
+    import shutil
+
+    from classifier.demo import build_demo_classifier
+
+    images, labels = synthetic.labelled_batch(16, size=64, seed=1)
+    ckpt = build_demo_classifier([synthetic.encode(im) for im in images], labels.tolist(), str(tmp_path / "clf"))
+    out, before = smoke_run
+    copy = tmp_path / "rescored"
+    shutil.copytree(out, copy)
+    requests_before = len(fault_server.requests)
+    summary = build_bbst.main(["--rescore", str(copy), "--classifier", ckpt, "--set", "score.batch_size=4",
+                               "--set", "split.style_min_score=0.0", "--set", "split.content_max_score=0.0",
+                               "--set", "progress_interval_s=0"])
+    assert len(fault_server.requests) == requests_before, "rescoring must not download"
+    meta, _ = check_invariants(copy)
+    assert summary["rows_in"] == before["rows_in"]
+    ok_before = before["counts_by_status"]["ok"]
+    # with both thresholds at 0 a behance row stays style, a flickr row needs score <= 0 (never): filtered
+    assert summary["counts_by_status"]["ok"] + summary["counts_by_status"]["score_filtered"] == ok_before
+    rows = [r for r in meta.to_pylist() if r["status"] in ("ok", "score_filtered")]
+    assert rows and all(r["score"] is not None and r["classifier_version"] for r in rows)
+    assert all(r["subset"] == "style" for r in rows if r["status"] == "ok")
+    assert "scored with" in summary["scoring"]
