@@ -339,8 +339,7 @@ class ActiveLearner:
         The whole held-out split inherits the sampler's bias towards the boundary; its random-share part does not,
         so these two numbers estimate accuracy on the pool itself (None until there are enough such labels).
         """
-        from sklearn.metrics import roc_auc_score
-
+        from classifier.calibration import roc_auc
         from classifier.head import predict_proba
 
         val = set(getattr(head_result, "val_keys", None) or [])
@@ -351,7 +350,7 @@ class ActiveLearner:
             p = predict_proba(head_result, feats[idx])
             out["accuracy_random"] = float(((p >= self.cfg.decision_threshold) == y[idx]).mean())
             if len(set(y[idx].tolist())) == 2:
-                out["roc_auc_random"] = float(roc_auc_score(y[idx], p))
+                out["roc_auc_random"] = float(roc_auc(p, y[idx]))
         return out
 
     def export_checkpoint(self, path: str | Path) -> str:

@@ -15,8 +15,6 @@ def pairwise_kappa(decisions: dict[str, dict[str, str]], min_items: int = 2) -> 
     ``decisions`` is ``{key: {annotator: label}}`` as :meth:`LabelStore.decisions_by_key` returns. Pairs with
     fewer than ``min_items`` shared items are reported with ``kappa=None``.
     """
-    from sklearn.metrics import cohen_kappa_score
-
     by_pair: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
     for by_ann in decisions.values():
         votes = {a: LABEL_VALUE[v] for a, v in by_ann.items() if v in LABEL_VALUE}
@@ -33,6 +31,9 @@ def pairwise_kappa(decisions: dict[str, dict[str, str]], min_items: int = 2) -> 
             if len(set(ya) | set(yb)) == 1:
                 kappa = 1.0  # both always chose the same single class: perfect agreement, kappa is 0/0
             else:
+                # imported here: scikit-learn takes seconds to import, and most sessions start without overlap
+                from sklearn.metrics import cohen_kappa_score
+
                 kappa = float(cohen_kappa_score(ya, yb))
         out.append({"annotators": [a, b], "n_items": n, "observed_agreement": agree, "kappa": kappa})
     return out
