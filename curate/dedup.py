@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Sequence
 
 from curate.schema import Status
 
-CHUNKS = 4  # the 64-bit hash is split into four 16-bit chunks for multi-index hashing
-CHUNK_BITS = 64 // CHUNKS
-_CHUNK_MASK = (1 << CHUNK_BITS) - 1
+DEFAULT_CHUNKS = 4  # 16-bit chunks: a good layout up to ~100k kept hashes (see choose_chunks)
+MAX_PROBES_PER_CHUNK = 100_000  # refuse layouts whose neighbour enumeration would explode (e.g. 1 chunk, d=6)
 
 
 @dataclasses.dataclass
@@ -37,21 +37,66 @@ def _flip_masks(bits: int, radius: int) -> tuple[int, ...]:
                  for positions in itertools.combinations(range(bits), r))
 
 
+def chunk_layout(chunks: int) -> list[tuple[int, int]]:
+    """``(shift, bits)`` of each chunk when 64 bits are cut into ``chunks`` near-equal parts."""
+    base, extra = divmod(64, chunks)
+    layout, shift = [], 0
+    for i in range(chunks):
+        bits = base + (1 if i < extra else 0)
+        layout.append((shift, bits))
+        shift += bits
+    return layout
+
+
+def choose_chunks(expected_size: int, distance: int) -> int:
+    """Chunk count minimising probes + expected candidates per query (Norouzi et al., multi-index hashing).
+
+    Few rows: many short chunks searched exactly (radius 0). Millions of rows: fewer, longer chunks so that
+    buckets stay nearly empty, at the price of probing a few neighbours per chunk.
+    """
+    best, best_cost = DEFAULT_CHUNKS, float("inf")
+    for m in range(1, 17):
+        radius = distance // m
+        layout = chunk_layout(m)
+        if sum(math.comb(layout[0][1], r) for r in range(radius + 1)) > MAX_PROBES_PER_CHUNK:
+            continue
+        probes = sum(sum(math.comb(bits, r) for r in range(radius + 1)) for _, bits in layout)
+        candidates = sum(sum(math.comb(bits, r) for r in range(radius + 1)) * expected_size / 2**bits
+                         for _, bits in layout)
+        cost = probes + 3 * candidates  # a candidate costs a popcount and a dict check
+        if cost < best_cost:
+            best, best_cost = m, cost
+    return best
+
+
 class DedupIndex:
     """Kept hashes of a run: a sha256 map and a multi-index hash table over 64-bit phashes.
 
-    Near-duplicate search uses the pigeonhole principle: if two 64-bit hashes differ in at most ``d`` bits, at
-    least one of their four 16-bit chunks differs in at most ``d // 4`` bits. Each chunk has its own table, a
-    query probes the chunk values within that radius and verifies candidates with a full popcount, so the cost
-    grows with the number of candidates, not with the index size. Results are sorted by key (deterministic).
+    Near-duplicate search uses the pigeonhole principle: if two 64-bit hashes differ in at most ``d`` bits and
+    are cut into ``m`` chunks, at least one chunk differs in at most ``d // m`` bits. Each chunk has its own
+    table; a query probes the chunk values within that radius and verifies candidates with a full popcount, so
+    the cost grows with the number of candidates, not with the index size. ``chunks`` defaults to four 16-bit
+    chunks; :func:`choose_chunks` picks the best count for an expected number of rows.
     """
 
-    def __init__(self, cfg: DedupConfig | None = None):
+    def __init__(self, cfg: DedupConfig | None = None, chunks: int = DEFAULT_CHUNKS):
+        if not 1 <= chunks <= 64:
+            raise ValueError(f"chunks must be in 1..64, got {chunks}")
         self.cfg = cfg or DedupConfig()
         self.by_sha: dict[str, str] = {}
-        self.tables: list[dict[int, list[tuple[int, str]]]] = [{} for _ in range(CHUNKS)]
+        self.layout = chunk_layout(chunks)
+        self.tables: list[dict[int, list[tuple[int, str]]]] = [{} for _ in self.layout]
         self.size = 0
-        self._masks = _flip_masks(CHUNK_BITS, self.cfg.phash_distance // CHUNKS)
+        self._masks = self._probe_masks(self.cfg.phash_distance)
+
+    def _probe_masks(self, distance: int) -> list[tuple[int, int, int, tuple[int, ...]]]:
+        radius = distance // len(self.layout)
+        widest = max(bits for _, bits in self.layout)
+        probes = sum(math.comb(widest, r) for r in range(radius + 1))
+        if probes > MAX_PROBES_PER_CHUNK:
+            raise ValueError(f"{len(self.layout)} chunks at distance {distance} would probe {probes} values per "
+                             f"chunk; use more chunks (choose_chunks picks a good count)")
+        return [(i, shift, (1 << bits) - 1, _flip_masks(bits, radius)) for i, (shift, bits) in enumerate(self.layout)]
 
     def add(self, key: str, sha256: str | None, phash: str | int | None) -> None:
         """Record a kept row."""
@@ -61,8 +106,8 @@ class DedupIndex:
                 self.by_sha[sha256] = key
         h = phash_int(phash)
         if h is not None:
-            for i, table in enumerate(self.tables):
-                table.setdefault((h >> (CHUNK_BITS * i)) & _CHUNK_MASK, []).append((h, key))
+            for table, (shift, bits) in zip(self.tables, self.layout, strict=True):
+                table.setdefault((h >> shift) & ((1 << bits) - 1), []).append((h, key))
         self.size += 1
 
     def near(self, phash: str | int | None, distance: int | None = None) -> list[tuple[int, str]]:
@@ -71,10 +116,11 @@ class DedupIndex:
         if h is None:
             return []
         d = self.cfg.phash_distance if distance is None else distance
-        masks = self._masks if distance is None else _flip_masks(CHUNK_BITS, d // CHUNKS)
+        probes = self._masks if distance is None else self._probe_masks(d)
         found: dict[str, int] = {}
-        for i, table in enumerate(self.tables):
-            chunk = (h >> (CHUNK_BITS * i)) & _CHUNK_MASK
+        for i, shift, mask_bits, masks in probes:
+            table = self.tables[i]
+            chunk = (h >> shift) & mask_bits
             for mask in masks:
                 for other, key in table.get(chunk ^ mask, ()):
                     if key not in found:
@@ -84,7 +130,7 @@ class DedupIndex:
         return sorted((dist, key) for key, dist in found.items())
 
     def query(self, sha256: str | None, phash: str | int | None) -> tuple[str, str | None]:
-        """``(status, duplicate_of)`` for a new row against the kept rows: exact first, then the smallest kept key within the distance."""
+        """``(status, duplicate_of)`` of a new row against the kept rows: exact first, then the smallest near key."""
         if self.cfg.exact and sha256 is not None and sha256 in self.by_sha:
             return Status.DUPLICATE.value, self.by_sha[sha256]
         if self.cfg.near:
@@ -115,8 +161,8 @@ def dedup_rows(keys: Sequence[str], sha256s: Sequence[str | None], phashes: Sequ
     cfg = cfg or DedupConfig()
     if not len(keys) == len(sha256s) == len(phashes):
         raise ValueError("keys, sha256s and phashes must have the same length")
-    index = index or DedupIndex(cfg)
     n = len(keys)
+    index = index or DedupIndex(cfg, chunks=choose_chunks(n, cfg.phash_distance))
     status: list[str] = [Status.OK.value] * n
     dup_of: list[str | None] = [None] * n
     order = sorted(range(n), key=lambda i: keys[i])

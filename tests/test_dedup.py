@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from curate.dedup import DedupConfig, DedupIndex, dedup_rows
+from curate.dedup import DedupConfig, DedupIndex, choose_chunks, dedup_rows
 
 
 def key(i: int) -> str:
@@ -69,6 +69,30 @@ def test_matches_brute_force(distance):
             assert dup_of[i] is None
         else:
             assert dup_of[i] in kept and dup_of[i] < keys[i]
+
+
+@pytest.mark.parametrize("chunks", [2, 3, 4, 5, 7, 16])
+def test_every_chunk_layout_finds_the_same_neighbours(chunks):
+    keys, shas, phashes = corpus(n=400, seed=3)
+    cfg = DedupConfig(phash_distance=6)
+    status, _ = dedup_rows(keys, shas, phashes, cfg, index=DedupIndex(cfg, chunks=chunks))
+    assert status == brute_force(keys, shas, phashes, cfg)
+    # streaming use keeps the same rows (it labels a copy of a dropped row near_duplicate rather than duplicate)
+    idx = DedupIndex(cfg, chunks=chunks)
+    streamed = [idx.check_and_add(k, s, p)[0] for k, s, p in zip(keys, shas, phashes, strict=True)]
+    assert [s == "ok" for s in streamed] == [s == "ok" for s in status]
+
+
+def test_exploding_layout_is_refused():
+    with pytest.raises(ValueError, match="chunks"):
+        DedupIndex(DedupConfig(phash_distance=6), chunks=1)  # would enumerate ~75 million neighbours
+    assert choose_chunks(10, 12) > 1
+
+
+def test_chunk_choice_follows_size():
+    assert choose_chunks(1000, 4) == 5  # small runs: exact lookups on 13-bit chunks
+    assert choose_chunks(4_000_000, 4) == 3  # large runs: ~21-bit chunks keep buckets nearly empty
+    assert choose_chunks(10**6, 0) == 1  # exact phash match: one 64-bit table
 
 
 def test_independent_of_arrival_order():
