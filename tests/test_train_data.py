@@ -193,3 +193,27 @@ def test_reads_shards_through_an_fsspec_url(shards):
     resumed = ShardPairLoader(data, cfg)
     resumed.load_state_dict(remote.state_dict())  # buffered samples are re-read by byte offset over the URL
     assert head + _stream(resumed, 1) == local
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 7, 8])
+def test_exif_orientation_is_applied_on_both_decode_paths(orientation):
+    from torchvision.io import decode_jpeg
+
+    from train.data import _EXIF_TRANSPOSE, orient_tensor
+
+    rng = np.random.default_rng(orientation)
+    # 16 px colour blocks: asymmetric content whose position survives JPEG (4:4:4, quality 95)
+    stored = Image.fromarray(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, subsampling=0, exif=exif.tobytes())
+    data = buf.getvalue()
+    upright = stored.transpose(_EXIF_TRANSPOSE[orientation]) if orientation in _EXIF_TRANSPOSE else stored
+    crop = decode_crops(data, [CropSpec(10_000, 0.0, 0.0, False)], 64)[0]  # top-left of the upright image
+    ref = np.asarray(upright)[:64, :64]
+    assert np.abs(crop.astype(float) - ref.astype(float)).mean() < 6
+    # the GPU path decodes without orientation and applies it itself; check that on CPU
+    t = orient_tensor(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)), orientation)
+    assert t.shape[1:] == (upright.size[1], upright.size[0])
+    assert np.abs(t.permute(1, 2, 0).numpy()[:64, :64].astype(float) - ref).mean() < 6

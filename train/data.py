@@ -481,7 +481,7 @@ class PairStream(torch.utils.data.IterableDataset):
                 im, orientation = _header(data, where)
                 w, h = _upright_size(im, orientation)
                 item[name] = {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                              "boxes": [crop_box(w, h, sp, crop)[:4] for sp in specs],
+                              "orientation": orientation, "boxes": [crop_box(w, h, sp, crop)[:4] for sp in specs],
                               "flips": [sp.flip for sp in specs], "where": where}
             else:
                 item[name] = [torch.from_numpy(a.copy()).permute(2, 0, 1) for a in decode_crops(data, specs, crop,
@@ -506,6 +506,25 @@ class PairStream(torch.utils.data.IterableDataset):
 # GPU decode (nvJPEG through torchvision) in the training process
 
 
+def orient_tensor(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply EXIF ``orientation`` to a CxHxW tensor, exactly as ``PIL.ImageOps.exif_transpose``."""
+    if orientation == 2:
+        return img.flip(-1)
+    if orientation == 3:
+        return img.flip(-1).flip(-2)
+    if orientation == 4:
+        return img.flip(-2)
+    if orientation == 5:
+        return img.transpose(-1, -2)
+    if orientation == 6:
+        return torch.rot90(img, -1, (-2, -1))
+    if orientation == 7:
+        return torch.rot90(img, 1, (-2, -1)).flip(-1)
+    if orientation == 8:
+        return torch.rot90(img, 1, (-2, -1))
+    return img
+
+
 def decode_on_device(batch: dict, data_cfg: DataConfig, device: torch.device) -> dict:
     """Finish a ``decode="cuda"`` batch: batched nvJPEG decode, crop, resize and flip on ``device``."""
     import torch.nn.functional as F
@@ -517,9 +536,10 @@ def decode_on_device(batch: dict, data_cfg: DataConfig, device: torch.device) ->
         if encoded is None:
             continue
         jpeg_idx = [i for i, e in enumerate(encoded) if isinstance(e, dict)]
-        decoded = decode_jpeg([encoded[i]["jpeg"] for i in jpeg_idx], mode=ImageReadMode.RGB, device=device,
-                              apply_exif_orientation=True) if jpeg_idx else []
-        images = dict(zip(jpeg_idx, decoded))
+        # nvJPEG ignores EXIF orientation (torchvision applies it on CPU only), so it is applied here
+        decoded = decode_jpeg([encoded[i]["jpeg"] for i in jpeg_idx], mode=ImageReadMode.RGB,
+                              device=device) if jpeg_idx else []
+        images = {i: orient_tensor(img, encoded[i]["orientation"]) for i, img in zip(jpeg_idx, decoded)}
         out: list[list[torch.Tensor]] = [[] for _ in views]
         for i, e in enumerate(encoded):
             if not isinstance(e, dict):  # decoded on the CPU worker (PNG, WebP...)
