@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -600,18 +601,24 @@ def make_summary(rows: pa.Table, entries: list[dict], duration: float, startup: 
 
 
 def finalize(cfg: BuildConfig, store: Store, rows: pa.Table, t_start: float, startup: float,
-             extra: dict | None = None) -> dict:
+             extra: dict | None = None, phases: dict | None = None) -> dict:
     """Score, split, write shards, metadata, manifest, summary (last) and the report."""
     from curate.writer import write_manifest
 
+    phases = dict(phases or {})
     _remove_temporaries(store)
+    t = time.monotonic()
     rows, scoring = apply_scores(cfg, store, rows)
     rows = apply_split(cfg, rows)
+    phases["score_split"], t = time.monotonic() - t, time.monotonic()
     rows, entries = write_shards(cfg, store, rows)
+    phases["shards"], t = time.monotonic() - t, time.monotonic()
     log.info("%d shards written after %.1fs", len(entries), time.monotonic() - t_start)
     write_meta(store, rows)
     manifest_entries = [{k: v for k, v in e.items() if k != "keys_digest"} for e in entries]
     write_manifest(store.path(schema.MANIFEST_FILE), manifest_entries, name=Path(store.root).name, fs=store.fs)
+    phases["meta_manifest"] = time.monotonic() - t
+    extra = {**(extra or {}), "phase_seconds": {k: round(v, 3) for k, v in phases.items()}}
     summary = make_summary(rows, entries, time.monotonic() - t_start, startup, scoring, store.url, extra)
     store.write_json(schema.SUMMARY_FILE, summary)
     if cfg.report:
@@ -649,6 +656,12 @@ def write_report(cfg: BuildConfig, store: Store, rows: pa.Table, summary: dict) 
 
 
 # --------------------------------------------------------------------------------------------------- runs
+def _prewarm_writer() -> None:
+    import webdataset  # noqa: F401
+
+    import curate.writer  # noqa: F401
+
+
 def run_build(cfg: BuildConfig, startup: float = 0.0, extra: dict | None = None) -> dict:
     """The whole build for ``cfg`` on the already initialised Ray; returns the summary."""
     store = Store(cfg.out, cfg.storage_options)
@@ -656,14 +669,18 @@ def run_build(cfg: BuildConfig, startup: float = 0.0, extra: dict | None = None)
         log.info("%s is already complete (summary.json present, no staging): nothing to do", cfg.out)
         return store.read_json(schema.SUMMARY_FILE)
     t_start = time.monotonic()
+    # the tar writer's imports (webdataset pulls in torch) take seconds; overlap them with the downloads
+    threading.Thread(target=_prewarm_writer, name="bbst-prewarm", daemon=True).start()
     partitions = stage_inputs(cfg, store)
     log.info("URL list: %d rows in %d partitions", sum(partitions.values()), len(partitions))
     download_and_check(cfg, store, partitions)
+    phases = {"read_download_check": time.monotonic() - t_start}
     log.info("staged all partitions after %.1fs", time.monotonic() - t_start)
     rows = load_staged_rows(store, partitions)
     rows = apply_dedup(cfg, rows)
+    phases["dedup"] = time.monotonic() - t_start - phases["read_download_check"]
     log.info("dedup done after %.1fs", time.monotonic() - t_start)
-    summary = finalize(cfg, store, rows, t_start, startup, extra)
+    summary = finalize(cfg, store, rows, t_start, startup, extra, phases)
     if not cfg.keep_staging:
         store.rm(STAGING, recursive=True)
     return summary
