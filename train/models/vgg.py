@@ -124,6 +124,12 @@ class VGG19Encoder(nn.Module):
             self.convs[name] = nn.Conv2d(cin, max(1, round(cout * width)), 3, padding=1, padding_mode=pad_mode)
         if state is not None:
             self.load_state_dict(state)
+        else:
+            # torchvision's VGG init: keeps activations from vanishing with depth, so random-init test encoders
+            # still produce informative deep features (the default conv init shrinks them ~3x per layer)
+            for conv in self.convs.values():
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
