@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from curate.build_config import _field_comments
 from curate.config import ConfigError, load_config
 from pipelines.stylize import Stylizer, list_images, load_image, resize_max_side
 
@@ -115,16 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", help="YAML file with EvalConfig fields")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    helps = _field_comments(EvalConfig)  # the dataclass comments are the option docs
     for name in ("pairs", "content", "style", "vgg-weights", "lpips-net", "lpips-backbone", "inception-weights",
                  "device", "out"):
-        p.add_argument(f"--{name}", default=None)
-    p.add_argument("--model", dest="models", action="append", default=None, metavar="NAME=CKPT")
-    p.add_argument("--outputs", action="append", default=None, metavar="NAME=DIR")
-    p.add_argument("--timing-sizes", nargs="+", default=None, metavar="WxH")
+        p.add_argument(f"--{name}", default=None, help=helps.get(name.replace("-", "_")))
+    p.add_argument("--model", dest="models", action="append", default=None, metavar="NAME=CKPT",
+                   help=helps["models"])
+    p.add_argument("--outputs", action="append", default=None, metavar="NAME=DIR", help=helps["outputs"])
+    p.add_argument("--timing-sizes", nargs="+", default=None, metavar="WxH", help=helps["timing_sizes"])
     for name, kind in (("alpha", float), ("max-side", int), ("style-size", int), ("timing-repeats", int)):
-        p.add_argument(f"--{name}", type=kind, default=None)
-    p.add_argument("--no-blur-row", action="store_true", default=None)
-    p.add_argument("--random-metrics", action="store_true", default=None)
+        p.add_argument(f"--{name}", type=kind, default=None, help=helps.get(name.replace("-", "_")))
+    p.add_argument("--no-blur-row", action="store_true", default=None, help=helps["no_blur_row"])
+    p.add_argument("--random-metrics", action="store_true", default=None, help=helps["random_metrics"])
     return p
 
 
