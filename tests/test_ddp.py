@@ -26,9 +26,9 @@ def _config(tmp_path: Path, name: str, **sections) -> Path:
         "data": {"root": str(root), "crop_size": 64, "short_side_min": 64, "short_side_max": 96},
         "loader": {"batch_size": 2, "num_workers": 1, "open_shards": 2, "shuffle_buffer": 2, "seed": 5},
         "model": {"name": "neat_tiny", "kwargs": {}},
-        "schedule": {"max_steps": 5},
+        "schedule": {"max_steps": 4},
         "logging": {"dir": str(tmp_path / name), "log_every": 1, "image_every": 0},
-        "checkpoint": {"every": 5, "keep": 0},
+        "checkpoint": {"every": 4, "keep": 0},
         "threads": 1,
     }
     for section, values in sections.items():
@@ -63,7 +63,7 @@ def test_two_rank_torchrun_ddp_on_cpu(tmp_path):
                            str(REPO / "pipelines" / "train_neat.py"), "--config", str(cfg), "--launcher", "torchrun",
                            "--log-level", "WARNING"], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _check_two_rank_run(tmp_path / "ddp", 5)
+    _check_two_rank_run(tmp_path / "ddp", 4)
 
 
 @pytest.mark.slow

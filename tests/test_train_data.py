@@ -151,7 +151,7 @@ def test_resume_refuses_a_different_worker_count(shards):
         ShardPairLoader(data, cfg1).load_state_dict(loader.state_dict())
 
 
-def _decode_path_batches(shards, device, n=2):
+def _decode_path_batches(shards, device, n=1):
     import dataclasses
 
     data, cfg = _cfgs(shards)
