@@ -56,12 +56,14 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path, shard_root):
     torch.set_num_threads(1)
     no_gan = {"w_adv": 0.0, "w_patch_simple": 0.0, "w_patch_complex": 0.0}
     path = _config(tmp_path, shard_root, "overfit", model={"name": "neat_tiny", "kwargs": no_gan},
-                   optim={"lr": 2e-3}, schedule={"max_steps": 10, "overfit_batches": True},
+                   optim={"lr": 2e-3, "grad_accum": 2}, schedule={"max_steps": 8, "overfit_batches": True},
                    loader={"num_workers": 0}, checkpoint={"every": 100})
     result = train(load_config(TrainConfig, path))
-    assert result["step"] == 10
-    losses = [rec["loss_g"] for _, rec in sorted(_metrics(tmp_path / "overfit").items())]
-    assert len(losses) == 10
+    assert result["step"] == 8
+    records = [rec for _, rec in sorted(_metrics(tmp_path / "overfit").items())]
+    assert len(records[0]["content_keys"][0]) == 4  # two accumulated micro-batches of 2 per step
+    losses = [rec["loss_g"] for rec in records]
+    assert len(losses) == 8
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
     # TensorBoard got scalars for every loss term and the image grid
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -72,8 +74,12 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path, shard_root):
     assert {"train/loss_g", "train/loss_d", "g/style", "g/content"} <= set(tags["scalars"])
     assert any(t.startswith("images/content_style_prior_output") for t in tags["images"])
     ck = load_checkpoint(result["checkpoint"])
-    assert ck["model_name"] == "neat_tiny" and ck["step"] == 10 and ck["config"]["schedule"]["max_steps"] == 10
+    assert ck["model_name"] == "neat_tiny" and ck["step"] == 8 and ck["config"]["schedule"]["max_steps"] == 8
     assert ck["model_config"]["w_adv"] == 0.0  # self-describing: the model can be rebuilt from the file alone
+    from train.models import load_model_from_checkpoint
+
+    rebuilt = load_model_from_checkpoint(result["checkpoint"])
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), ck["model"].values()))
 
 
 def test_checkpoint_sigkill_resume_matches_an_uninterrupted_run(tmp_path, shard_root):
