@@ -40,18 +40,18 @@ def _make_one(args: tuple[int, int, int, str]) -> tuple[str, int, str]:
     i, min_side, seed, root = args
     rng = np.random.default_rng(seed + i)
     small = i % 10 == 9  # one in ten below min_side: filtered by both tools
-    short = int(min_side * (rng.uniform(0.6, 0.9) if small else rng.uniform(1.0, 1.25)))
+    short = int(min_side * (rng.uniform(0.8, 0.95) if small else rng.uniform(1.0, 1.25)))
     long = int(short * rng.uniform(1.2, 1.5))
     kind = i % 2
-    img = synthetic.photo_like(long, short, seed=rng, noise=14.0) if kind == 0 else \
+    img = synthetic.photo_like(long, short, seed=rng, noise=8.0) if kind == 0 else \
         synthetic.artwork_like(long, short, seed=rng)
     if kind == 1:
         # artwork-like images compress very well; a little grain brings them into the 0.3-1 MB range
-        arr = np.asarray(img, dtype=np.int16) + rng.normal(0, 7, size=(short, long, 1)).astype(np.int16)
+        arr = np.asarray(img, dtype=np.int16) + rng.normal(0, 5, size=(short, long, 1)).astype(np.int16)
         from PIL import Image
 
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    data = synthetic.encode(img, "JPEG", quality=95)
+    data = synthetic.encode(img, "JPEG", quality=92)
     name = f"b{i:06d}.jpg"
     Path(root, name).write_bytes(data)
     return name, len(data), "flickr" if kind == 0 else "behance"
@@ -79,9 +79,13 @@ def _serve(root: str, port_q) -> None:
 
 # --------------------------------------------------------------------------------------------------- measuring
 class TreeMemory:
-    """Peak RSS summed over a process and all its descendants, sampled every ``interval`` seconds."""
+    """Peak memory summed over a process and all its descendants, sampled every ``interval`` seconds.
 
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
+    PSS (proportional set size) rather than RSS: Ray's object store is shared memory mapped by many processes,
+    and RSS would count those pages once per process.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
         import psutil
 
         self.proc = psutil.Process(pid)
@@ -100,7 +104,8 @@ class TreeMemory:
                 total = 0
                 for p in procs:
                     try:
-                        total += p.memory_info().rss
+                        info = p.memory_full_info()
+                        total += getattr(info, "pss", info.rss)
                     except psutil.Error:
                         pass
                 self.peak = max(self.peak, total)
@@ -114,13 +119,16 @@ class TreeMemory:
         return self.peak
 
 
-def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[float, int, str]:
+def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None,
+                 log_path: Path | None = None) -> tuple[float, int, str]:
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mem = TreeMemory(proc.pid)
     out, _ = proc.communicate()
     wall = time.monotonic() - t0
     peak = mem.stop()
+    if log_path is not None:
+        log_path.write_text(out)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{out[-4000:]}")
     return wall, peak, out
@@ -134,14 +142,18 @@ def run_bbst(urls: Path, out: Path, args) -> dict:
            "--set", f"reader.rows_per_partition={args.rows_per_partition}", "--set", "progress_interval_s=30"]
     env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
     env.pop("RAY_ADDRESS", None)
-    wall, peak, _ = run_measured(cmd, env=env)
+    wall, peak, _ = run_measured(cmd, env=env, log_path=out.with_suffix(".log"))
     summary = json.loads((out / "summary.json").read_text())
     meta = pa.concat_tables([pq.read_table(p) for p in sorted((out / "meta").glob("*.parquet"))])
-    kept = {u for u, s in zip(meta["url"].to_pylist(), meta["status"].to_pylist()) if s == "ok"}
+    statuses = meta["status"].to_pylist()
+    kept = {u for u, s in zip(meta["url"].to_pylist(), statuses) if s == "ok"}
+    # img2dataset does not deduplicate: compare its kept set with ours plus what our dedup removed
+    deduped = {u for u, s in zip(meta["url"].to_pylist(), statuses) if s in ("duplicate", "near_duplicate")}
     ok = summary["counts_by_status"]["ok"]
     return {"tool": "build_bbst", "wall_s": wall, "ok": ok, "startup_s": wall - summary["duration_seconds"],
             "images_per_s_wall": ok / wall, "images_per_s_processing": ok / summary["duration_seconds"],
-            "peak_rss_mb": peak / 2**20, "kept": kept}
+            "peak_pss_mb": peak / 2**20, "kept": kept, "deduped": deduped,
+            "phase_seconds": summary.get("phase_seconds"), "rows": summary["rows_in"]}
 
 
 def run_i2d(urls: Path, out: Path, args) -> dict:
@@ -150,7 +162,7 @@ def run_i2d(urls: Path, out: Path, args) -> dict:
            "--resize_mode", "no", "--min_image_size", str(args.min_side), "--processes_count", str(args.processes),
            "--thread_count", str(args.threads), "--number_sample_per_shard", str(args.rows_per_partition),
            "--enable_wandb", "False", "--distributor", "multiprocessing"]
-    wall, peak, _ = run_measured(cmd)
+    wall, peak, _ = run_measured(cmd, log_path=out.with_suffix(".log"))
     kept, ok = set(), 0
     starts, ends = [], []
     for p in sorted(out.glob("*.parquet")):
@@ -167,7 +179,7 @@ def run_i2d(urls: Path, out: Path, args) -> dict:
     processing = (max(ends) - min(starts)) if starts else wall
     return {"tool": "img2dataset", "wall_s": wall, "ok": ok, "startup_s": wall - processing,
             "images_per_s_wall": ok / wall, "images_per_s_processing": ok / processing,
-            "peak_rss_mb": peak / 2**20, "kept": kept}
+            "peak_pss_mb": peak / 2**20, "kept": kept, "deduped": set()}
 
 
 def _floor_one(path: str) -> int:
@@ -236,9 +248,11 @@ def main(argv: list[str] | None = None) -> dict:
                 res = fn(urls, work / f"{name}-{r}", args)
                 res["round"] = r
                 results.append(res)
+                if res.get("phase_seconds"):
+                    print(f"round {r} {name} phases (s): {res['phase_seconds']}", flush=True)
                 print(f"round {r} {name}: wall {res['wall_s']:.1f}s, ok {res['ok']}, start-up {res['startup_s']:.1f}s, "
                       f"{res['images_per_s_wall']:.1f} images/s (wall), {res['images_per_s_processing']:.1f} "
-                      f"images/s (processing), peak RSS {res['peak_rss_mb']:.0f} MiB", flush=True)
+                      f"images/s (processing), peak PSS {res['peak_pss_mb']:.0f} MiB", flush=True)
         mem = None
         if args.memory_rows:
             padded = work / "urls-padded.parquet"
@@ -246,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
             pq.write_table(pa.table({"url": [f"{base}/{n}" for n, _, _ in items] + extra,
                                      "source": [s for _, _, s in items] + ["flickr"] * len(extra)}), padded)
             mem = run_bbst(padded, work / "build_bbst-padded", args)
-            print(f"memory check: {len(items) + len(extra)} rows -> peak RSS {mem['peak_rss_mb']:.0f} MiB", flush=True)
+            print(f"memory check: {len(items) + len(extra)} rows -> peak PSS {mem['peak_pss_mb']:.0f} MiB", flush=True)
     finally:
         server.terminate()
 
@@ -256,28 +270,30 @@ def main(argv: list[str] | None = None) -> dict:
 
     ours, theirs = best("build_bbst"), best("img2dataset")
     report = {"floor_images_per_s": floor["images_per_s"], "rounds": [
-        {k: v for k, v in r.items() if k != "kept"} for r in results]}
+        {k: v for k, v in r.items() if k not in ("kept", "deduped")} for r in results]}
     print("\n== summary (best round per tool) ==")
     print(f"floor (read+sha256+full decode, {os.cpu_count()} procs): {floor['images_per_s']:.1f} images/s")
     for r in (ours, theirs):
         if r:
             print(f"{r['tool']:>12}: wall {r['wall_s']:.1f}s | {r['images_per_s_wall']:.1f} images/s with start-up | "
                   f"{r['images_per_s_processing']:.1f} without | start-up {r['startup_s']:.1f}s | "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MiB | kept {r['ok']}")
+                  f"peak PSS {r['peak_pss_mb']:.0f} MiB | kept {r['ok']}")
     if ours and theirs:
-        same = all(r["kept"] == results[0]["kept"] for r in results)
-        report.update(same_kept_set=same, ratio_wall=ours["images_per_s_wall"] / theirs["images_per_s_wall"],
+        same = all(r["kept"] | r["deduped"] == theirs["kept"] for r in results)
+        report.update(same_kept_set_modulo_dedup=same, deduplicated_by_bbst=len(ours["deduped"]), ratio_wall=ours["images_per_s_wall"] / theirs["images_per_s_wall"],
                       ratio_processing=ours["images_per_s_processing"] / theirs["images_per_s_processing"])
-        print(f"same kept set in every run: {same} ({len(ours['kept'])} vs {len(theirs['kept'])}; "
-              f"only ours {len(ours['kept'] - theirs['kept'])}, only img2dataset {len(theirs['kept'] - ours['kept'])})")
+        print(f"same kept set in every run (ours + what our dedup removed == img2dataset's): {same}; "
+              f"{len(ours['kept'])} vs {len(theirs['kept'])}, {len(ours['deduped'])} removed by our dedup "
+              f"(img2dataset has none); only ours {len(ours['kept'] - theirs['kept'])}, "
+              f"only img2dataset {len(theirs['kept'] - ours['kept'] - ours['deduped'])}")
         print(f"ratio build_bbst / img2dataset: {report['ratio_wall']:.2f}x with start-up, "
               f"{report['ratio_processing']:.2f}x without")
     if ours:
         report["fraction_of_floor"] = ours["images_per_s_processing"] / floor["images_per_s"]
         print(f"build_bbst / floor: {report['fraction_of_floor']:.0%} (processing rate)")
     if mem:
-        report["memory_check"] = {"rows": args.images + args.memory_rows, "peak_rss_mb": mem["peak_rss_mb"],
-                                  "baseline_peak_rss_mb": ours["peak_rss_mb"]}
+        report["memory_check"] = {"rows": args.images + args.memory_rows, "peak_pss_mb": mem["peak_pss_mb"],
+                                  "baseline_peak_pss_mb": ours["peak_pss_mb"]}
     print(json.dumps(report, indent=2, default=str))
     return report
 
