@@ -217,3 +217,20 @@ def test_exif_orientation_is_applied_on_both_decode_paths(orientation):
     t = orient_tensor(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)), orientation)
     assert t.shape[1:] == (upright.size[1], upright.size[0])
     assert np.abs(t.permute(1, 2, 0).numpy()[:64, :64].astype(float) - ref).mean() < 6
+
+
+def test_resume_reads_only_the_buffered_and_next_samples(shards, monkeypatch):
+    import train.data as data_mod
+
+    data, cfg = _cfgs(shards)  # in-process (num_workers=0) so the reads can be counted
+    first = ShardPairLoader(data, cfg)
+    _stream(first, 8)  # 16 pairs consumed: 32 samples emitted, more read into the buffers
+    state = first.state_dict()
+    reads = []
+    original = data_mod.ShardReader.read
+    monkeypatch.setattr(data_mod.ShardReader, "read", lambda self: reads.append(1) or original(self))
+    resumed = ShardPairLoader(data, cfg)
+    resumed.load_state_dict(state)
+    _stream(resumed, 1)
+    # restoring = one read per buffered sample (2 streams x 4) + filling for one batch (2 pairs); no replay
+    assert len(reads) <= 2 * (cfg.shuffle_buffer + 1) + 2 * cfg.batch_size + 2 * cfg.open_shards < 32
