@@ -165,6 +165,14 @@ def test_generator_and_discriminator_steps_finite_and_differentiable():
     assert all(p.grad is None for p in model.decoder.parameters())  # D step never touches the generator
 
 
+def test_r1_penalties_are_logged_and_differentiable():
+    model = create_model("test_neat", w_r1=10.0, w_patch_r1=1.0)
+    dloss, dlogs = model.discriminator_step(_batch(size=64))
+    assert dlogs["r1"] >= 0 and dlogs["patch_r1"] > 0
+    dloss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.patch_disc_simple.parameters())
+
+
 def test_no_discriminator_gives_zero_loss_and_config_roundtrip():
     model = create_model("test_neat", w_adv=0.0, w_patch_simple=0.0, w_patch_complex=0.0, w_style_nce_d=0.0)
     dloss, logs = model.discriminator_step(_batch())

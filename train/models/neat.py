@@ -59,6 +59,7 @@ class NeATConfig:
     w_patch_simple: float = 0.25  # Sobel-simple patch co-occurrence loss (paper: 0.25)
     w_patch_complex: float = 0.75  # Sobel-complex patch co-occurrence loss (paper: 0.75)
     w_r1: float = 0.0  # R1 penalty on real images for the domain discriminator (0 = off)
+    w_patch_r1: float = 0.0  # R1 penalty on real style patches of both patch discriminators (Swapping AE: 1.0)
     style_layers: tuple[str, ...] = STYLE_LAYERS  # VGG taps of the style and identity-feature losses
     adv_type: str = "nsgan"  # "nsgan" (paper Eq. 2), "hinge" or "lsgan"
     contrast_tau: float = 0.2  # temperature of the stylisation contrastive losses (ContraAST)
@@ -489,10 +490,14 @@ class NeAT(nn.Module):
                 terms["r1"] = sum(L.r1_penalty(r, real_in) for r in real_logits) / len(real_logits)
         if cfg.w_patch_simple or cfg.w_patch_complex:
             (st_s, out_s), (st_c, out_c) = self._patch_tiers(out, content[ci], style[si])
+            if cfg.w_patch_r1 > 0:  # the penalty differentiates the real logits w.r.t. the real patches
+                st_s, st_c = st_s.detach().requires_grad_(), st_c.detach().requires_grad_()
             real_s, fake_s = self._patch_logits(self.patch_disc_simple, st_s, out_s)
             real_c, fake_c = self._patch_logits(self.patch_disc_complex, st_c, out_c)
             terms["patch_simple"] = L.adversarial_d(real_s, fake_s, "nsgan")
             terms["patch_complex"] = L.adversarial_d(real_c, fake_c, "nsgan")
+            if cfg.w_patch_r1 > 0:
+                terms["patch_r1"] = L.r1_penalty(real_s, st_s) + L.r1_penalty(real_c, st_c)
         if cfg.w_style_nce_d and "style2" in batch and b > 1:
             with torch.no_grad():
                 f1 = self.vgg(style, cfg.style_nce_layers)
@@ -502,7 +507,7 @@ class NeAT(nn.Module):
             terms["style_nce"] = sum(L.info_nce(p1[n], p2[n], eye, cfg.nce_tau) + L.info_nce(p2[n], p1[n], eye,
                                                                                              cfg.nce_tau)
                                      for n in cfg.style_nce_layers) / (2 * len(cfg.style_nce_layers))
-        weights = {"adv": cfg.w_adv, "r1": cfg.w_r1, "patch_simple": cfg.w_patch_simple,
+        weights = {"adv": cfg.w_adv, "r1": cfg.w_r1, "patch_r1": cfg.w_patch_r1, "patch_simple": cfg.w_patch_simple,
                    "patch_complex": cfg.w_patch_complex, "style_nce": cfg.w_style_nce_d}
         if not terms:
             loss = sum(p.sum() * 0.0 for p in self.discriminator_parameters())
