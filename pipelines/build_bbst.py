@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,9 @@ def _to_table(batch: dict[str, np.ndarray], drop: frozenset[str] = frozenset()) 
             cols[name] = pa.array(vals, from_pandas=True)
         else:
             cols[name] = pa.array(arr, from_pandas=True)  # NaN -> null
+        if len(arr) and cols[name].null_count == len(arr):
+            # an all-missing column arrives as NaN floats; give it its real type so batches concatenate
+            cols[name] = pa.nulls(len(arr), META_TYPES.get(name, pa.null()))
     return pa.table(cols)
 
 
@@ -249,12 +253,16 @@ def stage_inputs(cfg: BuildConfig, store: Store) -> dict[int, int]:
     return partitions
 
 
-def _read_staged_inputs(batch: dict[str, np.ndarray], fs, root: str) -> pa.Table:
-    tables = []
+def _read_staged_inputs(batch: dict[str, np.ndarray], fs, root: str, rows_per_block: int) -> Iterator[pa.Table]:
+    """Yield the staged URL rows of the given partitions in blocks of ``rows_per_block`` rows.
+
+    Small blocks spread one partition over all downloader actors instead of handing it to one of them.
+    """
     for p in batch["partition"]:
         with fs.open(f"{root}/{STAGING}/input/part-{int(p):06d}.parquet", "rb") as f:
-            tables.append(pq.read_table(f))
-    return _concat(tables)
+            table = pq.read_table(f)
+        for start in range(0, table.num_rows, rows_per_block):
+            yield table.slice(start, rows_per_block)
 
 
 def download_and_check(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> None:
@@ -272,8 +280,13 @@ def download_and_check(cfg: BuildConfig, store: Store, partitions: dict[int, int
         return
     # one block per pending partition, read by a small task through the run's own fsspec filesystem
     ds = ray.data.from_items([{"partition": p} for p in pending], override_num_blocks=len(pending))
-    ds = ds.map_batches(_read_staged_inputs, fn_args=(store.fs, store.root), batch_size=1, batch_format="numpy",
-                        num_cpus=cfg.ray.read_num_cpus)
+    # Ray Data fuses a task stage into the next actor stage when their resources match; fused, a partition's
+    # blocks would all go to one downloader, so the read asks for a (slightly) different CPU share.
+    read_cpus = cfg.ray.read_num_cpus
+    if read_cpus == cfg.ray.download_num_cpus:
+        read_cpus /= 2
+    ds = ds.map_batches(_read_staged_inputs, fn_args=(store.fs, store.root, cfg.ray.download_batch_size), batch_size=1,
+                        batch_format="numpy", num_cpus=read_cpus)
     ds = ds.map_batches(
         Downloader,
         fn_constructor_args=(cfg.download,),
@@ -285,7 +298,7 @@ def download_and_check(cfg: BuildConfig, store: Store, partitions: dict[int, int
     check_actors = cfg.ray.check_actors
     if not check_actors:
         # what the read tasks and downloaders leave of the cluster's CPUs; taking more would starve the reads
-        spare = ray.cluster_resources().get("CPU", 1) - cfg.ray.read_num_cpus - \
+        spare = ray.cluster_resources().get("CPU", 1) - read_cpus - \
             cfg.ray.download_actors * cfg.ray.download_num_cpus
         check_actors = max(1, int(spare // cfg.ray.check_num_cpus))
     ds = ds.map_batches(
@@ -305,6 +318,7 @@ def download_and_check(cfg: BuildConfig, store: Store, partitions: dict[int, int
     finally:
         stager.close()
     log.info(meter.line())
+    log.debug("Ray Data stats of the download graph:\n%s", ds.stats())
 
 
 def load_staged_rows(store: Store, partitions: dict[int, int]) -> pa.Table:
