@@ -165,6 +165,21 @@ def test_generator_and_discriminator_steps_finite_and_differentiable():
     assert all(p.grad is None for p in model.decoder.parameters())  # D step never touches the generator
 
 
+def test_style_nce_queue_is_filled_and_gives_negatives_to_a_batch_of_one():
+    model = create_model("test_neat", nce_queue_size=3)
+    before = model.nce_queue_relu3_1.clone()
+    model.discriminator_step(_batch(b=2))
+    assert int(model.nce_queue_ptr) == 2
+    assert not torch.equal(model.nce_queue_relu3_1[:2], before[:2]) and torch.equal(model.nce_queue_relu3_1[2],
+                                                                                     before[2])
+    model.discriminator_step(_batch(b=2))
+    assert int(model.nce_queue_ptr) == 1  # wraps around
+    assert "nce_queue_relu3_1" in model.state_dict()  # checkpoints carry the queue
+    _, dlogs = model.discriminator_step(_batch(b=1))
+    _, glogs, _ = model.generator_step(_batch(b=1))
+    assert dlogs["style_nce"] > 0 and glogs["style_nce"] > 0
+
+
 def test_r1_penalties_are_logged_and_differentiable():
     model = create_model("test_neat", w_r1=10.0, w_patch_r1=1.0)
     dloss, dlogs = model.discriminator_step(_batch(size=64))

@@ -64,6 +64,7 @@ class NeATConfig:
     adv_type: str = "nsgan"  # "nsgan" (paper Eq. 2), "hinge" or "lsgan"
     contrast_tau: float = 0.2  # temperature of the stylisation contrastive losses (ContraAST)
     nce_tau: float = 0.07  # temperature of the style-crop NCE (CAST)
+    nce_queue_size: int = 4096  # MoCo-style queue of past style-crop embeddings used as extra negatives (CAST: 4096)
     roll_pairs: bool = True  # also stylise (content i+1, style i) so same-style/same-content positives exist
     # --- discriminators and heads
     disc_width: int = 64  # first-layer channels of the multi-scale domain discriminator
@@ -278,6 +279,11 @@ class NeAT(nn.Module):
         self.patch_disc_complex = PatchCooccurrenceDiscriminator(cfg.patch_size, cfg.patch_disc_width,
                                                                  cfg.patch_disc_max_width, cfg.patch_mlp_width)
         self.style_projector = StyleProjector(ch, cfg.style_nce_layers, cfg.proj_dim)
+        # Negatives for the style NCE beyond the batch; buffers, so checkpoints and resume carry them.
+        for name in cfg.style_nce_layers:
+            self.register_buffer(f"nce_queue_{name}",
+                                 F.normalize(torch.randn(cfg.nce_queue_size, cfg.proj_dim), dim=1))
+        self.register_buffer("nce_queue_ptr", torch.zeros((), dtype=torch.long))
         self._loss_layers = tuple(dict.fromkeys(cfg.style_layers + cfg.style_nce_layers + ("relu3_1", "relu4_1",
                                                                                             "conv4_2")))
 
@@ -442,7 +448,7 @@ class NeAT(nn.Module):
                                                                 cfg.contrast_tau)
             terms["contrast_content"] = L.stylization_contrastive(self.content_head(ofeat["relu4_1"]), same_content,
                                                                   cfg.contrast_tau)
-        if cfg.w_style_nce and "style2" in batch and b > 1:
+        if cfg.w_style_nce and "style2" in batch and (b > 1 or cfg.nce_queue_size):
             terms["style_nce"] = self._style_nce_generator(ofeat, sfeat, batch["style2"], si)
         weights = {"style": cfg.w_style, "content": cfg.w_content, "identity_pixel": cfg.w_identity_pixel,
                    "identity_feature": cfg.w_identity_feature, "adv": cfg.w_adv,
@@ -465,12 +471,36 @@ class NeAT(nn.Module):
         b = style2.shape[0]
         key_style = torch.cat([torch.arange(b, device=si.device)] * 2)
         pos = si[:, None] == key_style[None, :]
+        pos = torch.cat([pos, pos.new_zeros(pos.shape[0], self.cfg.nce_queue_size)], dim=1)
         total = 0.0
         for name in self.cfg.style_nce_layers:
             # Keys are targets for the generator, not something it should move.
-            keys = torch.cat([k1[name], k2[name]]).detach()
+            keys = torch.cat([k1[name], k2[name], getattr(self, f"nce_queue_{name}")]).detach()
             total = total + L.info_nce(q[name], keys, pos, self.cfg.nce_tau)
         return total / len(self.cfg.style_nce_layers)
+
+    def _style_nce_discriminator(self, style: torch.Tensor, style2: torch.Tensor) -> torch.Tensor:
+        """CAST D-side NCE: two crops of one style image are positives; other styles and the queue are negatives."""
+        cfg = self.cfg
+        with torch.no_grad():
+            f1 = self.vgg(style, cfg.style_nce_layers)
+            f2 = self.vgg(style2, cfg.style_nce_layers)
+        p1, p2 = self.style_projector(f1), self.style_projector(f2)
+        b = style.shape[0]
+        eye = torch.eye(b, dtype=torch.bool, device=style.device)
+        pos = torch.cat([eye, eye.new_zeros(b, cfg.nce_queue_size)], dim=1)
+        total = 0.0
+        for n in cfg.style_nce_layers:
+            queue = getattr(self, f"nce_queue_{n}")
+            total = total + L.info_nce(p1[n], torch.cat([p2[n], queue]), pos, cfg.nce_tau) \
+                + L.info_nce(p2[n], torch.cat([p1[n], queue]), pos, cfg.nce_tau)
+        if cfg.nce_queue_size:
+            with torch.no_grad():  # enqueue this batch's second crops, overwriting the oldest entries
+                idx = (self.nce_queue_ptr + torch.arange(b, device=style.device)) % cfg.nce_queue_size
+                for n in cfg.style_nce_layers:
+                    getattr(self, f"nce_queue_{n}")[idx] = p2[n].detach().to(torch.float32)
+                self.nce_queue_ptr.copy_((self.nce_queue_ptr + b) % cfg.nce_queue_size)
+        return total / (2 * len(cfg.style_nce_layers))
 
     def discriminator_step(self, batch: dict[str, torch.Tensor]):
         cfg = self.cfg
@@ -498,15 +528,8 @@ class NeAT(nn.Module):
             terms["patch_complex"] = L.adversarial_d(real_c, fake_c, "nsgan")
             if cfg.w_patch_r1 > 0:
                 terms["patch_r1"] = L.r1_penalty(real_s, st_s) + L.r1_penalty(real_c, st_c)
-        if cfg.w_style_nce_d and "style2" in batch and b > 1:
-            with torch.no_grad():
-                f1 = self.vgg(style, cfg.style_nce_layers)
-                f2 = self.vgg(batch["style2"], cfg.style_nce_layers)
-            p1, p2 = self.style_projector(f1), self.style_projector(f2)
-            eye = torch.eye(b, dtype=torch.bool, device=style.device)
-            terms["style_nce"] = sum(L.info_nce(p1[n], p2[n], eye, cfg.nce_tau) + L.info_nce(p2[n], p1[n], eye,
-                                                                                             cfg.nce_tau)
-                                     for n in cfg.style_nce_layers) / (2 * len(cfg.style_nce_layers))
+        if cfg.w_style_nce_d and "style2" in batch and (b > 1 or cfg.nce_queue_size):
+            terms["style_nce"] = self._style_nce_discriminator(style, batch["style2"])
         weights = {"adv": cfg.w_adv, "r1": cfg.w_r1, "patch_r1": cfg.w_patch_r1, "patch_simple": cfg.w_patch_simple,
                    "patch_complex": cfg.w_patch_complex, "style_nce": cfg.w_style_nce_d}
         if not terms:
@@ -521,7 +544,7 @@ class NeAT(nn.Module):
 _TINY = {"vgg_weights": None, "vgg_width": 1 / 16, "decoder_width": 1 / 16, "num_blocks": 2, "max_style_tokens": 256,
          "attention_chunk": 64, "prior_bilateral_diameter": 5, "disc_width": 8, "disc_scales": 2, "patch_size": 16,
          "patch_num_crops": 2, "patch_min_scale": 0.25, "patch_max_scale": 0.5, "patch_disc_width": 8,
-         "patch_disc_max_width": 32, "patch_mlp_width": 64, "proj_dim": 16}
+         "patch_disc_max_width": 32, "patch_mlp_width": 64, "proj_dim": 16, "nce_queue_size": 8}
 
 
 def _build(defaults: dict, overrides: dict) -> NeAT:
