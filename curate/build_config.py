@@ -45,6 +45,7 @@ class RayConfig:
     check_actors: int = 0  # image-check actors; 0 = as many as the CPUs left by reads and downloaders allow
     check_num_cpus: float = 0.5  # CPUs reserved per image-check actor (decode bound)
     check_batch_size: int = 16  # rows per image-check call
+    block_mb: int = 16  # target Ray Data block size in MiB (small blocks pipeline download and check)
     read_num_cpus: float = 0.1  # CPUs per staging-input read task (kept unlike download_num_cpus: no fusion)
 
 

@@ -278,6 +278,9 @@ def download_and_check(cfg: BuildConfig, store: Store, partitions: dict[int, int
         log.info("resume: %d of %d partitions already staged", len(done & set(partitions)), len(partitions))
     if not pending:
         return
+    # Small blocks keep the stages pipelined: with Ray's default (128 MiB) a whole partition's images would
+    # travel as one block, checked by one actor only after every download of that partition finished.
+    ray.data.DataContext.get_current().target_max_block_size = cfg.ray.block_mb * 2**20
     # one block per pending partition, read by a small task through the run's own fsspec filesystem
     ds = ray.data.from_items([{"partition": p} for p in pending], override_num_blocks=len(pending))
     # Ray Data fuses a task stage into the next actor stage when their resources match; fused, a partition's
