@@ -35,8 +35,16 @@ def build_demo_classifier(images: list[bytes], labels: list[int], out_dir: str, 
     shas = [sha256_bytes(b) for b in images]
     # small corpora: keep at least a few validation rows per class so calibration has something to fit
     val_fraction = 0.25 if len(images) >= 16 else 0.5
-    result = train_head(feats, labels_arr, shas, val_fraction=val_fraction, seed=seed, hidden=model.cfg.head.hidden,
-                        dropout=model.cfg.head.dropout, max_epochs=200)
+    result = None
+    for attempt in range(8):
+        # a handful of images can hash into an empty or one-class split; another split seed fixes that
+        try:
+            result = train_head(feats, labels_arr, shas, val_fraction=val_fraction, seed=seed + attempt,
+                                hidden=model.cfg.head.hidden, dropout=model.cfg.head.dropout, max_epochs=200)
+            break
+        except ValueError as exc:
+            if attempt == 7 or "split" not in str(exc):
+                raise
     version = save_classifier(out_dir, model, result, training_data_hash=data_hash(zip(shas, labels_arr)),
                               extra={"demo": True, "note": "demo classifier: random-init tiny backbone, generated "
                                      "images; not for real data"})
