@@ -90,7 +90,7 @@ def render_report(summary: dict, meta: pa.Table, thumbnails: dict[str, list[tupl
         parts.append(f"<tr><td>{s}</td><td class='n'>{summary['counts_by_subset'].get(s, 0)}</td></tr>")
     parts.append("</table>")
     parts.append("<h2>Resolution</h2><div id='resolution'>")
-    parts.append(_img(_histogram_png(short_sides, "short side, all decoded images", "pixels"), "short side (all)"))
+    parts.append(_img(_histogram_png(short_sides, "short side, all readable headers", "pixels"), "short side (all)"))
     parts.append(_img(_histogram_png(kept_short, "short side, kept images", "pixels"), "short side (kept)"))
     parts.append("</div><h2>Scores</h2><div id='scores'>")
     if scores:
