@@ -25,11 +25,10 @@ class StyleScorer:
     """
 
     def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 32,
-                 num_threads: int | None = None, checkpoint_path: str | None = None):
+                 num_threads: int | None = None):
         from classifier.checkpoint import load_classifier
         from classifier.transforms import ImageTransform
 
-        checkpoint = checkpoint or checkpoint_path  # checkpoint_path: the name build_bbst's score stage passes
         if not checkpoint:
             raise ValueError("StyleScorer needs a checkpoint (folder or its config.json)")
 

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from curate.config import field_comments
 from curate.dedup import DedupConfig
 from curate.downloader import DownloadConfig
 from curate.imagecheck import ImageCheckConfig
@@ -63,6 +64,7 @@ class BuildConfig:
     report: bool = True  # write DIR/report.html
     report_thumbnails: int = 8  # thumbnails per subset in the report
     demo_images: int = 40  # generated images in the built-in demo corpus (when urls is None)
+    demo_classifier: bool = True  # the demo bootstraps a DEMO classifier from its known labels and scores with it
     reader: ReaderConfig = field(default_factory=ReaderConfig)  # URL-list reading and partitioning
     download: DownloadConfig = field(default_factory=DownloadConfig)  # HTTP download policy
     check: ImageCheckConfig = field(default_factory=ImageCheckConfig)  # header checks, filters, validation
@@ -95,25 +97,6 @@ def iter_field_paths(cls: type, prefix: str = "") -> list[str]:
     return out
 
 
-def _field_comments(cls: type) -> dict[str, str]:
-    """``{field: comment}`` from the ``name: type = default  # comment`` lines of a dataclass's source."""
-    import inspect
-    import re
-
-    comments: dict[str, str] = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    current = None
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"^    (\w+): [^#]*?(?:#\s*(.*))?$", line)
-        if m and m.group(1) in names:
-            current = m.group(1)
-            if m.group(2):
-                comments[current] = m.group(2).strip()
-        elif current and current not in comments and "#" in line:
-            comments[current] = line.split("#", 1)[1].strip()  # comment on a continuation line
-    return comments
-
-
 def example_yaml(cls: type = BuildConfig, indent: int = 0) -> str:
     """The default config of ``cls`` as commented YAML: every option, its default and its one-line comment."""
     import typing
@@ -121,7 +104,7 @@ def example_yaml(cls: type = BuildConfig, indent: int = 0) -> str:
     import yaml
 
     hints = typing.get_type_hints(cls)
-    comments = _field_comments(cls)
+    comments = field_comments(cls)
     default = cls()
     pad = " " * indent
     lines = []

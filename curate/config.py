@@ -176,3 +176,26 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | 
         data = merge(data, parse_overrides(sets))
         source += " + --set"
     return from_dict(cls, data, source)
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """``{field: comment}`` from the ``name: type = default  # comment`` lines of a dataclass's source.
+
+    The comments on config dataclasses are their documentation: the example YAML and the ``--help`` of the
+    entry scripts are generated from them.
+    """
+    import inspect
+    import re
+
+    comments: dict[str, str] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    current = None
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"^    (\w+): [^#]*?(?:#\s*(.*))?$", line)
+        if m and m.group(1) in names:
+            current = m.group(1)
+            if m.group(2):
+                comments[current] = m.group(2).strip()
+        elif current and current not in comments and "#" in line:
+            comments[current] = line.split("#", 1)[1].strip()  # comment on a continuation line
+    return comments

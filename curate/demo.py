@@ -122,6 +122,19 @@ def write_url_list(path: str | Path, base_url: str, rows: list[dict]) -> Path:
     return path
 
 
+def known_labels(url_list: str | Path) -> list[tuple[Path, int]]:
+    """``(image file, label)`` for every image of a demo corpus that a correct pipeline keeps.
+
+    ``url_list`` is the list :func:`demo_corpus` yields. Label 1 = artwork-like (stylistic, served as source
+    ``behance``), 0 = photo-like (``flickr``): the ground truth the demo classifier is bootstrapped from.
+    """
+    url_list = Path(url_list)
+    table = pq.read_table(url_list, columns=["url", "source", "expect"]).to_pylist()
+    images = url_list.parent / "images"
+    return [(images / r["url"].rsplit("/", 1)[-1], int(r["source"] == "behance"))
+            for r in table if r["expect"] == "ok"]
+
+
 @contextlib.contextmanager
 def demo_corpus(root: str | Path, n_images: int = 40, min_side: int = 1024, seed: int = 0) -> Iterator[Path]:
     """Build the corpus in ``root``, serve it on loopback and yield the path of its URL list."""

@@ -10,25 +10,53 @@ import numpy as np
 
 from curate.schema import SUBSETS, Status
 
+DEFAULT_THRESHOLD = 0.5  # split threshold on P(stylistic) when neither the config nor the classifier gives one
+
 
 @dataclasses.dataclass
 class SplitConfig:
     source_sides: dict[str, str] = dataclasses.field(
         default_factory=lambda: {"behance": "style", "wikiart": "style", "flickr": "content", "unsplash": "content"}
     )  # input ``source`` value (case-insensitive) -> subset it feeds; unmapped sources count as "no source"
-    style_min_score: float = 0.5  # a style row needs P(stylistic) >= this (when scored)
-    content_max_score: float = 0.5  # a content row needs P(stylistic) <= this (when scored)
+    # a style row needs P(stylistic) >= style_min_score and a content row <= content_max_score (when scored);
+    # None takes the threshold stored in the classifier checkpoint (chosen there for a target precision per side)
+    style_min_score: float | None = None  # P(stylistic) floor for style; None: the classifier's style threshold
+    content_max_score: float | None = None  # P(stylistic) ceiling for content; None: the classifier's threshold
     default_subset: Literal["style", "content", "none"] = "content"  # no mapped source, no score ("none": filtered)
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in self.source_sides.items() if v not in SUBSETS}
         if bad:
             raise ValueError(f"source_sides values must be one of {list(SUBSETS)}, got {bad}")
-        if not (0.0 <= self.content_max_score <= 1.0 and 0.0 <= self.style_min_score <= 1.0):
-            raise ValueError("style_min_score and content_max_score must be in [0, 1]")
-        if self.content_max_score > self.style_min_score:
+        for name in ("style_min_score", "content_max_score"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        both = self.style_min_score is not None and self.content_max_score is not None
+        if both and self.content_max_score > self.style_min_score:
             raise ValueError("content_max_score must be <= style_min_score (a score may not qualify for both)")
         self.source_sides = {k.lower(): v for k, v in self.source_sides.items()}
+
+    def style_threshold(self) -> float:
+        return DEFAULT_THRESHOLD if self.style_min_score is None else self.style_min_score
+
+    def content_threshold(self) -> float:
+        return DEFAULT_THRESHOLD if self.content_max_score is None else self.content_max_score
+
+    def with_classifier_thresholds(self, thresholds: dict | None) -> SplitConfig:
+        """This config with every threshold left at None taken from a classifier's ``{"style", "content"}``.
+
+        A threshold the config sets wins over the checkpoint's; a resulting pair that would let one score qualify
+        for both sides is an error naming where each value came from.
+        """
+        if not thresholds:
+            return self
+        style = self.style_min_score if self.style_min_score is not None else float(thresholds["style"])
+        content = self.content_max_score if self.content_max_score is not None else float(thresholds["content"])
+        if content > style:
+            raise ValueError(f"split thresholds conflict: content_max_score {content:g} > style_min_score {style:g} "
+                             f"(config {self.style_min_score}/{self.content_max_score}, classifier {thresholds})")
+        return dataclasses.replace(self, style_min_score=style, content_max_score=content)
 
 
 def _score(value: Any) -> float | None:
@@ -51,19 +79,19 @@ def decide(source: Any, score: Any, cfg: SplitConfig) -> tuple[str | None, str |
         if s is None:
             return side, None
         if side == "style":
-            if s >= cfg.style_min_score:
+            if s >= cfg.style_threshold():
                 return "style", None
-            return None, f"style source {source!r} but score {s:.3f} < style_min_score {cfg.style_min_score:g}"
-        if s <= cfg.content_max_score:
+            return None, f"style source {source!r} but score {s:.3f} < style_min_score {cfg.style_threshold():g}"
+        if s <= cfg.content_threshold():
             return "content", None
-        return None, f"content source {source!r} but score {s:.3f} > content_max_score {cfg.content_max_score:g}"
+        return None, f"content source {source!r} but score {s:.3f} > content_max_score {cfg.content_threshold():g}"
     if s is None:
         if cfg.default_subset == "none":
             return None, "no mapped source and no score (default_subset is none)"
         return cfg.default_subset, None
-    if s >= cfg.style_min_score:
+    if s >= cfg.style_threshold():
         return "style", None
-    if s <= cfg.content_max_score:
+    if s <= cfg.content_threshold():
         return "content", None
     return None, f"score {s:.3f} between content_max_score and style_min_score"
 

@@ -50,6 +50,7 @@ from curate import schema
 from curate.build_config import BuildConfig
 from curate.config import ConfigError, load_config, to_dict
 from curate.progress import ProgressMeter
+from curate.split import SplitConfig
 
 log = logging.getLogger("bbst.build")
 
@@ -57,6 +58,7 @@ STAGING = "_staging"
 REF_COLUMNS = ("_ref_path", "_ref_offset", "_ref_length")  # where an ok row's bytes live (staging or a tar)
 INTERNAL_COLUMNS = frozenset(REF_COLUMNS) | {"image"}
 DEFAULT_DEMO_OUT = "./bbst-demo"
+DEMO_CLASSIFIER_DIR = "demo-classifier"  # where the demo writes its bootstrapped classifier (local outputs)
 
 # Arrow types of the schema columns in the metadata Parquet files; pass-through columns keep their own.
 META_TYPES: dict[str, pa.DataType] = {c: pa.string() for c in schema.META_COLUMNS}
@@ -242,7 +244,7 @@ def stage_inputs(cfg: BuildConfig, store: Store) -> dict[int, int]:
         if previous.get("partitions") is not None:
             return {int(k): v for k, v in previous["partitions"].items()}
     partitions: dict[int, int] = {}
-    for p, table in iter_partitions(cfg.urls, cfg.reader):
+    for p, table in iter_partitions(cfg.urls, cfg.reader, storage_options=cfg.storage_options):
         partitions[p] = table.num_rows
         rel = f"{STAGING}/input/part-{p:06d}.parquet"
         if not store.exists(rel):
@@ -395,15 +397,24 @@ def read_refs(fs, root: str, paths, offsets, lengths) -> list[bytes]:
     return out
 
 
-def apply_scores(cfg: BuildConfig, store: Store, rows: pa.Table) -> tuple[pa.Table, str]:
-    """Phase 3a: score ok rows with the classifier (actor pool); cached in staging so a resume skips it."""
+def apply_scores(cfg: BuildConfig, store: Store, rows: pa.Table) -> tuple[pa.Table, str, dict | None]:
+    """Phase 3a: score ok rows with the classifier (actor pool); cached in staging so a resume skips it.
+
+    Returns the rows, a one-line account of the stage and the classifier's identity (path, version, demo flag,
+    thresholds; None when scoring is off).
+    """
     if not cfg.score.classifier:
         msg = "scoring skipped: no classifier given (set --classifier PATH to score and split by score)"
         log.info(msg)
-        return rows, msg
+        return rows, msg, None
     import ray
 
+    from classifier.checkpoint import read_checkpoint_config
+
     ckpt = cfg.score.classifier
+    _, meta = read_checkpoint_config(ckpt)  # a wrong or broken checkpoint fails here, before any actor starts
+    info = {"path": str(ckpt), "version": meta["version"], "demo": bool(meta.get("demo")),
+            "thresholds": dict(meta["thresholds"])}
     cache = f"{STAGING}/scores.parquet"
     status = rows["status"].to_numpy(zero_copy_only=False)
     ok_idx = np.nonzero(status == "ok")[0]
@@ -411,8 +422,8 @@ def apply_scores(cfg: BuildConfig, store: Store, rows: pa.Table) -> tuple[pa.Tab
     scores = None
     if store.exists(cache):
         cached = store.read_parquet(cache)
-        meta = cached.schema.metadata or {}
-        if meta.get(b"fingerprint", b"").decode() == fingerprint:
+        cached_meta = cached.schema.metadata or {}
+        if cached_meta.get(b"fingerprint", b"").decode() == fingerprint:
             scores = cached
             log.info("resume: scores loaded from %s", cache)
     if scores is None:
@@ -420,7 +431,7 @@ def apply_scores(cfg: BuildConfig, store: Store, rows: pa.Table) -> tuple[pa.Tab
 
         refs = rows.take(pa.array(ok_idx)).select(["key", *REF_COLUMNS])
         t0 = time.monotonic()
-        kwargs = {"checkpoint_path": ckpt, **cfg.score.options}
+        kwargs = {"checkpoint": ckpt, **cfg.score.options}
         if cfg.score.device:
             kwargs["device"] = cfg.score.device
         ds = ray.data.from_arrow(refs)
@@ -439,7 +450,8 @@ def apply_scores(cfg: BuildConfig, store: Store, rows: pa.Table) -> tuple[pa.Tab
         store.write_parquet(cache, scores)
         log.info("scored %d images in %.1fs", scores.num_rows, time.monotonic() - t0)
     rows = _merge_by_key(rows, scores, ("score", "classifier_version", "status", "error"))
-    return rows, f"scored with {ckpt}"
+    kind = "DEMO classifier" if info["demo"] else "classifier"
+    return rows, f"scored with {kind} {info['version']} ({ckpt})", info
 
 
 def _file_digest(path: str) -> str:
@@ -478,14 +490,14 @@ def _merge_by_key(rows: pa.Table, update: pa.Table, columns: tuple[str, ...]) ->
     return rows
 
 
-def apply_split(cfg: BuildConfig, rows: pa.Table) -> pa.Table:
+def apply_split(cfg: BuildConfig, rows: pa.Table, split: SplitConfig | None = None) -> pa.Table:
     """Phase 3b: assign ok rows to ``style``/``content``; ok rows that fit neither become ``score_filtered``."""
     from curate.split import assign_subsets
 
     batch = {c: np.array(rows[c].to_pylist(), dtype=object) for c in ("status", "error", "source")}
     if "score" in rows.column_names:
         batch["score"] = np.array(rows["score"].to_pylist(), dtype=object)
-    out = assign_subsets(batch, cfg.split)
+    out = assign_subsets(batch, split or cfg.split)
     for col in ("status", "error", "subset"):
         rows = _set_column(rows, col, pa.array(list(out[col]), pa.string()))
     return rows
@@ -625,8 +637,9 @@ def finalize(cfg: BuildConfig, store: Store, rows: pa.Table, t_start: float, sta
     phases = dict(phases or {})
     _remove_temporaries(store)
     t = time.monotonic()
-    rows, scoring = apply_scores(cfg, store, rows)
-    rows = apply_split(cfg, rows)
+    rows, scoring, classifier = apply_scores(cfg, store, rows)
+    split = cfg.split.with_classifier_thresholds(classifier["thresholds"] if classifier else None)
+    rows = apply_split(cfg, rows, split)
     phases["score_split"], t = time.monotonic() - t, time.monotonic()
     rows, entries = write_shards(cfg, store, rows)
     phases["shards"], t = time.monotonic() - t, time.monotonic()
@@ -635,7 +648,10 @@ def finalize(cfg: BuildConfig, store: Store, rows: pa.Table, t_start: float, sta
     manifest_entries = [{k: v for k, v in e.items() if k != "keys_digest"} for e in entries]
     write_manifest(store.path(schema.MANIFEST_FILE), manifest_entries, name=Path(store.root).name, fs=store.fs)
     phases["meta_manifest"] = time.monotonic() - t
-    extra = {**(extra or {}), "phase_seconds": {k: round(v, 3) for k, v in phases.items()}}
+    extra = {**(extra or {}), "classifier": classifier,
+             "split_thresholds": {"style_min_score": split.style_threshold(),
+                                  "content_max_score": split.content_threshold()},
+             "phase_seconds": {k: round(v, 3) for k, v in phases.items()}}
     summary = make_summary(rows, entries, time.monotonic() - t_start, startup, scoring, store.url, extra)
     store.write_json(schema.SUMMARY_FILE, summary)
     if cfg.report:
@@ -839,12 +855,43 @@ def run_demo(cfg: BuildConfig, explicit_out: bool, t0: float) -> dict:
     elif store.exists(STAGING):
         store.rm(STAGING, recursive=True)  # the demo's URLs change every run (new port), staging can't be reused
     with tempfile.TemporaryDirectory(prefix="bbst-demo-corpus-") as tmp:
+        t_setup = time.monotonic()
         log.info("demo: generating %d images (min side %d) and serving them on loopback",
                  cfg.demo_images, cfg.check.min_side)
         with demo_corpus(tmp, n_images=cfg.demo_images, min_side=cfg.check.min_side) as urls:
             demo_cfg = dataclasses.replace(cfg, urls=str(urls), out=out, allow_private_network=True)
+            if cfg.demo_classifier and not cfg.score.classifier:
+                # kept beside the demo output when that is local, so `--rescore` and the label app can reuse it
+                where = Path(out if "://" not in out else tmp) / DEMO_CLASSIFIER_DIR
+                ckpt = bootstrap_demo_classifier(urls, where)
+                demo_cfg = dataclasses.replace(demo_cfg, score=dataclasses.replace(cfg.score, classifier=ckpt))
+            setup = time.monotonic() - t_setup  # corpus and demo classifier: the demo's inputs, not start-up
             _init_ray()
-            return run_build(demo_cfg, startup=time.monotonic() - t0, extra={"demo": True})
+            return run_build(demo_cfg, startup=time.monotonic() - t0 - setup,
+                             extra={"demo": True, "demo_setup_seconds": round(setup, 3)})
+
+
+def bootstrap_demo_classifier(url_list: Path, out_dir: Path, extra_images: int = 200) -> str:
+    """Train the demo's classifier: random-init tiny backbones, a head fitted on known labels (never a real model).
+
+    The labels are the demo corpus's ground truth (artwork-like vs photo-like images that the pipeline keeps),
+    topped up with ``extra_images`` small images from the same generator so the head sees enough of both kinds.
+    """
+    from classifier.demo import build_demo_classifier
+    from curate import synthetic
+    from curate.demo import known_labels
+
+    labelled = known_labels(url_list)
+    images = [path.read_bytes() for path, _ in labelled]
+    labels = [label for _, label in labelled]
+    extra, extra_labels = synthetic.labelled_batch(extra_images, size=96, seed=1)
+    images += [synthetic.encode(im, "JPEG", quality=90) for im in extra]
+    labels += extra_labels.tolist()
+    t0 = time.monotonic()
+    ckpt = build_demo_classifier(images, labels, str(out_dir))
+    log.info("demo: trained the DEMO classifier on %d labelled images in %.1fs -> %s", len(images),
+             time.monotonic() - t0, out_dir)
+    return ckpt
 
 
 def print_summary(summary: dict) -> None:
@@ -855,6 +902,9 @@ def print_summary(summary: dict) -> None:
     print(f"  {summary['duration_seconds']:.1f}s processing (+{summary['startup_seconds']:.1f}s start-up), "
           f"{summary['images_per_second']} images/s; {summary['scoring']}", flush=True)
     print(f"  output: {summary['out']} (report.html, manifest.json, summary.json, meta/, shards/)", flush=True)
+    if (summary.get("classifier") or {}).get("demo"):
+        print("  note: the scores come from a DEMO classifier (random-init tiny backbones, generated images); "
+              "see the README for training a real one", flush=True)
 
 
 if __name__ == "__main__":

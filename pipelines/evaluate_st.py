@@ -27,8 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from curate.build_config import _field_comments
-from curate.config import ConfigError, load_config
+from curate.config import ConfigError, field_comments, load_config
 from pipelines.stylize import Stylizer, list_images, load_image, resize_max_side
 
 log = logging.getLogger("bbst.evaluate")
@@ -116,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", help="YAML file with EvalConfig fields")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a field")
-    helps = _field_comments(EvalConfig)  # the dataclass comments are the option docs
+    helps = field_comments(EvalConfig)  # the dataclass comments are the option docs
     for name in ("pairs", "content", "style", "vgg-weights", "lpips-net", "lpips-backbone", "inception-weights",
                  "device", "out"):
         p.add_argument(f"--{name}", default=None, help=helps.get(name.replace("-", "_")))

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from curate.build_config import _field_comments
-from curate.config import load_config
+from curate.config import field_comments, load_config
 
 log = logging.getLogger("bbst.stylize")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -121,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", help="YAML file with StylizeConfig fields")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a field")
-    helps = _field_comments(StylizeConfig)  # the dataclass comments are the option docs
+    helps = field_comments(StylizeConfig)  # the dataclass comments are the option docs
     for name, kind in (("checkpoint", str), ("content", str), ("style", str), ("out", str), ("alpha", float),
                        ("blur", float), ("max-side", int), ("style-size", int), ("attention-mode", str),
                        ("attention-chunk", int), ("max-style-tokens", int), ("device", str)):

@@ -186,9 +186,25 @@ def test_demo_runs_in_process_and_matches_expected_statuses(tmp_path, ray_local)
                                "--set", "progress_interval_s=0"])
     meta, _ = check_invariants(out)
     assert summary["demo"] is True
-    mismatched = [(r["url"], r["expect"], r["status"], r["error"]) for r in meta.to_pylist()
-                  if r["expect"] != r["status"]]
+    # the demo bootstraps a DEMO classifier and runs the score stage of a normal build with it
+    clf = summary["classifier"]
+    assert clf["demo"] is True and clf["version"].startswith("demo-") and "DEMO classifier" in summary["scoring"]
+    assert (out / build_bbst.DEMO_CLASSIFIER_DIR / "config.json").is_file()
+    # the split uses the checkpoint's thresholds (chosen for a target precision) when the config sets none
+    th = summary["split_thresholds"]
+    assert th == {"style_min_score": clf["thresholds"]["style"], "content_max_score": clf["thresholds"]["content"]}
+    rows = meta.to_pylist()
+    # a kept image may only be dropped by the classifier (score_filtered), never by anything unexpected
+    mismatched = [(r["url"], r["expect"], r["status"], r["error"]) for r in rows
+                  if r["expect"] != r["status"] and not (r["expect"] == "ok" and r["status"] == "score_filtered")]
     assert not mismatched
+    for r in rows:
+        if r["status"] in ("ok", "score_filtered"):
+            assert r["score"] is not None and r["classifier_version"] == clf["version"]
+        if r["status"] == "ok" and r["subset"] == "style":
+            assert r["source"] == "behance" and r["score"] >= th["style_min_score"]
+        if r["status"] == "ok" and r["subset"] == "content":
+            assert r["source"] == "flickr" and r["score"] <= th["content_max_score"]
     assert summary["counts_by_subset"]["style"] > 0 and summary["counts_by_subset"]["content"] > 0
     assert (out / schema.REPORT_FILE).stat().st_size > 1000
 

@@ -32,9 +32,11 @@ def s3_endpoint():
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     mp = pytest.MonkeyPatch()
-    # the URL-list reader uses plain fsspec.open, which takes credentials and endpoint from the environment
+    # no endpoint in the environment: the loopback endpoint reaches the URL-list reader, the output store and
+    # the Ray workers only through --set storage_options, as it would for a user's own S3-compatible store
+    mp.delenv("AWS_ENDPOINT_URL", raising=False)
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": endpoint, "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing"}.items():
+                 "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing"}.items():
         mp.setenv(k, v)
     yield endpoint
     mp.undo()

@@ -51,3 +51,16 @@ def test_config_validation():
         SplitConfig(source_sides={"x": "photos"})
     with pytest.raises(ValueError):
         SplitConfig(style_min_score=0.3, content_max_score=0.6)
+
+
+def test_unset_thresholds_come_from_the_classifier_and_config_values_win():
+    from_ckpt = {"style": 0.8, "content": 0.2, "target_precision": 0.95}
+    cfg = SplitConfig().with_classifier_thresholds(from_ckpt)
+    assert (cfg.style_min_score, cfg.content_max_score) == (0.8, 0.2)
+    assert decide("behance", 0.7, cfg)[0] is None and decide("behance", 0.85, cfg)[0] == "style"
+    cfg = SplitConfig(style_min_score=0.6).with_classifier_thresholds(from_ckpt)
+    assert (cfg.style_min_score, cfg.content_max_score) == (0.6, 0.2)
+    assert SplitConfig().with_classifier_thresholds(None) == SplitConfig()  # no classifier: 0.5 when scored
+    assert SplitConfig().style_threshold() == SplitConfig().content_threshold() == 0.5
+    with pytest.raises(ValueError, match="conflict"):
+        SplitConfig(style_min_score=0.1).with_classifier_thresholds(from_ckpt)
