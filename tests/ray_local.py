@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import importlib.util
+import socket
+
 import pytest
+
+# set by ray_local when the shared Ray runs a dashboard (its job-submission API): "http://127.0.0.1:PORT"
+DASHBOARD: dict[str, str | None] = {"url": None, "why_not": None}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """``ray.init(num_cpus=2)`` once per test session; yields the GCS address so subprocesses can attach."""
+    """``ray.init(num_cpus=2)`` once per test session; yields the GCS address so subprocesses can attach.
+
+    With ``ray[default]`` installed the dashboard runs too (bound to loopback), so ``ray job submit`` can be
+    tested against this same cluster; without it the job test skips and every other test is unaffected.
+    """
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        with_dashboard = importlib.util.find_spec("aiohttp_cors") is not None  # a ray[default] dependency
+        if with_dashboard:
+            ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                           dashboard_port=_free_port(), log_to_driver=False)
+            url = ctx.dashboard_url
+            DASHBOARD["url"] = f"http://{url}" if url else None
+            if not url:
+                DASHBOARD["why_not"] = "the Ray dashboard did not start (see the Ray logs)"
+        else:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            DASHBOARD["why_not"] = "ray[default] (the dashboard and its job API) is not installed"
     yield ray.get_runtime_context().gcs_address
     # no shutdown here: another module may hold the same session-scoped Ray; Ray shuts down at exit
