@@ -267,8 +267,12 @@ def _read_staged_inputs(batch: dict[str, np.ndarray], fs, root: str, rows_per_bl
             yield table.slice(start, rows_per_block)
 
 
-def download_and_check(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> None:
-    """Phase 1: Ray Data graph over the pending partitions; the driver stages and commits them."""
+def download_and_check(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> float | None:
+    """Phase 1: Ray Data graph over the pending partitions; the driver stages and commits them.
+
+    Returns the monotonic time at which the first checked rows reached the driver (None when nothing was
+    pending): the part of the phase before it is the actor pools' ramp-up (process start, imports, first batch).
+    """
     import ray
 
     from curate.downloader import Downloader
@@ -279,7 +283,7 @@ def download_and_check(cfg: BuildConfig, store: Store, partitions: dict[int, int
     if done:
         log.info("resume: %d of %d partitions already staged", len(done & set(partitions)), len(partitions))
     if not pending:
-        return
+        return None
     # Small blocks keep the stages pipelined: with Ray's default (128 MiB) a whole partition's images would
     # travel as one block, checked by one actor only after every download of that partition finished.
     ray.data.DataContext.get_current().target_max_block_size = cfg.ray.block_mb * 2**20
@@ -316,14 +320,17 @@ def download_and_check(cfg: BuildConfig, store: Store, partitions: dict[int, int
     )
     stager = PartitionStager(store, {p: partitions[p] for p in pending})
     meter = ProgressMeter(total=sum(partitions[p] for p in pending), interval_s=cfg.progress_interval_s)
+    first_rows = None
     try:
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+            first_rows = first_rows or time.monotonic()
             stager.add(batch)
             meter.update(batch["status"], batch.get("error"))
     finally:
         stager.close()
     log.info(meter.line())
     log.debug("Ray Data stats of the download graph:\n%s", ds.stats())
+    return first_rows
 
 
 def load_staged_rows(store: Store, partitions: dict[int, int]) -> pa.Table:
@@ -706,8 +713,10 @@ def run_build(cfg: BuildConfig, startup: float = 0.0, extra: dict | None = None)
     threading.Thread(target=_prewarm_writer, name="bbst-prewarm", daemon=True).start()
     partitions = stage_inputs(cfg, store)
     log.info("URL list: %d rows in %d partitions", sum(partitions.values()), len(partitions))
-    download_and_check(cfg, store, partitions)
+    first_rows = download_and_check(cfg, store, partitions)
     phases = {"read_download_check": time.monotonic() - t_start}
+    if first_rows is not None:
+        phases["until_first_rows"] = first_rows - t_start  # included in read_download_check
     log.info("staged all partitions after %.1fs", time.monotonic() - t_start)
     rows = load_staged_rows(store, partitions)
     rows = apply_dedup(cfg, rows)
