@@ -497,14 +497,14 @@ def _merge_by_key(rows: pa.Table, update: pa.Table, columns: tuple[str, ...]) ->
     return rows
 
 
-def apply_split(cfg: BuildConfig, rows: pa.Table, split: SplitConfig | None = None) -> pa.Table:
+def apply_split(rows: pa.Table, split: SplitConfig) -> pa.Table:
     """Phase 3b: assign ok rows to ``style``/``content``; ok rows that fit neither become ``score_filtered``."""
     from curate.split import assign_subsets
 
     batch = {c: np.array(rows[c].to_pylist(), dtype=object) for c in ("status", "error", "source")}
     if "score" in rows.column_names:
         batch["score"] = np.array(rows["score"].to_pylist(), dtype=object)
-    out = assign_subsets(batch, split or cfg.split)
+    out = assign_subsets(batch, split)
     for col in ("status", "error", "subset"):
         rows = _set_column(rows, col, pa.array(list(out[col]), pa.string()))
     return rows
@@ -646,7 +646,7 @@ def finalize(cfg: BuildConfig, store: Store, rows: pa.Table, t_start: float, sta
     t = time.monotonic()
     rows, scoring, classifier = apply_scores(cfg, store, rows)
     split = cfg.split.with_classifier_thresholds(classifier["thresholds"] if classifier else None)
-    rows = apply_split(cfg, rows, split)
+    rows = apply_split(rows, split)
     phases["score_split"], t = time.monotonic() - t, time.monotonic()
     rows, entries = write_shards(cfg, store, rows)
     phases["shards"], t = time.monotonic() - t, time.monotonic()
