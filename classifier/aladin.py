@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curate.errors import BbstError
+
 ALADIN_MEAN = (0.5, 0.5, 0.5)
 ALADIN_STD = (0.5, 0.5, 0.5)
 RELEASED_FILENAME = "aladinVIT_bamfg_64.47.pt"
@@ -57,7 +59,7 @@ _BLOCK = {
 }
 
 
-class AladinCheckpointError(ValueError):
+class AladinCheckpointError(BbstError, ValueError):
     """A file that does not have the ALADIN-ViT state-dict layout."""
 
 

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from curate.errors import BbstError
+
 FORMAT = "bbst-classifier"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(BbstError, ValueError):
     """A checkpoint that is missing, of another format, or of an unsupported format version."""
 
 

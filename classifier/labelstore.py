@@ -17,6 +17,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from curate.errors import BbstError
+
 STYLISTIC = "stylistic"
 NOT_STYLISTIC = "not_stylistic"
 SKIP = "skip"
@@ -77,7 +79,7 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-class LabelStoreError(ValueError):
+class LabelStoreError(BbstError, ValueError):
     """Invalid decision, unknown label id, or a malformed import file."""
 
 

@@ -18,12 +18,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate.errors import BbstError
 from curate.schema import SHARDS_DIR
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
-class PoolError(ValueError):
+class PoolError(BbstError, ValueError):
     """The pool specification cannot be opened (missing, empty, unknown layout)."""
 
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from curate.errors import BbstError
+
 # What a trunk's weights are called in each cache; filled from the model config's "weights" section.
 HF_FILENAMES = (
     "open_clip_model.safetensors",
@@ -15,7 +17,7 @@ HF_FILENAMES = (
 )
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(BbstError, FileNotFoundError):
     """No weight file for a backbone; the message lists every place looked at and how to supply one."""
 
 

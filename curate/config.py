@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from curate.errors import BbstError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(BbstError, ValueError):
     """A configuration file or override that does not match the dataclass schema."""
 
 

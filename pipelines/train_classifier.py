@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate.errors import BbstError
+
 if __package__ in (None, ""):  # `python pipelines/train_classifier.py` without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,7 +63,7 @@ class TrainClassifierConfig:
     report: bool = True  # write the evaluation report (metrics, plots, confident mistakes)
 
 
-class TrainDataError(ValueError):
+class TrainDataError(BbstError, ValueError):
     """Labels or images that cannot be used, with the file and the first offending rows named."""
 
 

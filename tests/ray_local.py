@@ -19,7 +19,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """``ray.init(num_cpus=2)`` once per test session; yields the GCS address so subprocesses can attach.
+    """A new local Ray (``address="local"``: never an existing cluster) once per test session; yields the GCS address so subprocesses can attach.
 
     With ``ray[default]`` installed the dashboard runs too (bound to loopback), so ``ray job submit`` can be
     tested against this same cluster; without it the job test skips and every other test is unaffected.
@@ -28,14 +28,14 @@ def ray_local():
     if not ray.is_initialized():
         with_dashboard = importlib.util.find_spec("aiohttp_cors") is not None  # a ray[default] dependency
         if with_dashboard:
-            ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+            ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
                            dashboard_port=_free_port(), log_to_driver=False)
             url = ctx.dashboard_url
             DASHBOARD["url"] = f"http://{url}" if url else None
             if not url:
                 DASHBOARD["why_not"] = "the Ray dashboard did not start (see the Ray logs)"
         else:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
             DASHBOARD["why_not"] = "ray[default] (the dashboard and its job API) is not installed"
     yield ray.get_runtime_context().gcs_address
     # no shutdown here: another module may hold the same session-scoped Ray; Ray shuts down at exit

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from curate.errors import BbstError
 from curate.schema import MANIFEST_FILE, SHARDS_DIR
 from train.config import DataConfig, LoaderConfig
 
@@ -58,7 +59,7 @@ _EXIF_TRANSPOSE = {
 _SUBSET_IDS = {"content": 1, "style": 2}
 
 
-class LoaderError(ValueError):
+class LoaderError(BbstError, ValueError):
     """Shards, manifest or loader settings that cannot produce a balanced, resumable stream."""
 
 
