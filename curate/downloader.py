@@ -195,18 +195,63 @@ class AddressPolicy:
         return self.check(host, self.resolve(host, port))
 
     def check(self, host: str, addrs: list[str]) -> str | None:
-        """Why ``host`` at ``addrs`` may not be contacted, or None when every address is acceptable."""
+        """Why ``host`` at ``addrs`` may not be contacted, or None when every address is acceptable.
+
+        An IPv6 address that carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) is judged by both:
+        ``[::127.0.0.1]`` or ``[64:ff9b::a00:1]`` reach the IPv4 host through a translator or tunnel.
+        """
         for addr in addrs:
             ip = ipaddress.ip_address(addr.split("%", 1)[0])
             if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
                 ip = ip.ipv4_mapped
-            if any(ip in net for net in self.blocked):
-                return f"{host} resolves to blocked address {ip}"
-            if any(ip in net for net in self.allowed):
+            embedded = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else []
+            forms = [ip, *embedded]
+            for form in forms:
+                if any(form in net for net in self.blocked):
+                    return f"{host} resolves to blocked address {_describe(ip, form)}"
+            if any(ip in net for net in self.allowed) or (embedded and all(
+                    any(e in net for net in self.allowed) for e in embedded)):
                 continue
-            if not self.allow_private and not ip.is_global:
+            if self.allow_private:
+                continue
+            if ip in NON_GLOBAL_V6:
                 return f"{host} resolves to non-public address {ip}"
+            for form in forms:
+                if not form.is_global:
+                    return f"{host} resolves to non-public address {_describe(ip, form)}"
         return None
+
+
+# IPv6 ranges that carry an IPv4 address, and where (RFC 4291 compatible/mapped, RFC 6052/8215 NAT64, RFC 6145
+# translated, RFC 3056 6to4, RFC 4380 Teredo).
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+_V4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+# Local-use NAT64 prefixes are site-specific by definition: refused whatever they embed.
+NON_GLOBAL_V6 = (ipaddress.ip_network("64:ff9b:1::/48"),)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address that ``ip`` carries and that a translator or tunnel would deliver to (may be empty)."""
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    out: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped:
+        out.append(ip.ipv4_mapped)
+    if ip in _V4_COMPATIBLE or ip in _V4_TRANSLATED or ip in _NAT64_WELL_KNOWN:
+        out.append(low32)
+    if ip in NON_GLOBAL_V6[0]:
+        # RFC 6052 /48 layout: IPv4 bits 0-15 in bits 48-63, bits 16-31 in bits 72-87 (bits 64-71 are "u")
+        v = int(ip)
+        out.append(ipaddress.IPv4Address((((v >> 64) & 0xFFFF) << 16) | ((v >> 40) & 0xFFFF)))
+    if ip.sixtofour:
+        out.append(ip.sixtofour)
+    if ip.teredo:
+        out.extend(ip.teredo)  # (server, client); the client address is de-obfuscated by ipaddress
+    return out
+
+
+def _describe(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, form) -> str:
+    return str(ip) if form == ip else f"{ip} (embeds IPv4 {form})"
 
 
 class BlockedAddressError(OSError):
