@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from typing import Literal
 
 import pyarrow as pa
 
 from curate import schema
+from curate.errors import BbstError
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
 
 # Columns the pipeline writes itself; an input column with one of these names is kept as ``input_<name>``.
 RESERVED_COLUMNS = frozenset(schema.META_COLUMNS) | {"image", "ext", "http_status"}
+
+
+class ReaderError(BbstError, ValueError):
+    """A URL list that cannot be read: the message names the file and, where known, the line or row group."""
+
+
+class ListNotFoundError(BbstError, FileNotFoundError):
+    """The URL list (file, folder or glob) does not exist."""
 
 
 @dataclasses.dataclass
@@ -43,7 +54,7 @@ def detect_format(path: str, cfg: ReaderConfig) -> str:
     aliases = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "tsv": "tsv", "jsonl": "jsonl",
                "ndjson": "jsonl", "json": "jsonl", "txt": "txt"}
     if ext not in aliases:
-        raise ValueError(f"{path}: cannot tell the URL list format from the extension {ext!r}; "
+        raise ReaderError(f"{path}: cannot tell the URL list format from the extension {ext!r}; "
                          f"use one of {sorted(aliases)} or set reader.format to one of {list(FORMATS)}")
     return aliases[ext]
 
@@ -62,7 +73,7 @@ def list_files(path: str, storage_options: dict | None = None) -> tuple[object, 
 
     fs, _, paths = fsspec.get_fs_token_paths(path, storage_options=storage_options or None)
     if not paths:
-        raise ValueError(f"{path}: no URL list found (no file matches)")
+        raise ReaderError(f"{path}: no URL list found (no file matches)")
     files: list[str] = []
     for p in paths:
         if fs.isdir(p):
@@ -70,9 +81,9 @@ def list_files(path: str, storage_options: dict | None = None) -> tuple[object, 
         elif fs.exists(p):
             files.append(p)
         else:
-            raise FileNotFoundError(f"{path}: URL list not found")
+            raise ListNotFoundError(f"{path}: URL list not found")
     if not files:
-        raise ValueError(f"{path}: folder holds no URL list files")
+        raise ReaderError(f"{path}: folder holds no URL list files")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol not in ("file", "local"):
         files = [f if "://" in f else fs.unstrip_protocol(f) for f in files]
@@ -90,8 +101,16 @@ def _iter_parquet(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
         try:
             pf = pq.ParquetFile(f)
         except (pa.ArrowInvalid, OSError) as exc:
-            raise ValueError(f"{path}: not a readable Parquet file: {exc}") from None
-        yield from pf.iter_batches(batch_size=min(cfg.rows_per_partition, 65_536))
+            raise ReaderError(f"{path}: not a readable Parquet file: {exc}") from None
+        first = 0
+        for group in range(pf.num_row_groups):
+            rows = pf.metadata.row_group(group).num_rows
+            try:
+                yield from pf.iter_batches(batch_size=min(cfg.rows_per_partition, 65_536), row_groups=[group])
+            except (pa.ArrowException, OSError, EOFError) as exc:
+                raise ReaderError(f"{path}: row group {group} (rows {first}-{first + rows - 1}): corrupt Parquet "
+                                  f"data: {exc}") from None
+            first += rows
 
 
 def _iter_csv(fs, path: str, cfg: ReaderConfig, delimiter: str) -> Iterator[pa.RecordBatch]:
@@ -102,7 +121,7 @@ def _iter_csv(fs, path: str, cfg: ReaderConfig, delimiter: str) -> Iterator[pa.R
     with _open(fs, path, cfg, "rt") as f:
         header_line = f.readline()
     if not header_line.strip():
-        raise ValueError(f"{path}: line 1: empty file or missing header row")
+        raise ReaderError(f"{path}: line 1: empty file or missing header row")
     names = next(csv.reader([header_line], delimiter=delimiter))
     with _open(fs, path, cfg) as f:
         try:
@@ -115,7 +134,7 @@ def _iter_csv(fs, path: str, cfg: ReaderConfig, delimiter: str) -> Iterator[pa.R
             )
             yield from reader
         except pa.ArrowInvalid as exc:
-            raise ValueError(f"{path}: malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}") from None
+            raise ReaderError(f"{path}: malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}") from None
 
 
 def _iter_jsonl(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
@@ -128,9 +147,9 @@ def _iter_jsonl(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
+                raise ReaderError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
-                raise ValueError(  # noqa: TRY004 - a malformed list is a ValueError like every other input error
+                raise ReaderError(
                     f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
             rows.append(obj)
             if len(rows) >= cfg.rows_per_partition:
@@ -147,7 +166,7 @@ def _jsonl_batch(rows: list[dict], path: str, first: int, last: int) -> pa.Recor
     try:
         return pa.RecordBatch.from_pydict({n: [row.get(n) for row in rows] for n in names})
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ValueError(f"{path}: lines {first}-{last}: inconsistent column types ({exc})") from None
+        raise ReaderError(f"{path}: lines {first}-{last}: inconsistent column types ({exc})") from None
 
 
 def _iter_txt(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
@@ -177,15 +196,15 @@ def _normalise(table: pa.Table, path: str, partition: int, first_row_in_file: in
     """Rename the URL/source columns, add ``key``, keep every other column (renamed if it clashes with ours)."""
     names = table.column_names
     if cfg.url_column not in names:
-        raise ValueError(f"{path}: no URL column {cfg.url_column!r} (columns: {names}); "
-                         f"set reader.url_column to the right name")
+        raise ReaderError(f"{path}: no URL column {cfg.url_column!r} (columns: {names})",
+                          hint=f"--set reader.url_column={names[0] if names else 'NAME'} names the URL column")
     n = table.num_rows
     url = table.column(cfg.url_column)
     if not pa.types.is_string(url.type):
         if pa.types.is_large_string(url.type) or pa.types.is_null(url.type):
             url = url.cast(pa.string())
         else:
-            raise ValueError(f"{path}: rows {first_row_in_file}-{first_row_in_file + n - 1}: URL column "
+            raise ReaderError(f"{path}: rows {first_row_in_file}-{first_row_in_file + n - 1}: URL column "
                              f"{cfg.url_column!r} has type {url.type}, expected strings")
     if cfg.source_column in names:
         source = table.column(cfg.source_column)
@@ -200,14 +219,62 @@ def _normalise(table: pa.Table, path: str, partition: int, first_row_in_file: in
             continue
         out = f"input_{name}" if name in RESERVED_COLUMNS else name
         if out in out_names:
-            raise ValueError(f"{path}: column {name!r} clashes with {out!r}; rename it in the URL list")
+            raise ReaderError(f"{path}: column {name!r} clashes with {out!r}; rename it in the URL list")
         arrays.append(table.column(name))
         out_names.append(out)
     return pa.Table.from_arrays(arrays, names=out_names)
 
 
+# What reading a damaged text list or its compression raises, wherever in the stream the damage is.
+_STREAM_ERRORS = (UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def _stream_error(fs, path: str, cfg: ReaderConfig, exc: BaseException) -> ReaderError:
+    """A ReaderError for an encoding or compression failure, located by a second, byte-level pass over the file."""
+    line, found = _locate_damage(fs, path, cfg)
+    exc = found or exc
+    if isinstance(exc, UnicodeDecodeError):
+        where = f"{path}: line {line}" if line else path
+        return ReaderError(f"{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1})",
+                           hint="save the URL list as UTF-8")
+    if isinstance(exc, gzip.BadGzipFile):
+        return ReaderError(f"{path}: not a gzip file although its name ends in .gz ({exc})",
+                           hint="--set reader.compression=none reads it as it is")
+    # decompression reads ahead in blocks, so the damage lies somewhere after the last line that came out whole
+    after = f" after line {line}" if line else " in its first block"
+    what = "gzip data end early (truncated file)" if isinstance(exc, EOFError) else f"damaged gzip data ({exc})"
+    return ReaderError(f"{path}: {what}{after}")
+
+
+def _locate_damage(fs, path: str, cfg: ReaderConfig) -> tuple[int | None, BaseException | None]:
+    """Where a byte-level pass fails: ``(line, error)``; the line that is not UTF-8, or for damaged compressed
+    data the last line that decompressed whole. ``(None, None)`` when the pass finds nothing."""
+    lineno = 0
+    try:
+        with _open(fs, path, cfg) as f:
+            for raw in f:
+                raw.decode("utf-8")
+                lineno += 1
+    except UnicodeDecodeError as exc:
+        return lineno + 1, exc
+    except _STREAM_ERRORS as exc:
+        return lineno, exc
+    return None, None
+
+
 def iter_file_tables(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.Table]:
     """Raw tables of ``rows_per_partition`` rows from one file (the last one shorter), streaming."""
+    try:
+        yield from _iter_file_tables(fs, path, cfg)
+    except _STREAM_ERRORS as exc:
+        raise _stream_error(fs, path, cfg, exc) from None
+    except pa.ArrowInvalid as exc:
+        if "UTF8" in str(exc) or "UTF-8" in str(exc):
+            raise _stream_error(fs, path, cfg, exc) from None
+        raise
+
+
+def _iter_file_tables(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.Table]:
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     for batch in _iter_batches(fs, path, cfg):
@@ -227,7 +294,7 @@ def _concat(batches: list[pa.RecordBatch], path: str) -> pa.Table:
     try:
         return pa.Table.from_batches(batches).combine_chunks()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ValueError(f"{path}: inconsistent columns across rows: {exc}") from None
+        raise ReaderError(f"{path}: inconsistent columns across rows: {exc}") from None
 
 
 def iter_partitions(path: str, cfg: ReaderConfig | None = None,
