@@ -31,7 +31,7 @@ class ImageCheckConfig:
     min_side_by_source: dict[str, int] = dataclasses.field(
         default_factory=lambda: {"coco": 256})  # source (case-insensitive) -> its own short-side floor
     max_pixels: int = 178_956_970  # width*height ceiling (decompression-bomb guard; PIL's own hard limit)
-    max_decode_mb: float = 300.0  # decoded-pixel budget per image in MiB (see decoded_bytes) -> too_large above
+    max_decode_mb: float = 300.0  # MiB the full decode may take, estimated from the header -> too_large above
     max_aspect_ratio: float = 4.0  # long side / short side above this -> bad_aspect
     animated: Literal["reject", "first_frame"] = "reject"  # animated GIF/WebP/APNG: status unsupported, or keep frame 0
     reencode_quality: int = 95  # JPEG quality when an image must be re-encoded (CMYK, WebP, TIFF, BMP, ...)

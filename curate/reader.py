@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from curate import schema
 from curate.errors import BbstError
+from curate.inputs import DEFAULT_SOURCE_FOLDERS, IMAGE_EXTENSIONS
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
 
@@ -34,9 +35,14 @@ class ReaderConfig:
     url_column: str = "url"  # input column holding the image URL (renamed to ``url``)
     source_column: str = "source"  # input column naming the origin (e.g. behance/flickr); null when absent
     rows_per_partition: int = 10_000  # rows per partition: one meta Parquet file and one unit of resume each
-    format: Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt"] = "auto"  # auto: by file extension
+    format: Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt", "images"] = "auto"
+    # auto: by file extension; images: the path is a folder tree or glob of image files (what --images sets)
     compression: Literal["infer", "none", "gzip"] = "infer"  # infer: gzip when the name ends in .gz
     read_block_bytes: int = 1 << 20  # CSV/TSV reader block size; bounds memory while streaming
+    image_extensions: list[str] = dataclasses.field(
+        default_factory=lambda: list(IMAGE_EXTENSIONS))  # format images: file name endings listed as images
+    source_folders: dict[str, str] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_SOURCE_FOLDERS))  # format images: folder name -> source of its images
 
     def __post_init__(self) -> None:
         if self.rows_per_partition < 1 or self.rows_per_partition > 10**schema.KEY_ROW_DIGITS:
@@ -301,12 +307,18 @@ def iter_partitions(path: str, cfg: ReaderConfig | None = None,
                     storage_options: dict | None = None) -> Iterator[tuple[int, pa.Table]]:
     """Yield ``(partition, table)`` with columns ``key``, ``url``, ``source`` and every pass-through column.
 
-    ``path`` is a file, a folder or a glob, local or any fsspec URL. Files are read in sorted order and
+    ``path`` is a file, a folder or a glob, local or any fsspec URL (with ``format: images``, a folder tree or glob
+    of image files, see :func:`curate.inputs.iter_image_partitions`). Files are read in sorted order and
     partitions are numbered consecutively across them (a partition never spans two files), so keys are a pure
     function of the list. Only one partition (plus one read block) is held in memory at a time.
     ``storage_options`` go to fsspec (e.g. ``{"client_kwargs": {"endpoint_url": ...}}`` for an S3 endpoint).
     """
     cfg = cfg or ReaderConfig()
+    if cfg.format == "images":
+        from curate.inputs import iter_image_partitions
+
+        yield from iter_image_partitions(path, cfg, storage_options)
+        return
     fs, files = list_files(path, storage_options)
     partition = 0
     for file in files:

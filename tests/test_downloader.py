@@ -119,9 +119,10 @@ def test_fault_batch_counts_add_up(fault_results):
 
 
 def test_invalid_urls_are_rows_not_exceptions():
-    out = run(Downloader(cfg()), ["", None, "ftp://example.org/a.jpg", "http://", "http://[::1/x", "not a url",
-                                  "http://example.org:99999/a.jpg"])
-    assert list(out["status"]) == ["invalid_url"] * 7
+    out = run(Downloader(cfg()), ["", None, "data:image/png;base64,AAAA", "http://", "http://[::1/x", "not a url",
+                                  "http://example.org:99999/a.jpg", "ftp://example.org/a.jpg"])
+    # ftp:// is an fsspec URL: refused like any file outside download.input_roots
+    assert list(out["status"]) == ["invalid_url"] * 7 + ["blocked_address"]
     assert all(out["error"])
 
 
