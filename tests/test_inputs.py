@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from ray_local import ray_local  # noqa: F401 - session fixture
 
 from curate import synthetic
 from curate.build_config import BuildConfig
@@ -208,3 +209,36 @@ def test_s3_images_listed_and_read(s3_endpoint):
     assert list(out["status"]) == ["ok", "ok", "download_error", "not_image", "blocked_address",
                                    "blocked_address"], list(out["error"])
     assert out["image"][1] == jpeg(seed=1)
+
+
+# -- the whole build from a folder ---------------------------------------------------------------------------------
+@pytest.mark.ray
+@pytest.mark.slow
+def test_build_from_an_images_folder(tmp_path, ray_local):  # noqa: F811
+    import pyarrow.parquet as pq
+
+    from curate import schema
+    from pipelines import build_bbst
+
+    root = tmp_path / "datasets"
+    for i in range(3):
+        (root / "coco" / "train2017").mkdir(parents=True, exist_ok=True)
+        (root / "coco" / "train2017" / f"{i:012d}.jpg").write_bytes(
+            synthetic.encode(synthetic.photo_like(320, 260, seed=30 + i), "JPEG"))
+    (root / "wikiart" / "Cubism").mkdir(parents=True)
+    for i in range(2):
+        (root / "wikiart" / "Cubism" / f"w{i}.jpg").write_bytes(
+            synthetic.encode(synthetic.artwork_like(300, 300, seed=40 + i), "JPEG"))
+    whole = synthetic.encode(synthetic.artwork_like(300, 300, seed=50), "JPEG")
+    (root / "wikiart" / "Cubism" / "cut.jpg").write_bytes(whole[:len(whole) // 2] + b"\xff\xd9")
+    out = tmp_path / "out"
+    summary = build_bbst.main(["--images", str(root), "--out", str(out), "--min-side", "280",
+                               "--set", "progress_interval_s=0", "--set", "shards.target_samples=2"])
+    assert summary["rows_in"] == 6
+    assert {k: v for k, v in summary["counts_by_status"].items() if v} == {"ok": 5, "corrupt": 1}
+    assert summary["counts_by_subset"] == {"style": 2, "content": 3}  # wikiart -> style, coco -> content
+    meta = pq.read_table(out / schema.META_DIR).to_pylist()
+    assert {(os.path.relpath(r["url"], root), r["source"]) for r in meta if r["status"] == "ok"} == {
+        ("coco/train2017/000000000000.jpg", "coco"), ("coco/train2017/000000000001.jpg", "coco"),
+        ("coco/train2017/000000000002.jpg", "coco"), ("wikiart/Cubism/w0.jpg", "wikiart"),
+        ("wikiart/Cubism/w1.jpg", "wikiart")}
