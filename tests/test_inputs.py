@@ -242,3 +242,27 @@ def test_build_from_an_images_folder(tmp_path, ray_local):  # noqa: F811
         ("coco/train2017/000000000000.jpg", "coco"), ("coco/train2017/000000000001.jpg", "coco"),
         ("coco/train2017/000000000002.jpg", "coco"), ("wikiart/Cubism/w0.jpg", "wikiart"),
         ("wikiart/Cubism/w1.jpg", "wikiart")}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_build_from_an_s3_glob_to_s3(s3_endpoint, ray_local):  # noqa: F811
+    """The documented S3 form: --images with a glob on a bucket, output to the bucket, one storage_options."""
+    import json
+
+    import fsspec
+
+    from pipelines import build_bbst
+
+    opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **opts)
+    fs.mkdir("art")
+    fs.pipe({f"art/{style}/{i}.jpg": synthetic.encode(synthetic.artwork_like(300, 260, seed=60 + 7 * i + len(style)),
+                                                      "JPEG")
+             for style in ("cubism", "baroque") for i in range(2)})
+    fs.pipe({"art/cubism/notes.txt": b"x", "art/readme.jpg": jpeg(seed=1)})  # outside the glob
+    summary = build_bbst.main(["--images", "s3://art/*/*.jpg", "--out", "s3://art/runs/art", "--min-side", "256",
+                               "--set", f"storage_options={json.dumps(opts)}", "--set", "progress_interval_s=0"])
+    assert summary["rows_in"] == 4 and summary["counts_by_status"]["ok"] == 4
+    fs.invalidate_cache()
+    assert fs.exists("art/runs/art/summary.json")
