@@ -48,6 +48,15 @@ class ImageCheckConfig:
             raise ValueError(f"min_side_by_source values must be integers >= 1, got {bad}")
         self.min_side_by_source = {str(k).lower(): v for k, v in self.min_side_by_source.items()}
 
+    def peak_memory_bytes(self) -> int:
+        """Memory one image check may take at its peak, beside the bytes of its batch: 4 x ``max_decode_mb``.
+
+        Pillow's WebP decoder holds four buffers of the decoded size at once (two frame canvases, the frame's
+        bytes and the image); every other format stays within two (the raster and one converted copy). This is
+        what a worker running the check should reserve per concurrent check.
+        """
+        return int(4 * self.max_decode_mb * 2**20)
+
     def min_side_for(self, source: str | None) -> int:
         """Short-side floor for a row from ``source`` (its own entry in ``min_side_by_source``, else ``min_side``)."""
         if source is None:

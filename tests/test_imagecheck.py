@@ -374,3 +374,10 @@ def test_min_side_per_source():
     assert list(out["status"]) == ["ok", "too_small", "too_small"]
     with pytest.raises(ValueError):
         ImageCheckConfig(min_side_by_source={"coco": 0})
+
+
+def test_peak_memory_follows_the_budget():
+    assert ImageCheckConfig().peak_memory_bytes() == 4 * 300 * 2**20
+    assert ImageCheckConfig(max_decode_mb=100).peak_memory_bytes() == 400 * 2**20
+    with pytest.raises(ValueError):
+        ImageCheckConfig(max_decode_mb=0)
