@@ -31,7 +31,7 @@ class ImageCheckConfig:
     min_side_by_source: dict[str, int] = dataclasses.field(
         default_factory=lambda: {"coco": 256})  # source (case-insensitive) -> its own short-side floor
     max_pixels: int = 178_956_970  # width*height ceiling (decompression-bomb guard; PIL's own hard limit)
-    max_decode_mb: float = 300.0  # MiB the full decode may take, estimated from the header -> too_large above
+    max_decode_mb: float = 400.0  # MiB the decode may take (decoded_bytes, from the header) -> too_large above
     max_aspect_ratio: float = 4.0  # long side / short side above this -> bad_aspect
     animated: Literal["reject", "first_frame"] = "reject"  # animated GIF/WebP/APNG: status unsupported, or keep frame 0
     reencode_quality: int = 95  # JPEG quality when an image must be re-encoded (CMYK, WebP, TIFF, BMP, ...)
@@ -51,8 +51,8 @@ class ImageCheckConfig:
     def peak_memory_bytes(self) -> int:
         """Memory one image check may take at its peak, beside the bytes of its batch: 4 x ``max_decode_mb``.
 
-        Pillow's WebP decoder holds four buffers of the decoded size at once (two frame canvases, the frame's
-        bytes and the image); every other format stays within two (the raster and one converted copy). This is
+        Pillow's WebP decoder holds four buffers of the raster's size at once (two frame canvases, the frame's
+        bytes and the image); every other path stays within two (the estimate and one converted copy). This is
         what a worker running the check should reserve per concurrent check.
         """
         return int(4 * self.max_decode_mb * 2**20)
@@ -99,15 +99,26 @@ def png_bit_depth(data: bytes) -> int | None:
 _RASTER_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 
 
-def decoded_bytes(img: Image.Image) -> int:
-    """Memory the full decode of ``img`` needs, from its header: width x height x bytes per decoded pixel.
+def decoded_bytes(img: Image.Image, data: bytes) -> int:
+    """Memory the decode of ``img`` takes in this check, from its header alone (no pixel is decoded).
 
-    Bytes per pixel are those of Pillow's raster for the mode it decodes to: 1 for bilevel, gray and palette,
-    2 for 16-bit gray, 4 for everything else (RGB is stored as RGBX). WebP counts 4 as well: its decoder always
-    produces four channels. 16-bit RGB(A) PNGs decode straight to 8-bit RGB(A), so they cost what 8-bit ones do.
+    - Pillow's raster for the mode it decodes to, width x height x bytes per pixel: 1 for bilevel, gray and
+      palette, 2 for 16-bit gray, 4 for everything else (RGB is stored as RGBX); WebP counts 4 (its decoder
+      always produces four channels); a 16-bit RGB(A) PNG decodes straight to 8 bits. 16-bit gray adds the 8-bit
+      copy the mode policy makes (1 byte per pixel).
+    - JPEG: plain RGB/gray files are validated and hashed from a DCT-scaled decode, whose output is small; a
+      progressive file holds every DCT coefficient of the image meanwhile (2 bytes per sample, so 6 bytes per
+      pixel at 4:4:4, 3 at 4:2:0); a CMYK file is decoded at full size as well (4 bytes per pixel).
     """
     w, h = img.size
+    if img.format == "JPEG":
+        frame = _jpeg_frame(data)
+        coefficients = frame.coefficient_bytes() if frame and frame.progressive else 0
+        scaled = _ceil_div(w, 8) * _ceil_div(h, 8) * 4
+        return coefficients + (w * h * 4 if img.mode not in ("RGB", "L") else scaled)
     per_pixel = 4 if img.format == "WEBP" else _RASTER_BYTES.get(img.mode, 4)
+    if img.mode.startswith("I;16"):
+        per_pixel += 1
     return w * h * per_pixel
 
 
@@ -117,13 +128,31 @@ _SOF_HUFFMAN = (0xC0, 0xC1, 0xC2)
 _SOF_OTHER = (0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
 
 
-def jpeg_scan_shortfall(data: bytes) -> str | None:
-    """Why a JPEG's declared size cannot be backed by its scan data (a message), or None when it can.
+@dataclasses.dataclass
+class _JpegFrame:
+    marker: int  # the SOFn marker byte
+    width: int
+    height: int
+    sampling: list[tuple[int, int]]  # (horizontal, vertical) sampling factor per component
+    scan_bytes: int | None = None  # bytes from the first scan's data to the end of the file
 
-    Walks the markers to the first scan; a Huffman-coded frame of W x H needs at least one bit per 8x8 block of
-    its largest component, so a 17 KB file claiming 13376 x 13376 (2.8 million blocks) is refused before any
-    decode. Arithmetic-coded, lossless and hierarchical frames have no such bound and pass.
-    """
+    @property
+    def progressive(self) -> bool:
+        return self.marker in (0xC2, 0xC6, 0xCA, 0xCE)
+
+    def blocks(self) -> list[int]:
+        """8x8 blocks of each component: its size, scaled by its sampling factors, in blocks rounded up."""
+        hmax = max(hs for hs, _ in self.sampling) or 1
+        vmax = max(vs for _, vs in self.sampling) or 1
+        return [_ceil_div(_ceil_div(self.width * hs, hmax), 8) * _ceil_div(_ceil_div(self.height * vs, vmax), 8)
+                for hs, vs in self.sampling]
+
+    def coefficient_bytes(self) -> int:
+        return sum(self.blocks()) * 64 * 2  # libjpeg's whole-image coefficient buffer (JCOEF is 16 bits)
+
+
+def _jpeg_frame(data: bytes) -> _JpegFrame | None:
+    """The frame header of a JPEG and where its first scan starts, by walking the markers; None if unreadable."""
     i, n, frame = 2, len(data), None
     while i + 4 <= n:
         if data[i] != 0xFF:
@@ -136,30 +165,37 @@ def jpeg_scan_shortfall(data: bytes) -> str | None:
             i += 2
             continue
         if marker == 0xD9:
-            return None
+            return frame
         length = int.from_bytes(data[i + 2:i + 4], "big")
-        if marker in _SOF_OTHER:
-            return None
-        if marker in _SOF_HUFFMAN and i + 10 <= n:
-            height, width, ncomp = (int.from_bytes(data[i + 5:i + 7], "big"),
-                                    int.from_bytes(data[i + 7:i + 9], "big"), data[i + 9])
-            comps = [data[i + 11 + 3 * c] for c in range(ncomp) if i + 12 + 3 * c <= n]
-            frame = (width, height, comps)
+        if (marker in _SOF_HUFFMAN or marker in _SOF_OTHER) and i + 10 <= n:
+            ncomp = data[i + 9]
+            sampling = [(data[i + 11 + 3 * c] >> 4, data[i + 11 + 3 * c] & 15) for c in range(ncomp)
+                        if i + 12 + 3 * c <= n]
+            frame = _JpegFrame(marker, int.from_bytes(data[i + 7:i + 9], "big"),
+                               int.from_bytes(data[i + 5:i + 7], "big"), sampling)
         if marker == 0xDA:
-            if frame is None or not frame[2] or frame[1] == 0:
-                return None  # no frame header before the scan, or height defined later by DNL
-            width, height, comps = frame
-            hmax = max(c >> 4 for c in comps) or 1
-            vmax = max(c & 15 for c in comps) or 1
-            # blocks of each component: its size (scaled by its sampling factors) in 8x8 blocks, rounded up
-            blocks = max(_ceil_div(_ceil_div(width * (c >> 4), hmax), 8) * _ceil_div(_ceil_div(height * (c & 15), vmax), 8)
-                         for c in comps)
-            scan_bytes = n - (i + 2 + length)
-            if blocks > 8 * scan_bytes:
-                return (f"declares {width}x{height} ({blocks} blocks of 8x8) but holds {max(scan_bytes, 0)} bytes "
-                        f"of scan data (at least {_ceil_div(blocks, 8)} needed)")
-            return None
+            if frame is not None:
+                frame.scan_bytes = n - (i + 2 + length)
+            return frame
         i += 2 + length
+    return frame
+
+
+def jpeg_scan_shortfall(data: bytes) -> str | None:
+    """Why a JPEG's declared size cannot be backed by its scan data (a message), or None when it can.
+
+    A Huffman-coded frame of W x H needs at least one bit of scan data per 8x8 block of its largest component,
+    so a 17 KB file claiming 13376 x 13376 (2.8 million blocks) is refused before any decode. Arithmetic-coded,
+    lossless and hierarchical frames have no such bound and pass.
+    """
+    frame = _jpeg_frame(data)
+    if frame is None or frame.marker not in _SOF_HUFFMAN or frame.scan_bytes is None or not frame.sampling \
+            or frame.height == 0:  # height 0: defined later by a DNL marker
+        return None
+    blocks = max(frame.blocks())
+    if blocks > 8 * frame.scan_bytes:
+        return (f"declares {frame.width}x{frame.height} ({blocks} blocks of 8x8) but holds "
+                f"{max(frame.scan_bytes, 0)} bytes of scan data (at least {_ceil_div(blocks, 8)} needed)")
     return None
 
 
@@ -313,7 +349,7 @@ class ImageChecker:
             shortfall = jpeg_scan_shortfall(data)
             if shortfall:
                 raise _RejectSized(Status.CORRUPT, f"JPEG size field disagrees with the scan data: {shortfall}", sizes)
-        need = decoded_bytes(img)
+        need = decoded_bytes(img, data)
         if need > cfg.max_decode_mb * 2**20:
             raise _RejectSized(Status.TOO_LARGE, f"decoding {ow}x{oh} {img.mode} needs {need / 2**20:.0f} MiB > "
                                f"max_decode_mb {cfg.max_decode_mb:g}", sizes)

@@ -330,24 +330,52 @@ def test_hostile_images_stay_within_memory(hostile, tmp_path):
     assert int(grown_kb) < 64 * 1024, f"peak memory grew by {int(grown_kb) // 1024} MiB"
 
 
-def test_decode_budget_default_passes_8k_rgb():
-    """Header-only: the default budget admits 8192 x 8192 RGB in every format, 16-bit included."""
-    from curate.imagecheck import decoded_bytes
-
-    budget = ImageCheckConfig().max_decode_mb * 2**20
-    jpeg8k = jpeg_sof_patched(synthetic.encode(synthetic.photo_like(64, 64, seed=1), "JPEG"), 8192, 8192)
+def _png_header(width: int, height: int, depth: int, color_type: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    ihdr = struct.pack(">IIBBBBB", 8192, 8192, 16, 2, 0, 0, 0)  # 16-bit RGB
-    png8k = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-    headers = {"jpeg": jpeg8k, "png16-rgb": png8k, "webp": webp_lossless_blank(8192, 8192)}
-    for name, data in headers.items():
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+
+
+def test_decode_budget_default_passes_8k_rgb():
+    """Header-only: the default budget admits 8192 x 8192 RGB in every format and layout, 16-bit included."""
+    from curate.imagecheck import decoded_bytes
+
+    budget = ImageCheckConfig().max_decode_mb * 2**20
+    photo = synthetic.photo_like(64, 64, seed=1)
+
+    def jpeg8k(**kwargs) -> bytes:
+        return jpeg_sof_patched(synthetic.encode(photo, "JPEG", **kwargs), 8192, 8192)
+
+    sound_8k = {
+        "jpeg baseline": jpeg8k(),
+        "jpeg progressive 4:2:0": jpeg8k(progressive=True),
+        "jpeg progressive 4:4:4": jpeg8k(progressive=True, subsampling=0),
+        "jpeg cmyk": jpeg_sof_patched(synthetic.encode(photo.convert("CMYK"), "JPEG"), 8192, 8192),
+        "png rgb": _png_header(8192, 8192, 8, 2),
+        "png rgba 16-bit": _png_header(8192, 8192, 16, 6),
+        "png gray 16-bit": _png_header(8192, 8192, 16, 0),
+        "webp": webp_lossless_blank(8192, 8192),
+    }
+    needs = {}
+    for name, data in sound_8k.items():
         with Image.open(io.BytesIO(data)) as img:
             assert img.size == (8192, 8192)
-            assert decoded_bytes(img) <= budget, name
-    with Image.open(io.BytesIO(webp_lossless_blank(16383, 10900))) as img:
-        assert decoded_bytes(img) > budget
+            needs[name] = decoded_bytes(img, data)
+    assert all(v <= budget for v in needs.values()), needs
+    # what the estimate counts (MiB): a DCT-scaled decode for plain JPEGs, the coefficient buffer of progressive
+    # ones (2 bytes per sample; measured: 195 and 387 MiB over the process's base), rasters for the rest
+    assert needs["jpeg baseline"] == 4 * 2**20  # 1/8 scale
+    assert needs["jpeg progressive 4:2:0"] == (192 + 4) * 2**20 and needs["jpeg progressive 4:4:4"] == (384 + 4) * 2**20
+    assert needs["png rgb"] == needs["png rgba 16-bit"] == needs["webp"] == needs["jpeg cmyk"] == 256 * 2**20
+    assert needs["png gray 16-bit"] == 192 * 2**20  # 16-bit raster + its 8-bit copy
+    over = {"webp 16383x10900": webp_lossless_blank(16383, 10900), "png gray 16-bit 13376^2": _png_header(
+        13376, 13376, 16, 0), "jpeg cmyk progressive 8k": jpeg_sof_patched(synthetic.encode(
+            photo.convert("CMYK"), "JPEG", progressive=True), 8192, 8192)}
+    for name, data in over.items():
+        with Image.open(io.BytesIO(data)) as img:
+            assert decoded_bytes(img, data) > budget, name
     # the header-level refusal is configurable
     assert check(png16_gray_blank(300, 300), ImageCheckConfig(min_side=64, max_decode_mb=0.1))["status"] == "too_large"
 
@@ -377,7 +405,7 @@ def test_min_side_per_source():
 
 
 def test_peak_memory_follows_the_budget():
-    assert ImageCheckConfig().peak_memory_bytes() == 4 * 300 * 2**20
+    assert ImageCheckConfig().peak_memory_bytes() == 4 * 400 * 2**20
     assert ImageCheckConfig(max_decode_mb=100).peak_memory_bytes() == 400 * 2**20
     with pytest.raises(ValueError):
         ImageCheckConfig(max_decode_mb=0)
