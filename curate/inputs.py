@@ -125,7 +125,8 @@ def source_for(path: str, root: str, folders: dict[str, str]) -> str | None:
 
 
 def iter_image_paths(fs, spec: str, extensions: tuple[str, ...]) -> Iterator[str]:
-    """Image files of a folder tree (walked in sorted order, streaming) or of a glob, as paths of ``fs``."""
+    """Image files of a folder tree (walked in sorted order, streaming), of a glob, or one image file, as paths
+    of ``fs``."""
     exts = tuple(e.lower() for e in extensions)
     stripped = fs._strip_protocol(spec)
     if _GLOB_CHARS.search(spec):
@@ -133,6 +134,8 @@ def iter_image_paths(fs, spec: str, extensions: tuple[str, ...]) -> Iterator[str
         yield from (p for p in paths if fs.isfile(p))
         return
     if not fs.isdir(stripped):
+        if fs.isfile(stripped) and stripped.lower().endswith(exts):
+            yield stripped  # a single image file
         return
     for base, dirs, files in fs.walk(stripped, topdown=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # walk recurses into this list: sorted order

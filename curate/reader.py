@@ -140,6 +140,8 @@ def _iter_csv(fs, path: str, cfg: ReaderConfig, delimiter: str) -> Iterator[pa.R
             )
             yield from reader
         except pa.ArrowInvalid as exc:
+            if "UTF8" in str(exc):
+                raise _stream_error(fs, path, cfg, exc) from None
             raise ReaderError(f"{path}: malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}") from None
 
 
@@ -274,10 +276,6 @@ def iter_file_tables(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.Table]:
         yield from _iter_file_tables(fs, path, cfg)
     except _STREAM_ERRORS as exc:
         raise _stream_error(fs, path, cfg, exc) from None
-    except pa.ArrowInvalid as exc:
-        if "UTF8" in str(exc) or "UTF-8" in str(exc):
-            raise _stream_error(fs, path, cfg, exc) from None
-        raise
 
 
 def _iter_file_tables(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.Table]:

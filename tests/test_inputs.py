@@ -94,6 +94,15 @@ def test_glob_lists_only_matching_images(tree):
     assert [os.path.basename(r["url"]) for r in rows] == ["a.jpg", "b.jpg"]
 
 
+def test_single_image_file(tree):
+    one = str(tree / "wikiart" / "Baroque" / "a.jpg")
+    rows = [r for _, t in iter_partitions(one, ReaderConfig(format="images")) for r in t.to_pylist()]
+    assert [(r["url"], r["source"]) for r in rows] == [(one, "wikiart")]
+    cfg = BuildConfig(urls=one, reader=ReaderConfig(format="images"))
+    out = fetch(cfg.download, [one, str(tree / "wikiart" / "Baroque" / "b.jpg")])
+    assert list(out["status"]) == ["ok", "blocked_address"]
+
+
 def test_missing_or_empty_image_folder_is_a_user_error(tmp_path):
     with pytest.raises(ListNotFoundError):
         list(iter_partitions(str(tmp_path / "nope"), ReaderConfig(format="images")))

@@ -153,6 +153,10 @@ def test_damaged_lists_raise_reader_errors_naming_file_and_place(tmp_path):
     (tmp_path / "latin1.csv").write_bytes(latin1)
     err = _read_error(tmp_path / "latin1.csv")
     assert "latin1.csv: line 3: not UTF-8 text (byte 0xe9" in str(err) and "UTF-8" in err.hint
+    lines = ["url,source"] + [f"http://a/{i}.jpg,x" for i in range(5000)]
+    lines[4000] = "http://a/caf\xe9.jpg,y"  # beyond the first text buffer: found by the CSV parser, not the header
+    (tmp_path / "late.csv").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    assert "late.csv: line 4001: not UTF-8 text (byte 0xe9" in str(_read_error(tmp_path / "late.csv"))
     (tmp_path / "latin1.jsonl").write_bytes('{"url": "http://a/1"}\n{"url": "http://a/\xe9"}\n'.encode("latin-1"))
     assert "latin1.jsonl: line 2: not UTF-8" in str(_read_error(tmp_path / "latin1.jsonl"))
     (tmp_path / "latin1.txt").write_bytes("http://a/1\nhttp://a/2\nhttp://a/\xe9\n".encode("latin-1"))
