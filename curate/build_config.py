@@ -55,6 +55,7 @@ class BuildConfig:
     """Everything ``pipelines/build_bbst.py`` needs: inputs, stage options, output and run behaviour."""
 
     urls: str | None = None  # URL list (Parquet, CSV/TSV, JSONL; local or fsspec URL); None runs the built-in demo
+    # (with reader.format=images, which --images sets: a folder tree or glob of image files, local or fsspec)
     out: str = "./bbst-out"  # output directory (local or fsspec URL such as s3://bucket/prefix)
     min_side: int | None = None  # shortcut for check.min_side (the short-side floor, 1024 by default)
     allow_private_network: bool | None = None  # shortcut for download.allow_private_network
@@ -80,6 +81,28 @@ class BuildConfig:
             self.check = dataclasses.replace(self.check, min_side=self.min_side)
         if self.allow_private_network is not None:
             self.download = dataclasses.replace(self.download, allow_private_network=self.allow_private_network)
+        self._widen_input_roots()
+
+    def _widen_input_roots(self) -> None:
+        """Let the download stage read what the user named: the ``--images`` folder joins ``input_roots``, and
+        remote roots use the run's ``storage_options`` unless ``download.storage_options`` has their protocol."""
+        import os
+
+        from curate.inputs import image_root, url_kind
+
+        roots = list(self.download.input_roots)
+        if self.reader.format == "images" and self.urls:
+            root = image_root(self.urls)
+            root = os.path.abspath(root) if url_kind(root) == "relative" else root
+            if root not in roots:
+                roots.append(root)
+        options = dict(self.download.storage_options)
+        for root in roots:
+            protocol = root.split("://", 1)[0].lower() if url_kind(root) == "fsspec" else None
+            if protocol and protocol not in options and self.storage_options:
+                options[protocol] = dict(self.storage_options)
+        if roots != self.download.input_roots or options != self.download.storage_options:
+            self.download = dataclasses.replace(self.download, input_roots=roots, storage_options=options)
 
 
 def iter_field_paths(cls: type, prefix: str = "") -> list[str]:

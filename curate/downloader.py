@@ -1,4 +1,8 @@
-"""Download stage: polite, bounded, concurrent HTTP fetching of a batch of URLs; every failure becomes a row status."""
+"""Download stage: polite, bounded, concurrent fetching of a batch of URLs; every failure becomes a row status.
+
+http(s) URLs go through a pooled HTTP client behind the address policy; local paths, ``file://`` and other
+fsspec URLs are read through fsspec when they lie under ``input_roots`` (see :mod:`curate.inputs`).
+"""
 
 from __future__ import annotations
 
@@ -66,6 +70,10 @@ class DownloadConfig:
     )  # CIDRs refused always, even with allow_private_network (cloud metadata endpoints)
     trust_env: bool = False  # honour HTTP(S)_PROXY / .netrc from the environment
     dns_cache_seconds: float = 60.0  # how long a host's resolved addresses are reused for the address check
+    input_roots: list[str] = dataclasses.field(
+        default_factory=list)  # folders/fsspec URL prefixes that rows may name as paths or non-http URLs; [] = none
+    storage_options: dict[str, dict[str, Any]] = dataclasses.field(
+        default_factory=dict)  # fsspec options per protocol for such rows, e.g. {s3: {client_kwargs: {...}}}
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.per_host_concurrency < 1:
@@ -74,6 +82,12 @@ class DownloadConfig:
             raise ValueError("retries and max_redirects must be >= 0 and max_bytes >= 1")
         for cidr in [*self.allowed_networks, *self.blocked_networks]:
             ipaddress.ip_network(cidr, strict=False)  # a typo is a config error, not a silent no-op
+        from curate.inputs import canonical, url_kind
+
+        for root in self.input_roots:
+            if url_kind(root) not in ("local", "fsspec"):
+                raise ValueError(f"input_roots: {root!r} is not an absolute path or fsspec URL")
+            canonical(root)
 
     @property
     def robots_directives(self) -> frozenset[str]:
@@ -195,18 +209,63 @@ class AddressPolicy:
         return self.check(host, self.resolve(host, port))
 
     def check(self, host: str, addrs: list[str]) -> str | None:
-        """Why ``host`` at ``addrs`` may not be contacted, or None when every address is acceptable."""
+        """Why ``host`` at ``addrs`` may not be contacted, or None when every address is acceptable.
+
+        An IPv6 address that carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) is judged by both:
+        ``[::127.0.0.1]`` or ``[64:ff9b::a00:1]`` reach the IPv4 host through a translator or tunnel.
+        """
         for addr in addrs:
             ip = ipaddress.ip_address(addr.split("%", 1)[0])
             if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
                 ip = ip.ipv4_mapped
-            if any(ip in net for net in self.blocked):
-                return f"{host} resolves to blocked address {ip}"
-            if any(ip in net for net in self.allowed):
+            embedded = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else []
+            forms = [ip, *embedded]
+            for form in forms:
+                if any(form in net for net in self.blocked):
+                    return f"{host} resolves to blocked address {_describe(ip, form)}"
+            if any(ip in net for net in self.allowed) or (embedded and all(
+                    any(e in net for net in self.allowed) for e in embedded)):
                 continue
-            if not self.allow_private and not ip.is_global:
+            if self.allow_private:
+                continue
+            if ip in NON_GLOBAL_V6:
                 return f"{host} resolves to non-public address {ip}"
+            for form in forms:
+                if not form.is_global:
+                    return f"{host} resolves to non-public address {_describe(ip, form)}"
         return None
+
+
+# IPv6 ranges that carry an IPv4 address, and where (RFC 4291 compatible/mapped, RFC 6052/8215 NAT64, RFC 6145
+# translated, RFC 3056 6to4, RFC 4380 Teredo).
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+_V4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+# Local-use NAT64 prefixes are site-specific by definition: refused whatever they embed.
+NON_GLOBAL_V6 = (ipaddress.ip_network("64:ff9b:1::/48"),)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address that ``ip`` carries and that a translator or tunnel would deliver to (may be empty)."""
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    out: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped:
+        out.append(ip.ipv4_mapped)
+    if ip in _V4_COMPATIBLE or ip in _V4_TRANSLATED or ip in _NAT64_WELL_KNOWN:
+        out.append(low32)
+    if ip in NON_GLOBAL_V6[0]:
+        # RFC 6052 /48 layout: IPv4 bits 0-15 in bits 48-63, bits 16-31 in bits 72-87 (bits 64-71 are "u")
+        v = int(ip)
+        out.append(ipaddress.IPv4Address((((v >> 64) & 0xFFFF) << 16) | ((v >> 40) & 0xFFFF)))
+    if ip.sixtofour:
+        out.append(ip.sixtofour)
+    if ip.teredo:
+        out.extend(ip.teredo)  # (server, client); the client address is de-obfuscated by ipaddress
+    return out
+
+
+def _describe(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, form) -> str:
+    return str(ip) if form == ip else f"{ip} (embeds IPv4 {form})"
 
 
 class BlockedAddressError(OSError):
@@ -314,6 +373,10 @@ class Downloader:
         self.session.headers.update({"User-Agent": self.cfg.user_agent, "Accept": "image/*,*/*;q=0.5",
                                      "Accept-Encoding": "identity"})
         self.policy = AddressPolicy(self.cfg)
+        from curate.inputs import InputPolicy
+
+        self.inputs = InputPolicy(self.cfg.input_roots)
+        self._filesystems: dict[str, Any] = {}
         # Retries are ours (with backoff and Retry-After), so the adapter never retries by itself.
         adapter = _pinned_adapter(self.policy, self.cfg.threads)
         self.session.mount("http://", adapter)
@@ -363,7 +426,7 @@ class Downloader:
                 time.sleep(self._backoff(attempt, fail.retry_after))
         return row  # pragma: no cover - the loop always returns
 
-    def _guarded_attempt(self, url: Any) -> tuple[bytes, int, str]:
+    def _guarded_attempt(self, url: Any) -> tuple[bytes, int | None, str]:
         """One attempt; an exception nobody anticipated for this URL is logged with its traceback and becomes
         a ``download_error`` row, so one odd URL cannot take down a batch of thousands."""
         try:
@@ -387,10 +450,17 @@ class Downloader:
                 slot = self._host_slots[host] = threading.BoundedSemaphore(self.cfg.per_host_concurrency)
             return slot
 
-    def _attempt(self, url: Any) -> tuple[bytes, int, str]:
+    def _attempt(self, url: Any) -> tuple[bytes, int | None, str]:
         """One attempt: follow redirects by hand (checking each hop's address), then read the body under caps."""
         import requests
 
+        from curate.inputs import url_kind
+
+        kind = url_kind(url) if isinstance(url, str) else "other"
+        if kind in ("local", "fsspec"):
+            return self._read_input(url.strip())
+        if kind == "relative":
+            raise _Fail(Status.INVALID_URL, "relative path: rows name files by absolute path or file:// URL")
         deadline = time.monotonic() + self.cfg.total_timeout
         current = url
         for hop in range(self.cfg.max_redirects + 1):
@@ -434,6 +504,51 @@ class Downloader:
                 finally:
                     resp.close()
         raise _Fail(Status.DOWNLOAD_ERROR, f"too many redirects (more than {self.cfg.max_redirects})")
+
+    def _filesystem(self, url: str):
+        """The fsspec filesystem for ``url``'s protocol (one per protocol and worker) and the path in it."""
+        import fsspec
+
+        protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+        fs = self._filesystems.get(protocol)
+        if fs is None:
+            fs = self._filesystems[protocol] = fsspec.filesystem(protocol, **self.cfg.storage_options.get(protocol, {}))
+        return fs, fs._strip_protocol(url), protocol
+
+    def _read_input(self, url: str) -> tuple[bytes, None, str]:
+        """Read a local path or fsspec URL: the same statuses as http where they apply (missing -> download_error
+        without retry, transient errors retried, over max_bytes -> too_large, not an image -> not_image)."""
+        refusal = self.inputs.refusal(url)
+        if refusal:
+            raise _Fail(Status.BLOCKED_ADDRESS, refusal)
+        try:
+            fs, path, protocol = self._filesystem(url)
+        except (ImportError, ValueError) as exc:
+            raise _Fail(Status.INVALID_URL, f"cannot read {url[:80]}: {_short(exc)}") from None
+        # per_host_concurrency counts per bucket (or host) of a remote filesystem, and once for local files
+        bucket = "" if protocol in ("file", "local") else path.split("/", 1)[0]
+        with self._slot(f"{protocol}://{bucket}"):
+            try:
+                size = fs.size(path)
+                if size is not None and size > self.cfg.max_bytes:
+                    raise _Fail(Status.TOO_LARGE, f"file size {size} > max_bytes {self.cfg.max_bytes}")
+                with fs.open(path, "rb") as f:
+                    data = f.read(self.cfg.max_bytes + 1)
+            except _Fail:
+                raise
+            except FileNotFoundError:
+                raise _Fail(Status.DOWNLOAD_ERROR, "file not found") from None
+            except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+                raise _Fail(Status.DOWNLOAD_ERROR, f"cannot read: {_short(exc)}") from None
+            except Exception as exc:  # noqa: BLE001 - network filesystems raise their own kinds for transient faults
+                raise _Fail(Status.DOWNLOAD_ERROR, f"read failed: {_short(exc)}", retryable=True) from None
+        if len(data) > self.cfg.max_bytes:
+            raise _Fail(Status.TOO_LARGE, f"body over max_bytes {self.cfg.max_bytes}")
+        mime = sniff_mime(data)
+        if mime is None:
+            what = "empty file" if not data else ("HTML page" if _looks_html(data) else "not an image")
+            raise _Fail(Status.NOT_IMAGE, what)
+        return data, None, mime
 
     def _drain(self, resp) -> None:
         """Read a small redirect body so the connection can go back to the pool; large ones just close."""

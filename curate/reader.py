@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from typing import Literal
 
 import pyarrow as pa
 
 from curate import schema
+from curate.errors import BbstError
+from curate.inputs import DEFAULT_SOURCE_FOLDERS, IMAGE_EXTENSIONS
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
 
@@ -18,14 +22,27 @@ FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
 RESERVED_COLUMNS = frozenset(schema.META_COLUMNS) | {"image", "ext", "http_status"}
 
 
+class ReaderError(BbstError, ValueError):
+    """A URL list that cannot be read: the message names the file and, where known, the line or row group."""
+
+
+class ListNotFoundError(BbstError, FileNotFoundError):
+    """The URL list (file, folder or glob) does not exist."""
+
+
 @dataclasses.dataclass
 class ReaderConfig:
     url_column: str = "url"  # input column holding the image URL (renamed to ``url``)
     source_column: str = "source"  # input column naming the origin (e.g. behance/flickr); null when absent
     rows_per_partition: int = 10_000  # rows per partition: one meta Parquet file and one unit of resume each
-    format: Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt"] = "auto"  # auto: by file extension
+    format: Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt", "images"] = "auto"
+    # auto: by file extension; images: the path is a folder tree or glob of image files (what --images sets)
     compression: Literal["infer", "none", "gzip"] = "infer"  # infer: gzip when the name ends in .gz
     read_block_bytes: int = 1 << 20  # CSV/TSV reader block size; bounds memory while streaming
+    image_extensions: list[str] = dataclasses.field(
+        default_factory=lambda: list(IMAGE_EXTENSIONS))  # format images: file name endings listed as images
+    source_folders: dict[str, str] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_SOURCE_FOLDERS))  # format images: folder name -> source of its images
 
     def __post_init__(self) -> None:
         if self.rows_per_partition < 1 or self.rows_per_partition > 10**schema.KEY_ROW_DIGITS:
@@ -43,7 +60,7 @@ def detect_format(path: str, cfg: ReaderConfig) -> str:
     aliases = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "tsv": "tsv", "jsonl": "jsonl",
                "ndjson": "jsonl", "json": "jsonl", "txt": "txt"}
     if ext not in aliases:
-        raise ValueError(f"{path}: cannot tell the URL list format from the extension {ext!r}; "
+        raise ReaderError(f"{path}: cannot tell the URL list format from the extension {ext!r}; "
                          f"use one of {sorted(aliases)} or set reader.format to one of {list(FORMATS)}")
     return aliases[ext]
 
@@ -62,7 +79,7 @@ def list_files(path: str, storage_options: dict | None = None) -> tuple[object, 
 
     fs, _, paths = fsspec.get_fs_token_paths(path, storage_options=storage_options or None)
     if not paths:
-        raise ValueError(f"{path}: no URL list found (no file matches)")
+        raise ReaderError(f"{path}: no URL list found (no file matches)")
     files: list[str] = []
     for p in paths:
         if fs.isdir(p):
@@ -70,9 +87,9 @@ def list_files(path: str, storage_options: dict | None = None) -> tuple[object, 
         elif fs.exists(p):
             files.append(p)
         else:
-            raise FileNotFoundError(f"{path}: URL list not found")
+            raise ListNotFoundError(f"{path}: URL list not found")
     if not files:
-        raise ValueError(f"{path}: folder holds no URL list files")
+        raise ReaderError(f"{path}: folder holds no URL list files")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol not in ("file", "local"):
         files = [f if "://" in f else fs.unstrip_protocol(f) for f in files]
@@ -90,8 +107,16 @@ def _iter_parquet(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
         try:
             pf = pq.ParquetFile(f)
         except (pa.ArrowInvalid, OSError) as exc:
-            raise ValueError(f"{path}: not a readable Parquet file: {exc}") from None
-        yield from pf.iter_batches(batch_size=min(cfg.rows_per_partition, 65_536))
+            raise ReaderError(f"{path}: not a readable Parquet file: {exc}") from None
+        first = 0
+        for group in range(pf.num_row_groups):
+            rows = pf.metadata.row_group(group).num_rows
+            try:
+                yield from pf.iter_batches(batch_size=min(cfg.rows_per_partition, 65_536), row_groups=[group])
+            except (pa.ArrowException, OSError, EOFError) as exc:
+                raise ReaderError(f"{path}: row group {group} (rows {first}-{first + rows - 1}): corrupt Parquet "
+                                  f"data: {exc}") from None
+            first += rows
 
 
 def _iter_csv(fs, path: str, cfg: ReaderConfig, delimiter: str) -> Iterator[pa.RecordBatch]:
@@ -102,7 +127,7 @@ def _iter_csv(fs, path: str, cfg: ReaderConfig, delimiter: str) -> Iterator[pa.R
     with _open(fs, path, cfg, "rt") as f:
         header_line = f.readline()
     if not header_line.strip():
-        raise ValueError(f"{path}: line 1: empty file or missing header row")
+        raise ReaderError(f"{path}: line 1: empty file or missing header row")
     names = next(csv.reader([header_line], delimiter=delimiter))
     with _open(fs, path, cfg) as f:
         try:
@@ -115,7 +140,9 @@ def _iter_csv(fs, path: str, cfg: ReaderConfig, delimiter: str) -> Iterator[pa.R
             )
             yield from reader
         except pa.ArrowInvalid as exc:
-            raise ValueError(f"{path}: malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}") from None
+            if "UTF8" in str(exc):
+                raise _stream_error(fs, path, cfg, exc) from None
+            raise ReaderError(f"{path}: malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}") from None
 
 
 def _iter_jsonl(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
@@ -128,9 +155,9 @@ def _iter_jsonl(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
+                raise ReaderError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
-                raise ValueError(  # noqa: TRY004 - a malformed list is a ValueError like every other input error
+                raise ReaderError(
                     f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
             rows.append(obj)
             if len(rows) >= cfg.rows_per_partition:
@@ -147,7 +174,7 @@ def _jsonl_batch(rows: list[dict], path: str, first: int, last: int) -> pa.Recor
     try:
         return pa.RecordBatch.from_pydict({n: [row.get(n) for row in rows] for n in names})
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ValueError(f"{path}: lines {first}-{last}: inconsistent column types ({exc})") from None
+        raise ReaderError(f"{path}: lines {first}-{last}: inconsistent column types ({exc})") from None
 
 
 def _iter_txt(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
@@ -177,15 +204,15 @@ def _normalise(table: pa.Table, path: str, partition: int, first_row_in_file: in
     """Rename the URL/source columns, add ``key``, keep every other column (renamed if it clashes with ours)."""
     names = table.column_names
     if cfg.url_column not in names:
-        raise ValueError(f"{path}: no URL column {cfg.url_column!r} (columns: {names}); "
-                         f"set reader.url_column to the right name")
+        raise ReaderError(f"{path}: no URL column {cfg.url_column!r} (columns: {names})",
+                          hint=f"--set reader.url_column={names[0] if names else 'NAME'} names the URL column")
     n = table.num_rows
     url = table.column(cfg.url_column)
     if not pa.types.is_string(url.type):
         if pa.types.is_large_string(url.type) or pa.types.is_null(url.type):
             url = url.cast(pa.string())
         else:
-            raise ValueError(f"{path}: rows {first_row_in_file}-{first_row_in_file + n - 1}: URL column "
+            raise ReaderError(f"{path}: rows {first_row_in_file}-{first_row_in_file + n - 1}: URL column "
                              f"{cfg.url_column!r} has type {url.type}, expected strings")
     if cfg.source_column in names:
         source = table.column(cfg.source_column)
@@ -200,14 +227,58 @@ def _normalise(table: pa.Table, path: str, partition: int, first_row_in_file: in
             continue
         out = f"input_{name}" if name in RESERVED_COLUMNS else name
         if out in out_names:
-            raise ValueError(f"{path}: column {name!r} clashes with {out!r}; rename it in the URL list")
+            raise ReaderError(f"{path}: column {name!r} clashes with {out!r}; rename it in the URL list")
         arrays.append(table.column(name))
         out_names.append(out)
     return pa.Table.from_arrays(arrays, names=out_names)
 
 
+# What reading a damaged text list or its compression raises, wherever in the stream the damage is.
+_STREAM_ERRORS = (UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def _stream_error(fs, path: str, cfg: ReaderConfig, exc: BaseException) -> ReaderError:
+    """A ReaderError for an encoding or compression failure, located by a second, byte-level pass over the file."""
+    line, found = _locate_damage(fs, path, cfg)
+    exc = found or exc
+    if isinstance(exc, UnicodeDecodeError):
+        where = f"{path}: line {line}" if line else path
+        return ReaderError(f"{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1})",
+                           hint="save the URL list as UTF-8")
+    if isinstance(exc, gzip.BadGzipFile):
+        return ReaderError(f"{path}: not a gzip file although its name ends in .gz ({exc})",
+                           hint="--set reader.compression=none reads it as it is")
+    # decompression reads ahead in blocks, so the damage lies somewhere after the last line that came out whole
+    after = f" after line {line}" if line else " in its first block"
+    what = "gzip data end early (truncated file)" if isinstance(exc, EOFError) else f"damaged gzip data ({exc})"
+    return ReaderError(f"{path}: {what}{after}")
+
+
+def _locate_damage(fs, path: str, cfg: ReaderConfig) -> tuple[int | None, BaseException | None]:
+    """Where a byte-level pass fails: ``(line, error)``; the line that is not UTF-8, or for damaged compressed
+    data the last line that decompressed whole. ``(None, None)`` when the pass finds nothing."""
+    lineno = 0
+    try:
+        with _open(fs, path, cfg) as f:
+            for raw in f:
+                raw.decode("utf-8")
+                lineno += 1
+    except UnicodeDecodeError as exc:
+        return lineno + 1, exc
+    except _STREAM_ERRORS as exc:
+        return lineno, exc
+    return None, None
+
+
 def iter_file_tables(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.Table]:
     """Raw tables of ``rows_per_partition`` rows from one file (the last one shorter), streaming."""
+    try:
+        yield from _iter_file_tables(fs, path, cfg)
+    except _STREAM_ERRORS as exc:
+        raise _stream_error(fs, path, cfg, exc) from None
+
+
+def _iter_file_tables(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.Table]:
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     for batch in _iter_batches(fs, path, cfg):
@@ -227,19 +298,25 @@ def _concat(batches: list[pa.RecordBatch], path: str) -> pa.Table:
     try:
         return pa.Table.from_batches(batches).combine_chunks()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ValueError(f"{path}: inconsistent columns across rows: {exc}") from None
+        raise ReaderError(f"{path}: inconsistent columns across rows: {exc}") from None
 
 
 def iter_partitions(path: str, cfg: ReaderConfig | None = None,
                     storage_options: dict | None = None) -> Iterator[tuple[int, pa.Table]]:
     """Yield ``(partition, table)`` with columns ``key``, ``url``, ``source`` and every pass-through column.
 
-    ``path`` is a file, a folder or a glob, local or any fsspec URL. Files are read in sorted order and
+    ``path`` is a file, a folder or a glob, local or any fsspec URL (with ``format: images``, a folder tree or glob
+    of image files, see :func:`curate.inputs.iter_image_partitions`). Files are read in sorted order and
     partitions are numbered consecutively across them (a partition never spans two files), so keys are a pure
     function of the list. Only one partition (plus one read block) is held in memory at a time.
     ``storage_options`` go to fsspec (e.g. ``{"client_kwargs": {"endpoint_url": ...}}`` for an S3 endpoint).
     """
     cfg = cfg or ReaderConfig()
+    if cfg.format == "images":
+        from curate.inputs import iter_image_partitions
+
+        yield from iter_image_partitions(path, cfg, storage_options)
+        return
     fs, files = list_files(path, storage_options)
     partition = 0
     for file in files:

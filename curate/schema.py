@@ -36,15 +36,15 @@ class Status(str, enum.Enum):
     """
 
     OK = "ok"  # kept: in exactly one tar shard
-    INVALID_URL = "invalid_url"  # malformed URL or unsupported scheme
-    BLOCKED_ADDRESS = "blocked_address"  # resolves (directly or via redirect) to loopback/private/link-local
+    INVALID_URL = "invalid_url"  # malformed URL, relative path or unsupported scheme
+    BLOCKED_ADDRESS = "blocked_address"  # resolves to loopback/private/link-local; a path outside input_roots
     DOWNLOAD_ERROR = "download_error"  # HTTP error status, timeout, reset, too many redirects (after retries)
     OPTED_OUT = "opted_out"  # X-Robots-Tag directive forbids use (body never read)
     NOT_IMAGE = "not_image"  # body is not a decodable image (HTML, empty, wrong type)
-    TOO_LARGE = "too_large"  # body over max_bytes or pixels over the decompression-bomb ceiling
+    TOO_LARGE = "too_large"  # body over max_bytes, pixels over the bomb ceiling, decode over max_decode_mb
     TOO_SMALL = "too_small"  # short side below min_side (decided from the header)
     BAD_ASPECT = "bad_aspect"  # aspect ratio above max_aspect_ratio
-    CORRUPT = "corrupt"  # header readable but the full decode fails (truncated, damaged)
+    CORRUPT = "corrupt"  # header readable but the decode fails or libjpeg warns (truncated, damaged)
     UNSUPPORTED = "unsupported"  # a mode/format the policy rejects (e.g. animated images)
     DUPLICATE = "duplicate"  # same sha256 as a kept sample with a smaller key
     NEAR_DUPLICATE = "near_duplicate"  # perceptual hash within the configured distance of a kept sample

@@ -16,7 +16,8 @@ DEFAULT_THRESHOLD = 0.5  # split threshold on P(stylistic) when neither the conf
 @dataclasses.dataclass
 class SplitConfig:
     source_sides: dict[str, str] = dataclasses.field(
-        default_factory=lambda: {"behance": "style", "wikiart": "style", "flickr": "content", "unsplash": "content"}
+        default_factory=lambda: {"behance": "style", "wikiart": "style", "flickr": "content", "unsplash": "content",
+                                 "coco": "content"}
     )  # input ``source`` value (case-insensitive) -> subset it feeds; unmapped sources count as "no source"
     # a style row needs P(stylistic) >= style_min_score and a content row <= content_max_score (when scored);
     # None takes the threshold stored in the classifier checkpoint (chosen there for a target precision per side)

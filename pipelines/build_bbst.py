@@ -792,6 +792,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config file (local or fsspec URL); see pipelines/configs/")
     p.add_argument("--urls", help="URL list: Parquet, CSV/TSV, JSONL or text; file, folder or glob; local or fsspec")
+    p.add_argument("--images", metavar="DIR_OR_GLOB",
+                   help="build from image files instead of a URL list: a folder tree or glob, local or fsspec")
     p.add_argument("--out", help="output directory (local or fsspec URL such as s3://bucket/prefix)")
     p.add_argument("--min-side", type=int, help="reject images whose short side is below N pixels (default 1024)")
     p.add_argument("--allow-private-network", action="store_true", default=None,
@@ -813,6 +815,10 @@ def load_cli_config(args: argparse.Namespace) -> BuildConfig:
             overrides[flag] = getattr(args, flag)
     if args.classifier:
         overrides["score"] = {"classifier": args.classifier}
+    if args.images is not None:
+        if args.urls is not None:
+            raise ConfigError("--images and --urls: pass one of them")
+        overrides.update(urls=args.images, reader={"format": "images"})
     return load_config(BuildConfig, args.config, overrides, args.sets)
 
 

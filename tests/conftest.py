@@ -1,6 +1,8 @@
-"""Shared pytest fixtures: the loopback fault-injection HTTP server."""
+"""Shared pytest fixtures: the loopback fault-injection HTTP server and moto's S3 server."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 from http_faults import FaultServer
@@ -11,3 +13,29 @@ def fault_server():
     """A started :class:`http_faults.FaultServer` on 127.0.0.1 (random port); ``fault_server.url("ok.jpg")``."""
     with FaultServer() as server:
         yield server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server on loopback; yields its endpoint URL (credentials ``testing``/``testing``)."""
+    moto_server = pytest.importorskip("moto.server")
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    mp = pytest.MonkeyPatch()
+    # no endpoint in the environment: the loopback endpoint reaches the URL-list reader, the output store and
+    # the Ray workers only through --set storage_options, as it would for a user's own S3-compatible store
+    mp.delenv("AWS_ENDPOINT_URL", raising=False)
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing"}.items():
+        mp.setenv(k, v)
+    yield endpoint
+    mp.undo()
+    server.stop()

@@ -40,6 +40,62 @@ def png16_rgb(width: int, height: int, seed: int = 0) -> bytes:
             + _png_chunk(b"IEND", b""))
 
 
+def png16_gray_blank(width: int, height: int) -> bytes:
+    """A complete, valid 16-bit grayscale PNG of zeros; deflate packs 13376^2 of them into about 348 KB."""
+    deflate = zlib.compressobj(9)
+    row = b"\x00" * (1 + 2 * width)
+    idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b""))
+
+
+def webp_lossless_blank(width: int, height: int) -> bytes:
+    """A valid lossless WebP of one black colour at any size in a few dozen bytes.
+
+    Written bit by bit (VP8L, RFC 9649): no transform, no colour cache, and five prefix codes of one symbol each,
+    so every pixel costs zero bits. libwebp would need the whole raster in memory to encode it.
+    """
+    bits: list[int] = []
+
+    def put(value: int, n: int) -> None:
+        bits.extend((value >> k) & 1 for k in range(n))
+
+    put(0x2F, 8)
+    put(width - 1, 14)
+    put(height - 1, 14)
+    put(0, 1)  # alpha not used
+    put(0, 3)  # version
+    put(0, 3)  # no transform, no colour cache, no meta prefix codes
+    for _ in range(5):  # green, red, blue, alpha, distance: simple code, one 1-bit symbol (0)
+        put(1, 1), put(0, 1), put(0, 1), put(0, 1)
+    bits.extend([0] * (-len(bits) % 8))
+    data = bytes(sum(b << k for k, b in enumerate(bits[i:i + 8])) for i in range(0, len(bits), 8))
+    data += b"\x00" * (len(data) % 2)
+    chunk = b"VP8L" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
+def jpeg_sof_patched(jpeg: bytes, width: int, height: int) -> bytes:
+    """``jpeg`` with its frame header's size field rewritten (the scan data stay those of the real size)."""
+    for marker in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2"):
+        at = jpeg.find(marker)
+        if at > 0:
+            return jpeg[:at + 5] + struct.pack(">HH", height, width) + jpeg[at + 9:]
+    raise ValueError("no SOF0/1/2 marker")
+
+
+def jpeg_cut(jpeg: bytes, fraction: float) -> bytes:
+    """The first ``fraction`` of ``jpeg``, closed with an EOI marker as if it were complete."""
+    return jpeg[:int(len(jpeg) * fraction)] + b"\xff\xd9"
+
+
+def jpeg_middle_zeroed(jpeg: bytes) -> bytes:
+    """``jpeg`` with its middle third overwritten by zero bytes (header and EOI intact)."""
+    n = len(jpeg)
+    return jpeg[:n // 3] + b"\x00" * (2 * n // 3 - n // 3) + jpeg[2 * n // 3:]
+
+
 def exif_rotated_jpeg(width: int = 800, height: int = 1200, orientation: int = 6) -> bytes:
     """A JPEG stored ``width`` x ``height`` carrying an EXIF Orientation tag."""
     exif = Image.Exif()

@@ -10,6 +10,7 @@ import pytest
 import urllib3.util.connection
 
 from curate.downloader import (
+    AddressPolicy,
     DownloadConfig,
     Downloader,
     parse_retry_after,
@@ -118,9 +119,10 @@ def test_fault_batch_counts_add_up(fault_results):
 
 
 def test_invalid_urls_are_rows_not_exceptions():
-    out = run(Downloader(cfg()), ["", None, "ftp://example.org/a.jpg", "http://", "http://[::1/x", "not a url",
-                                  "http://example.org:99999/a.jpg"])
-    assert list(out["status"]) == ["invalid_url"] * 7
+    out = run(Downloader(cfg()), ["", None, "data:image/png;base64,AAAA", "http://", "http://[::1/x", "not a url",
+                                  "http://example.org:99999/a.jpg", "ftp://example.org/a.jpg"])
+    # ftp:// is an fsspec URL: refused like any file outside download.input_roots
+    assert list(out["status"]) == ["invalid_url"] * 7 + ["blocked_address"]
     assert all(out["error"])
 
 
@@ -274,3 +276,54 @@ def test_unexpected_exception_becomes_a_row(monkeypatch, caplog):
     out = run(d, ["http://127.0.0.1:1/a.jpg", "http://127.0.0.1:1/b.jpg"])
     assert list(out["status"]) == ["download_error"] * 2 and "unexpected KeyError" in out["error"][0]
     assert "unexpected error downloading" in caplog.text
+
+
+# IPv6 forms that carry a loopback, private or link-local IPv4 address: each reaches that IPv4 host through a
+# translator (NAT64, SIIT) or a tunnel (6to4, Teredo), so the embedded address decides.
+EMBEDDING_PRIVATE = [
+    "::127.0.0.1",  # IPv4-compatible
+    "::10.0.0.1",
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "::ffff:0:7f00:1",  # IPv4-translated (SIIT)
+    "64:ff9b::7f00:1",  # NAT64 well-known prefix
+    "64:ff9b::a9fe:a9fe",  # NAT64 -> 169.254.169.254
+    "64:ff9b::c0a8:101",  # NAT64 -> 192.168.1.1
+    "64:ff9b:1:7f00:0:100::",  # local-use NAT64 (/48 layout) -> 127.0.0.1
+    "64:ff9b:1::808:808",  # local-use NAT64 is site-specific whatever it embeds
+    "2002:7f00:1::",  # 6to4 -> 127.0.0.1
+    "2002:a00:1::1",  # 6to4 -> 10.0.0.1
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+]
+
+
+@pytest.mark.parametrize("addr", EMBEDDING_PRIVATE)
+def test_ipv6_embedding_a_private_ipv4_is_refused(addr):
+    refusal = AddressPolicy(DownloadConfig()).check("h", [addr])
+    assert refusal and ("non-public" in refusal or "blocked address" in refusal), (addr, refusal)
+
+
+@pytest.mark.parametrize("addr", ["64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8", "2606:4700::1111"])
+def test_ipv6_embedding_a_public_ipv4_passes(addr):
+    assert AddressPolicy(DownloadConfig()).check("h", [addr]) is None
+
+
+def test_embedded_ipv4_meets_the_blocked_and_allowed_networks():
+    private_ok = AddressPolicy(DownloadConfig(allow_private_network=True))
+    assert "blocked" in private_ok.check("h", ["64:ff9b::a9fe:a9fe"])  # metadata endpoint, even when private is ok
+    assert "blocked" in private_ok.check("h", ["2002:a9fe:a9fe::"])
+    assert private_ok.check("h", ["64:ff9b::a00:1"]) is None
+    loopback_ok = AddressPolicy(DownloadConfig(allowed_networks=["127.0.0.0/8"]))
+    assert loopback_ok.check("h", ["::127.0.0.1"]) is None  # the embedded address is in an allowed network
+    assert "non-public" in loopback_ok.check("h", ["64:ff9b::a00:1"])
+
+
+def test_ipv6_embedding_loopback_sends_nothing(fault_server, no_foreign_connections):
+    """The loopback server is listening, yet none of these URLs gets a connection attempt."""
+    port = fault_server.server_address[1]
+    urls = [f"http://[{a}]:{port}/ok.jpg" for a in ("::127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::",
+                                                    "::ffff:0:7f00:1")]
+    before = len(fault_server.requests)
+    out = run(Downloader(DownloadConfig(retries=0)), urls)
+    assert list(out["status"]) == ["blocked_address"] * len(urls), list(out["error"])
+    assert all("embeds IPv4 127.0.0.1" in e for e in out["error"])
+    assert len(fault_server.requests) == before and no_foreign_connections == []

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import zlib
 
 import imagehash
 import numpy as np
 import pytest
-from http_faults import exif_rotated_jpeg, sample_images
+from http_faults import (
+    exif_rotated_jpeg,
+    jpeg_cut,
+    jpeg_middle_zeroed,
+    jpeg_sof_patched,
+    png16_gray_blank,
+    sample_images,
+    webp_lossless_blank,
+)
 from PIL import Image, ImageFile
 
 from curate import synthetic
@@ -239,3 +248,164 @@ def test_mutated_bytes_never_raise(images):
             assert ext in ("jpg", "png")
         else:
             assert image is None
+
+
+# -- decode budget and strict JPEG validation ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hostile():
+    """The damaged and oversized images, each next to a sound control of the same kind."""
+    sound = synthetic.encode(synthetic.photo_like(768, 640, seed=21), "JPEG", quality=90)
+    small = synthetic.encode(synthetic.photo_like(256, 256, seed=22), "JPEG", quality=75)
+    return {
+        "webp-16383x10900": webp_lossless_blank(16383, 10900),
+        "png16-13376": png16_gray_blank(13376, 13376),
+        "jpeg-cut-10": jpeg_cut(sound, 0.10),
+        "jpeg-cut-50": jpeg_cut(sound, 0.50),
+        "jpeg-middle-zeroed": jpeg_middle_zeroed(sound),
+        "jpeg-sof-13376": jpeg_sof_patched(small, 13376, 13376),
+        "control.jpg": sound,
+        "control-small.jpg": small,
+        "control.webp": webp_lossless_blank(700, 600),
+        "control.png": png16_gray_blank(700, 600),
+    }
+
+
+HOSTILE_STATUS = {
+    "webp-16383x10900": ("too_large", "max_decode_mb"),
+    "png16-13376": ("too_large", "max_decode_mb"),
+    "jpeg-cut-10": ("corrupt", "Corrupt JPEG data"),
+    "jpeg-cut-50": ("corrupt", "Corrupt JPEG data"),
+    "jpeg-middle-zeroed": ("corrupt", "Corrupt JPEG data"),
+    "jpeg-sof-13376": ("corrupt", "size field disagrees with the scan data"),
+    "control.jpg": ("ok", None),
+    "control-small.jpg": ("ok", None),
+    "control.webp": ("ok", None),
+    "control.png": ("ok", None),
+}
+
+
+def test_hostile_images_get_their_status(hostile, count_loads):
+    assert len(hostile["png16-13376"]) < 400_000 and len(hostile["jpeg-sof-13376"]) < 20_000  # as small as claimed
+    for name, data in hostile.items():
+        row = check(data, ImageCheckConfig(min_side=200))
+        status, fragment = HOSTILE_STATUS[name]
+        assert row["status"] == status, (name, row["error"])
+        assert fragment is None or fragment in row["error"], (name, row["error"])
+    # refused from the header: the oversized ones were never decoded; JPEGs are never decoded by Pillow
+    assert sorted(count_loads) == ["PNG", "WEBP"]
+
+
+def test_cut_jpeg_keeps_its_eoi_and_pillow_alone_would_keep_it(hostile):
+    """Why the strict decode exists: Pillow silently fills the missing part of these files with grey."""
+    for name in ("jpeg-cut-10", "jpeg-cut-50", "jpeg-middle-zeroed"):
+        data = hostile[name]
+        assert data.endswith(b"\xff\xd9")
+        Image.open(io.BytesIO(data)).load()  # no error from Pillow
+
+
+def test_hostile_images_stay_within_memory(hostile, tmp_path):
+    """Peak memory of checking every hostile image, in a fresh process, above the same process after a control."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    (tmp_path / "cases.pkl").write_bytes(pickle.dumps(hostile))
+    script = (
+        "import pickle, resource, sys, numpy as np\n"
+        "from curate.imagecheck import ImageCheckConfig, ImageChecker\n"
+        "cases = pickle.load(open(sys.argv[1], 'rb'))\n"
+        "checker = ImageChecker(ImageCheckConfig(min_side=200))\n"
+        "checker({'image': np.array([cases['control.jpg'], cases['control.png']], dtype=object)})\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "out = checker({'image': np.array(list(cases.values()), dtype=object)})\n"
+        "print(list(out['status']), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n"
+    )
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root}
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cases.pkl")], capture_output=True,
+                         text=True, timeout=120, env=env, check=True)
+    statuses, grown_kb = res.stdout.strip().rsplit(" ", 1)
+    assert statuses == str([HOSTILE_STATUS[n][0] for n in hostile])
+    assert int(grown_kb) < 64 * 1024, f"peak memory grew by {int(grown_kb) // 1024} MiB"
+
+
+def _png_header(width: int, height: int, depth: int, color_type: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+
+
+def test_decode_budget_default_passes_8k_rgb():
+    """Header-only: the default budget admits 8192 x 8192 RGB in every format and layout, 16-bit included."""
+    from curate.imagecheck import decoded_bytes
+
+    budget = ImageCheckConfig().max_decode_mb * 2**20
+    photo = synthetic.photo_like(64, 64, seed=1)
+
+    def jpeg8k(**kwargs) -> bytes:
+        return jpeg_sof_patched(synthetic.encode(photo, "JPEG", **kwargs), 8192, 8192)
+
+    sound_8k = {
+        "jpeg baseline": jpeg8k(),
+        "jpeg progressive 4:2:0": jpeg8k(progressive=True),
+        "jpeg progressive 4:4:4": jpeg8k(progressive=True, subsampling=0),
+        "jpeg cmyk": jpeg_sof_patched(synthetic.encode(photo.convert("CMYK"), "JPEG"), 8192, 8192),
+        "png rgb": _png_header(8192, 8192, 8, 2),
+        "png rgba 16-bit": _png_header(8192, 8192, 16, 6),
+        "png gray 16-bit": _png_header(8192, 8192, 16, 0),
+        "webp": webp_lossless_blank(8192, 8192),
+    }
+    needs = {}
+    for name, data in sound_8k.items():
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.size == (8192, 8192)
+            needs[name] = decoded_bytes(img, data)
+    assert all(v <= budget for v in needs.values()), needs
+    # what the estimate counts (MiB): a DCT-scaled decode for plain JPEGs, the coefficient buffer of progressive
+    # ones (2 bytes per sample; measured: 195 and 387 MiB over the process's base), rasters for the rest
+    assert needs["jpeg baseline"] == 4 * 2**20  # 1/8 scale
+    assert needs["jpeg progressive 4:2:0"] == (192 + 4) * 2**20 and needs["jpeg progressive 4:4:4"] == (384 + 4) * 2**20
+    assert needs["png rgb"] == needs["png rgba 16-bit"] == needs["webp"] == needs["jpeg cmyk"] == 256 * 2**20
+    assert needs["png gray 16-bit"] == 192 * 2**20  # 16-bit raster + its 8-bit copy
+    over = {"webp 16383x10900": webp_lossless_blank(16383, 10900), "png gray 16-bit 13376^2": _png_header(
+        13376, 13376, 16, 0), "jpeg cmyk progressive 8k": jpeg_sof_patched(synthetic.encode(
+            photo.convert("CMYK"), "JPEG", progressive=True), 8192, 8192)}
+    for name, data in over.items():
+        with Image.open(io.BytesIO(data)) as img:
+            assert decoded_bytes(img, data) > budget, name
+    # the header-level refusal is configurable
+    assert check(png16_gray_blank(300, 300), ImageCheckConfig(min_side=64, max_decode_mb=0.1))["status"] == "too_large"
+
+
+def test_jpeg_scan_bound():
+    from curate.imagecheck import jpeg_scan_shortfall
+
+    small = synthetic.encode(synthetic.photo_like(256, 256, seed=22), "JPEG", quality=75)
+    assert jpeg_scan_shortfall(small) is None
+    assert jpeg_scan_shortfall(jpeg_sof_patched(small, 512, 512)) is None  # within the bound: the decoder decides
+    assert "13376x13376" in jpeg_scan_shortfall(jpeg_sof_patched(small, 13376, 13376))
+    progressive = synthetic.encode(synthetic.photo_like(256, 256, seed=22), "JPEG", progressive=True)
+    assert jpeg_scan_shortfall(progressive) is None
+    assert "blocks" in jpeg_scan_shortfall(jpeg_sof_patched(progressive, 13376, 13376))
+    assert check(jpeg_sof_patched(small, 512, 512))["status"] == "corrupt"  # strict decode finds the mismatch
+
+
+def test_min_side_per_source():
+    coco_like = synthetic.encode(synthetic.photo_like(640, 480, seed=5), "JPEG")
+    cfg = ImageCheckConfig()
+    assert cfg.min_side_for("COCO") == 256 and cfg.min_side_for("flickr") == 1024 and cfg.min_side_for(None) == 1024
+    out = ImageChecker(cfg)({"image": np.array([coco_like] * 3, dtype=object),
+                            "source": np.array(["coco", "flickr", None], dtype=object)})
+    assert list(out["status"]) == ["ok", "too_small", "too_small"]
+    with pytest.raises(ValueError):
+        ImageCheckConfig(min_side_by_source={"coco": 0})
+
+
+def test_peak_memory_follows_the_budget():
+    assert ImageCheckConfig().peak_memory_bytes() == 4 * 400 * 2**20
+    assert ImageCheckConfig(max_decode_mb=100).peak_memory_bytes() == 400 * 2**20
+    with pytest.raises(ValueError):
+        ImageCheckConfig(max_decode_mb=0)

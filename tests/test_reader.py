@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import schema
-from curate.reader import ReaderConfig, detect_format, iter_partitions
+from curate.errors import BbstError
+from curate.reader import ListNotFoundError, ReaderConfig, ReaderError, detect_format, iter_partitions
 
 ROWS = [{"url": f"http://img.example/{i}.jpg", "source": "flickr" if i % 2 else "behance", "caption": f"c{i}"}
         for i in range(7)]
@@ -137,3 +138,57 @@ def test_non_local_filesystem_folder(tmp_path):
             f.write(b"{oops\n")
         list(iter_partitions("memory://lists/bad.jsonl"))
     fs.rm("/lists", recursive=True)
+
+
+def _read_error(path) -> ReaderError:
+    with pytest.raises(BbstError) as info:
+        list(iter_partitions(str(path), ReaderConfig(rows_per_partition=100_000)))
+    assert isinstance(info.value, ReaderError)
+    return info.value
+
+
+def test_damaged_lists_raise_reader_errors_naming_file_and_place(tmp_path):
+    """Encoding, compression and Parquet damage: one BbstError naming the file and the line or row group."""
+    latin1 = "url,source\nhttp://a/1.jpg,x\nhttp://a/caf\xe9.jpg,y\n".encode("latin-1")
+    (tmp_path / "latin1.csv").write_bytes(latin1)
+    err = _read_error(tmp_path / "latin1.csv")
+    assert "latin1.csv: line 3: not UTF-8 text (byte 0xe9" in str(err) and "UTF-8" in err.hint
+    lines = ["url,source"] + [f"http://a/{i}.jpg,x" for i in range(5000)]
+    lines[4000] = "http://a/caf\xe9.jpg,y"  # beyond the first text buffer: found by the CSV parser, not the header
+    (tmp_path / "late.csv").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    assert "late.csv: line 4001: not UTF-8 text (byte 0xe9" in str(_read_error(tmp_path / "late.csv"))
+    (tmp_path / "latin1.jsonl").write_bytes('{"url": "http://a/1"}\n{"url": "http://a/\xe9"}\n'.encode("latin-1"))
+    assert "latin1.jsonl: line 2: not UTF-8" in str(_read_error(tmp_path / "latin1.jsonl"))
+    (tmp_path / "latin1.txt").write_bytes("http://a/1\nhttp://a/2\nhttp://a/\xe9\n".encode("latin-1"))
+    assert "latin1.txt: line 3: not UTF-8" in str(_read_error(tmp_path / "latin1.txt"))
+
+    text = "url\n" + "".join(f"http://a/{i}.jpg\n" for i in range(20_000))
+    packed = gzip.compress(text.encode())
+    (tmp_path / "cut.csv.gz").write_bytes(packed[:len(packed) // 2])
+    err = str(_read_error(tmp_path / "cut.csv.gz"))
+    assert "cut.csv.gz: gzip data end early (truncated file) after line" in err
+    (tmp_path / "cut.txt.gz").write_bytes(packed[:len(packed) // 2])
+    assert "cut.txt.gz: gzip data end early" in str(_read_error(tmp_path / "cut.txt.gz"))
+    flipped = packed[:40] + bytes([packed[40] ^ 0xFF]) + packed[41:]
+    (tmp_path / "flipped.txt.gz").write_bytes(flipped)
+    assert "flipped.txt.gz: damaged gzip data" in str(_read_error(tmp_path / "flipped.txt.gz"))
+    (tmp_path / "plain.csv.gz").write_text(text)
+    err = _read_error(tmp_path / "plain.csv.gz")
+    assert "plain.csv.gz: not a gzip file" in str(err) and "reader.compression=none" in err.hint
+
+    pq.write_table(pa.table({"url": [f"http://a/{i}.jpg" for i in range(5000)]}), tmp_path / "x.parquet",
+                   row_group_size=1000, compression="snappy")
+    body = bytearray((tmp_path / "x.parquet").read_bytes())
+    middle = len(body) // 2
+    body[middle:middle + 400] = b"\x55" * 400
+    (tmp_path / "x.parquet").write_bytes(bytes(body))
+    err = str(_read_error(tmp_path / "x.parquet"))
+    assert "x.parquet: row group " in err and "corrupt Parquet data" in err
+
+
+def test_missing_list_and_missing_column_are_user_errors(tmp_path):
+    with pytest.raises(ListNotFoundError, match="nope.csv"):
+        list(iter_partitions(str(tmp_path / "nope.csv")))
+    (tmp_path / "nourl.csv").write_text("link,source\nhttp://a,b\n")
+    err = _read_error(tmp_path / "nourl.csv")
+    assert "reader.url_column=link" in err.hint

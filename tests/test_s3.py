@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import tarfile
 
 import pyarrow.parquet as pq
@@ -16,31 +15,6 @@ from curate.demo import demo_corpus
 from pipelines import build_bbst
 
 BUCKET = "bbst-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    moto_server = pytest.importorskip("moto.server")
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    mp = pytest.MonkeyPatch()
-    # no endpoint in the environment: the loopback endpoint reaches the URL-list reader, the output store and
-    # the Ray workers only through --set storage_options, as it would for a user's own S3-compatible store
-    mp.delenv("AWS_ENDPOINT_URL", raising=False)
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing"}.items():
-        mp.setenv(k, v)
-    yield endpoint
-    mp.undo()
-    server.stop()
 
 
 @pytest.mark.ray

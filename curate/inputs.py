@@ -1,0 +1,187 @@
+"""Inputs beyond http: which local paths and fsspec URLs a run may read, and the URL list of a folder of images.
+
+A row of a URL list is an ``http(s)://`` URL, an absolute local path, a ``file://`` URL or any other fsspec URL
+(``s3://bucket/a.jpg``, ``gs://...``). Rows that are not http(s) are read through fsspec, and only when they lie
+under one of the roots the user named (``download.input_roots``, which ``--images`` fills with its own folder):
+a URL list, wherever it came from, cannot make a run read ``/etc/passwd`` or a bucket the user did not name.
+The check is lexical, on the normalised path (``..`` cannot climb out of a root); symbolic links inside a root
+are followed, as the user who made them meant.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from curate.reader import ReaderConfig
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic")
+# Folder names that identify a known source when a folder of images is listed (matched case-insensitively).
+DEFAULT_SOURCE_FOLDERS = {
+    "wikiart": "wikiart",
+    "coco": "coco", "mscoco": "coco", "ms-coco": "coco", "ms_coco": "coco",
+    "train2014": "coco", "val2014": "coco", "test2014": "coco",
+    "train2017": "coco", "val2017": "coco", "test2017": "coco", "unlabeled2017": "coco",
+}
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+UrlKind = Literal["http", "local", "fsspec", "relative", "other"]
+
+
+def url_kind(url: str) -> UrlKind:
+    """What a row names: ``http`` (http/https), ``local`` (absolute path or ``file://``), ``fsspec`` (another
+    ``scheme://`` URL), ``relative`` (a path that is not absolute) or ``other`` (empty, ``data:``, ``mailto:``...)."""
+    text = url.strip()
+    m = _SCHEME.match(text)
+    if m:
+        scheme = m.group(1).lower()
+        if scheme in ("http", "https"):
+            return "http"
+        return "local" if scheme in ("file", "local") else "fsspec"
+    if text.startswith("/"):
+        return "local"
+    if not text or re.match(r"^[a-zA-Z][a-zA-Z0-9+.\-]*:", text):
+        return "other"  # "data:...", "javascript:...", or nothing at all
+    return "relative"
+
+
+def canonical(location: str) -> str:
+    """Normalised form of a local path or fsspec URL, for comparing against roots: ``proto://path`` without
+    ``.``/``..`` segments or doubled slashes; local paths (and ``file://`` URLs) become ``file:///abs/path``."""
+    text = location.strip()
+    m = _SCHEME.match(text)
+    if m:
+        scheme, rest = m.group(1).lower(), text[m.end():]
+        if scheme in ("file", "local"):
+            from urllib.parse import unquote
+
+            host, _, path = rest.partition("/")
+            if host not in ("", "localhost"):
+                raise ValueError(f"{location}: file:// URLs name a file on this machine, not on host {host!r}")
+            rest = unquote("/" + path)
+            scheme = "file"
+    else:
+        scheme, rest = "file", text
+    path = posixpath.normpath("/" + rest.lstrip("/"))  # one leading slash: POSIX keeps a doubled one as is
+    if scheme == "file":
+        return "file://" + path
+    return f"{scheme}://" + path.lstrip("/")  # fsspec paths start with the bucket or host
+
+
+def _within(location: str, root: str) -> bool:
+    return location == root or location.startswith(root.rstrip("/") + "/")
+
+
+class InputPolicy:
+    """Decides whether a non-http row may be read: it must lie under one of ``roots`` (see the module docstring)."""
+
+    def __init__(self, roots: list[str]):
+        self.roots = [canonical(r) for r in roots]
+
+    def refusal(self, url: str) -> str | None:
+        """Why ``url`` may not be read (a short message), or None when it may."""
+        try:
+            where = canonical(url)
+        except ValueError as exc:
+            return str(exc)
+        if any(_within(where, root) for root in self.roots):
+            return None
+        kind = "local path" if where.startswith("file://") else "URL"
+        named = f"outside download.input_roots {self.roots}" if self.roots else "not allowed: download.input_roots is empty"
+        return f"{kind} {url.strip()[:200]} {named}"
+
+
+def image_root(spec: str) -> str:
+    """The folder an ``--images`` folder or glob lists from: the spec itself, or its part before the first
+    wildcard (``/data/art/*/*.jpg`` -> ``/data/art``)."""
+    text = spec.strip()
+    m = _GLOB_CHARS.search(text)
+    if not m:
+        return text.rstrip("/") or "/"
+    head = text[:m.start()]
+    return head[:head.rfind("/")] if "/" in head else "."
+
+
+def source_for(path: str, root: str, folders: dict[str, str]) -> str | None:
+    """The source of an image at ``path`` listed under ``root``.
+
+    The first folder on the path (root included) whose name is a key of ``folders`` gives its value
+    (``/data/coco/train2017/1.jpg`` -> ``coco``); failing that, the first folder below the root names the source
+    (``root/behance/x/1.jpg`` -> ``behance``); an image directly in the root has none.
+    """
+    lowered = {k.lower(): v for k, v in folders.items()}
+    parts = [p for p in path.split("/")[:-1] if p]
+    for part in parts:
+        if part.lower() in lowered:
+            return lowered[part.lower()]
+    below = path[len(root.rstrip("/")) + 1:].split("/") if path.startswith(root.rstrip("/") + "/") else []
+    return below[0] if len(below) > 1 else None
+
+
+def iter_image_paths(fs, spec: str, extensions: tuple[str, ...]) -> Iterator[str]:
+    """Image files of a folder tree (walked in sorted order, streaming), of a glob, or one image file, as paths
+    of ``fs``."""
+    exts = tuple(e.lower() for e in extensions)
+    stripped = fs._strip_protocol(spec)
+    if _GLOB_CHARS.search(spec):
+        paths = sorted(p for p in fs.glob(stripped) if p.lower().endswith(exts))
+        yield from (p for p in paths if fs.isfile(p))
+        return
+    if not fs.isdir(stripped):
+        if fs.isfile(stripped) and stripped.lower().endswith(exts):
+            yield stripped  # a single image file
+        return
+    for base, dirs, files in fs.walk(stripped, topdown=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # walk recurses into this list: sorted order
+        for name in sorted(files):
+            if not name.startswith(".") and name.lower().endswith(exts):
+                yield f"{base.rstrip('/')}/{name}"
+
+
+def iter_image_partitions(spec: str, cfg: ReaderConfig,
+                          storage_options: dict | None = None) -> Iterator[tuple[int, pa.Table]]:
+    """``(partition, table)`` over the image files of a folder tree or glob, like a URL list of their paths.
+
+    Each row's ``url`` is the file's absolute path (local) or full fsspec URL, and ``source`` comes from
+    :func:`source_for`. Keys follow the sorted listing, so the same tree always gets the same keys.
+    """
+    import fsspec
+
+    from curate import schema
+    from curate.reader import ListNotFoundError, ReaderError
+
+    fs, _ = fsspec.core.url_to_fs(spec, **(storage_options or {}))
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    local = protocol in ("file", "local")
+    if local:
+        import os
+
+        spec = os.path.abspath(spec.removeprefix("file://"))
+    root = fs._strip_protocol(image_root(spec))
+    if not fs.exists(root):
+        raise ListNotFoundError(f"{spec}: --images folder not found")
+    urls: list[str] = []
+    sources: list[str | None] = []
+    partition = 0
+
+    def table() -> pa.Table:
+        keys = [schema.make_key(partition, r) for r in range(len(urls))]
+        return pa.table({"key": pa.array(keys, pa.string()), "url": pa.array(urls, pa.string()),
+                         "source": pa.array(sources, pa.string())})
+
+    for path in iter_image_paths(fs, spec, tuple(cfg.image_extensions)):
+        urls.append(path if local else fs.unstrip_protocol(path))
+        sources.append(source_for(path, root, cfg.source_folders))
+        if len(urls) == cfg.rows_per_partition:
+            yield partition, table()
+            urls, sources, partition = [], [], partition + 1
+    if urls:
+        yield partition, table()
+    elif partition == 0:
+        raise ReaderError(f"{spec}: no image files (looked for {', '.join(cfg.image_extensions)})")
