@@ -4,7 +4,7 @@
         --model bbst_vitb16_clip --weights cache
 
 Labels come from a Parquet/CSV file (columns ``key`` or ``path``, ``label``, optional ``annotator`` and
-``time``/``created_at``) or from a labeling-session database (``--labels-db``, see ``classifier.labelstore``).
+``time``/``created_at``) or from a labeling-session database (``--labels-db``, see ``classifier.labeling.store``).
 Several decisions on one image are resolved like the labeling app does: each annotator's latest decision
 counts, the majority wins, ties and skips are left out. Images come from WebDataset shards (member names
 ``<key>.<ext>``) or from a folder of image files (by relative ``path`` or by file stem = key).
@@ -74,7 +74,7 @@ def read_label_file(path: str | Path) -> tuple[dict[str, int], dict[str, str]]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from classifier.labelstore import _parse_label
+    from classifier.labeling.store import _parse_label
 
     path = Path(path)
     if not path.is_file():
@@ -106,7 +106,7 @@ def read_label_file(path: str | Path) -> tuple[dict[str, int], dict[str, str]]:
 
 def _consensus(rows: list[dict]) -> dict[str, int]:
     """The labeling store's resolution rule (latest per annotator, majority, ties out), applied to file rows."""
-    from classifier.labelstore import LabelStore
+    from classifier.labeling.store import LabelStore
 
     with tempfile.TemporaryDirectory() as tmp:
         store = LabelStore(Path(tmp) / "labels.sqlite")
@@ -119,7 +119,7 @@ def _consensus(rows: list[dict]) -> dict[str, int]:
 
 def read_label_db(path: str | Path) -> dict[str, int]:
     """Consensus labels of a labeling-session database."""
-    from classifier.labelstore import LabelStore
+    from classifier.labeling.store import LabelStore
 
     path = Path(path)
     if not path.is_file():

@@ -180,7 +180,7 @@ def test_train_classifier_main_from_shards_and_label_file(tmp_path, generated):
 
 
 def test_train_classifier_from_folder_csv_and_labeling_db_with_finetuning(tmp_path, generated):
-    from classifier.labelstore import LabelStore
+    from classifier.labeling.store import LabelStore
     from pipelines.train_classifier import main
 
     blobs, labels, keys = generated

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from label_pool import make_folder_pool, truth_of_key
 
+from classifier.labeling import app as app_module
 from pipelines import label as label_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +25,13 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.fixture(scope="module")
 def pool_dir(tmp_path_factory):
     return make_folder_pool(tmp_path_factory.mktemp("labelpool") / "pool", 40)
+
+
+def _client(app, base: str = "http://127.0.0.1", **kw):
+    """A TestClient that sends what a browser on the app's own page sends: its Origin."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url=base, headers={"origin": base}, **kw)
 
 
 def _cfg(pool_dir, tmp_path, **kw):
@@ -42,32 +50,53 @@ def test_cli_off_loopback_requires_token_on_every_request(pool_dir, tmp_path, mo
     from fastapi.testclient import TestClient
 
     started = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, host, port, **kw: started.update(app=app, host=host, port=port))
+
+    def fake_run(app, host, port, **kw):  # stands in for the server while main() holds the session open
+        started.update(host=host, port=port)
+        started["check"](app)
+
+    monkeypatch.setattr("uvicorn.run", fake_run)
     args = ["--pool", str(pool_dir), "--db", str(tmp_path / "l.sqlite"), "--model", "test_vit_shared"]
+
+    def off_loopback(app):
+        out = capsys.readouterr().out
+        token = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("access token: "))
+        assert f"?token={token}" in out
+        c = TestClient(app, base_url="http://10.1.2.3:8123", follow_redirects=False,
+                       headers={"origin": "http://10.1.2.3:8123"})
+        for path in ("/api/session", "/", "/static/label.js", "/api/image?key=img00001.jpg"):
+            r = c.get(path)
+            assert r.status_code == 401 and "access token required" in r.json()["error"], path
+        assert c.get("/api/session", headers={"x-access-token": "wrong"}).status_code == 401
+        assert c.get("/api/session", headers={"x-access-token": token}).status_code == 200
+        assert c.get("/api/session", headers={"authorization": f"Bearer {token}"}).status_code == 200
+        # the token link: redirected on this server only (never to //host), the rest of the query kept encoded
+        for path, location in ((f"/dashboard?token={token}", "/dashboard"),
+                               (f"//evil.example/x?token={token}", "/evil.example/x"),
+                               (f"/%5Cevil.example?token={token}", "/%5Cevil.example"),
+                               (f"/?a=1%262&token={token}&b=x%20y&b=%3D", "/?a=1%262&b=x+y&b=%3D")):
+            r = c.get("http://10.1.2.3:8123" + path)  # a full URL: httpx would read //host as a host
+            assert r.status_code == 303 and r.headers["location"] == location, (path, r.headers.get("location"))
+            assert "httponly" in r.headers["set-cookie"].lower()
+        c.cookies.set("bbst_token", token)
+        assert c.get("/api/stats").status_code == 200  # the cookie now rides along
+        r = c.post("/api/label", json={"annotator": "a", "key": "img00001.jpg", "label": "skip"})
+        assert r.status_code == 200
+
+    started["check"] = off_loopback
     assert label_app.main(args + ["--host", "0.0.0.0", "--port", "8123"]) == 0
-    out = capsys.readouterr().out
-    token = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("access token: "))
-    assert f"?token={token}" in out and started["host"] == "0.0.0.0"
-    c = TestClient(started["app"], base_url="http://10.1.2.3:8123", follow_redirects=False)
-    for path in ("/api/session", "/", "/static/label.js", "/api/image?key=img00001.jpg"):
-        r = c.get(path)
-        assert r.status_code == 401 and "access token required" in r.json()["error"], path
-    assert c.get("/api/session", headers={"x-access-token": "wrong"}).status_code == 401
-    assert c.get("/api/session", headers={"x-access-token": token}).status_code == 200
-    assert c.get("/api/session", headers={"authorization": f"Bearer {token}"}).status_code == 200
-    r = c.get(f"/dashboard?token={token}")  # the printed link: token traded for an HttpOnly cookie
-    assert r.status_code == 303 and r.headers["location"] == "/dashboard"
-    assert "httponly" in r.headers["set-cookie"].lower()
-    assert c.get("/api/stats").status_code == 200  # the cookie now rides along
-    assert c.post("/api/label", json={"annotator": "a", "key": "img00001.jpg", "label": "skip"}).status_code == 200
+    assert started["host"] == "0.0.0.0"
 
     # default bind: loopback, no token, and other Host names are refused (DNS rebinding)
-    capsys.readouterr()
-    assert label_app.main(args) == 0
-    assert "access token" not in capsys.readouterr().out and started["host"] == "127.0.0.1"
-    local = TestClient(started["app"], base_url="http://127.0.0.1:8000")
-    assert local.get("/api/session").status_code == 200
-    assert local.get("/api/session", headers={"host": "attacker.example"}).status_code == 403
+    def on_loopback(app):
+        assert "access token" not in capsys.readouterr().out
+        local = TestClient(app, base_url="http://127.0.0.1:8000")
+        assert local.get("/api/session").status_code == 200
+        assert local.get("/api/session", headers={"host": "attacker.example"}).status_code == 403
+
+    started["check"] = on_loopback
+    assert label_app.main(args) == 0  # the first server's database lock was released when it stopped
+    assert started["host"] == "127.0.0.1"
 
 
 def test_cli_bad_pool_is_one_clear_line(tmp_path, capsys):
@@ -83,7 +112,7 @@ def test_validation_traversal_and_json_errors(pool_dir, tmp_path):
     from fastapi.testclient import TestClient
 
     app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
-    c = TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+    c = _client(app, raise_server_exceptions=False)
     for key in ("../pool/img00001.jpg", "/etc/passwd", "img00001.jpg/../../x", "..%2F..%2Fetc%2Fpasswd"):
         r = c.get("/api/image", params={"key": key, "size": "full"})
         assert r.status_code == 404 and "no image with key" in r.json()["error"]
@@ -116,8 +145,8 @@ def test_export_import_over_http(pool_dir, tmp_path):
     from fastapi.testclient import TestClient
 
     app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
-    c = TestClient(app, base_url="http://127.0.0.1")
-    items = c.get("/api/next", params={"annotator": "ann", "n": 5}).json()["items"]
+    c = _client(app)
+    items = c.post("/api/next", json={"annotator": "ann", "n": 5}).json()["items"]
     assert len(items) == 5
     body = {"annotator": "ann", "items": [{"annotator": "ann", "key": it["key"], "label": "stylistic"}
                                           for it in items]}
@@ -126,28 +155,30 @@ def test_export_import_over_http(pool_dir, tmp_path):
     assert len(list(csv.DictReader(io.StringIO(exported)))) == 5
     parquet = c.get("/api/export", params={"format": "parquet"}).content
     other = label_app.create_app(_cfg(pool_dir, tmp_path / "other"), start_background=False)
-    c2 = TestClient(other, base_url="http://127.0.0.1")
-    r = c2.post("/api/import", params={"format": "parquet"}, content=parquet)
+    c2 = _client(other)
+    r = c2.post("/api/import", params={"format": "parquet"}, content=parquet,
+                headers={"content-type": "application/vnd.apache.parquet"})
     assert r.json() == {"imported": 5, "keys_not_in_pool": 0}
     assert c2.get("/api/stats").json()["counts"]["by_annotator"]["ann"]["stylistic"] == 5
-    r = c2.post("/api/import", params={"format": "csv"}, content=b"key,label\nimg00001.jpg,yes\n")
+    r = c2.post("/api/import", params={"format": "csv"}, content=b"key,label\nimg00001.jpg,yes\n",
+                headers={"content-type": "text/csv"})
     assert r.status_code == 400 and "uploaded csv file: row 1" in r.json()["error"]
 
 
 def test_second_annotator_is_asked_for_agreement_and_kappa_reported(pool_dir, tmp_path):
     from fastapi.testclient import TestClient
 
-    from classifier.sampling import SamplingConfig
+    from classifier.labeling.sampling import SamplingConfig
 
     cfg = _cfg(pool_dir, tmp_path, sampling=SamplingConfig(uncertainty_share=0.0, random_share=0.5,
                                                            agreement_share=0.5))
-    c = TestClient(label_app.create_app(cfg, start_background=False), base_url="http://127.0.0.1")
-    first = c.get("/api/next", params={"annotator": "ann", "n": 10}).json()["items"]
+    c = _client(label_app.create_app(cfg, start_background=False))
+    first = c.post("/api/next", json={"annotator": "ann", "n": 10}).json()["items"]
     for it in first:
         c.post("/api/label", json={"annotator": "ann", "key": it["key"], "label": "stylistic"
                                    if truth_of_key(it["key"]) else "not_stylistic", "reason": it["reason"]})
     # items ann holds are never handed to bob as fresh ones; decided ones come back to him for agreement
-    asked = c.get("/api/next", params={"annotator": "bob", "n": 10}).json()["items"]
+    asked = c.post("/api/next", json={"annotator": "bob", "n": 10}).json()["items"]
     agree = [it for it in asked if it["reason"] == "agreement"]
     assert len(agree) == 5 and {it["key"] for it in agree} <= {it["key"] for it in first}
     assert {r["key"] for r in app_assignments(c, "bob")} == {it["key"] for it in agree}  # persisted
@@ -159,7 +190,7 @@ def test_second_annotator_is_asked_for_agreement_and_kappa_reported(pool_dir, tm
     assert ag["items_multi"] == 5 and ag["items_disagreed"] == 1
     assert ag["pairs"][0]["annotators"] == ["ann", "bob"] and ag["pairs"][0]["observed_agreement"] == 0.8
     # the disagreement goes to a third annotator first, as a tie-breaker
-    third = c.get("/api/next", params={"annotator": "cy", "n": 4}).json()["items"]
+    third = c.post("/api/next", json={"annotator": "cy", "n": 4}).json()["items"]
     assert [it["reason"] for it in third].count("disagreement") == 1
 
 
@@ -182,15 +213,15 @@ def test_start_from_a_classifier_checkpoint(pool_dir, tmp_path):
     assert learner.threshold == 0.5 and learner.model_version.startswith("demo-")
     learner.compute_features(list(app.state.session.pool.keys))  # what the background worker does
     assert len(learner.scores) == 40
-    c = TestClient(app, base_url="http://127.0.0.1")
-    items = c.get("/api/next", params={"annotator": "ann", "n": 8}).json()["items"]
+    c = _client(app)
+    items = c.post("/api/next", json={"annotator": "ann", "n": 8}).json()["items"]
     assert {"uncertain", "random"} >= {it["reason"] for it in items} and "uncertain" in {it["reason"] for it in items}
     assert all(it["score"] is not None and it["model_version"] == learner.model_version for it in items)
     c.post("/api/label", json={"annotator": "ann", "key": items[0]["key"], "label": "stylistic",
                                "score_shown": items[0]["score"], "model_version": items[0]["model_version"]})
     # undo puts the item back on ann's screen only
     undone = c.post("/api/undo", json={"annotator": "ann"}).json()["item"]
-    bob = c.get("/api/next", params={"annotator": "bob", "n": 40}).json()["items"]
+    bob = c.post("/api/next", json={"annotator": "bob", "n": 40}).json()["items"]
     assert undone["key"] not in {it["key"] for it in bob}
     # the checkpoint can be exported straight away
     out = c.post("/api/export/checkpoint").json()

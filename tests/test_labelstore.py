@@ -1,5 +1,6 @@
 """Label store: WAL durability, undo/edit window, consensus, import/export round trip, concurrent annotators."""
 
+import re
 import signal
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from classifier.labelstore import EDITABLE_RECENT, LabelStore, LabelStoreError
+from classifier.labeling.store import EDITABLE_RECENT, LabelStore, LabelStoreError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,10 +96,18 @@ def test_export_import_round_trip(tmp_path, suffix):
         assert pq.read_table(out).column("y").to_pylist() == [1, 0, None]
     other = LabelStore(tmp_path / "b.sqlite")
     assert other.import_labels(out) == 3
-    cols = ("key", "label", "annotator", "round", "model_version", "score_shown", "reason", "created_at")
+    cols = ("key", "label", "annotator", "round", "model_version", "score_shown", "reason")
     a = [tuple(r[c] for c in cols) for r in store.labels()]
     b = [tuple(r[c] for c in cols) for r in other.labels()]
     assert a == b  # leading zeros of keys survive CSV too
+    # times are exported as ISO 8601 UTC (milliseconds in CSV) and read back as the same instant
+    for ra, rb in zip(store.labels(), other.labels()):
+        assert rb["created_at"] == pytest.approx(ra["created_at"], abs=1e-3)
+    if suffix == ".csv":
+        first = out.read_text().splitlines()[1]
+        assert re.search(r'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"', first), first
+    else:
+        assert str(pq.read_table(out).schema.field("created_at").type) == "timestamp[us, tz=UTC]"
     assert {r["source"] for r in other.labels()} == {"import"}
 
 
@@ -152,7 +161,7 @@ def test_killed_writer_loses_no_confirmed_label(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPO)!r})
-        from classifier.labelstore import LabelStore
+        from classifier.labeling.store import LabelStore
         s = LabelStore({str(path)!r})
         i = 0
         while True:

@@ -9,7 +9,7 @@ import pytest
 from label_pool import make_folder_pool, make_shard_pool
 from PIL import Image
 
-from classifier.pool import PoolError, open_pool
+from classifier.labeling.pool import PoolError, open_pool
 
 
 def test_shard_pool_reads_members_and_sidecar_sha(tmp_path):

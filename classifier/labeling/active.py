@@ -27,11 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.labelstore import LabelStore
-from classifier.pool import Pool
-from classifier.sampling import RANDOM
+from classifier.labeling.store import LabelStore
+from classifier.labeling.pool import Pool
+from classifier.labeling.sampling import RANDOM
 
 log = logging.getLogger(__name__)
+
+# A held-out figure (accuracy, ROC-AUC, ECE) from fewer labels than this is reported with a caveat.
+MIN_HELD_OUT = 20
 
 
 @dataclass
@@ -265,7 +268,8 @@ class ActiveLearner:
                     self.retrain()
             except Exception as exc:
                 self.last_error = f"retrain failed: {type(exc).__name__}: {exc}"
-                log.exception("retrain failed")
+                log.warning("retrain round %d failed (%s: %s); retried after the next decision",
+                            self.store.current_round() + 1, type(exc).__name__, exc, exc_info=log.isEnabledFor(10))
 
     def retrain(self) -> int:
         """Train a head on the consensus labels now, save it, rescore the pool, record the round. Returns it."""
@@ -311,8 +315,14 @@ class ActiveLearner:
                            n_scored=n_scored, checkpoint=str(path), training_data_hash=data_hash,
                            threshold=self.threshold)
             metrics = _jsonable(metrics)
-            self.store.add_round(metrics, str(version), n_labels)
+            rnd = self.store.add_round(metrics, str(version), n_labels)
             self.last_error = None
+            log.info("retrain round %d: %d labels (%d train, %d held out%s), accuracy %s, ROC-AUC %s, "
+                     "accuracy on random share %s; %d rescored in %.1f s (train %.1f s); model %s, checkpoint %s",
+                     rnd, n_labels, metrics.get("n_train") or 0, metrics.get("n_val") or 0,
+                     "; too few for a firm figure" if (metrics.get("n_val") or 0) < MIN_HELD_OUT else "",
+                     _fmt(metrics.get("accuracy")), _fmt(metrics.get("roc_auc")),
+                     _fmt(metrics.get("accuracy_random")), n_scored, rescore_seconds, train_seconds, version, path)
             return rnd
         finally:
             self.retraining = False
@@ -365,6 +375,10 @@ class ActiveLearner:
                                    training_data_hash=_labels_hash(keys, [cons[k] for k in keys]),
                                    extra={"labeling_db": str(self.store.path), "round": self.store.current_round(),
                                           "demo": self.demo}))
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{float(v):.3f}"
 
 
 def _labels_hash(keys, y) -> str:
