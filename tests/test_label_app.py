@@ -15,7 +15,6 @@ import httpx
 import pytest
 from label_pool import make_folder_pool, truth_of_key
 
-from classifier.labeling import app as app_module
 from pipelines import label as label_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -350,3 +349,169 @@ def test_browser_session_survives_kill_and_restart(pool_dir, tmp_path, browser):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+# ------------------------------------------------------------------------------------------ other sites
+STATE_CHANGING = [("/api/import?format=csv", b"key,label\nimg00001.jpg,stylistic\n"), ("/api/retrain", b""),
+                  ("/api/export/checkpoint", b""), ("/api/next", b'{"annotator": "mallory", "n": 8}'),
+                  ("/api/label", b'{"annotator": "mallory", "key": "img00001.jpg", "label": "skip"}')]
+SIMPLE_TYPES = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None]
+
+
+def test_cross_site_requests_are_refused_and_same_origin_succeeds(pool_dir, tmp_path):
+    app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
+    session = app.state.session
+    started = []
+    session.retrain_in_background = lambda: started.append(1) or True
+    from fastapi.testclient import TestClient
+
+    c = _client(app)
+    bare = TestClient(app, base_url="http://127.0.0.1")  # sends no Origin unless told
+    for path, body in STATE_CHANGING:
+        for ctype in SIMPLE_TYPES:
+            headers = {"content-type": ctype} if ctype else {}
+            for foreign in ({"origin": "http://evil.example"}, {"origin": "http://127.0.0.1:9999"},
+                            {"origin": "null"}, {"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"},
+                            {"origin": "http://evil.example", "sec-fetch-site": "same-origin"}, {}):
+                r = bare.post(path, content=body, headers={**headers, **foreign})
+                assert r.status_code == 403 and "cross-site request refused" in r.json()["error"], (path, foreign)
+    assert session.store.label_count(include_skips=True) == 0 and not started and not session._leases
+    assert not (tmp_path / "labels.exports").exists()
+    # /api/next leases items: a GET no longer exists
+    assert c.get("/api/next", params={"annotator": "a"}).status_code == 405
+    # the same requests from the app's own page pass the origin check (the import still needs a non-simple type)
+    r = c.post("/api/import?format=csv", content=STATE_CHANGING[0][1], headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "text/csv" in r.json()["error"]
+    r = c.post("/api/import?format=csv", content=STATE_CHANGING[0][1], headers={"content-type": "text/csv"})
+    assert r.status_code == 200 and r.json()["imported"] == 1
+    assert c.post("/api/retrain").status_code == 202 and started == [1]
+    assert c.post("/api/export/checkpoint").status_code == 409  # past the guard: no head trained yet
+    assert len(c.post("/api/next", json={"annotator": "ann", "n": 3}).json()["items"]) == 3
+    # without Origin, a browser's Sec-Fetch-Site: same-origin (or none: typed in the address bar) is accepted
+    for sfs in ("same-origin", "none"):
+        r = bare.post("/api/label", json={"annotator": "ann", "key": "img00002.jpg", "label": "skip"},
+                      headers={"sec-fetch-site": sfs})
+        assert r.status_code == 200, sfs
+
+
+@pytest.mark.browser
+def test_a_page_on_another_origin_cannot_drive_the_session(pool_dir, tmp_path, browser):
+    """Headless Chromium on an attacker page (another loopback port) sends no-cors requests: all refused."""
+    import http.server
+    import threading
+
+    from label_server import serve
+
+    app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
+    session = app.state.session
+    started = []
+    session.retrain_in_background = lambda: started.append(1) or True
+    with serve(app) as target:
+        attack = f"""<!doctype html><script>
+        const t = {target!r};
+        const opts = (body, type) => ({{method: "POST", mode: "no-cors", credentials: "include", body,
+                                        headers: type ? {{"Content-Type": type}} : {{}}}});
+        Promise.allSettled([
+          fetch(t + "/api/import?format=csv", opts("key,label\\nimg00001.jpg,stylistic\\n", "text/plain")),
+          fetch(t + "/api/retrain", opts("")),
+          fetch(t + "/api/export/checkpoint", opts("")),
+          fetch(t + "/api/next", opts('{{"annotator": "mallory", "n": 8}}', "text/plain")),
+          fetch(t + "/api/next?annotator=mallory", {{mode: "no-cors"}}),
+          fetch(t + "/api/label", opts('{{"annotator":"m","key":"img00001.jpg","label":"skip"}}', "text/plain")),
+        ]).then(() => {{ document.title = "sent"; }});
+        </script>""".encode()
+
+        class Attacker(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("content-type", "text/html")
+                self.end_headers()
+                self.wfile.write(attack)
+
+            def log_message(self, *a):
+                pass
+
+        evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+        threading.Thread(target=evil.serve_forever, daemon=True).start()
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+            page.wait_for_function("document.title === 'sent'", timeout=20000)
+            assert session.store.label_count(include_skips=True) == 0 and not started and not session._leases
+            assert not (tmp_path / "labels.exports").exists()
+            # control: the same request from the app's own page goes through
+            page.goto(target + "/dashboard")
+            status = page.evaluate("""() => fetch('/api/next', {method: 'POST', headers: {'Content-Type':
+                'application/json'}, body: JSON.stringify({annotator: 'ann', n: 2})}).then(r => r.status)""")
+            assert status == 200 and len(session._leases) == 2
+        finally:
+            evil.shutdown()
+    session.close()
+
+
+def test_bodies_over_the_limit_are_refused_before_they_are_read(pool_dir, tmp_path):
+    import socket
+
+    from label_server import serve
+
+    app = label_app.create_app(_cfg(pool_dir, tmp_path, max_json_kb=64, max_upload_mb=1), start_background=False)
+    with serve(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+        for path, declared in (("/api/label", 300 << 20), ("/api/import?format=csv", 300 << 20)):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                # 300 MB announced, 16 bytes sent: the answer must come without the server waiting for the rest
+                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {base}\r\n"
+                             f"Content-Type: text/csv\r\nContent-Length: {declared}\r\n\r\n".encode() + b"x" * 16)
+                reply = b""
+                while chunk := sock.recv(65536):  # the server closes the connection after the refusal
+                    reply += chunk
+                reply = reply.decode()
+            assert reply.startswith("HTTP/1.1 413") and "larger than" in reply, reply[:200]
+        # a chunked body (no Content-Length) is cut off at the limit
+        def chunks():
+            for _ in range(200):
+                yield b"a" * 8192
+
+        with httpx.Client(base_url=base, headers={"origin": base}) as c:
+            r = c.post("/api/label", content=chunks(), headers={"content-type": "application/json"})
+            assert r.status_code == 413 and "request body larger than" in r.json()["error"]
+            r = c.post("/api/import?format=csv", content=chunks(), headers={"content-type": "text/csv"})
+            assert r.status_code == 413 and "import file larger than" in r.json()["error"]
+            # under the limit: served normally
+            assert c.post("/api/label", json={"annotator": "a", "key": "img00001.jpg", "label": "skip"}).status_code == 200
+    app.state.session.close()
+
+
+def test_names_import_values_assignments_and_swapped_links_over_http(pool_dir, tmp_path):
+    import shutil
+
+    pool = tmp_path / "pool"
+    shutil.copytree(pool_dir, pool)
+    app = label_app.create_app(_cfg(pool, tmp_path), start_background=False)
+    c = _client(app, raise_server_exceptions=False)
+    for i, name in enumerate(("bob", "BOB", "bob ", "ｂob")):
+        assert c.post("/api/label", json={"annotator": name, "key": f"img0000{i}.jpg", "label": "stylistic"}
+                      ).status_code == 200
+    assert list(c.get("/api/stats").json()["counts"]["by_annotator"]) == ["bob"]
+    assert len(c.get("/api/recent", params={"annotator": "Bob"}).json()["recent"]) == 4
+    # import values: 4xx with row and column, never a 500
+    r = c.post("/api/import?format=csv", content=b"key,label,round\nimg00009.jpg,stylistic,abc\n",
+               headers={"content-type": "text/csv"})
+    assert r.status_code == 400 and "uploaded csv file: row 1: round 'abc'" in r.json()["error"]
+    r = c.post("/api/import?format=csv&annotator=%3Cx%3E", content=b"key,label\nimg00009.jpg,1\n",
+               headers={"content-type": "text/csv"})
+    assert r.status_code in (400, 422) and "annotator" in r.json()["error"]
+    # assignments: every pair stored (in batches)
+    keys = sorted(app.state.session.pool.keys)
+    r = c.post("/api/assign", json={"keys": keys, "annotators": [f"ann{i}" for i in range(49)] + ["ANN0"]})
+    assert r.json() == {"assigned": 40 * 49}  # "ANN0" is ann0
+    assert c.post("/api/assign", json={"keys": ["nope.jpg"], "annotators": ["a"]}).status_code == 404
+    # a file swapped for a link after start is refused, not followed
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"\xff\xd8\xff secret")
+    (pool / "img00020.jpg").unlink()
+    os.symlink(secret, pool / "img00020.jpg")
+    for size in ("full", "view"):
+        r = c.get("/api/image", params={"key": "img00020.jpg", "size": size})
+        assert r.status_code == 403 and "secret" not in r.text, size
+    app.state.session.close()
