@@ -515,3 +515,80 @@ def test_names_import_values_assignments_and_swapped_links_over_http(pool_dir, t
         r = c.get("/api/image", params={"key": "img00020.jpg", "size": size})
         assert r.status_code == 403 and "secret" not in r.text, size
     app.state.session.close()
+
+
+@pytest.mark.browser
+def test_page_progress_key_overlay_examples_and_dashboard_at_1366px(pool_dir, tmp_path, browser):
+    from label_server import serve
+
+    from classifier.labeling.active import ActiveConfig
+
+    cfg = _cfg(pool_dir, tmp_path, active=ActiveConfig(retrain_every=10, min_per_class=2, val_fraction=0.3))
+    app = label_app.create_app(cfg, start_background=False)
+    session = app.state.session
+    no_overflow = "document.documentElement.scrollWidth <= window.innerWidth"
+    with serve(app) as base:
+        ctx = browser.new_context(viewport={"width": 1366, "height": 768}, bypass_csp=True)
+        page = ctx.new_page()
+        page.goto(base + "/")
+        page.wait_for_function("document.getElementById('progress').dataset.left === '40'")
+        assert "filled from confirmed labels" in page.inner_text("#ex-stylistic")
+        page.fill("#annotator", "  Alice ")
+        page.press("#annotator", "Enter")
+        page.wait_for_function("document.body.dataset.currentKey")
+        assert page.input_value("#annotator") == "alice"  # the name as the server counts it
+        assert page.evaluate(no_overflow)
+
+        # `?` lists the keys; Esc, the button and `?` again toggle it
+        assert not page.is_visible("#keys-overlay")
+        page.keyboard.press("?")
+        assert page.is_visible("#keys-overlay")
+        listed = page.eval_on_selector_all("#keys-table kbd", "els => els.map(e => e.textContent)")
+        assert {"a", "x", "space", "Backspace", "z", "g", "h", "?"} <= set(listed)
+        page.keyboard.press("Escape")
+        assert not page.is_visible("#keys-overlay")
+        page.click("#btn-keys")
+        assert page.is_visible("#keys-overlay")
+        page.keyboard.press("?")
+        assert not page.is_visible("#keys-overlay")
+
+        # the counter moves with every confirmed decision
+        decided = []
+        for i in range(8):
+            key = page.evaluate("document.body.dataset.currentKey")
+            page.keyboard.press("a" if truth_of_key(key) else "x")
+            page.wait_for_function("k => document.body.dataset.currentKey !== k", arg=key, timeout=15000)
+            decided.append(key)
+            page.wait_for_function(f"document.getElementById('progress').dataset.labelled === '{i + 1}'")
+        text = page.inner_text("#progress")
+        assert "8 labelled (8 by you)" in text and "32 left in pool" in text
+        assert "2 to the next retrain" in text or "more of the rarer class" in text
+        # example panels fill from the confirmed labels, each image in its own class
+        page.wait_for_function("Number(document.getElementById('ex-stylistic').dataset.count) > 0 && "
+                               "Number(document.getElementById('ex-not_stylistic').dataset.count) > 0", timeout=15000)
+        for cls, truth in (("stylistic", 1), ("not_stylistic", 0)):
+            shown = page.eval_on_selector_all(f"#ex-{cls} img", "els => els.map(e => e.alt)")
+            assert shown and all(k in decided and truth_of_key(k) == truth for k in shown), (cls, shown)
+
+        # a round from a small held-out split: its figures carry the caveat; the dashboard fits 1366 px
+        rest = [k for k in session.pool.keys if k not in decided]
+        session.commit("bob", [{"key": k, "label": "stylistic" if truth_of_key(k) else "not_stylistic"}
+                               for k in rest])
+        assert session.learner.retrain() == 1
+        n_val = session.store.rounds()[0]["metrics"]["n_val"]
+        assert 0 < n_val < 20
+        dash = ctx.new_page()
+        dash.goto(base + "/dashboard")
+        dash.wait_for_function("Number(document.body.dataset.rounds || 0) >= 1")
+        assert dash.is_visible("#heldout-caveat")
+        assert f"only {n_val} held-out labels (fewer than 20)" in dash.inner_text("#heldout-caveat")
+        flagged = dash.eval_on_selector_all("#rounds td.caveat", "els => els.map(e => e.title)")
+        assert len(flagged) >= 2 and all("fewer than 20" in t for t in flagged)
+        assert "0 left in pool" in dash.inner_text("#progress")
+        assert dash.evaluate(no_overflow)
+        assert dash.evaluate("[...document.querySelectorAll('.dash section')].every("
+                             "s => s.scrollWidth <= s.clientWidth + 1)")
+        lefts = dash.eval_on_selector_all(".dash section", "els => new Set(els.map(e => e.offsetLeft)).size")
+        assert lefts == 3  # three columns side by side at 1366 px
+        ctx.close()
+    session.close()
