@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classifier.checkpoint import jsonable
 from classifier.labeling.store import LabelStore
 from classifier.labeling.pool import Pool
 from classifier.labeling.sampling import RANDOM
@@ -314,7 +315,7 @@ class ActiveLearner:
             metrics.update(train_seconds=round(train_seconds, 3), rescore_seconds=round(rescore_seconds, 3),
                            n_scored=n_scored, checkpoint=str(path), training_data_hash=data_hash,
                            threshold=self.threshold)
-            metrics = _jsonable(metrics)
+            metrics = jsonable(metrics)
             rnd = self.store.add_round(metrics, str(version), n_labels)
             self.last_error = None
             log.info("retrain round %d: %d labels (%d train, %d held out%s), accuracy %s, ROC-AUC %s, "
@@ -386,18 +387,3 @@ def _labels_hash(keys, y) -> str:
     for k, v in zip(keys, y):
         h.update(f"{k}\t{int(v)}\n".encode())
     return h.hexdigest()
-
-
-def _jsonable(v):
-    """Plain JSON values; NaN/inf (e.g. ROC-AUC of a one-class split) become None so browsers can parse them."""
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
