@@ -158,12 +158,12 @@ def bench_browser(pool: Path, work: Path, decisions: int, retrain_every: int) ->
 def bench_rescore(work: Path, n: int, model_name: str) -> dict:
     import torch
 
-    from classifier.labeling.active import ActiveConfig, ActiveLearner
     from classifier.factory import create_model
     from classifier.features import FeatureCache, extract_features
     from classifier.head import train_head
-    from classifier.labeling.store import LabelStore
+    from classifier.labeling.active import ActiveConfig, ActiveLearner
     from classifier.labeling.pool import Pool, PoolItem
+    from classifier.labeling.store import LabelStore
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from label_pool import make_folder_pool, truth_of_key
 
-from classifier.labeling.active import ActiveConfig, ActiveLearner
 from classifier.checkpoint import load_classifier
 from classifier.factory import create_model
 from classifier.features import FeatureCache, feature_fingerprint
-from classifier.labeling.store import LabelStore
+from classifier.labeling.active import ActiveConfig, ActiveLearner
 from classifier.labeling.pool import open_pool
+from classifier.labeling.store import LabelStore
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,6 @@ def test_cli_bad_pool_is_one_clear_line(tmp_path, capsys):
 
 
 def test_validation_traversal_and_json_errors(pool_dir, tmp_path):
-    from fastapi.testclient import TestClient
 
     app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
     c = _client(app, raise_server_exceptions=False)
@@ -141,7 +140,6 @@ def test_validation_traversal_and_json_errors(pool_dir, tmp_path):
 
 
 def test_export_import_over_http(pool_dir, tmp_path):
-    from fastapi.testclient import TestClient
 
     app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
     c = _client(app)
@@ -165,7 +163,6 @@ def test_export_import_over_http(pool_dir, tmp_path):
 
 
 def test_second_annotator_is_asked_for_agreement_and_kappa_reported(pool_dir, tmp_path):
-    from fastapi.testclient import TestClient
 
     from classifier.labeling.sampling import SamplingConfig
 
@@ -199,7 +196,6 @@ def app_assignments(client, annotator):
 
 def test_start_from_a_classifier_checkpoint(pool_dir, tmp_path):
     """--classifier: the pool is scored by the given head from the start and uncertainty sampling begins."""
-    from fastapi.testclient import TestClient
 
     from classifier.demo import build_demo_classifier
 

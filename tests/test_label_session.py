@@ -37,7 +37,7 @@ def test_concurrent_handouts_never_give_two_annotators_the_same_item(pool_dir, t
                 barrier = threading.Barrier(len(annotators))
                 got: dict[str, list[str]] = {}
 
-                def ask(name, client):
+                def ask(name, client, barrier=barrier, got=got):
                     barrier.wait()
                     r = client.post("/api/next", json={"annotator": name, "n": 8})
                     got[name] = [it["key"] for it in r.json()["items"]]

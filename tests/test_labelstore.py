@@ -184,8 +184,7 @@ def test_killed_writer_loses_no_confirmed_label(tmp_path):
 def test_annotator_names_are_normalised_to_one_spelling(tmp_path):
     from classifier.labeling.store import normalize_annotator
 
-    assert {normalize_annotator(n) for n in ("bob", "BOB", "bob ", " Bob", "ｂob", "ＢＯＢ", "b\u200bob".replace(
-        "\u200b", ""))} == {"bob"}
+    assert {normalize_annotator(n) for n in ("bob", "BOB", "bob ", " Bob", "ｂob", "ＢＯＢ", "bob\t")} == {"bob"}
     assert normalize_annotator("Ann  Lee") == "ann lee" and normalize_annotator("Straße") == "strasse"
     store = LabelStore(tmp_path / "n.sqlite")
     for i, name in enumerate(("bob", "BOB", "bob ", "ｂob")):

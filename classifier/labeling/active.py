@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from classifier.checkpoint import jsonable
-from classifier.labeling.store import LabelStore
 from classifier.labeling.pool import Pool
 from classifier.labeling.sampling import RANDOM
+from classifier.labeling.store import LabelStore
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request  # module level: route annotations are resolved in this module's globals
 
+from classifier.labeling.active import MIN_HELD_OUT
 from classifier.labeling.agreement import agreement_summary
 from classifier.labeling.pool import UnsafePathError
-from classifier.labeling.session import MIN_HELD_OUT, LabelConfig, LabelSession, UnknownKey, build_session
+from classifier.labeling.session import LabelConfig, LabelSession, UnknownKey, build_session
 from classifier.labeling.store import ANNOTATOR_MAX, ANNOTATOR_PATTERN, LabelStoreError, normalize_annotator
 
 log = logging.getLogger(__name__)
@@ -411,7 +412,7 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
 
     @app.post("/api/import")
     async def api_import(request: Request, format: Literal["parquet", "csv"] = Query(...),
-                         annotator: Annotator = Query(default="import")):
+                         annotator: str = Query(default="import", min_length=1, max_length=256)):
         ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
         if ctype not in IMPORT_TYPES[format]:
             raise HTTPException(415, f"import needs Content-Type {' or '.join(IMPORT_TYPES[format])} "

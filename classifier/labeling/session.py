@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.labeling.active import MIN_HELD_OUT, ActiveConfig, ActiveLearner
+from classifier.labeling.active import ActiveConfig, ActiveLearner
 from classifier.labeling.pool import Pool, open_pool
 from classifier.labeling.sampling import (
     AGREEMENT,

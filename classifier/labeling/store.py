@@ -125,7 +125,7 @@ def parse_time(v) -> float | None:
     if isinstance(v, _dt.datetime):
         return (v if v.tzinfo else v.replace(tzinfo=_dt.timezone.utc)).timestamp()
     if isinstance(v, bool):
-        raise ValueError("a time, not a boolean")
+        raise TypeError("a time, not a boolean")
     if isinstance(v, (int, float)):
         f = float(v)
     else:
@@ -436,7 +436,7 @@ class LabelStore:
             time_type = pa.string()
         else:
             for c in times & set(cols):
-                cols[c] = [None if v is None else int(round(float(v) * 1e6)) for v in cols[c]]
+                cols[c] = [None if v is None else round(float(v) * 1e6) for v in cols[c]]
             time_type = pa.timestamp("us", tz="UTC")
         schema_types = {"id": pa.int64(), "round": pa.int64(), "y": pa.int64(), "score_shown": pa.float64(),
                         "created_at": time_type, "undone_at": time_type, "undone": pa.bool_()}
