@@ -97,5 +97,10 @@ def test_progress_and_examples_follow_confirmed_labels(pool_dir, tmp_path):
         # the item two annotators agree on comes first in its panel
         cls = "stylistic" if truth_of_key(keys[5]) else "not_stylistic"
         assert ex[cls][0] == keys[5]
+        # taking decisions back moves the counter back
+        s.undo("bob"), s.undo("bob")  # the skip, then bob's vote on an item ann decided too: still decided
+        assert (s.progress()["labelled"], s.progress()["left_in_pool"]) == (6, 34)
+        s.undo("ann")  # ann's vote on that item: nobody has decided it now
+        assert (s.progress()["labelled"], s.progress()["left_in_pool"]) == (5, 35)
     finally:
         s.close()

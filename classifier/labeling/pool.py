@@ -170,6 +170,7 @@ def _index_tar(tar_path: Path) -> list[PoolItem]:
         samples = index_shard(str(tar_path))
     except ShardFormatError as exc:
         raise PoolError(str(exc)) from None
+    sidecars = _read_refs(str(tar_path), {s.key: s.members["json"] for s in samples if "json" in s.members})
     items = []
     for sample in samples:
         image = sample.image()
@@ -177,15 +178,33 @@ def _index_tar(tar_path: Path) -> list[PoolItem]:
             continue
         _, ref = image
         sha = None
-        if "json" in sample.members:
-            try:
-                meta = json.loads(read_member(sample.members["json"]))
-            except (ValueError, ShardFormatError):
-                meta = None
-            if isinstance(meta, dict) and meta.get("sha256"):
-                sha = str(meta["sha256"])
+        try:
+            meta = json.loads(sidecars[sample.key]) if sample.key in sidecars else None
+        except ValueError:
+            meta = None
+        if isinstance(meta, dict) and meta.get("sha256"):
+            sha = str(meta["sha256"])
         items.append(PoolItem(sample.key, str(tar_path), ref.offset, ref.length, sha))
     return items
+
+
+def _read_refs(url: str, refs: dict[str, MemberRef]) -> dict[str, bytes]:
+    """The small members ``refs`` point at, read through one handle of the shard (``read_member`` opens the file
+    for every member: tens of thousands of sidecars would cost more than indexing the shard)."""
+    if not refs:
+        return {}
+    if len(refs) <= 8:
+        return {k: read_member(r) for k, r in refs.items()}
+    import fsspec
+
+    out = {}
+    with fsspec.open(url, "rb") as f:
+        for key, ref in sorted(refs.items(), key=lambda kv: kv[1].offset):
+            f.seek(ref.offset)
+            data = f.read(ref.length)
+            if len(data) == ref.length:
+                out[key] = data
+    return out
 
 
 def _index_folder(root: Path) -> list[PoolItem]:

@@ -171,6 +171,10 @@ class LabelSession:
         self._lock = threading.Lock()  # guards _leases for the quick release/lease calls
         self._batches = 0
         self._diverse: tuple[float, int, list[str]] = (0.0, -1, [])
+        # pool keys with a live non-skip decision, for the progress counter: kept up to date by commit(), rebuilt
+        # from the database after anything that can take a decision back (undo, edit, import)
+        self._decided: set[str] | None = None
+        self._decided_gen = 0  # bumped by every change, so a rebuild that raced with a change is not kept
 
     def close(self) -> None:
         """Stop the background threads, close the database, give up the database lock."""
@@ -290,6 +294,10 @@ class LabelSession:
                                       "model_version": it.get("model_version"), "score_shown": it.get("score_shown"),
                                       "reason": it.get("reason")} for it in items])
         self.release([it["key"] for it in items])
+        with self._lock:
+            self._decided_gen += 1
+            if self._decided is not None:
+                self._decided.update(it["key"] for it in items if it["label"] != SKIP)
         self.learner.prioritise([it["key"] for it in items if it["label"] != SKIP])
         self.learner.notify_labels()
         return ids
@@ -298,12 +306,14 @@ class LabelSession:
         row = self.store.undo(annotator)
         if row is None:
             return None
+        self._forget_decided()
         self.lease(row["key"], annotator)  # it is back on this annotator's screen, not anyone else's
         self.learner.notify_labels()
         return {"undone": row, "item": self.describe(row["key"], row["reason"])}
 
     def edit(self, annotator: str, label_id: int, label: str) -> int:
         new_id = self.store.edit(annotator, label_id, label, round=self.store.current_round())
+        self._forget_decided()
         self.learner.notify_labels()
         return new_id
 
@@ -321,7 +331,7 @@ class LabelSession:
         act = self.learner.cfg
         labelled = self.store.label_count()
         out = {"labelled": labelled, "pool_size": len(self.pool),
-               "left_in_pool": max(0, len(self.pool) - self.store.decided_item_count()),
+               "left_in_pool": max(0, len(self.pool) - self.decided_count()),
                "retrain_every": act.retrain_every, "round": self.store.current_round(),
                "to_next_retrain": max(0, act.retrain_every - (labelled - self.store.last_round_labels())),
                "per_class_needed": 0}
@@ -332,6 +342,23 @@ class LabelSession:
         if annotator:
             out["labelled_by_you"] = self.store.annotator_label_count(annotator)
         return out
+
+    def _forget_decided(self) -> None:
+        with self._lock:
+            self._decided_gen += 1
+            self._decided = None
+
+    def decided_count(self) -> int:
+        """Pool items holding at least one live non-skip decision."""
+        with self._lock:
+            decided, gen = self._decided, self._decided_gen
+        if decided is None:
+            decided = {k for k, d in self.store.decisions_by_key().items()
+                       if k in self.pool and any(v != SKIP for v in d.values())}
+            with self._lock:
+                if self._decided_gen == gen:
+                    self._decided = decided
+        return len(decided)
 
     def examples(self) -> dict:
         """Example keys per class: configured ones first, then confirmed labels.
@@ -387,6 +414,7 @@ class LabelSession:
         finally:
             shutil.rmtree(tmp.parent, ignore_errors=True)
         unknown = sum(1 for k in self.store.decisions_by_key() if k not in self.pool)
+        self._forget_decided()
         self.learner.notify_labels()
         return {"imported": n, "keys_not_in_pool": unknown}
 

@@ -326,11 +326,6 @@ class LabelStore:
         return self._read("SELECT COUNT(*) AS n FROM labels WHERE annotator = ? AND undone = 0 AND label != 'skip'",
                           (normalize_annotator(annotator),))[0]["n"]
 
-    def decided_item_count(self) -> int:
-        """Pool items (registered with :meth:`add_items`) that hold at least one live non-skip decision."""
-        return self._read("SELECT COUNT(*) AS n FROM items WHERE EXISTS (SELECT 1 FROM labels l WHERE l.key = "
-                          "items.key AND l.undone = 0 AND l.label != 'skip')")[0]["n"]
-
     def decisions_by_key(self) -> dict[str, dict[str, str]]:
         """``{key: {annotator: latest live decision}}`` (skips included)."""
         out: dict[str, dict[str, str]] = defaultdict(dict)
