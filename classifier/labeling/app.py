@@ -209,13 +209,10 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
                session: LabelSession | None = None, start_background: bool = True):
     """FastAPI app for one labeling session. ``require_token`` checks ``token`` on every request."""
     try:
-        from fastapi import FastAPI, HTTPException, Query
-        from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+        from fastapi import FastAPI
         from fastapi.staticfiles import StaticFiles
     except ImportError as exc:  # pragma: no cover - install hint
         raise ImportError("the labeling app needs fastapi and uvicorn: pip install fastapi uvicorn") from exc
-    from starlette.background import BackgroundTask
 
     if require_token and not token:
         raise ValueError("require_token needs a token")
@@ -232,13 +229,26 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
     app.state.session = session
     app.add_middleware(BodyLimit, json_limit=int(cfg.max_json_kb) << 10,
                        upload_limit=int(cfg.max_upload_mb * (1 << 20)))
+    _add_error_handlers(app)
+    _add_access_rules(app, token if require_token else None)
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.include_router(_routes(cfg, session))
+    return app
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+
+def _error(status: int, message: str):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _add_error_handlers(app) -> None:
+    """Every error is JSON ``{"error": message}``; an unexpected one names its type, never its traceback."""
+    from fastapi.exceptions import RequestValidationError
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        return error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -246,29 +256,34 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
         for e in exc.errors()[:5]:
             loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
             parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-        return error(422, "invalid request: " + "; ".join(parts))
+        return _error(422, "invalid request: " + "; ".join(parts))
 
     @app.exception_handler(LabelStoreError)
     async def _store_error(request: Request, exc: LabelStoreError):
-        return error(400, str(exc))
+        return _error(400, str(exc))
 
     @app.exception_handler(UnsafePathError)
     async def _unsafe_path(request: Request, exc: UnsafePathError):
         log.warning("refused to read a pool file: %s", exc)
-        return error(403, "this pool file was replaced by a link after the server started; refused")
+        return _error(403, "this pool file was replaced by a link after the server started; refused")
 
     @app.exception_handler(UnknownKey)
     async def _unknown_key(request: Request, exc: UnknownKey):
-        return error(404, str(exc.args[0]))
+        return _error(404, str(exc.args[0]))
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception):
         log.exception("unhandled error on %s", request.url.path)
-        return error(500, f"internal error ({type(exc).__name__}); see the server log")
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def _add_access_rules(app, token: str | None) -> None:
+    """The token (off loopback) or the loopback Host check, the same-origin rule, and the security headers."""
+    from starlette.responses import RedirectResponse
 
     @app.middleware("http")
     async def _guard(request: Request, call_next):
-        if require_token:
+        if token is not None:
             supplied = (request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE)
                         or _bearer(request.headers.get("authorization")))
             query_token = request.query_params.get("token")
@@ -279,18 +294,18 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
                 resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
                 return resp
             if not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
-                return error(401, "access token required: open the link printed at start, or send the "
-                                  f"{TOKEN_HEADER} header")
+                return _error(401, "access token required: open the link printed at start, or send the "
+                                   f"{TOKEN_HEADER} header")
         else:
             # loopback only: refuse other Host names so a web page cannot reach us by DNS rebinding
             host = (request.headers.get("host") or "").rsplit(":", 1)[0] if request.headers.get("host") else ""
             if host and host not in LOOPBACK_HOSTS:
-                return error(403, f"host {host!r} not allowed: this server only answers on loopback")
+                return _error(403, f"host {host!r} not allowed: this server only answers on loopback")
         if request.method not in SAFE_METHODS and not same_origin(request):
             log.warning("refused a cross-site %s %s (Origin %r, Sec-Fetch-Site %r)", request.method,
                         request.url.path, request.headers.get("origin"), request.headers.get("sec-fetch-site"))
-            return error(403, "cross-site request refused: state-changing requests must come from this server's own "
-                              "page (scripts: send an Origin header naming this server, or Sec-Fetch-Site: none)")
+            return _error(403, "cross-site request refused: state-changing requests must come from this server's "
+                               "own page (scripts: send an Origin header naming this server, or Sec-Fetch-Site: none)")
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Content-Security-Policy", "default-src 'self'; img-src 'self' blob: data:")
@@ -299,17 +314,24 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
         response.headers.setdefault("X-Frame-Options", "DENY")
         return response
 
-    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
-    @app.get("/")
+def _routes(cfg: LabelConfig, session: LabelSession):
+    """The pages and the JSON API: each route validates its input and hands it to ``session``."""
+    from fastapi import APIRouter, HTTPException, Query
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from starlette.background import BackgroundTask
+
+    router = APIRouter()
+
+    @router.get("/")
     def index():
         return FileResponse(STATIC_DIR / "label.html")
 
-    @app.get("/dashboard")
+    @router.get("/dashboard")
     def dashboard():
         return FileResponse(STATIC_DIR / "dashboard.html")
 
-    @app.get("/api/session")
+    @router.get("/api/session")
     def api_session():
         lr = session.learner
         return {"guideline": cfg.guideline, "examples": session.examples(), "pool_size": len(session.pool),
@@ -318,21 +340,21 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
                 "retrain_every": cfg.active.retrain_every, "keymap": session.keymap(),
                 "progress": session.progress()}
 
-    @app.get("/api/examples")
+    @router.get("/api/examples")
     def api_examples():
         return session.examples()
 
-    @app.get("/api/progress")
+    @router.get("/api/progress")
     def api_progress(annotator: str | None = Query(default=None, max_length=256)):
         return session.progress(normalize_annotator(annotator) if annotator else None)
 
-    @app.post("/api/next")
+    @router.post("/api/next")
     def api_next(body: NextIn):
         items = session.next_items(body.annotator, body.n or cfg.batch_size, set(body.exclude))
         return {"items": items, "round": session.store.current_round(), "model_version": session.learner.model_version,
                 "progress": session.progress(body.annotator)}
 
-    @app.post("/api/release")
+    @router.post("/api/release")
     def api_release(body: ReleaseIn):
         session.release(body.keys)
         return {"released": len(body.keys)}
@@ -340,39 +362,39 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
     def _decisions(items: list[LabelIn]) -> list[dict]:
         return [it.model_dump(exclude={"annotator"}) for it in items]
 
-    @app.post("/api/label")
+    @router.post("/api/label")
     def api_label(body: LabelIn):
         ids = session.commit(body.annotator, _decisions([body]))
         return {"id": ids[0], "key": body.key, "label": body.label, "round": session.store.current_round(),
                 "progress": session.progress(body.annotator)}
 
-    @app.post("/api/labels")
+    @router.post("/api/labels")
     def api_labels(body: BulkIn):
         if any(it.annotator != body.annotator for it in body.items):
             raise HTTPException(422, "every item of a bulk decision must carry the same annotator")
         ids = session.commit(body.annotator, _decisions(body.items))
         return {"ids": ids, "round": session.store.current_round(), "progress": session.progress(body.annotator)}
 
-    @app.post("/api/undo")
+    @router.post("/api/undo")
     def api_undo(body: UndoIn):
         out = session.undo(body.annotator)
         if out is None:
             raise HTTPException(409, "nothing left to undo (only the last ten decisions are editable)")
         return {**out, "progress": session.progress(body.annotator)}
 
-    @app.post("/api/edit")
+    @router.post("/api/edit")
     def api_edit(body: EditIn):
         return {"id": session.edit(body.annotator, body.id, body.label)}
 
-    @app.get("/api/recent")
+    @router.get("/api/recent")
     def api_recent(annotator: str = Query(min_length=1, max_length=256)):
         return {"recent": session.store.recent(annotator)}
 
-    @app.post("/api/assign")
+    @router.post("/api/assign")
     def api_assign(body: AssignIn):
         return {"assigned": session.assign(body.keys, body.annotators)}
 
-    @app.get("/api/image")
+    @router.get("/api/image")
     def api_image(key: str = Query(min_length=1, max_length=512), size: Literal["thumb", "view", "full"] = "view"):
         if key not in session.pool:
             raise HTTPException(404, f"no image with key {key!r} in the pool")
@@ -383,7 +405,7 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
         side = cfg.thumb_size if size == "thumb" else cfg.view_size
         return Response(session.pool.rendition(key, side), media_type="image/jpeg", headers=headers)
 
-    @app.get("/api/stats")
+    @router.get("/api/stats")
     def api_stats():
         lr = session.learner
         store = session.store
@@ -396,13 +418,13 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
                 "retrain_every": cfg.active.retrain_every, "min_per_class": cfg.active.min_per_class,
                 "min_held_out": MIN_HELD_OUT, "progress": session.progress()}
 
-    @app.post("/api/retrain")
+    @router.post("/api/retrain")
     def api_retrain():
         if not session.retrain_in_background():
             raise HTTPException(409, "a retrain is already running")
         return JSONResponse({"started": True}, status_code=202)
 
-    @app.get("/api/export")
+    @router.get("/api/export")
     def api_export(format: Literal["parquet", "csv"] = "parquet", include_undone: bool = False):
         tmp = Path(tempfile.mkdtemp(prefix="bbst-export-")) / f"labels.{format}"
         session.store.export_labels(tmp, include_undone=include_undone)
@@ -410,7 +432,7 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
                             media_type="application/vnd.apache.parquet" if format == "parquet" else "text/csv",
                             background=BackgroundTask(shutil.rmtree, tmp.parent, ignore_errors=True))
 
-    @app.post("/api/import")
+    @router.post("/api/import")
     async def api_import(request: Request, format: Literal["parquet", "csv"] = Query(...),
                          annotator: str = Query(default="import", min_length=1, max_length=256)):
         ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
@@ -424,14 +446,14 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
 
         return await run_in_threadpool(session.import_bytes, body, format, annotator)
 
-    @app.post("/api/export/checkpoint")
+    @router.post("/api/export/checkpoint")
     def api_export_checkpoint():
         try:
             return session.export_checkpoint()
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
 
-    return app
+    return router
 
 
 def _bearer(value: str | None) -> str | None:
