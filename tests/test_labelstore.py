@@ -197,6 +197,16 @@ def test_annotator_names_are_normalised_to_one_spelling(tmp_path):
     assert "k0" not in store.consensus()
     with pytest.raises(LabelStoreError, match="annotator"):
         store.add_label("k9", "skip", "<script>")
+    # a database written before names were normalised is rewritten once when opened
+    store.close()
+    raw = sqlite3.connect(tmp_path / "n.sqlite")
+    raw.execute("INSERT INTO labels(key, label, annotator, created_at) VALUES ('k5', 'stylistic', 'ＡＮＮ ', 0)")
+    raw.execute("INSERT INTO assignments(key, annotator, created_at) VALUES ('k6', 'Ann', 0)")
+    raw.execute("DELETE FROM meta WHERE name = 'annotators_normalised'")
+    raw.commit()
+    raw.close()
+    again = LabelStore(tmp_path / "n.sqlite")
+    assert set(again.counts()["by_annotator"]) == {"bob", "ann"} and again.assignments("ann")[0]["key"] == "k6"
 
 
 def test_import_values_are_checked_with_row_and_column(tmp_path):

@@ -156,6 +156,27 @@ class LabelStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._conn.executescript(_SCHEMA)
+        self._normalise_stored_annotators()
+
+    def _normalise_stored_annotators(self) -> None:
+        """A database written before names were normalised: rewrite its names once, so ``BOB`` and ``bob`` count
+        as one annotator there too (the rewrite is recorded in ``meta``)."""
+        if self.get_meta("annotators_normalised") == "1":
+            return
+        with self._lock:
+            names = [r[0] for r in self._conn.execute(
+                "SELECT annotator FROM labels UNION SELECT annotator FROM assignments").fetchall()]
+            renames = [(normalize_annotator(n), n) for n in names if normalize_annotator(n) != n]
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("UPDATE labels SET annotator = ? WHERE annotator = ?", renames)
+                self._conn.executemany("UPDATE OR IGNORE assignments SET annotator = ? WHERE annotator = ?", renames)
+                self._conn.executemany("DELETE FROM assignments WHERE annotator = ?", [(old,) for _, old in renames])
+                self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('annotators_normalised', '1')")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
