@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.checkpoint import jsonable
 from classifier.labeling.pool import Pool
 from classifier.labeling.sampling import RANDOM
 from classifier.labeling.store import LabelStore
@@ -274,7 +273,7 @@ class ActiveLearner:
 
     def retrain(self) -> int:
         """Train a head on the consensus labels now, save it, rescore the pool, record the round. Returns it."""
-        from classifier.checkpoint import save_classifier
+        from classifier.checkpoint import jsonable, save_classifier
         from classifier.head import train_head
 
         self.retraining = True
