@@ -87,11 +87,12 @@ def bench_browser(pool: Path, work: Path, decisions: int, retrain_every: int) ->
             except httpx.HTTPError:
                 time.sleep(0.3)
         startup = time.perf_counter() - t0
-        http = httpx.Client(base_url=base)  # one keep-alive connection, as the browser holds
+        # one keep-alive connection, as the browser holds; Origin as the app's own page sends it
+        http = httpx.Client(base_url=base, headers={"origin": base})
         next_ms = []
         for _ in range(20):
             t = time.perf_counter()
-            http.get("/api/next", params={"annotator": "probe", "n": 8})
+            http.post("/api/next", json={"annotator": "probe", "n": 8})
             next_ms.append((time.perf_counter() - t) * 1000)
         http.post("/api/release", json={"annotator": "probe", "keys": []})
         with sync_playwright() as p:
@@ -125,7 +126,7 @@ def bench_browser(pool: Path, work: Path, decisions: int, retrain_every: int) ->
             }""", [make_key(0, i) for i in range(9000, 9030)])
             browser.close()
         # the decision round trip alone (commit + fsync), while the background worker is busy
-        probe = http.get("/api/next", params={"annotator": "probe", "n": 30}).json()["items"]
+        probe = http.post("/api/next", json={"annotator": "probe", "n": 30}).json()["items"]
         label_ms = []
         for it in probe:
             t = time.perf_counter()
@@ -157,12 +158,12 @@ def bench_browser(pool: Path, work: Path, decisions: int, retrain_every: int) ->
 def bench_rescore(work: Path, n: int, model_name: str) -> dict:
     import torch
 
-    from classifier.active import ActiveConfig, ActiveLearner
     from classifier.factory import create_model
     from classifier.features import FeatureCache, extract_features
     from classifier.head import train_head
-    from classifier.labelstore import LabelStore
-    from classifier.pool import Pool, PoolItem
+    from classifier.labeling.active import ActiveConfig, ActiveLearner
+    from classifier.labeling.pool import Pool, PoolItem
+    from classifier.labeling.store import LabelStore
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

@@ -25,15 +25,19 @@ class CheckpointFormatError(BbstError, ValueError):
     """A checkpoint that is missing, of another format, or of an unsupported format version."""
 
 
-def _jsonable(x):
+def jsonable(x):
+    """Plain JSON values: NaN/inf (an undefined metric, e.g. ROC-AUC of a one-class split) become None, numpy
+    scalars and arrays plain numbers and lists. Dump the result with ``allow_nan=False``."""
     if isinstance(x, float) and not math.isfinite(x):
         return None  # JSON has no NaN; "unknown" reads better than a parse error elsewhere
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return _jsonable(x.item())
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return jsonable(x.item())
     return x
 
 
@@ -63,7 +67,7 @@ def save_classifier(path: str | os.PathLike, model, head_result, *, training_dat
     for k in sorted(state):
         h.update(k.encode())
         h.update(state[k].float().numpy().tobytes())
-    h.update(json.dumps(_jsonable({"t": head_result.temperature, "th": head_result.thresholds}),
+    h.update(json.dumps(jsonable({"t": head_result.temperature, "th": head_result.thresholds}),
                         sort_keys=True).encode())
     extra = dict(extra or {})
     demo = bool(extra.pop("demo", False))
@@ -94,7 +98,7 @@ def save_classifier(path: str | os.PathLike, model, head_result, *, training_dat
     tmp = path / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION), "version": version})
     os.replace(tmp, path / WEIGHTS_FILE)
-    (path / CONFIG_FILE).write_text(json.dumps(_jsonable(config), indent=2, sort_keys=False))
+    (path / CONFIG_FILE).write_text(json.dumps(jsonable(config), indent=2, sort_keys=False))
     return version
 
 

@@ -116,7 +116,9 @@ def write_report(out_dir: str | Path, *, keys: list[str], labels: np.ndarray, pr
             entry["thumbnail"] = name
         mistakes.append(entry)
     report = {"version": version, "metrics": metrics, "thresholds": thresholds, "mistakes": mistakes}
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=lambda x: None))
+    from classifier.checkpoint import jsonable
+
+    (out / "report.json").write_text(json.dumps(jsonable(report), indent=2, allow_nan=False, default=lambda x: None))
 
     def fmt(v):
         return "n/a" if isinstance(v, float) and math.isnan(v) else (f"{v:.4f}" if isinstance(v, float) else str(v))

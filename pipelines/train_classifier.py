@@ -4,10 +4,13 @@
         --model bbst_vitb16_clip --weights cache
 
 Labels come from a Parquet/CSV file (columns ``key`` or ``path``, ``label``, optional ``annotator`` and
-``time``/``created_at``) or from a labeling-session database (``--labels-db``, see ``classifier.labelstore``).
+``time``/``created_at``) or from a labeling-session database (``--labels-db``, see ``classifier.labeling.store``).
 Several decisions on one image are resolved like the labeling app does: each annotator's latest decision
 counts, the majority wins, ties and skips are left out. Images come from WebDataset shards (member names
-``<key>.<ext>``) or from a folder of image files (by relative ``path`` or by file stem = key).
+``<key>.<ext>``, read through ``curate.shards``) or from a folder of image files (by relative ``path`` or by file
+stem = key). Features are cached under ``<out>/features`` unless ``--feature-cache`` names another folder; the
+input folder is never written to. A model of test size (``test_*``) gives a checkpoint marked ``demo`` and
+``test_size_model``, so every consumer shows it as a demonstration classifier.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import argparse
 import json
 import logging
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ class TrainClassifierConfig:
     model: str = "bbst_vitb16_clip"  # registered classifier architecture (classifier.factory.list_models())
     weights: str | None = None  # content/shared trunk weights: a local file, or "cache" to search the local caches
     style_weights: str | None = None  # style trunk weights of a two-trunk model (file or "cache")
-    feature_cache: str | None = None  # feature cache root; default <images>/.bbst-features (one subfolder per model)
+    feature_cache: str | None = None  # feature cache root; default <out>/features (one subfolder per model)
     finetune_blocks: int = 0  # also fine-tune the last N blocks of every trunk (0 = frozen trunks, head only)
     finetune_epochs: int = 2  # passes over the training images when fine-tuning
     finetune_lr: float = 1e-5  # learning rate of the fine-tuned blocks (the head uses 10x)
@@ -74,7 +76,7 @@ def read_label_file(path: str | Path) -> tuple[dict[str, int], dict[str, str]]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from classifier.labelstore import _parse_label
+    from classifier.labeling.store import _parse_label
 
     path = Path(path)
     if not path.is_file():
@@ -106,7 +108,7 @@ def read_label_file(path: str | Path) -> tuple[dict[str, int], dict[str, str]]:
 
 def _consensus(rows: list[dict]) -> dict[str, int]:
     """The labeling store's resolution rule (latest per annotator, majority, ties out), applied to file rows."""
-    from classifier.labelstore import LabelStore
+    from classifier.labeling.store import LabelStore
 
     with tempfile.TemporaryDirectory() as tmp:
         store = LabelStore(Path(tmp) / "labels.sqlite")
@@ -119,7 +121,7 @@ def _consensus(rows: list[dict]) -> dict[str, int]:
 
 def read_label_db(path: str | Path) -> dict[str, int]:
     """Consensus labels of a labeling-session database."""
-    from classifier.labelstore import LabelStore
+    from classifier.labeling.store import LabelStore
 
     path = Path(path)
     if not path.is_file():
@@ -146,18 +148,19 @@ def load_images(root: str | Path, keys: set[str], paths: dict[str, str]) -> dict
     out: dict[str, bytes] = {}
     shards = _shards(root)
     if shards:
+        from curate.shards import ShardFormatError, index_shard, read_member
+
         for shard in shards:
             try:
-                with tarfile.open(shard) as tar:
-                    for member in tar:
-                        if not member.isfile():
-                            continue
-                        base = Path(member.name).name
-                        key, _, ext = base.partition(".")  # WebDataset: the key ends at the first dot
-                        if key in keys and key not in out and "." + ext.lower() in IMAGE_EXTS:
-                            out[key] = tar.extractfile(member).read()
-            except tarfile.TarError as exc:
-                raise TrainDataError(f"{shard}: not a readable tar shard: {exc}") from exc
+                for sample in index_shard(str(shard)):
+                    if sample.key not in keys or sample.key in out:
+                        continue
+                    image = sample.image() or next(((e, r) for e, r in sample.members.items()
+                                                    if "." + e in IMAGE_EXTS), None)
+                    if image is not None:
+                        out[sample.key] = read_member(image[1])
+            except ShardFormatError as exc:
+                raise TrainDataError(str(exc)) from exc
         return out
     by_stem: dict[str, Path] | None = None
     for key in keys:
@@ -291,13 +294,14 @@ def run(cfg: TrainClassifierConfig) -> dict:
         log.warning("model %s has random-init trunks (no --weights): the classifier will be near useless; see "
                     "docs/classifier.md for where real backbone weights go", cfg.model)
     model = create_model(cfg.model, weights=cfg.weights, style_weights=cfg.style_weights).to(device).eval()
-    cache_root = Path(cfg.feature_cache) if cfg.feature_cache else _default_cache_root(cfg.images)
+    cache_root = Path(cfg.feature_cache) if cfg.feature_cache else out / "features"
 
     def features_of(m):
         fp = feature_fingerprint(m)
         cache = FeatureCache(cache_root / f"{cfg.model}-{fp}", fingerprint=fp)
         return cached_features(m, blobs, cache, batch_size=cfg.batch_size, num_threads=cfg.num_threads, sha256s=shas)
 
+    warnings = check_split(keys, y, cfg.val_fraction, cfg.seed, source)
     t_feat = time.monotonic()
     feats = features_of(model)
     feat_seconds = time.monotonic() - t_feat
@@ -314,11 +318,17 @@ def run(cfg: TrainClassifierConfig) -> dict:
         feats = features_of(model)
         result = train_head(feats, y, keys, head=model.head, **head_kwargs)
 
+    test_size = cfg.model.startswith("test_")
+    if test_size:
+        log.warning("model %s is a test-size network: its checkpoint is marked demo (for tests and demos only)",
+                    cfg.model)
     version = save_classifier(out / "checkpoint", model, result, training_data_hash=data_hash(zip(shas, y)),
                               extra={"labels": str(source), "images": str(cfg.images), "n_labels": len(keys),
-                                     "finetune_blocks": cfg.finetune_blocks, "train_config": to_dict(cfg)})
+                                     "finetune_blocks": cfg.finetune_blocks, "train_config": to_dict(cfg),
+                                     "demo": test_size, "test_size_model": test_size})
     summary = {"version": version, "checkpoint": str(out / "checkpoint"), "metrics": result.metrics,
                "thresholds": result.thresholds, "temperature": result.temperature, "n_skipped": len(skipped),
+               "test_size_model": test_size, "warnings": warnings,
                "feature_seconds": round(feat_seconds, 2), "seconds": round(time.monotonic() - t0, 2)}
     if cfg.report and result.val_logits is not None and len(result.val_keys):
         by_key = dict(zip(keys, blobs))
@@ -326,22 +336,54 @@ def run(cfg: TrainClassifierConfig) -> dict:
                      probs=sigmoid(result.val_logits / result.temperature), probs_uncalibrated=sigmoid(result.val_logits),
                      thresholds=result.thresholds, version=version, image_lookup=by_key.get)
         summary["report"] = str(out / "report" / "report.md")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=lambda v: None))
+    (out / "summary.json").write_text(json_text(summary))
     log.info("classifier %s: accuracy %.3f, ROC-AUC %s, ECE %.4f -> %.4f; saved to %s", version,
              result.metrics["accuracy"], result.metrics["roc_auc"], result.metrics["ece_before"],
              result.metrics["ece_after"], out / "checkpoint")
     return summary
 
 
+def check_split(keys: list[str], y: np.ndarray, val_fraction: float, seed: int, source) -> list[str]:
+    """Refuse a split the head cannot be trained on; warn (and return the warnings) when held-out figures will be
+    undefined or rough: a held-out side without examples of a class, or fewer than 20 held-out labels."""
+    from classifier.head import split_by_key
+    from classifier.labeling.active import MIN_HELD_OUT
+
+    is_val = split_by_key(keys, val_fraction, seed)
+    n_val = int(is_val.sum())
+    if n_val == 0 or n_val == len(keys):
+        raise TrainDataError(f"{source}: {len(keys)} labelled images leave the {'held-out' if n_val == 0 else 'training'} "
+                             f"split empty at val_fraction={val_fraction}; label more images or change --val-fraction")
+    names = {1: "stylistic", 0: "not-stylistic"}
+    for cls, name in names.items():
+        if not (y[~is_val] == cls).any():
+            raise TrainDataError(f"{source}: the training split has no {name} examples ({len(keys) - n_val} training "
+                                 "labels); label some of both classes")
+    warnings = []
+    for cls, name in names.items():
+        if not (y[is_val] == cls).any():
+            warnings.append(f"the held-out split ({n_val} labels) has no {name} examples: ROC-AUC is undefined "
+                            "(reported as null) and the thresholds are not checked on that class; label more or "
+                            "raise --val-fraction")
+    if n_val < MIN_HELD_OUT:
+        warnings.append(f"only {n_val} held-out labels (fewer than {MIN_HELD_OUT}): accuracy, ROC-AUC and "
+                        "calibration figures are rough")
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings
+
+
+def json_text(obj) -> str:
+    """Strict JSON (no ``NaN``/``Infinity`` tokens, which most JSON readers reject)."""
+    from classifier.checkpoint import jsonable
+
+    return json.dumps(jsonable(obj), indent=2, allow_nan=False, default=lambda v: None)
+
+
 def create_model_cfg(name: str):
     from classifier.factory import get_model_config
 
     return get_model_config(name)
-
-
-def _default_cache_root(images: str) -> Path:
-    root = Path(images)
-    return (root if root.is_dir() else root.parent) / ".bbst-features"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrainDataError) as exc:
         log.error("%s", exc)
         return 2
-    print(json.dumps({k: summary[k] for k in ("version", "checkpoint", "metrics")}, indent=2, default=lambda v: None))
+    print(json_text({k: summary[k] for k in ("version", "checkpoint", "metrics")}))
     return 0
 
 

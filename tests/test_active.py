@@ -7,12 +7,12 @@ import pytest
 import torch
 from label_pool import make_folder_pool, truth_of_key
 
-from classifier.active import ActiveConfig, ActiveLearner
 from classifier.checkpoint import load_classifier
 from classifier.factory import create_model
 from classifier.features import FeatureCache, feature_fingerprint
-from classifier.labelstore import LabelStore
-from classifier.pool import open_pool
+from classifier.labeling.active import ActiveConfig, ActiveLearner
+from classifier.labeling.pool import open_pool
+from classifier.labeling.store import LabelStore
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,8 @@ def _label(store, keys, annotator="ann", reason="random"):
         store.add_label(k, "stylistic" if truth_of_key(k) else "not_stylistic", annotator, reason=reason)
 
 
-def test_retrain_round_rescore_and_checkpoint(tmp_path, model):
+def test_retrain_round_rescore_and_checkpoint(tmp_path, model, caplog):
+    caplog.set_level("INFO", logger="classifier.labeling.active")
     learner, pool, store = _learner(tmp_path, model)
     assert learner.threshold is None and not learner.retrain_due()
     assert learner.compute_features(list(pool.keys)) == len(pool)  # what the background worker does
@@ -49,6 +50,10 @@ def test_retrain_round_rescore_and_checkpoint(tmp_path, model):
     assert learner.retrain() == 1
     (rnd,) = store.rounds()
     m = rnd["metrics"]
+    # the server log names every round with its figures (and says when the held-out split is small)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrain round 1:")]
+    assert f"24 labels ({m['n_train']} train, {m['n_val']} held out" in line and "ROC-AUC" in line
+    assert learner.model_version in line and ("too few for a firm figure" in line) == (m["n_val"] < 20)
     for name in ("accuracy", "roc_auc", "ece_before", "ece_after", "n_train", "n_val", "rescore_seconds"):
         assert name in m
     assert m["n_train"] + m["n_val"] == 24 and rnd["n_labels"] == 24

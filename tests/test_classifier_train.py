@@ -163,24 +163,30 @@ def test_train_classifier_main_from_shards_and_label_file(tmp_path, generated):
     assert main([*argv, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["accuracy"] >= 0.9
-    assert summary["version"].startswith("bbst-clf-")
+    # a test-size network: the checkpoint says so, and every consumer shows it as a demo classifier
+    assert summary["version"].startswith("demo-") and summary["test_size_model"] is True
     cfg = json.loads((out / "checkpoint" / "config.json").read_text())
-    assert cfg["version"] == summary["version"] and cfg["model_name"] == "test_vit_shared" and cfg["demo"] is False
+    assert cfg["version"] == summary["version"] and cfg["model_name"] == "test_vit_shared" and cfg["demo"] is True
+    assert cfg["extra"]["test_size_model"] is True
     assert cfg["preprocess"]["size"] == 64 and len(cfg["training_data_hash"]) == 64
     for f in ("report.md", "report.json", "reliability.png", "score_histograms.png"):
         assert (out / "report" / f).stat().st_size > 0
     report = json.loads((out / "report" / "report.json").read_text())
     assert {"accuracy", "roc_auc", "ece_before", "ece_after", "style_precision", "content_recall"} <= set(report["metrics"])
-    # retraining reads every feature from the cache beside the shards
-    caches = list((tmp_path / "run" / "shards" / ".bbst-features").iterdir())
+    # the feature cache is beside the output; the input shards folder is never written to
+    assert sorted(p.name for p in shards.iterdir()) == ["content-000000.tar", "style-000000.tar"]
+    caches = list((out / "features").iterdir())
     assert len(caches) == 1 and len(FeatureCache(caches[0])) == 200
-    assert main([*argv, "--out", str(tmp_path / "clf2")]) == 0
+    # retraining with --feature-cache pointing there reads every feature from it, and writes nothing new
+    before = sorted(p.name for p in caches[0].rglob("*"))
+    assert main([*argv, "--out", str(tmp_path / "clf2"), "--feature-cache", str(out / "features")]) == 0
+    assert sorted(p.name for p in caches[0].rglob("*")) == before and not (tmp_path / "clf2" / "features").exists()
     again = json.loads((tmp_path / "clf2" / "summary.json").read_text())
     assert again["version"] == summary["version"]  # same data, same seed: the same classifier
 
 
 def test_train_classifier_from_folder_csv_and_labeling_db_with_finetuning(tmp_path, generated):
-    from classifier.labelstore import LabelStore
+    from classifier.labeling.store import LabelStore
     from pipelines.train_classifier import main
 
     blobs, labels, keys = generated
@@ -214,3 +220,41 @@ def test_train_classifier_from_folder_csv_and_labeling_db_with_finetuning(tmp_pa
     # ... unless skipped explicitly, which lists it
     assert main(args + ["--skip-missing"]) == 0
     assert "sub/missing.jpg" in json.loads((tmp_path / "csv" / "skipped.json").read_text())
+
+
+def _strict_json(path):
+    def no_nan(token):
+        raise AssertionError(f"{path} holds {token}: not JSON")
+
+    return json.loads(path.read_text(), parse_constant=no_nan)
+
+
+def test_held_out_side_without_examples_warns_and_json_has_no_nan(tmp_path, generated, caplog):
+    from pipelines.train_classifier import TrainDataError, main, parse_args, run
+
+    blobs, labels, keys = generated
+    blobs, labels, keys = blobs[:80], labels[:80], keys[:80]
+    is_val = split_by_key(keys, 0.25, 0)
+    keep = [i for i in range(len(keys)) if not (is_val[i] and labels[i] == 1)]  # no stylistic held-out images
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _write_shard(shards / "s-000000.tar", [keys[i] for i in keep], [blobs[i] for i in keep])
+    pq.write_table(pa.table({"key": [keys[i] for i in keep], "label": [int(labels[i]) for i in keep]}),
+                   tmp_path / "labels.parquet")
+    argv = ["--labels", str(tmp_path / "labels.parquet"), "--images", str(shards), "--model", "test_vit_shared",
+            "--epochs", "30", "--num-threads", "1", "--val-fraction", "0.25", "--out", str(tmp_path / "out")]
+    caplog.set_level("WARNING", logger="train_classifier")
+    assert main(argv) == 0
+    summary = _strict_json(tmp_path / "out" / "summary.json")
+    assert summary["metrics"]["roc_auc"] is None
+    assert any("has no stylistic examples: ROC-AUC is undefined" in w for w in summary["warnings"])
+    assert any("fewer than 20" in w for w in summary["warnings"])
+    assert any("has no stylistic examples" in r.getMessage() for r in caplog.records)
+    _strict_json(tmp_path / "out" / "report" / "report.json")
+    # a training split without one class is refused with a message, not a traceback
+    train_pos = [keys[i] for i in keep if not is_val[i] and labels[i] == 1]
+    pq.write_table(pa.table({"key": [k for k in (keys[i] for i in keep) if k not in train_pos],
+                             "label": [int(labels[i]) for i in keep if keys[i] not in train_pos]}),
+                   tmp_path / "one-class.parquet")
+    with pytest.raises(TrainDataError, match="training split has no stylistic examples"):
+        run(parse_args([*argv[:1], str(tmp_path / "one-class.parquet"), *argv[2:]]))

@@ -26,6 +26,13 @@ def pool_dir(tmp_path_factory):
     return make_folder_pool(tmp_path_factory.mktemp("labelpool") / "pool", 40)
 
 
+def _client(app, base: str = "http://127.0.0.1", **kw):
+    """A TestClient that sends what a browser on the app's own page sends: its Origin."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url=base, headers={"origin": base}, **kw)
+
+
 def _cfg(pool_dir, tmp_path, **kw):
     return label_app.LabelConfig(pool=str(pool_dir), db=str(tmp_path / "labels.sqlite"), model="test_vit_shared",
                                  **kw)
@@ -42,32 +49,53 @@ def test_cli_off_loopback_requires_token_on_every_request(pool_dir, tmp_path, mo
     from fastapi.testclient import TestClient
 
     started = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, host, port, **kw: started.update(app=app, host=host, port=port))
+
+    def fake_run(app, host, port, **kw):  # stands in for the server while main() holds the session open
+        started.update(host=host, port=port)
+        started["check"](app)
+
+    monkeypatch.setattr("uvicorn.run", fake_run)
     args = ["--pool", str(pool_dir), "--db", str(tmp_path / "l.sqlite"), "--model", "test_vit_shared"]
+
+    def off_loopback(app):
+        out = capsys.readouterr().out
+        token = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("access token: "))
+        assert f"?token={token}" in out
+        c = TestClient(app, base_url="http://10.1.2.3:8123", follow_redirects=False,
+                       headers={"origin": "http://10.1.2.3:8123"})
+        for path in ("/api/session", "/", "/static/label.js", "/api/image?key=img00001.jpg"):
+            r = c.get(path)
+            assert r.status_code == 401 and "access token required" in r.json()["error"], path
+        assert c.get("/api/session", headers={"x-access-token": "wrong"}).status_code == 401
+        assert c.get("/api/session", headers={"x-access-token": token}).status_code == 200
+        assert c.get("/api/session", headers={"authorization": f"Bearer {token}"}).status_code == 200
+        # the token link: redirected on this server only (never to //host), the rest of the query kept encoded
+        for path, location in ((f"/dashboard?token={token}", "/dashboard"),
+                               (f"//evil.example/x?token={token}", "/evil.example/x"),
+                               (f"/%5Cevil.example?token={token}", "/%5Cevil.example"),
+                               (f"/?a=1%262&token={token}&b=x%20y&b=%3D", "/?a=1%262&b=x+y&b=%3D")):
+            r = c.get("http://10.1.2.3:8123" + path)  # a full URL: httpx would read //host as a host
+            assert r.status_code == 303 and r.headers["location"] == location, (path, r.headers.get("location"))
+            assert "httponly" in r.headers["set-cookie"].lower()
+        c.cookies.set("bbst_token", token)
+        assert c.get("/api/stats").status_code == 200  # the cookie now rides along
+        r = c.post("/api/label", json={"annotator": "a", "key": "img00001.jpg", "label": "skip"})
+        assert r.status_code == 200
+
+    started["check"] = off_loopback
     assert label_app.main(args + ["--host", "0.0.0.0", "--port", "8123"]) == 0
-    out = capsys.readouterr().out
-    token = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("access token: "))
-    assert f"?token={token}" in out and started["host"] == "0.0.0.0"
-    c = TestClient(started["app"], base_url="http://10.1.2.3:8123", follow_redirects=False)
-    for path in ("/api/session", "/", "/static/label.js", "/api/image?key=img00001.jpg"):
-        r = c.get(path)
-        assert r.status_code == 401 and "access token required" in r.json()["error"], path
-    assert c.get("/api/session", headers={"x-access-token": "wrong"}).status_code == 401
-    assert c.get("/api/session", headers={"x-access-token": token}).status_code == 200
-    assert c.get("/api/session", headers={"authorization": f"Bearer {token}"}).status_code == 200
-    r = c.get(f"/dashboard?token={token}")  # the printed link: token traded for an HttpOnly cookie
-    assert r.status_code == 303 and r.headers["location"] == "/dashboard"
-    assert "httponly" in r.headers["set-cookie"].lower()
-    assert c.get("/api/stats").status_code == 200  # the cookie now rides along
-    assert c.post("/api/label", json={"annotator": "a", "key": "img00001.jpg", "label": "skip"}).status_code == 200
+    assert started["host"] == "0.0.0.0"
 
     # default bind: loopback, no token, and other Host names are refused (DNS rebinding)
-    capsys.readouterr()
-    assert label_app.main(args) == 0
-    assert "access token" not in capsys.readouterr().out and started["host"] == "127.0.0.1"
-    local = TestClient(started["app"], base_url="http://127.0.0.1:8000")
-    assert local.get("/api/session").status_code == 200
-    assert local.get("/api/session", headers={"host": "attacker.example"}).status_code == 403
+    def on_loopback(app):
+        assert "access token" not in capsys.readouterr().out
+        local = TestClient(app, base_url="http://127.0.0.1:8000")
+        assert local.get("/api/session").status_code == 200
+        assert local.get("/api/session", headers={"host": "attacker.example"}).status_code == 403
+
+    started["check"] = on_loopback
+    assert label_app.main(args) == 0  # the first server's database lock was released when it stopped
+    assert started["host"] == "127.0.0.1"
 
 
 def test_cli_bad_pool_is_one_clear_line(tmp_path, capsys):
@@ -80,10 +108,9 @@ def test_cli_bad_pool_is_one_clear_line(tmp_path, capsys):
 
 
 def test_validation_traversal_and_json_errors(pool_dir, tmp_path):
-    from fastapi.testclient import TestClient
 
     app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
-    c = TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+    c = _client(app, raise_server_exceptions=False)
     for key in ("../pool/img00001.jpg", "/etc/passwd", "img00001.jpg/../../x", "..%2F..%2Fetc%2Fpasswd"):
         r = c.get("/api/image", params={"key": key, "size": "full"})
         assert r.status_code == 404 and "no image with key" in r.json()["error"]
@@ -113,11 +140,10 @@ def test_validation_traversal_and_json_errors(pool_dir, tmp_path):
 
 
 def test_export_import_over_http(pool_dir, tmp_path):
-    from fastapi.testclient import TestClient
 
     app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
-    c = TestClient(app, base_url="http://127.0.0.1")
-    items = c.get("/api/next", params={"annotator": "ann", "n": 5}).json()["items"]
+    c = _client(app)
+    items = c.post("/api/next", json={"annotator": "ann", "n": 5}).json()["items"]
     assert len(items) == 5
     body = {"annotator": "ann", "items": [{"annotator": "ann", "key": it["key"], "label": "stylistic"}
                                           for it in items]}
@@ -126,28 +152,29 @@ def test_export_import_over_http(pool_dir, tmp_path):
     assert len(list(csv.DictReader(io.StringIO(exported)))) == 5
     parquet = c.get("/api/export", params={"format": "parquet"}).content
     other = label_app.create_app(_cfg(pool_dir, tmp_path / "other"), start_background=False)
-    c2 = TestClient(other, base_url="http://127.0.0.1")
-    r = c2.post("/api/import", params={"format": "parquet"}, content=parquet)
+    c2 = _client(other)
+    r = c2.post("/api/import", params={"format": "parquet"}, content=parquet,
+                headers={"content-type": "application/vnd.apache.parquet"})
     assert r.json() == {"imported": 5, "keys_not_in_pool": 0}
     assert c2.get("/api/stats").json()["counts"]["by_annotator"]["ann"]["stylistic"] == 5
-    r = c2.post("/api/import", params={"format": "csv"}, content=b"key,label\nimg00001.jpg,yes\n")
+    r = c2.post("/api/import", params={"format": "csv"}, content=b"key,label\nimg00001.jpg,yes\n",
+                headers={"content-type": "text/csv"})
     assert r.status_code == 400 and "uploaded csv file: row 1" in r.json()["error"]
 
 
 def test_second_annotator_is_asked_for_agreement_and_kappa_reported(pool_dir, tmp_path):
-    from fastapi.testclient import TestClient
 
-    from classifier.sampling import SamplingConfig
+    from classifier.labeling.sampling import SamplingConfig
 
     cfg = _cfg(pool_dir, tmp_path, sampling=SamplingConfig(uncertainty_share=0.0, random_share=0.5,
                                                            agreement_share=0.5))
-    c = TestClient(label_app.create_app(cfg, start_background=False), base_url="http://127.0.0.1")
-    first = c.get("/api/next", params={"annotator": "ann", "n": 10}).json()["items"]
+    c = _client(label_app.create_app(cfg, start_background=False))
+    first = c.post("/api/next", json={"annotator": "ann", "n": 10}).json()["items"]
     for it in first:
         c.post("/api/label", json={"annotator": "ann", "key": it["key"], "label": "stylistic"
                                    if truth_of_key(it["key"]) else "not_stylistic", "reason": it["reason"]})
     # items ann holds are never handed to bob as fresh ones; decided ones come back to him for agreement
-    asked = c.get("/api/next", params={"annotator": "bob", "n": 10}).json()["items"]
+    asked = c.post("/api/next", json={"annotator": "bob", "n": 10}).json()["items"]
     agree = [it for it in asked if it["reason"] == "agreement"]
     assert len(agree) == 5 and {it["key"] for it in agree} <= {it["key"] for it in first}
     assert {r["key"] for r in app_assignments(c, "bob")} == {it["key"] for it in agree}  # persisted
@@ -159,7 +186,7 @@ def test_second_annotator_is_asked_for_agreement_and_kappa_reported(pool_dir, tm
     assert ag["items_multi"] == 5 and ag["items_disagreed"] == 1
     assert ag["pairs"][0]["annotators"] == ["ann", "bob"] and ag["pairs"][0]["observed_agreement"] == 0.8
     # the disagreement goes to a third annotator first, as a tie-breaker
-    third = c.get("/api/next", params={"annotator": "cy", "n": 4}).json()["items"]
+    third = c.post("/api/next", json={"annotator": "cy", "n": 4}).json()["items"]
     assert [it["reason"] for it in third].count("disagreement") == 1
 
 
@@ -169,7 +196,6 @@ def app_assignments(client, annotator):
 
 def test_start_from_a_classifier_checkpoint(pool_dir, tmp_path):
     """--classifier: the pool is scored by the given head from the start and uncertainty sampling begins."""
-    from fastapi.testclient import TestClient
 
     from classifier.demo import build_demo_classifier
 
@@ -182,15 +208,15 @@ def test_start_from_a_classifier_checkpoint(pool_dir, tmp_path):
     assert learner.threshold == 0.5 and learner.model_version.startswith("demo-")
     learner.compute_features(list(app.state.session.pool.keys))  # what the background worker does
     assert len(learner.scores) == 40
-    c = TestClient(app, base_url="http://127.0.0.1")
-    items = c.get("/api/next", params={"annotator": "ann", "n": 8}).json()["items"]
+    c = _client(app)
+    items = c.post("/api/next", json={"annotator": "ann", "n": 8}).json()["items"]
     assert {"uncertain", "random"} >= {it["reason"] for it in items} and "uncertain" in {it["reason"] for it in items}
     assert all(it["score"] is not None and it["model_version"] == learner.model_version for it in items)
     c.post("/api/label", json={"annotator": "ann", "key": items[0]["key"], "label": "stylistic",
                                "score_shown": items[0]["score"], "model_version": items[0]["model_version"]})
     # undo puts the item back on ann's screen only
     undone = c.post("/api/undo", json={"annotator": "ann"}).json()["item"]
-    bob = c.get("/api/next", params={"annotator": "bob", "n": 40}).json()["items"]
+    bob = c.post("/api/next", json={"annotator": "bob", "n": 40}).json()["items"]
     assert undone["key"] not in {it["key"] for it in bob}
     # the checkpoint can be exported straight away
     out = c.post("/api/export/checkpoint").json()
@@ -319,3 +345,246 @@ def test_browser_session_survives_kill_and_restart(pool_dir, tmp_path, browser):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+# ------------------------------------------------------------------------------------------ other sites
+STATE_CHANGING = [("/api/import?format=csv", b"key,label\nimg00001.jpg,stylistic\n"), ("/api/retrain", b""),
+                  ("/api/export/checkpoint", b""), ("/api/next", b'{"annotator": "mallory", "n": 8}'),
+                  ("/api/label", b'{"annotator": "mallory", "key": "img00001.jpg", "label": "skip"}')]
+SIMPLE_TYPES = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None]
+
+
+def test_cross_site_requests_are_refused_and_same_origin_succeeds(pool_dir, tmp_path):
+    app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
+    session = app.state.session
+    started = []
+    session.retrain_in_background = lambda: started.append(1) or True
+    from fastapi.testclient import TestClient
+
+    c = _client(app)
+    bare = TestClient(app, base_url="http://127.0.0.1")  # sends no Origin unless told
+    for path, body in STATE_CHANGING:
+        for ctype in SIMPLE_TYPES:
+            headers = {"content-type": ctype} if ctype else {}
+            for foreign in ({"origin": "http://evil.example"}, {"origin": "http://127.0.0.1:9999"},
+                            {"origin": "null"}, {"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"},
+                            {"origin": "http://evil.example", "sec-fetch-site": "same-origin"}, {}):
+                r = bare.post(path, content=body, headers={**headers, **foreign})
+                assert r.status_code == 403 and "cross-site request refused" in r.json()["error"], (path, foreign)
+    assert session.store.label_count(include_skips=True) == 0 and not started and not session._leases
+    assert not (tmp_path / "labels.exports").exists()
+    # /api/next leases items: a GET no longer exists
+    assert c.get("/api/next", params={"annotator": "a"}).status_code == 405
+    # the same requests from the app's own page pass the origin check (the import still needs a non-simple type)
+    r = c.post("/api/import?format=csv", content=STATE_CHANGING[0][1], headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "text/csv" in r.json()["error"]
+    r = c.post("/api/import?format=csv", content=STATE_CHANGING[0][1], headers={"content-type": "text/csv"})
+    assert r.status_code == 200 and r.json()["imported"] == 1
+    assert c.post("/api/retrain").status_code == 202 and started == [1]
+    assert c.post("/api/export/checkpoint").status_code == 409  # past the guard: no head trained yet
+    assert len(c.post("/api/next", json={"annotator": "ann", "n": 3}).json()["items"]) == 3
+    # without Origin, a browser's Sec-Fetch-Site: same-origin (or none: typed in the address bar) is accepted
+    for sfs in ("same-origin", "none"):
+        r = bare.post("/api/label", json={"annotator": "ann", "key": "img00002.jpg", "label": "skip"},
+                      headers={"sec-fetch-site": sfs})
+        assert r.status_code == 200, sfs
+
+
+@pytest.mark.browser
+def test_a_page_on_another_origin_cannot_drive_the_session(pool_dir, tmp_path, browser):
+    """Headless Chromium on an attacker page (another loopback port) sends no-cors requests: all refused."""
+    import http.server
+    import threading
+
+    from label_server import serve
+
+    app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
+    session = app.state.session
+    started = []
+    session.retrain_in_background = lambda: started.append(1) or True
+    with serve(app) as target:
+        attack = f"""<!doctype html><script>
+        const t = {target!r};
+        const opts = (body, type) => ({{method: "POST", mode: "no-cors", credentials: "include", body,
+                                        headers: type ? {{"Content-Type": type}} : {{}}}});
+        Promise.allSettled([
+          fetch(t + "/api/import?format=csv", opts("key,label\\nimg00001.jpg,stylistic\\n", "text/plain")),
+          fetch(t + "/api/retrain", opts("")),
+          fetch(t + "/api/export/checkpoint", opts("")),
+          fetch(t + "/api/next", opts('{{"annotator": "mallory", "n": 8}}', "text/plain")),
+          fetch(t + "/api/next?annotator=mallory", {{mode: "no-cors"}}),
+          fetch(t + "/api/label", opts('{{"annotator":"m","key":"img00001.jpg","label":"skip"}}', "text/plain")),
+        ]).then(() => {{ document.title = "sent"; }});
+        </script>""".encode()
+
+        class Attacker(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("content-type", "text/html")
+                self.end_headers()
+                self.wfile.write(attack)
+
+            def log_message(self, *a):
+                pass
+
+        evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+        threading.Thread(target=evil.serve_forever, daemon=True).start()
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+            page.wait_for_function("document.title === 'sent'", timeout=20000)
+            assert session.store.label_count(include_skips=True) == 0 and not started and not session._leases
+            assert not (tmp_path / "labels.exports").exists()
+            # control: the same request from the app's own page goes through
+            page.goto(target + "/dashboard")
+            status = page.evaluate("""() => fetch('/api/next', {method: 'POST', headers: {'Content-Type':
+                'application/json'}, body: JSON.stringify({annotator: 'ann', n: 2})}).then(r => r.status)""")
+            assert status == 200 and len(session._leases) == 2
+        finally:
+            evil.shutdown()
+    session.close()
+
+
+def test_bodies_over_the_limit_are_refused_before_they_are_read(pool_dir, tmp_path):
+    import socket
+
+    from label_server import serve
+
+    app = label_app.create_app(_cfg(pool_dir, tmp_path, max_json_kb=64, max_upload_mb=1), start_background=False)
+    with serve(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+        for path, declared in (("/api/label", 300 << 20), ("/api/import?format=csv", 300 << 20)):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                # 300 MB announced, 16 bytes sent: the answer must come without the server waiting for the rest
+                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {base}\r\n"
+                             f"Content-Type: text/csv\r\nContent-Length: {declared}\r\n\r\n".encode() + b"x" * 16)
+                reply = b""
+                while chunk := sock.recv(65536):  # the server closes the connection after the refusal
+                    reply += chunk
+                reply = reply.decode()
+            assert reply.startswith("HTTP/1.1 413") and "larger than" in reply, reply[:200]
+        # a chunked body (no Content-Length) is cut off at the limit
+        def chunks():
+            for _ in range(200):
+                yield b"a" * 8192
+
+        with httpx.Client(base_url=base, headers={"origin": base}) as c:
+            r = c.post("/api/label", content=chunks(), headers={"content-type": "application/json"})
+            assert r.status_code == 413 and "request body larger than" in r.json()["error"]
+            r = c.post("/api/import?format=csv", content=chunks(), headers={"content-type": "text/csv"})
+            assert r.status_code == 413 and "import file larger than" in r.json()["error"]
+            # under the limit: served normally
+            assert c.post("/api/label", json={"annotator": "a", "key": "img00001.jpg", "label": "skip"}).status_code == 200
+    app.state.session.close()
+
+
+def test_names_import_values_assignments_and_swapped_links_over_http(pool_dir, tmp_path):
+    import shutil
+
+    pool = tmp_path / "pool"
+    shutil.copytree(pool_dir, pool)
+    app = label_app.create_app(_cfg(pool, tmp_path), start_background=False)
+    c = _client(app, raise_server_exceptions=False)
+    for i, name in enumerate(("bob", "BOB", "bob ", "ｂob")):
+        assert c.post("/api/label", json={"annotator": name, "key": f"img0000{i}.jpg", "label": "stylistic"}
+                      ).status_code == 200
+    assert list(c.get("/api/stats").json()["counts"]["by_annotator"]) == ["bob"]
+    assert len(c.get("/api/recent", params={"annotator": "Bob"}).json()["recent"]) == 4
+    # import values: 4xx with row and column, never a 500
+    r = c.post("/api/import?format=csv", content=b"key,label,round\nimg00009.jpg,stylistic,abc\n",
+               headers={"content-type": "text/csv"})
+    assert r.status_code == 400 and "uploaded csv file: row 1: round 'abc'" in r.json()["error"]
+    r = c.post("/api/import?format=csv&annotator=%3Cx%3E", content=b"key,label\nimg00009.jpg,1\n",
+               headers={"content-type": "text/csv"})
+    assert r.status_code in (400, 422) and "annotator" in r.json()["error"]
+    # assignments: every pair stored (in batches)
+    keys = sorted(app.state.session.pool.keys)
+    r = c.post("/api/assign", json={"keys": keys, "annotators": [f"ann{i}" for i in range(49)] + ["ANN0"]})
+    assert r.json() == {"assigned": 40 * 49}  # "ANN0" is ann0
+    assert c.post("/api/assign", json={"keys": ["nope.jpg"], "annotators": ["a"]}).status_code == 404
+    # a file swapped for a link after start is refused, not followed
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"\xff\xd8\xff secret")
+    (pool / "img00020.jpg").unlink()
+    os.symlink(secret, pool / "img00020.jpg")
+    for size in ("full", "view"):
+        r = c.get("/api/image", params={"key": "img00020.jpg", "size": size})
+        assert r.status_code == 403 and "secret" not in r.text, size
+    app.state.session.close()
+
+
+@pytest.mark.browser
+def test_page_progress_key_overlay_examples_and_dashboard_at_1366px(pool_dir, tmp_path, browser):
+    from label_server import serve
+
+    from classifier.labeling.active import ActiveConfig
+
+    cfg = _cfg(pool_dir, tmp_path, active=ActiveConfig(retrain_every=10, min_per_class=2, val_fraction=0.3))
+    app = label_app.create_app(cfg, start_background=False)
+    session = app.state.session
+    no_overflow = "document.documentElement.scrollWidth <= window.innerWidth"
+    with serve(app) as base:
+        ctx = browser.new_context(viewport={"width": 1366, "height": 768}, bypass_csp=True)
+        page = ctx.new_page()
+        page.goto(base + "/")
+        page.wait_for_function("document.getElementById('progress').dataset.left === '40'")
+        assert "filled from confirmed labels" in page.inner_text("#ex-stylistic")
+        page.fill("#annotator", "  Alice ")
+        page.press("#annotator", "Enter")
+        page.wait_for_function("document.body.dataset.currentKey")
+        assert page.input_value("#annotator") == "alice"  # the name as the server counts it
+        assert page.evaluate(no_overflow)
+
+        # `?` lists the keys; Esc, the button and `?` again toggle it
+        assert not page.is_visible("#keys-overlay")
+        page.keyboard.press("?")
+        assert page.is_visible("#keys-overlay")
+        listed = page.eval_on_selector_all("#keys-table kbd", "els => els.map(e => e.textContent)")
+        assert {"a", "x", "space", "Backspace", "z", "g", "h", "?"} <= set(listed)
+        page.keyboard.press("Escape")
+        assert not page.is_visible("#keys-overlay")
+        page.click("#btn-keys")
+        assert page.is_visible("#keys-overlay")
+        page.keyboard.press("?")
+        assert not page.is_visible("#keys-overlay")
+
+        # the counter moves with every confirmed decision
+        decided = []
+        for i in range(8):
+            key = page.evaluate("document.body.dataset.currentKey")
+            page.keyboard.press("a" if truth_of_key(key) else "x")
+            page.wait_for_function("k => document.body.dataset.currentKey !== k", arg=key, timeout=15000)
+            decided.append(key)
+            page.wait_for_function(f"document.getElementById('progress').dataset.labelled === '{i + 1}'")
+        text = page.inner_text("#progress")
+        assert "8 labelled (8 by you)" in text and "32 left in pool" in text
+        assert "2 to the next retrain" in text or "more of the rarer class" in text
+        # example panels fill from the confirmed labels, each image in its own class
+        page.wait_for_function("Number(document.getElementById('ex-stylistic').dataset.count) > 0 && "
+                               "Number(document.getElementById('ex-not_stylistic').dataset.count) > 0", timeout=15000)
+        for cls, truth in (("stylistic", 1), ("not_stylistic", 0)):
+            shown = page.eval_on_selector_all(f"#ex-{cls} img", "els => els.map(e => e.alt)")
+            assert shown and all(k in decided and truth_of_key(k) == truth for k in shown), (cls, shown)
+
+        # a round from a small held-out split: its figures carry the caveat; the dashboard fits 1366 px
+        rest = [k for k in session.pool.keys if k not in decided]
+        session.commit("bob", [{"key": k, "label": "stylistic" if truth_of_key(k) else "not_stylistic"}
+                               for k in rest])
+        assert session.learner.retrain() == 1
+        n_val = session.store.rounds()[0]["metrics"]["n_val"]
+        assert 0 < n_val < 20
+        dash = ctx.new_page()
+        dash.goto(base + "/dashboard")
+        dash.wait_for_function("Number(document.body.dataset.rounds || 0) >= 1")
+        assert dash.is_visible("#heldout-caveat")
+        assert f"only {n_val} held-out labels (fewer than 20)" in dash.inner_text("#heldout-caveat")
+        flagged = dash.eval_on_selector_all("#rounds td.caveat", "els => els.map(e => e.title)")
+        assert len(flagged) >= 2 and all("fewer than 20" in t for t in flagged)
+        assert "0 left in pool" in dash.inner_text("#progress")
+        assert dash.evaluate(no_overflow)
+        assert dash.evaluate("[...document.querySelectorAll('.dash section')].every("
+                             "s => s.scrollWidth <= s.clientWidth + 1)")
+        lefts = dash.eval_on_selector_all(".dash section", "els => new Set(els.map(e => e.offsetLeft)).size")
+        assert lefts == 3  # three columns side by side at 1366 px
+        ctx.close()
+    session.close()

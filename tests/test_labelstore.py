@@ -1,5 +1,6 @@
 """Label store: WAL durability, undo/edit window, consensus, import/export round trip, concurrent annotators."""
 
+import re
 import signal
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from classifier.labelstore import EDITABLE_RECENT, LabelStore, LabelStoreError
+from classifier.labeling.store import EDITABLE_RECENT, LabelStore, LabelStoreError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,10 +96,18 @@ def test_export_import_round_trip(tmp_path, suffix):
         assert pq.read_table(out).column("y").to_pylist() == [1, 0, None]
     other = LabelStore(tmp_path / "b.sqlite")
     assert other.import_labels(out) == 3
-    cols = ("key", "label", "annotator", "round", "model_version", "score_shown", "reason", "created_at")
+    cols = ("key", "label", "annotator", "round", "model_version", "score_shown", "reason")
     a = [tuple(r[c] for c in cols) for r in store.labels()]
     b = [tuple(r[c] for c in cols) for r in other.labels()]
     assert a == b  # leading zeros of keys survive CSV too
+    # times are exported as ISO 8601 UTC (milliseconds in CSV) and read back as the same instant
+    for ra, rb in zip(store.labels(), other.labels()):
+        assert rb["created_at"] == pytest.approx(ra["created_at"], abs=1e-3)
+    if suffix == ".csv":
+        first = out.read_text().splitlines()[1]
+        assert re.search(r'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"', first), first
+    else:
+        assert str(pq.read_table(out).schema.field("created_at").type) == "timestamp[us, tz=UTC]"
     assert {r["source"] for r in other.labels()} == {"import"}
 
 
@@ -152,7 +161,7 @@ def test_killed_writer_loses_no_confirmed_label(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPO)!r})
-        from classifier.labelstore import LabelStore
+        from classifier.labeling.store import LabelStore
         s = LabelStore({str(path)!r})
         i = 0
         while True:
@@ -170,3 +179,67 @@ def test_killed_writer_loses_no_confirmed_label(tmp_path):
     proc.wait()
     ids = {r["id"] for r in LabelStore(path).labels()}
     assert set(confirmed) <= ids
+
+
+def test_annotator_names_are_normalised_to_one_spelling(tmp_path):
+    from classifier.labeling.store import normalize_annotator
+
+    assert {normalize_annotator(n) for n in ("bob", "BOB", "bob ", " Bob", "ｂob", "ＢＯＢ", "bob\t")} == {"bob"}
+    assert normalize_annotator("Ann  Lee") == "ann lee" and normalize_annotator("Straße") == "strasse"
+    store = LabelStore(tmp_path / "n.sqlite")
+    for i, name in enumerate(("bob", "BOB", "bob ", "ｂob")):
+        store.add_label(f"k{i}", "stylistic", name)
+    store.add_label("k0", "not_stylistic", "Ann")
+    assert set(store.counts()["by_annotator"]) == {"bob", "ann"}
+    assert store.counts()["by_annotator"]["bob"]["stylistic"] == 4
+    assert len(store.recent("BOB ")) == 4 and store.undo("ＢＯＢ")["key"] == "k3"
+    # one person cannot outvote another by changing case: k0 is a 1-1 tie, left out of the consensus
+    assert "k0" not in store.consensus()
+    with pytest.raises(LabelStoreError, match="annotator"):
+        store.add_label("k9", "skip", "<script>")
+    # a database written before names were normalised is rewritten once when opened
+    store.close()
+    raw = sqlite3.connect(tmp_path / "n.sqlite")
+    raw.execute("INSERT INTO labels(key, label, annotator, created_at) VALUES ('k5', 'stylistic', 'ＡＮＮ ', 0)")
+    raw.execute("INSERT INTO assignments(key, annotator, created_at) VALUES ('k6', 'Ann', 0)")
+    raw.execute("DELETE FROM meta WHERE name = 'annotators_normalised'")
+    raw.commit()
+    raw.close()
+    again = LabelStore(tmp_path / "n.sqlite")
+    assert set(again.counts()["by_annotator"]) == {"bob", "ann"} and again.assignments("ann")[0]["key"] == "k6"
+
+
+def test_import_values_are_checked_with_row_and_column(tmp_path):
+    store = LabelStore(tmp_path / "i.sqlite")
+    bad = {
+        "round": ("key,label,round\nk1,stylistic,1\nk2,stylistic,abc\n", "row 2: round 'abc'"),
+        "negative round": ("key,label,round\nk1,stylistic,-1\n", "row 1: round"),
+        "score": ("key,label,score_shown\nk1,skip,7\n", "row 1: score_shown"),
+        "score text": ("key,label,score_shown\nk1,skip,high\n", "row 1: score_shown 'high'"),
+        "time": ("key,label,created_at\nk1,skip,yesterday\n", "row 1: created_at 'yesterday'"),
+        "annotator": ("key,label,annotator\nk1,skip,<b>\n", "row 1: annotator '<b>'"),
+        "label": ("key,label\nk1,maybe\n", "row 1: bad key/label"),
+    }
+    for name, (text, message) in bad.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_text(text)
+        with pytest.raises(LabelStoreError, match=re.escape(message)):
+            store.import_labels(path)
+    assert store.labels() == []  # nothing half-imported
+    good = tmp_path / "good.csv"
+    good.write_text("key,label,round,score_shown,created_at,annotator\n"
+                    "k1,1,2,0.5,2025-01-31T12:00:00.000Z,ＢＯＢ\nk2,0,,,1700000000,\n")
+    assert store.import_labels(good, default_annotator="Import") == 2
+    rows = store.labels()
+    assert [(r["annotator"], r["round"], r["score_shown"]) for r in rows] == [("bob", 2, 0.5), ("import", 0, None)]
+    assert rows[0]["created_at"] == 1738324800.0 and rows[1]["created_at"] == 1700000000.0
+
+
+def test_assignments_commit_in_batches(tmp_path):
+    store = LabelStore(tmp_path / "a.sqlite")
+    commits = []
+    store._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    pairs = [(f"k{i}", f"ann{j}") for i in range(1100) for j in range(5)]
+    assert store.assign_many(pairs, "agreement", batch=1000) == 5500
+    assert len(commits) == 6  # 5500 rows, 1000 per transaction: other writers get the lock in between
+    assert len(store.assignments()) == 5500 and len(store.assignments("ANN3")) == 1100

@@ -9,7 +9,7 @@ import pytest
 from label_pool import make_folder_pool, make_shard_pool
 from PIL import Image
 
-from classifier.pool import PoolError, open_pool
+from classifier.labeling.pool import PoolError, open_pool
 
 
 def test_shard_pool_reads_members_and_sidecar_sha(tmp_path):
@@ -68,3 +68,41 @@ def test_rendition_downscales_and_caches(tmp_path):
     fresh = open_pool(root, cache_dir=tmp_path / "thumbs")
     assert fresh.rendition("img00001.jpg", 128) == thumb  # disk hit after a restart
     assert max(Image.open(io.BytesIO(pool.rendition("img00000.jpg", 1024))).size) == 300  # never upscaled
+
+
+def test_links_swapped_in_after_start_are_refused_at_read_time(tmp_path):
+    from classifier.labeling.pool import UnsafePathError
+
+    root = make_folder_pool(tmp_path / "pool", 2)
+    (root / "sub").mkdir()
+    (root / "sub" / "img.jpg").write_bytes((root / "img00000.jpg").read_bytes())
+    os.symlink(root / "img00001.jpg", root / "alias.jpg")  # a link inside the pool, there when it was opened
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(b"\xff\xd8\xff secret")
+    (outside / "img.jpg").write_bytes(b"\xff\xd8\xff secret too")
+    pool = open_pool(root)
+    assert pool.read_bytes("alias.jpg") == (root / "img00001.jpg").read_bytes()
+    assert pool.read_bytes("sub/img.jpg") == (root / "img00000.jpg").read_bytes()
+    # the file, then a folder on its path, are replaced by links pointing out of the pool
+    (root / "img00000.jpg").unlink()
+    os.symlink(outside / "secret.jpg", root / "img00000.jpg")
+    with pytest.raises(UnsafePathError, match="link"):
+        pool.read_bytes("img00000.jpg")
+    os.rename(root / "sub", tmp_path / "sub-moved")
+    os.symlink(outside, root / "sub")
+    with pytest.raises(UnsafePathError, match="link"):
+        pool.read_bytes("sub/img.jpg")
+    # a FIFO in place of a file is refused too, without blocking
+    (root / "img00001.jpg").unlink()
+    os.mkfifo(root / "img00001.jpg")
+    with pytest.raises(UnsafePathError, match="not a regular file"):
+        pool.read_bytes("alias.jpg")
+    # a shard replaced by a link after indexing
+    run = make_shard_pool(tmp_path / "run", 3)
+    shards = open_pool(run)
+    tar = run / "shards" / "style-000000.tar"
+    tar.rename(tmp_path / "moved.tar")
+    os.symlink(tmp_path / "moved.tar", tar)
+    with pytest.raises(UnsafePathError, match="shard was replaced"):
+        shards.read_bytes(shards.keys[0])

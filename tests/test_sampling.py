@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from classifier.agreement import agreement_summary, pairwise_kappa
-from classifier.sampling import (
+from classifier.labeling.agreement import agreement_summary, pairwise_kappa
+from classifier.labeling.sampling import (
     AGREEMENT,
     DISAGREEMENT,
     DIVERSE,

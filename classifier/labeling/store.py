@@ -8,11 +8,15 @@ version and with which score on screen is kept. Every write commits before the m
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
+import math
+import re
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +31,9 @@ DECISIONS: tuple[str, ...] = (STYLISTIC, NOT_STYLISTIC, SKIP)
 LABEL_VALUE = {STYLISTIC: 1, NOT_STYLISTIC: 0}
 
 EDITABLE_RECENT = 10  # the last ten decisions of an annotator stay editable (Prodigy convention)
+ANNOTATOR_PATTERN = r"^[\w][\w .@+-]*$"  # after normalisation: a word character first, then words, space, . @ + -
+ANNOTATOR_MAX = 64
+ASSIGN_BATCH = 5000  # assignment rows per transaction: other writers get the lock between batches
 
 EXPORT_COLUMNS: tuple[str, ...] = (
     "id", "key", "label", "y", "annotator", "created_at", "round", "model_version", "score_shown", "reason",
@@ -87,6 +94,52 @@ def _now() -> float:
     return time.time()
 
 
+def normalize_annotator(name: str) -> str:
+    """The one spelling of an annotator name: Unicode NFKC, whitespace runs collapsed to one space and trimmed,
+    then case-folded. ``"bob"``, ``"BOB"``, ``" bob "`` and full-width ``"ｂob"`` are all ``"bob"``."""
+    return " ".join(unicodedata.normalize("NFKC", str(name)).split()).casefold()
+
+
+def check_annotator(name) -> str:
+    """:func:`normalize_annotator`, then the allowed form (1-64 characters of ``ANNOTATOR_PATTERN``)."""
+    if not isinstance(name, str):
+        raise LabelStoreError(f"annotator must be text, got {name!r}")
+    norm = normalize_annotator(name)
+    if not 1 <= len(norm) <= ANNOTATOR_MAX or not re.match(ANNOTATOR_PATTERN, norm):
+        raise LabelStoreError(f"annotator {name!r}: 1-{ANNOTATOR_MAX} characters, a letter or digit first, then "
+                              "letters, digits, space, . @ + -")
+    return norm
+
+
+def iso_time(t: float | None) -> str | None:
+    """Seconds since the epoch as ISO 8601 UTC with milliseconds (``2025-01-31T12:00:00.000Z``)."""
+    if t is None:
+        return None
+    return _dt.datetime.fromtimestamp(float(t), _dt.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def parse_time(v) -> float | None:
+    """An import's time value: seconds since the epoch, an ISO 8601 string or a timestamp; None when empty."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, _dt.datetime):
+        return (v if v.tzinfo else v.replace(tzinfo=_dt.timezone.utc)).timestamp()
+    if isinstance(v, bool):
+        raise TypeError("a time, not a boolean")
+    if isinstance(v, (int, float)):
+        f = float(v)
+    else:
+        s = str(v).strip()
+        try:
+            f = float(s)
+        except ValueError:
+            d = _dt.datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
+            return (d if d.tzinfo else d.replace(tzinfo=_dt.timezone.utc)).timestamp()
+    if not math.isfinite(f) or f < 0:
+        raise ValueError("not a time")
+    return f
+
+
 class LabelStore:
     """One SQLite database per labeling session. Thread-safe: one connection guarded by a lock."""
 
@@ -103,6 +156,27 @@ class LabelStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._conn.executescript(_SCHEMA)
+        self._normalise_stored_annotators()
+
+    def _normalise_stored_annotators(self) -> None:
+        """A database written before names were normalised: rewrite its names once, so ``BOB`` and ``bob`` count
+        as one annotator there too (the rewrite is recorded in ``meta``)."""
+        if self.get_meta("annotators_normalised") == "1":
+            return
+        with self._lock:
+            names = [r[0] for r in self._conn.execute(
+                "SELECT annotator FROM labels UNION SELECT annotator FROM assignments").fetchall()]
+            renames = [(normalize_annotator(n), n) for n in names if normalize_annotator(n) != n]
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("UPDATE labels SET annotator = ? WHERE annotator = ?", renames)
+                self._conn.executemany("UPDATE OR IGNORE assignments SET annotator = ? WHERE annotator = ?", renames)
+                self._conn.executemany("DELETE FROM assignments WHERE annotator = ?", [(old,) for _, old in renames])
+                self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('annotators_normalised', '1')")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
@@ -187,11 +261,13 @@ class LabelStore:
     def add_labels(self, rows: Sequence[dict]) -> list[int]:
         """Commit several decisions in one transaction (grid view, import); returns their ids in order."""
         now = _now()
+        rows = [dict(r) for r in rows]
         for r in rows:
             if r.get("label") not in DECISIONS:
                 raise LabelStoreError(f"label must be one of {list(DECISIONS)}, got {r.get('label')!r}")
             if not r.get("annotator") or not r.get("key"):
                 raise LabelStoreError(f"a decision needs a key and an annotator, got {r!r}")
+            r["annotator"] = check_annotator(r["annotator"])
         ids = []
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -216,6 +292,7 @@ class LabelStore:
 
         Only the last :data:`EDITABLE_RECENT` decisions can be undone, one per call.
         """
+        annotator = normalize_annotator(annotator)
         with self._lock:
             recent = self.recent(annotator, EDITABLE_RECENT)
             if not recent:
@@ -228,6 +305,7 @@ class LabelStore:
         """Change one of the annotator's last ten decisions: the old row is marked undone, a new row appended."""
         if label not in DECISIONS:
             raise LabelStoreError(f"label must be one of {list(DECISIONS)}, got {label!r}")
+        annotator = normalize_annotator(annotator)
         with self._lock:
             recent = {r["id"]: r for r in self.recent(annotator, EDITABLE_RECENT)}
             if label_id not in recent:
@@ -253,7 +331,7 @@ class LabelStore:
         The window counts undone rows too, so ten undos in a row reach back exactly ten decisions, no further.
         """
         rows = self._read("SELECT * FROM (SELECT * FROM labels WHERE annotator = ? ORDER BY id DESC LIMIT ?) "
-                          "WHERE undone = 0 ORDER BY id DESC", (annotator, int(n)))
+                          "WHERE undone = 0 ORDER BY id DESC", (normalize_annotator(annotator), int(n)))
         return [dict(r) for r in rows]
 
     def labels(self, include_undone: bool = False) -> list[dict]:
@@ -263,6 +341,11 @@ class LabelStore:
     def label_count(self, include_skips: bool = False) -> int:
         q = "SELECT COUNT(*) AS n FROM labels WHERE undone = 0" + ("" if include_skips else " AND label != 'skip'")
         return self._read(q)[0]["n"]
+
+    def annotator_label_count(self, annotator: str) -> int:
+        """Live non-skip decisions of one annotator."""
+        return self._read("SELECT COUNT(*) AS n FROM labels WHERE annotator = ? AND undone = 0 AND label != 'skip'",
+                          (normalize_annotator(annotator),))[0]["n"]
 
     def decisions_by_key(self) -> dict[str, dict[str, str]]:
         """``{key: {annotator: latest live decision}}`` (skips included)."""
@@ -304,14 +387,29 @@ class LabelStore:
 
     # ------------------------------------------------------------------ assignments (overlap for agreement)
     def assign(self, key: str, annotator: str, reason: str) -> None:
-        self._write("INSERT OR IGNORE INTO assignments(key, annotator, reason, created_at) VALUES (?, ?, ?, ?)",
-                    (key, annotator, reason, _now()))
+        self.assign_many([(key, annotator)], reason)
+
+    def assign_many(self, pairs: Iterable[tuple[str, str]], reason: str, batch: int = ASSIGN_BATCH) -> int:
+        """Ask ``(key, annotator)`` pairs of their annotators, ``batch`` rows per transaction, so a large request
+        never holds the database (a decision commits between two batches). Returns the pairs written."""
+        now, n, chunk = _now(), 0, []
+        for key, annotator in pairs:
+            chunk.append((key, check_annotator(annotator), reason, now))
+            if len(chunk) >= batch:
+                self._write("INSERT OR IGNORE INTO assignments(key, annotator, reason, created_at) VALUES (?, ?, ?, ?)",
+                            many=chunk)
+                n, chunk = n + len(chunk), []
+        if chunk:
+            self._write("INSERT OR IGNORE INTO assignments(key, annotator, reason, created_at) VALUES (?, ?, ?, ?)",
+                        many=chunk)
+            n += len(chunk)
+        return n
 
     def assignments(self, annotator: str | None = None) -> list[dict]:
         if annotator is None:
             return [dict(r) for r in self._read("SELECT * FROM assignments ORDER BY created_at")]
         return [dict(r) for r in self._read("SELECT * FROM assignments WHERE annotator = ? ORDER BY created_at",
-                                            (annotator,))]
+                                            (normalize_annotator(annotator),))]
 
     # ------------------------------------------------------------------ rounds
     def add_round(self, metrics: dict, model_version: str, n_labels: int) -> int:
@@ -324,59 +422,109 @@ class LabelStore:
     def rounds(self) -> list[dict]:
         return [dict(r, metrics=json.loads(r["metrics"])) for r in self._read("SELECT * FROM rounds ORDER BY round")]
 
+    def last_round_labels(self) -> int:
+        """``n_labels`` of the latest round (0 before the first)."""
+        return self._read("SELECT COALESCE((SELECT n_labels FROM rounds ORDER BY round DESC LIMIT 1), 0) AS n")[0]["n"]
+
     def current_round(self) -> int:
         return self._read("SELECT COALESCE(MAX(round), 0) AS n FROM rounds")[0]["n"]
 
     # ------------------------------------------------------------------ import / export
     def export_labels(self, path: str | Path, include_undone: bool = False) -> int:
-        """Write decisions to ``.parquet`` or ``.csv`` (by suffix); ``y`` is 1/0, empty for skips. Returns rows."""
+        """Write decisions to ``.parquet`` or ``.csv`` (by suffix); ``y`` is 1/0, empty for skips. Returns rows.
+
+        ``created_at`` (and ``undone_at``) are ISO 8601 UTC times: a UTC timestamp column in Parquet, text such as
+        ``2025-01-31T12:00:00.000Z`` in CSV.
+        """
         import pyarrow as pa
 
+        path = Path(path)
         rows = self.labels(include_undone=include_undone)
-        cols = {c: [r.get(c) for r in rows] for c in EXPORT_COLUMNS if c != "y"}
+        extra = ["undone", "undone_at"] if include_undone else []
+        cols = {c: [r.get(c) for r in rows] for c in list(EXPORT_COLUMNS) + extra if c != "y"}
         cols["y"] = [LABEL_VALUE.get(r["label"]) for r in rows]
         if include_undone:
-            cols["undone"] = [bool(r["undone"]) for r in rows]
+            cols["undone"] = [bool(v) for v in cols["undone"]]
+        times = {"created_at", "undone_at"}
+        if path.suffix.lower() == ".csv":
+            for c in times & set(cols):
+                cols[c] = [iso_time(v) for v in cols[c]]
+            time_type = pa.string()
+        else:
+            for c in times & set(cols):
+                cols[c] = [None if v is None else round(float(v) * 1e6) for v in cols[c]]
+            time_type = pa.timestamp("us", tz="UTC")
         schema_types = {"id": pa.int64(), "round": pa.int64(), "y": pa.int64(), "score_shown": pa.float64(),
-                        "created_at": pa.float64(), "undone": pa.bool_()}
+                        "created_at": time_type, "undone_at": time_type, "undone": pa.bool_()}
         table = pa.table({c: pa.array(cols[c], type=schema_types.get(c, pa.string()))
-                          for c in list(EXPORT_COLUMNS) + (["undone"] if include_undone else [])})
-        _write_table(table, Path(path))
+                          for c in list(EXPORT_COLUMNS) + extra})
+        _write_table(table, path)
         return table.num_rows
 
     def import_labels(self, path: str | Path, default_annotator: str = "import") -> int:
         """Append decisions from a ``.parquet`` or ``.csv`` export (or any table with ``key`` and ``label``).
 
-        ``label`` may be ``stylistic``/``not_stylistic``/``skip`` or 1/0. Rows are validated first and the whole
-        file is rejected with the file name and row number of the first bad row; nothing is half-imported.
+        ``label`` may be ``stylistic``/``not_stylistic``/``skip`` or 1/0. Every value is checked first (key,
+        label, annotator name, ``created_at`` as seconds or ISO 8601, ``round`` a whole number >= 0,
+        ``score_shown`` in [0, 1]) and the whole file is rejected with the file name, row number and column of the
+        first bad value; nothing is half-imported.
         """
         path = Path(path)
         table = _read_table(path)
         if "key" not in table.column_names or ("label" not in table.column_names and "y" not in table.column_names):
             raise LabelStoreError(f"{path}: needs a 'key' column and a 'label' (or 'y') column, "
                                   f"found {table.column_names}")
-        data = table.to_pylist()
         rows = []
-        for i, r in enumerate(data):
+        for i, r in enumerate(table.to_pylist()):
             raw = r.get("label") if r.get("label") not in (None, "") else r.get("y")
             label = _parse_label(raw)
-            if label is None or not r.get("key"):
-                raise LabelStoreError(f"{path}: row {i + 1}: bad key/label ({r.get('key')!r}, {raw!r}); "
+            key = r.get("key")
+            if label is None or key in (None, "") or len(str(key)) > 512:
+                raise LabelStoreError(f"{path}: row {i + 1}: bad key/label ({key!r}, {raw!r}); "
                                       f"label must be one of {list(DECISIONS)} or 1/0")
+
+            def bad(column: str, why: str, value=None, row=i):
+                return LabelStoreError(f"{path}: row {row + 1}: {column} {value!r}: {why}")
+
+            try:
+                annotator = check_annotator(r.get("annotator") or default_annotator)
+            except LabelStoreError as exc:
+                raise LabelStoreError(f"{path}: row {i + 1}: {exc}") from None
+            try:
+                created = parse_time(r.get("created_at"))
+            except (TypeError, ValueError, OverflowError):
+                raise bad("created_at", "not seconds since 1970 or an ISO 8601 time", r.get("created_at")) from None
+            rnd = r.get("round")
+            if rnd in (None, ""):
+                rnd = 0
+            else:
+                try:
+                    f = float(rnd)
+                    if isinstance(rnd, bool) or not f.is_integer() or f < 0 or f > 2**31:
+                        raise ValueError
+                    rnd = int(f)
+                except (TypeError, ValueError, OverflowError):
+                    raise bad("round", "must be a whole number >= 0", rnd) from None
             score = r.get("score_shown")
-            rows.append({"key": str(r["key"]), "label": label, "annotator": str(r.get("annotator") or default_annotator),
-                             "created_at": _float_or_none(r.get("created_at")), "round": int(r.get("round") or 0),
-                             "model_version": r.get("model_version") or None, "score_shown": _float_or_none(score),
-                             "reason": r.get("reason") or None, "source": "import"})
+            if score in (None, ""):
+                score = None
+            else:
+                try:
+                    score = float(score)
+                    if isinstance(r.get("score_shown"), bool) or not 0.0 <= score <= 1.0:
+                        raise ValueError
+                except (TypeError, ValueError):
+                    raise bad("score_shown", "must be a number in [0, 1] or empty", r.get("score_shown")) from None
+            version = r.get("model_version") or None
+            reason = r.get("reason") or None
+            for column, value in (("model_version", version), ("reason", reason)):
+                if value is not None and (not isinstance(value, str) or len(value) > 200):
+                    raise bad(column, "must be text of at most 200 characters", value)
+            rows.append({"key": str(key), "label": label, "annotator": annotator, "created_at": created,
+                         "round": rnd, "model_version": version, "score_shown": score, "reason": reason,
+                         "source": "import"})
         self.add_labels(rows)
         return len(rows)
-
-
-def _float_or_none(v) -> float | None:
-    try:
-        return None if v is None or v == "" else float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def _parse_label(raw) -> str | None:

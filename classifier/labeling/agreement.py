@@ -6,7 +6,7 @@ from itertools import combinations
 
 import numpy as np
 
-from classifier.labelstore import LABEL_VALUE
+from classifier.labeling.store import LABEL_VALUE
 
 
 def pairwise_kappa(decisions: dict[str, dict[str, str]], min_items: int = 2) -> list[dict]:

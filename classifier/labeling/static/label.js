@@ -6,6 +6,8 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   annotator: localStorage.getItem("bbst.annotator") || "",
+  progress: null,
+  examples: null,
   session: null,
   queue: [],          // prefetched items {key, score, reason, model_version, img}
   current: null,
@@ -37,6 +39,46 @@ async function api(path, opts = {}) {
   return body;
 }
 
+// names are compared after NFKC, trimming and case-folding (the server applies the same rule)
+function normalizeName(name) { return name.normalize("NFKC").trim().replace(/\s+/g, " ").toLowerCase(); }
+
+// ------------------------------------------------------------------ progress counter
+function showProgress(p) {
+  if (!p) return;
+  state.progress = p;
+  const el = $("progress");
+  const you = p.labelled_by_you === undefined ? "" : ` (${p.labelled_by_you} by you)`;
+  let next;
+  if (p.per_class_needed > 0) next = `first model after ${p.per_class_needed} more of the rarer class`;
+  else next = p.to_next_retrain > 0 ? `${p.to_next_retrain} to the next retrain` : "retrain due";
+  el.replaceChildren(
+    Object.assign(document.createElement("span"), { id: "progress-labelled", textContent: `${p.labelled} labelled${you}` }),
+    document.createTextNode(" · "),
+    Object.assign(document.createElement("span"), { id: "progress-left", textContent: `${p.left_in_pool} left in pool` }),
+    document.createTextNode(" · "),
+    Object.assign(document.createElement("span"), { id: "progress-next", textContent: next }));
+  el.dataset.labelled = p.labelled;
+  el.dataset.left = p.left_in_pool;
+  el.dataset.toNext = p.to_next_retrain;
+}
+
+// ------------------------------------------------------------------ key overlay
+function toggleKeys(open) {
+  const o = $("keys-overlay");
+  o.hidden = open === undefined ? !o.hidden : !open;
+}
+
+function renderKeys(keymap) {
+  const rows = keymap.map((k) => {
+    const tr = document.createElement("tr");
+    const key = document.createElement("td"); key.append(Object.assign(document.createElement("kbd"), { textContent: k.key }));
+    tr.append(key, Object.assign(document.createElement("td"), { textContent: k.focus }),
+      Object.assign(document.createElement("td"), { textContent: k.grid }));
+    return tr;
+  });
+  $("keys-table").replaceChildren(...rows);
+}
+
 function fmtScore(s) { return s === null || s === undefined ? "no score yet" : `score ${s.toFixed(3)}`; }
 
 // ------------------------------------------------------------------ prefetch
@@ -56,9 +98,9 @@ async function fill(min) {
   if (state.queue.length >= (min ?? Math.ceil(want / 2))) return;
   if (state.fetching) return state.fetching;
   const exclude = state.queue.map((i) => i.key).concat(state.current ? [state.current.key] : []);
-  state.fetching = api(`/api/next?annotator=${encodeURIComponent(state.annotator)}&n=${want}` +
-      `&exclude=${encodeURIComponent(exclude.join("\n"))}`)
+  state.fetching = api("/api/next", { json: { annotator: state.annotator, n: want, exclude } })
     .then((r) => {
+      showProgress(r.progress);
       for (const it of r.items) {
         if (!state.queue.some((q) => q.key === it.key) && !(state.current && state.current.key === it.key)) {
           state.queue.push(prefetch(it));
@@ -102,6 +144,8 @@ async function decide(label) {
     const r = await api("/api/label", { json: { annotator: state.annotator, key: item.key, label,
       score_shown: item.score ?? null, model_version: item.model_version ?? null, reason: item.reason ?? null } });
     pushRecent({ id: r.id, key: item.key, label });
+    showProgress(r.progress);
+    noteDecisions(1);
     await showNext();
     // two animation frames: the callback runs once the frame with the new image has been painted
     // (frameTimings: the first frame callback, i.e. the frame that draws the image is being produced)
@@ -124,6 +168,7 @@ async function undo() {
     const r = await api("/api/undo", { json: { annotator: state.annotator } });
     state.recent = state.recent.filter((x) => x.id !== r.undone.id);
     renderRecent();
+    showProgress(r.progress);
     if (state.mode === "focus") {
       if (state.current) state.queue.unshift(state.current);
       state.queue.unshift(prefetch(r.item));
@@ -229,6 +274,8 @@ async function gridSubmit() {
         score_shown: it.score ?? null, model_version: it.model_version ?? null, reason: it.reason ?? null }));
       const r = await api("/api/labels", { json: { annotator: state.annotator, items } });
       decided.forEach((it, i) => pushRecent({ id: r.ids[i], key: it.key, label: it.decision }));
+      showProgress(r.progress);
+      noteDecisions(decided.length);
     }
     if (undecided.length) await api("/api/release", { json: { annotator: state.annotator, keys: undecided } });
     status(`saved ${decided.length} decisions`);
@@ -260,7 +307,8 @@ document.addEventListener("keydown", (ev) => {
   if (ev.target && ev.target.tagName === "INPUT") return;
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
   const k = ev.key;
-  if (k === "Escape") { zoom(false); return; }
+  if (k === "?") { toggleKeys(); ev.preventDefault(); return; }
+  if (k === "Escape") { zoom(false); toggleKeys(false); return; }
   if (k === "z") { zoom(); ev.preventDefault(); return; }
   if (k === "g") { setMode(state.mode === "focus" ? "grid" : "focus"); return; }
   if (k === "h") { $("guide").hidden = !$("guide").hidden; return; }
@@ -290,14 +338,40 @@ document.addEventListener("keydown", (ev) => {
 });
 
 // ------------------------------------------------------------------ start
-async function refreshSession() {
-  state.session = await api("/api/session");
-  const s = state.session;
+function renderExamples(examples) {
+  state.examples = examples;
   for (const cls of ["stylistic", "not_stylistic"]) {
-    $(`ex-${cls}`).replaceChildren(...(s.examples[cls] || []).map((key) => {
+    const keys = examples[cls] || [];
+    const box = $(`ex-${cls}`);
+    box.dataset.count = keys.length;
+    if (!keys.length) {
+      box.replaceChildren(Object.assign(document.createElement("p"), { className: "muted",
+        textContent: "filled from confirmed labels as they come in" }));
+      continue;
+    }
+    box.replaceChildren(...keys.map((key) => {
       const img = new Image(); img.src = imageUrl(key, "thumb"); img.alt = key; img.title = key; return img;
     }));
   }
+}
+
+// example panels follow the confirmed labels until each shows four images
+let sinceExamples = 0;
+function noteDecisions(n) {
+  sinceExamples += n;
+  const ex = state.examples || {};
+  const full = ["stylistic", "not_stylistic"].every((c) => (ex[c] || []).length >= 4);
+  if (full || sinceExamples < 3) return;
+  sinceExamples = 0;
+  api("/api/examples").then(renderExamples).catch(() => null);
+}
+
+async function refreshSession() {
+  state.session = await api("/api/session");
+  const s = state.session;
+  renderExamples(s.examples);
+  renderKeys(s.keymap);
+  showProgress(s.progress);
 }
 
 async function start() {
@@ -306,7 +380,6 @@ async function start() {
   } catch (e) { status(`cannot reach the server: ${e.message}`); return; }
   const s = state.session;
   $("guideline").textContent = s.guideline;
-  $("progress").textContent = `${s.pool_size} images in the pool`;
   $("model").textContent = s.model_version ? `round ${s.round} · model ${s.model_version}` : "no model yet";
   $("annotator").value = state.annotator;
   if (state.annotator) await begin();
@@ -325,8 +398,9 @@ async function begin() {
 }
 
 $("annotator").addEventListener("change", async (ev) => {
-  const name = ev.target.value.trim();
-  if (!/^[\w][\w .@+-]*$/.test(name)) { status("a name is letters, digits, space, . @ + -"); return; }
+  const name = normalizeName(ev.target.value);
+  if (!/^[\p{L}\p{N}_][\p{L}\p{N}_ .@+-]*$/u.test(name)) { status("a name is letters, digits, space, . @ + -"); return; }
+  ev.target.value = name;
   if (state.queue.length || state.current) {
     const keys = state.queue.map((i) => i.key).concat(state.current ? [state.current.key] : []);
     api("/api/release", { json: { annotator: state.annotator || name, keys } }).catch(() => null);
@@ -346,4 +420,6 @@ $("zoom").addEventListener("click", () => zoom(false));
 $("mode-focus").addEventListener("click", () => setMode("focus"));
 $("mode-grid").addEventListener("click", () => setMode("grid"));
 $("btn-grid-submit").addEventListener("click", gridSubmit);
+$("btn-keys").addEventListener("click", () => toggleKeys());
+$("keys-overlay").addEventListener("click", (ev) => { if (ev.target === $("keys-overlay")) toggleKeys(false); });
 start();

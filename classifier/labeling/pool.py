@@ -1,9 +1,12 @@
 """Image pools for labeling: curated WebDataset shards, a folder of images, or a Parquet list of paths.
 
 A pool is an index from ``key`` to where the bytes live, built once when the pool is opened. Bytes are only ever
-read through that index, so a key sent by a client can name nothing outside the pool (no path traversal, no
-symlink escapes from a folder pool). Downscaled JPEG renditions for thumbnails and the focus view are cached in
-memory (bounded LRU) and, when ``cache_dir`` is given, on disk.
+read through that index, so a key sent by a client can name nothing outside the pool (no path traversal). Links
+are checked again at read time: a file is opened component by component from a directory descriptor held since
+the pool was opened, never following a link (``openat`` with ``O_NOFOLLOW``), so a symlink swapped in after start
+is refused rather than followed. Shards are indexed and read through :mod:`curate.shards`. Downscaled JPEG
+renditions for thumbnails and the focus view are cached in memory (bounded LRU) and, when ``cache_dir`` is
+given, on disk.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import hashlib
 import io
 import json
 import os
-import tarfile
+import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from curate.errors import BbstError
 from curate.schema import SHARDS_DIR
+from curate.shards import MemberRef, ShardFormatError, index_shard, read_member
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -28,15 +32,20 @@ class PoolError(BbstError, ValueError):
     """The pool specification cannot be opened (missing, empty, unknown layout)."""
 
 
+class UnsafePathError(PoolError, PermissionError):
+    """A pool file was replaced by a link, or by something that is not a regular file, after the pool was opened."""
+
+
 @dataclass(frozen=True)
 class PoolItem:
     """Where one pool image lives: a file, or a byte range inside a tar shard."""
 
     key: str
-    path: str  # file path, or the tar shard path
+    path: str  # file path (links resolved when indexed), or the tar shard path
     offset: int = -1  # byte offset of the member data inside the tar; -1 for plain files
     size: int = -1  # member size inside the tar
     sha256: str | None = None  # known from the shard's JSON sidecar, else computed on first read
+    rel: str | None = None  # folder pools: the resolved path relative to the pool root, opened from its descriptor
 
     @property
     def ref(self) -> str:
@@ -48,10 +57,13 @@ class Pool:
     """Read-only key -> image bytes lookup over one of the supported layouts."""
 
     def __init__(self, items: list[PoolItem], source: str, cache_dir: str | Path | None = None,
-                 memory_cache_bytes: int = 128 << 20):
+                 memory_cache_bytes: int = 128 << 20, root: str | Path | None = None):
         if not items:
             raise PoolError(f"{source}: the pool holds no images")
         self.source = source
+        # folder pools keep a descriptor of their root: later reads walk down from it, so neither a link swapped
+        # in below the root nor a rename of the root itself can redirect them
+        self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY) if root is not None else None
         self._items = {it.key: it for it in items}
         if len(self._items) != len(items):
             raise PoolError(f"{source}: duplicate keys in the pool")
@@ -74,13 +86,26 @@ class Pool:
         except (KeyError, TypeError):
             raise KeyError(f"no image with key {key!r} in the pool") from None
 
+    def close(self) -> None:
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
+
     def read_bytes(self, key: str) -> bytes:
-        """Original encoded bytes of the image ``key``; raises ``KeyError`` for keys not in the pool."""
+        """Original encoded bytes of the image ``key``; raises ``KeyError`` for keys not in the pool and
+        :class:`UnsafePathError` when the file has been replaced by a link since the pool was indexed."""
         it = self.item(key)
-        with open(it.path, "rb") as f:
-            if it.offset >= 0:
-                f.seek(it.offset)
-                return f.read(it.size)
+        if it.offset >= 0:
+            _check_regular(it.path)
+            try:
+                return read_member(MemberRef(it.path, it.offset, it.size))
+            except ShardFormatError as exc:
+                raise OSError(str(exc)) from None
+        if it.rel is not None and self._root_fd is not None:
+            fd = open_beneath(self._root_fd, it.rel)
+        else:
+            fd = open_beneath(None, it.path)
+        with os.fdopen(fd, "rb") as f:
             return f.read()
 
     def sha256(self, key: str, data: bytes | None = None) -> str:
@@ -141,28 +166,45 @@ def _downscale(data: bytes, max_side: int, quality: int) -> bytes:
 
 def _index_tar(tar_path: Path) -> list[PoolItem]:
     """Image members of a WebDataset shard with their byte ranges; sha256 from the ``{key}.json`` sidecar."""
-    images: dict[str, tuple[int, int]] = {}
-    sha: dict[str, str] = {}
     try:
-        with tarfile.open(tar_path, "r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                base = os.path.basename(m.name)
-                key, _, ext = base.partition(".")
-                ext = "." + ext.lower()
-                if ext in IMAGE_SUFFIXES:
-                    images[key] = (m.offset_data, m.size)
-                elif ext == ".json":
-                    try:
-                        meta = json.loads(tf.extractfile(m).read())
-                    except (ValueError, AttributeError):
-                        continue
-                    if isinstance(meta, dict) and meta.get("sha256"):
-                        sha[key] = str(meta["sha256"])
-    except tarfile.TarError as exc:
-        raise PoolError(f"{tar_path}: not a readable tar shard: {exc}") from None
-    return [PoolItem(k, str(tar_path), off, size, sha.get(k)) for k, (off, size) in images.items()]
+        samples = index_shard(str(tar_path))
+    except ShardFormatError as exc:
+        raise PoolError(str(exc)) from None
+    sidecars = _read_refs(str(tar_path), {s.key: s.members["json"] for s in samples if "json" in s.members})
+    items = []
+    for sample in samples:
+        image = sample.image()
+        if image is None:
+            continue
+        _, ref = image
+        sha = None
+        try:
+            meta = json.loads(sidecars[sample.key]) if sample.key in sidecars else None
+        except ValueError:
+            meta = None
+        if isinstance(meta, dict) and meta.get("sha256"):
+            sha = str(meta["sha256"])
+        items.append(PoolItem(sample.key, str(tar_path), ref.offset, ref.length, sha))
+    return items
+
+
+def _read_refs(url: str, refs: dict[str, MemberRef]) -> dict[str, bytes]:
+    """The small members ``refs`` point at, read through one handle of the shard (``read_member`` opens the file
+    for every member: tens of thousands of sidecars would cost more than indexing the shard)."""
+    if not refs:
+        return {}
+    if len(refs) <= 8:
+        return {k: read_member(r) for k, r in refs.items()}
+    import fsspec
+
+    out = {}
+    with fsspec.open(url, "rb") as f:
+        for key, ref in sorted(refs.items(), key=lambda kv: kv[1].offset):
+            f.seek(ref.offset)
+            data = f.read(ref.length)
+            if len(data) == ref.length:
+                out[key] = data
+    return out
 
 
 def _index_folder(root: Path) -> list[PoolItem]:
@@ -175,9 +217,9 @@ def _index_folder(root: Path) -> list[PoolItem]:
                 continue
             p = Path(dirpath) / fn
             real = p.resolve()
-            if not real.is_relative_to(root):  # a symlink pointing out of the pool is not part of it
+            if not real.is_relative_to(root) or not real.is_file():  # a link out of the pool is not part of it
                 continue
-            items.append(PoolItem(p.relative_to(root).as_posix(), str(real)))
+            items.append(PoolItem(p.relative_to(root).as_posix(), str(real), rel=real.relative_to(root).as_posix()))
     return items
 
 
@@ -200,8 +242,54 @@ def _index_parquet(path: Path) -> list[PoolItem]:
         if not p or k is None:
             raise PoolError(f"{path}: row {i + 1} has an empty path or key")
         full = Path(p) if os.path.isabs(p) else base / p
-        items.append(PoolItem(str(k), str(full), sha256=s))
+        # links in the listed path are resolved once, here; a link found there at read time is refused
+        items.append(PoolItem(str(k), str(full.resolve()), sha256=s))
     return items
+
+
+def open_beneath(dir_fd: int | None, rel: str) -> int:
+    """Open ``rel`` for reading, one component at a time from ``dir_fd`` (or ``/`` for an absolute ``rel``),
+    following no link at any step; the result must be a regular file. Returns a file descriptor."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise UnsafePathError(f"{rel!r}: not a path below the pool")
+    nofollow = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    cur = os.open("/", os.O_RDONLY | os.O_DIRECTORY) if dir_fd is None else os.dup(dir_fd)
+    try:
+        for part in parts[:-1]:
+            try:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=cur)
+            except OSError as exc:
+                raise _link_error(rel, exc) from None
+            os.close(cur)
+            cur = nxt
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0), dir_fd=cur)
+        except OSError as exc:
+            raise _link_error(rel, exc) from None
+    finally:
+        os.close(cur)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePathError(f"{rel}: not a regular file any more")
+    return fd
+
+
+def _link_error(rel: str, exc: OSError) -> OSError:
+    import errno
+
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return UnsafePathError(f"{rel}: a link was found where the pool had a file or folder; refused")
+    return exc
+
+
+def _check_regular(path: str) -> None:
+    """A local shard must still be a regular file, not a link swapped in after the pool was indexed."""
+    if "://" in path:
+        return
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(f"{path}: the shard was replaced by a link or special file; refused")
 
 
 def open_pool(spec: str | Path, cache_dir: str | Path | None = None) -> Pool:
@@ -223,5 +311,5 @@ def open_pool(spec: str | Path, cache_dir: str | Path | None = None) -> Pool:
         if tars:
             items = [it for t in tars for it in _index_tar(t)]
         else:
-            items = _index_folder(p)
+            return Pool(_index_folder(p), str(p), cache_dir=cache_dir, root=p.resolve())
     return Pool(items, str(p), cache_dir=cache_dir)

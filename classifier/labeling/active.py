@@ -27,11 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.labelstore import LabelStore
-from classifier.pool import Pool
-from classifier.sampling import RANDOM
+from classifier.labeling.pool import Pool
+from classifier.labeling.sampling import RANDOM
+from classifier.labeling.store import LabelStore
 
 log = logging.getLogger(__name__)
+
+# A held-out figure (accuracy, ROC-AUC, ECE) from fewer labels than this is reported with a caveat.
+MIN_HELD_OUT = 20
 
 
 @dataclass
@@ -265,11 +268,12 @@ class ActiveLearner:
                     self.retrain()
             except Exception as exc:
                 self.last_error = f"retrain failed: {type(exc).__name__}: {exc}"
-                log.exception("retrain failed")
+                log.warning("retrain round %d failed (%s: %s); retried after the next decision",
+                            self.store.current_round() + 1, type(exc).__name__, exc, exc_info=log.isEnabledFor(10))
 
     def retrain(self) -> int:
         """Train a head on the consensus labels now, save it, rescore the pool, record the round. Returns it."""
-        from classifier.checkpoint import save_classifier
+        from classifier.checkpoint import jsonable, save_classifier
         from classifier.head import train_head
 
         self.retraining = True
@@ -310,9 +314,15 @@ class ActiveLearner:
             metrics.update(train_seconds=round(train_seconds, 3), rescore_seconds=round(rescore_seconds, 3),
                            n_scored=n_scored, checkpoint=str(path), training_data_hash=data_hash,
                            threshold=self.threshold)
-            metrics = _jsonable(metrics)
-            self.store.add_round(metrics, str(version), n_labels)
+            metrics = jsonable(metrics)
+            rnd = self.store.add_round(metrics, str(version), n_labels)
             self.last_error = None
+            log.info("retrain round %d: %d labels (%d train, %d held out%s), accuracy %s, ROC-AUC %s, "
+                     "accuracy on random share %s; %d rescored in %.1f s (train %.1f s); model %s, checkpoint %s",
+                     rnd, n_labels, metrics.get("n_train") or 0, metrics.get("n_val") or 0,
+                     "; too few for a firm figure" if (metrics.get("n_val") or 0) < MIN_HELD_OUT else "",
+                     _fmt(metrics.get("accuracy")), _fmt(metrics.get("roc_auc")),
+                     _fmt(metrics.get("accuracy_random")), n_scored, rescore_seconds, train_seconds, version, path)
             return rnd
         finally:
             self.retraining = False
@@ -367,23 +377,12 @@ class ActiveLearner:
                                           "demo": self.demo}))
 
 
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{float(v):.3f}"
+
+
 def _labels_hash(keys, y) -> str:
     h = hashlib.sha256()
     for k, v in zip(keys, y):
         h.update(f"{k}\t{int(v)}\n".encode())
     return h.hexdigest()
-
-
-def _jsonable(v):
-    """Plain JSON values; NaN/inf (e.g. ROC-AUC of a one-class split) become None so browsers can parse them."""
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v

@@ -16,7 +16,14 @@ function table(id, head, rows) {
   const t = $(id);
   const tr = (cells, tag) => {
     const r = document.createElement("tr");
-    for (const c of cells) { const d = document.createElement(tag); d.textContent = c; r.append(d); }
+    for (const c of cells) {
+      const d = document.createElement(tag);
+      if (c !== null && typeof c === "object") {  // {text, caveat}: a figure with a small-sample warning
+        d.textContent = c.text;
+        if (c.caveat) { d.classList.add("caveat"); d.title = c.caveat; d.textContent += " ⚠"; }
+      } else d.textContent = c;
+      r.append(d);
+    }
     return r;
   };
   t.replaceChildren(tr(head, "th"), ...rows.map((r) => tr(r, "td")));
@@ -26,7 +33,7 @@ const fmt = (v, d = 3) => (v === null || v === undefined || Number.isNaN(v) ? "�
 
 function roundsPlot(rounds) {
   const W = 420, H = 200, L = 40, B = 28, T = 10, R = 10;
-  const svg = el("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img",
+  const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img",
     "aria-label": "held-out accuracy and ROC-AUC per round" });
   svg.append(el("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }),
              el("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
@@ -51,7 +58,7 @@ function roundsPlot(rounds) {
 
 function histPlot(h) {
   const W = 420, H = 180, L = 40, B = 24, T = 10, R = 10;
-  const svg = el("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img",
+  const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img",
     "aria-label": "histogram of current pool scores" });
   const max = Math.max(1, ...h.counts);
   const bw = (W - L - R) / h.counts.length;
@@ -91,13 +98,27 @@ async function refresh() {
   $("round-count").textContent = `(${s.rounds.length})`;
   document.body.dataset.rounds = String(s.rounds.length);
   roundsPlot(s.rounds);
+  // a figure from fewer than min_held_out held-out labels carries a caveat wherever it is shown
+  const few = (n) => (n ?? 0) < s.min_held_out ?
+    `from only ${n ?? 0} held-out labels (fewer than ${s.min_held_out}): a rough figure` : null;
+  const fig = (v, n) => ({ text: fmt(v), caveat: v === null || v === undefined ? null : few(n) });
   table("rounds", ["round", "labels", "acc.", "ROC-AUC", "acc. random", "ECE", "n val", "model"],
-    s.rounds.map((r) => [r.round, r.n_labels, fmt(r.metrics.accuracy), fmt(r.metrics.roc_auc),
-      r.metrics.accuracy_random == null ? `– (n=${r.metrics.n_val_random ?? 0})` : fmt(r.metrics.accuracy_random),
-      fmt(r.metrics.ece_after), r.metrics.n_val ?? "–", r.model_version]));
-  const next = s.rounds.length ? s.rounds[s.rounds.length - 1].n_labels + s.retrain_every : null;
+    s.rounds.map((r) => [r.round, r.n_labels, fig(r.metrics.accuracy, r.metrics.n_val),
+      fig(r.metrics.roc_auc, r.metrics.n_val),
+      r.metrics.accuracy_random == null ? `– (n=${r.metrics.n_val_random ?? 0})` :
+        fig(r.metrics.accuracy_random, r.metrics.n_val_random),
+      fig(r.metrics.ece_after, r.metrics.n_val), r.metrics.n_val ?? "–", r.model_version]));
+  const last = s.rounds.length ? s.rounds[s.rounds.length - 1] : null;
+  const caveat = last ? few(last.metrics.n_val) : null;
+  $("heldout-caveat").hidden = !caveat;
+  $("heldout-caveat").textContent = caveat ? `⚠ The latest round's accuracy, ROC-AUC and ECE come ${caveat}; ` +
+    "label more before trusting them." : "";
+  const p = s.progress;
+  $("progress").textContent = `${p.labelled} labelled · ${p.left_in_pool} left in pool · ` +
+    (p.per_class_needed > 0 ? `first model after ${p.per_class_needed} more of the rarer class` :
+      `${p.to_next_retrain} to the next retrain`);
   $("retrain").textContent = s.retraining ? "retraining…" :
-    (next ? `next round after ${next} labels` :
+    (last ? `next round after ${last.n_labels + s.retrain_every} labels` :
       `first round once both classes have ${s.min_per_class} labels and ${s.retrain_every} labels exist`);
   const ag = s.agreement;
   $("kappa").textContent = ag.mean_kappa === null ? `no overlap yet (${ag.items_multi} items with 2+ annotators)` :
@@ -129,7 +150,8 @@ $("btn-import").addEventListener("click", async () => {
   if (!f) { $("import-result").textContent = "choose a .csv or .parquet file"; return; }
   const format = f.name.toLowerCase().endsWith(".parquet") ? "parquet" : "csv";
   try {
-    const r = await post(`/api/import?format=${format}`, f, { "Content-Type": "application/octet-stream" });
+    const type = format === "parquet" ? "application/vnd.apache.parquet" : "text/csv";
+    const r = await post(`/api/import?format=${format}`, f, { "Content-Type": type });
     $("import-result").textContent = `imported ${r.imported} decisions`;
     refresh();
   } catch (e) { $("import-result").textContent = e.message; }
