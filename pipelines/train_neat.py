@@ -52,7 +52,7 @@ def _absolute(cfg: TrainConfig) -> TrainConfig:
     def fix(p: str) -> str:
         return p if not p or "://" in p else os.path.abspath(p)
 
-    cfg.data.root = fix(cfg.data.root)
+    cfg.data.root = [fix(r) for r in cfg.data.root] if isinstance(cfg.data.root, list) else fix(cfg.data.root)
     cfg.logging.dir = fix(cfg.logging.dir)
     cfg.checkpoint.dir = fix(cfg.checkpoint.dir)
     return cfg

@@ -66,7 +66,15 @@ def save_run_config(cfg: TrainConfig) -> str:
     from curate.writer import atomic_write
 
     path = os.path.join(cfg.logging.dir, CONFIG_FILE)
-    text = yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False)
+    saved = json.loads(json.dumps(to_dict(cfg)))
+
+    def pin(p: str) -> str:  # local paths made absolute: the run resumes from any working directory
+        return p if not p or "://" in p else os.path.abspath(p)
+
+    root = saved["data"]["root"]
+    saved["data"]["root"] = [pin(r) for r in root] if isinstance(root, list) else pin(root)
+    saved["logging"]["dir"], saved["checkpoint"]["dir"] = pin(cfg.logging.dir), pin(cfg.checkpoint.dir)
+    text = yaml.safe_dump(saved, sort_keys=False)
     atomic_write(path, lambda f: f.write(text.encode()))
     return path
 
