@@ -49,8 +49,8 @@ def test_smoke_commands_run_as_written_on_the_demo_output(tmp_path, monkeypatch,
     first, second = smoke_commands()
     main(first)
     run = tmp_path / "runs" / "neat_tiny"
-    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "ckpt-00000020.pt").is_file()
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "ckpt-00000004.pt").is_file()
     main(second)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [10, 20, 30]
-    assert (run / "checkpoints" / "ckpt-00000030.pt").is_file()
+    assert steps == [4, 6]
+    assert (run / "checkpoints" / "ckpt-00000006.pt").is_file()
