@@ -452,3 +452,18 @@ def test_a_list_of_roots_is_one_stream_and_weights_set_each_share(tmp_path):
         assert int((runs[:, 2] - runs[:, 1]).sum()) == 40 and from_b == 12  # 30 % of 40, WikiArt upsampled
     with pytest.raises(ValueError, match="one non-negative weight per data.root entry"):
         DataConfig(root=[str(a), str(b)], style_weights=[1.0])
+
+
+def test_the_gpu_decode_path_skips_truncated_jpegs_in_the_worker(tmp_path):
+    import dataclasses
+
+    root = write_demo_shards(tmp_path, {"content": [6, 6], "style": [4]}, size=(64, 64))
+    bad = _damage(root, "content-000001.tar", 2, "truncate")
+    data = DataConfig(root=str(root), crop_size=16, short_side_min=16, short_side_max=32)
+    cfg = LoaderConfig(batch_size=2, num_workers=0, shuffle_buffer=3, open_shards=2, max_damaged_fraction=0.2)
+    loader = ShardPairLoader(data, cfg)
+    loader.cfg = dataclasses.replace(cfg, decode="cuda")  # the byte-shipping path, finished on the CPU here
+    batches = list(islice(iter(loader), loader.batches_per_epoch(0)))
+    assert bad not in {k for b in batches for k in b["content_key"]}
+    assert all(b["content"].shape == (2, 3, 16, 16) for b in batches)
+    assert loader.stats()["data/damaged_samples"] == 1
