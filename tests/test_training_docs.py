@@ -16,7 +16,7 @@ DOC = REPO / "docs" / "training.md"
 
 def smoke_commands() -> list[list[str]]:
     """The ``train_neat.py`` lines of the first bash block of docs/training.md (the smoke run)."""
-    block = re.search(r"```bash\n(.*?)```", DOC.read_text(), re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
     commands = []
     for line in block.splitlines():
         words = shlex.split(line, comments=True)

@@ -983,8 +983,9 @@ class ShardPairLoader:
                               "differ from the checkpoint's (other shards, counts or weights)")
         old = Layout(**saved["layout"])
         pos = Position(int(saved["epoch"]), int(saved["step"]), copy.deepcopy(saved["history"]) or None)
-        if old != self.layout:
-            pos = Position(pos.epoch, 0, (pos.history or []) + [{**asdict(old), "steps": pos.step}])
+        if old != self.layout and (pos.step > 0 or pos.history):
+            if pos.step > 0:
+                pos = Position(pos.epoch, 0, (pos.history or []) + [{**asdict(old), "steps": pos.step}])
             log.info("data stream: %s -> %s rank(s) x %s worker(s) x batch %s; the rest of epoch %d is dealt anew",
                      old.world_size, self.world_size, self.num_workers, self.cfg.batch_size, pos.epoch)
         self._pos = pos
