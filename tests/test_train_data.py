@@ -467,3 +467,31 @@ def test_the_gpu_decode_path_skips_truncated_jpegs_in_the_worker(tmp_path):
     assert bad not in {k for b in batches for k in b["content_key"]}
     assert all(b["content"].shape == (2, 3, 16, 16) for b in batches)
     assert loader.stats()["data/damaged_samples"] == 1
+
+
+def test_the_uneven_set_with_a_truncated_and_a_cmyk_jpeg_covers_its_epoch(tmp_path):
+    import webdataset as wds
+
+    from curate.shards import iter_samples
+
+    sizes = [1, 2, 3, 4, 5, 1, 2, 3, 25, 4, 2, 1]  # 12 shards of 1 to 25 samples, 53 in all
+    root = write_demo_shards(tmp_path, {"content": sizes, "style": [4, 4]}, size=(64, 64))
+    truncated = _damage(root, "content-000008.tar", 7, "truncate")
+    path = root / "shards" / "content-000004.tar"  # one sample re-encoded as a CMYK JPEG
+    samples = [s for _, s in iter_samples(str(path))]
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(samples[2]["jpg"])).convert("CMYK").save(buf, "JPEG", quality=90)
+    samples[2]["jpg"] = buf.getvalue()
+    cmyk = samples[2]["__key__"]
+    with open(path, "wb") as f:
+        writer = wds.TarWriter(f)
+        for s in samples:
+            writer.write(s)
+        writer.close()
+    per_rank, counts = _epoch_keys(str(root), 2, 2, 2)  # default max_damaged_fraction: one is tolerated
+    keys = [k for rank in per_rank for k in rank]
+    assert counts == [13, 13] and len(keys) == 52
+    assert truncated not in keys and cmyk in keys
+    # 53 positions, 13 steps x 4 yielded: every healthy sample except the 1-sample remainder dropped this epoch
+    # (the truncated one's slot holds a second crop of a healthy sample from its batch)
+    assert len(set(keys)) >= 51
