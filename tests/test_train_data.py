@@ -1,4 +1,4 @@
-"""Tests for train.data: shard shuffling before the split, rank balance, crops, and exact mid-epoch resume."""
+"""Tests for train.data: per-epoch sample dealing and coverage, exact and elastic resume, damaged samples, decoding."""
 
 from __future__ import annotations
 
