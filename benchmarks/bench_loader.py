@@ -9,6 +9,12 @@ exact-resume state and the rank balance.
 
     python benchmarks/bench_loader.py                      # 2 workers, 512 px crops, 96 images
     python benchmarks/bench_loader.py --workers 4 --images 256 --crop 512
+    python benchmarks/bench_loader.py --coverage-only      # epoch coverage on skewed shard layouts
+
+Epoch coverage (share of the content samples a DDP run trains on in one epoch) on skewed shard layouts compares
+bbst's sample-level dealing with the previous shard-dealing rule (every reader emits only as many samples as the
+smallest reader's shards hold) and with WebDataset's ``split_by_node`` + ``split_by_worker`` (run for real over
+tiny tars: every rank reads its shards, and a DDP epoch ends when the rank with the fewest batches runs out).
 """
 
 from __future__ import annotations
@@ -130,6 +136,117 @@ def bench_decode_only(root: Path, crop: int, n: int) -> tuple[float, float]:
     return len(datas) / t_plain, len(datas) / t_bbst
 
 
+# ------------------------------------------------------------------------------------------------ epoch coverage
+
+# name -> (content samples per shard, ranks, workers per rank, batch per rank)
+LAYOUTS = {
+    "12 shards of 1-25 (52 samples), 2 ranks x 2 workers x batch 2": ([1, 1, 2, 2, 3, 3, 4, 4, 5, 1, 1, 25], 2, 2, 2),
+    "40 shards (39 x 1000 + 137) over 8 ranks x 4 workers x batch 8": ([1000] * 39 + [137], 8, 4, 8),
+    "small last shard: 4 x 200 + 3, 1 rank x 5 workers x batch 4": ([200] * 4 + [3], 1, 5, 4),
+    "1 shard of 13 (the curation demo), 1 rank x 2 workers x batch 2": ([13], 1, 2, 2),
+}
+
+
+def _tiny_shards(root: Path, sizes: list[int]) -> Path:
+    """Tars of tiny members (nothing is decoded when counting) plus the manifest the loaders read."""
+    import webdataset as wds
+
+    marker = root / "layout.json"
+    if marker.exists() and json.loads(marker.read_text()) == sizes:
+        return root
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, n in enumerate(sizes):
+        name = f"content-{i:06d}.tar"
+        with open(root / "shards" / name, "wb") as f:
+            writer = wds.TarWriter(f)
+            for j in range(n):
+                writer.write({"__key__": f"{i:06d}{j:06d}", "jpg": b"0"})
+            writer.close()
+        entries.append({"url": f"shards/{name}", "nsamples": n, "subset": "content"})
+    entries.append({"url": "shards/style-000000.tar", "nsamples": 1, "subset": "style"})
+    with open(root / "shards" / "style-000000.tar", "wb") as f:
+        writer = wds.TarWriter(f)
+        writer.write({"__key__": "style", "jpg": b"0"})
+        writer.close()
+    (root / "manifest.json").write_text(json.dumps({"shardlist": entries}))
+    marker.write_text(json.dumps(sizes))
+    return root
+
+
+def coverage_bbst(root: Path, ranks: int, workers: int, batch: int, epoch: int) -> tuple[float, str]:
+    """Share of samples bbst's loader yields in ``epoch`` (from its plan: the spans its readers own)."""
+    from train.data import cut_runs, expand_runs
+
+    data = DataConfig(root=str(root), crop_size=16, short_side_min=16, short_side_max=16)
+    seen = []
+    for rank in range(ranks):
+        loader = ShardPairLoader(data, LoaderConfig(batch_size=batch, num_workers=workers, seed=0), rank, ranks)
+        order = loader.planner.content_order(epoch, [])
+        n = int((order[:, 2] - order[:, 1]).sum())
+        for w in range(workers):
+            shard, index = expand_runs(cut_runs(order, *loader.layout.span(n, rank, w)))
+            seen += list(zip(shard.tolist(), index.tolist()))
+    assert len(seen) == len(set(seen))
+    return len(seen) / n, f"{loader.batches_per_epoch(epoch)} batches on every rank"
+
+
+def coverage_previous(sizes: list[int], ranks: int, workers: int, batch: int, epoch: int) -> tuple[float | None, str]:
+    """The previous rule: shards permuted and dealt to ranks x workers; every reader emits the smallest total."""
+    slots = ranks * workers
+    if len(sizes) < slots:
+        return None, f"refused: {len(sizes)} shard(s) for {slots} readers"
+    order = np.random.default_rng([0, 1, epoch, 0]).permutation(len(sizes))
+    per_slot = min(sum(sizes[i] for i in order[g::slots]) for g in range(slots)) // batch * batch
+    return per_slot * slots / sum(sizes), f"{per_slot // batch * workers} batches per rank"
+
+
+def coverage_webdataset(root: Path, ranks: int, workers: int, batch: int) -> tuple[float, str]:
+    """WebDataset's split_by_node + split_by_worker, run for real: a DDP epoch ends at the shortest rank."""
+    import os
+
+    import webdataset as wds
+
+    urls = sorted(str(p) for p in (root / "shards").glob("content-*.tar"))
+    per_rank = []
+    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "WORKER", "NUM_WORKERS")}
+    try:
+        for rank in range(ranks):
+            count = 0
+            for worker in range(workers):
+                os.environ.update(RANK=str(rank), WORLD_SIZE=str(ranks), WORKER=str(worker),
+                                  NUM_WORKERS=str(workers))
+                ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node,
+                                    workersplitter=wds.split_by_worker, empty_check=False)
+                count += sum(1 for _ in ds)
+            per_rank.append(count)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    steps = min(c // batch for c in per_rank)
+    return steps * ranks * batch / sum(per_rank), f"per-rank samples {min(per_rank)}-{max(per_rank)}"
+
+
+def bench_coverage(base: Path, epochs: int = 2) -> list[dict]:
+    rows = []
+    for i, (name, (sizes, ranks, workers, batch)) in enumerate(LAYOUTS.items()):
+        root = _tiny_shards(base / f"layout{i}", sizes)
+        wds_cov, wds_note = coverage_webdataset(root, ranks, workers, batch)
+        for epoch in range(epochs):
+            bbst_cov, bbst_note = coverage_bbst(root, ranks, workers, batch, epoch)
+            prev_cov, prev_note = coverage_previous(sizes, ranks, workers, batch, epoch)
+            rows.append({"layout": name, "epoch": epoch, "bbst": bbst_cov, "previous": prev_cov,
+                         "webdataset": wds_cov, "notes": f"bbst: {bbst_note}; previous: {prev_note}; "
+                                                         f"webdataset: {wds_note}"})
+            prev = "refused" if prev_cov is None else f"{prev_cov:.1%}"
+            print(f"{name}, epoch {epoch}: bbst {bbst_cov:.1%} | previous loader {prev} | "
+                  f"webdataset split_by_node/worker {wds_cov:.1%}   ({rows[-1]['notes']})")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default="/tmp/bbst-bench-loader", help="where the benchmark shards are cached")
@@ -140,8 +257,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=8, help="images per batch (bbst: batch/2 pairs)")
     p.add_argument("--measure", type=int, default=160, help="images timed per loader")
     p.add_argument("--repeats", type=int, default=2, help="alternating runs of each loader")
+    p.add_argument("--coverage-only", action="store_true", help="only the epoch-coverage comparison")
     args = p.parse_args(argv)
 
+    coverage = bench_coverage(Path(args.root) / "coverage")
+    if args.coverage_only:
+        return {"coverage": coverage}
     import torch
 
     torch.set_num_threads(1)
@@ -155,7 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(args.repeats):  # alternate so that load from other processes hits both alike
         plain.append(bench_plain(root, args.crop, args.workers, args.batch, args.measure))
         bbst.append(bench_bbst(root, args.crop, args.workers, args.batch, args.measure))
-    result = {"crop": args.crop, "workers": args.workers, "plain_img_s": max(plain), "bbst_img_s": max(bbst),
+    result = {"coverage": coverage, "crop": args.crop, "workers": args.workers, "plain_img_s": max(plain),
+              "bbst_img_s": max(bbst),
               "ratio": max(bbst) / max(plain), "single_process_ratio": bbst_1p / plain_1p,
               "plain_runs": plain, "bbst_runs": bbst}
     print(f"loader, {args.workers} workers, {args.crop} px crops: plain webdataset.WebLoader "

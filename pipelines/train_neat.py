@@ -9,8 +9,10 @@ One training function (``train.trainer.train``) under three launchers:
   ``ScalingConfig(num_workers=distributed.num_workers, use_gpu=distributed.use_gpu)``; attaches to the cluster
   named by ``RAY_ADDRESS`` or starts a local Ray.
 
-``--resume`` continues from the newest checkpoint in the checkpoint directory (or ``--resume PATH``): model,
-both optimizers, data-stream position and random state, so the run continues as if never stopped.
+``--resume RUN`` continues the run in folder ``RUN`` from its saved ``config.yaml`` and newest checkpoint, with no
+other flag (``--resume`` alone: the newest checkpoint of ``--config``'s run; ``--resume CKPT``: that file):
+model, both optimizers, data-stream position and random state, so the run continues as if never stopped. The
+number of ranks may change; settings that define the model or the data order may not (refused in one line).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (see train/configs/neat_tiny.yaml, neat_1024.yaml)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config option, e.g. --set loader.batch_size=8 (repeatable)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
-                   help="resume from the newest checkpoint (or from CKPT)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN|CKPT",
+                   help="continue a run: a run folder (its config.yaml and newest checkpoint), a checkpoint file, "
+                        "or nothing (the newest checkpoint of --config's run)")
     p.add_argument("--launcher", choices=("none", "torchrun", "ray"), default="none",
                    help="how ranks are started (default: a single process)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -49,7 +52,7 @@ def _absolute(cfg: TrainConfig) -> TrainConfig:
     def fix(p: str) -> str:
         return p if not p or "://" in p else os.path.abspath(p)
 
-    cfg.data.root = fix(cfg.data.root)
+    cfg.data.root = [fix(r) for r in cfg.data.root] if isinstance(cfg.data.root, list) else fix(cfg.data.root)
     cfg.logging.dir = fix(cfg.logging.dir)
     cfg.checkpoint.dir = fix(cfg.checkpoint.dir)
     return cfg
@@ -95,11 +98,44 @@ def run_ray(cfg: TrainConfig, resume: bool | str, log_level: str = "INFO") -> An
     return trainer.fit()
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """Progress lines (INFO) as they are, so each reads ``step N/M | ...``; warnings and errors say what they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO:
+            return record.getMessage()
+        return f"{record.levelname} {record.name}: {record.getMessage()}"
+
+
+def resolve_run(config: str | None, sets: list[str], resume: bool | str) -> tuple[TrainConfig, bool | str]:
+    """The config and checkpoint to start from: ``--resume RUN`` reads ``RUN/config.yaml`` (unless ``--config``)."""
+    from train.trainer import CONFIG_FILE, ResumeError
+
+    if isinstance(resume, str) and os.path.isdir(resume):
+        run_config = os.path.join(resume, CONFIG_FILE)
+        if not os.path.exists(run_config):
+            raise ResumeError(f"--resume {resume}: not a run folder (no {CONFIG_FILE}); pass a run folder, a "
+                              "checkpoint file, or --config with a bare --resume")
+        cfg = load_config(TrainConfig, config or run_config, sets=sets)
+        cfg.logging.dir = resume  # the folder the user named is the run, wherever it was started from
+        return cfg, True
+    if resume is True and not config:
+        raise ResumeError("--resume without a run folder needs --config (or use --resume RUN)")
+    if isinstance(resume, str) and not config:  # a checkpoint file describes its own run
+        from train.checkpoint import load_checkpoint
+
+        saved = load_checkpoint(resume)["config"]
+        return load_config(TrainConfig, None, overrides=saved, sets=sets), resume
+    return load_config(TrainConfig, config, sets=sets), resume
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(TrainConfig, args.config, sets=args.sets)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_ConsoleFormatter())
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), handlers=[handler])
+    cfg, resume = resolve_run(args.config, args.sets, args.resume)
+    args.resume = resume
     if args.launcher == "ray":
         result = run_ray(cfg, args.resume, args.log_level.upper())
         return {"metrics": dict(result.metrics or {}), "error": result.error}
@@ -111,4 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from curate.errors import BbstError
+
+    try:
+        main()
+    except BbstError as exc:  # a user error: one line, no traceback
+        print(f"bbst train: error: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        sys.exit(exc.exit_code)

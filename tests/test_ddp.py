@@ -55,6 +55,11 @@ def _check_two_rank_run(run_dir: Path, steps: int) -> None:
     assert ck["world_size"] == 2 and [s["rank"] for s in ck["loader"]] == [0, 1]
 
 
+def _check_epochs(run_dir: Path) -> list[tuple[int, str]]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(int(r["epoch"]), k) for r in records for rank in r["content_keys"] for k in rank]
+
+
 @pytest.mark.slow
 def test_two_rank_torchrun_ddp_on_cpu(tmp_path):
     cfg = _config(tmp_path, "ddp")
@@ -64,6 +69,17 @@ def test_two_rank_torchrun_ddp_on_cpu(tmp_path):
                            "--log-level", "WARNING"], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_two_rank_run(tmp_path / "ddp", 4)
+
+    # elastic: the two-rank run continues on one process; the rest of its epoch is dealt to the new layout
+    from pipelines.train_neat import main
+
+    run = tmp_path / "ddp"
+    before = _check_epochs(run)
+    main(["--resume", str(run), "--set", "schedule.max_steps=7", "--log-level", "WARNING"])
+    after = [(int(r["epoch"]), k) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+             if r["step"] > 4 for k in r["content_keys"][0]]
+    epoch = max(e for e, _ in before)
+    assert not {k for e, k in after if e == epoch} & {k for e, k in before if e == epoch}  # no repeats
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from pipelines.train_neat import main
 from train.checkpoint import latest_checkpoint, load_checkpoint
 from train.config import TrainConfig
 from train.demo_shards import write_demo_shards
-from train.trainer import train
+from train.trainer import ResumeError, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,14 +56,14 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path, shard_root):
     torch.set_num_threads(1)
     no_gan = {"w_adv": 0.0, "w_patch_simple": 0.0, "w_patch_complex": 0.0}
     path = _config(tmp_path, shard_root, "overfit", model={"name": "neat_tiny", "kwargs": no_gan},
-                   optim={"lr": 2e-3, "grad_accum": 2}, schedule={"max_steps": 8, "overfit_batches": True},
+                   optim={"lr": 2e-3, "grad_accum": 2}, schedule={"max_steps": 10, "overfit_batches": True},
                    loader={"num_workers": 0}, checkpoint={"every": 100})
     result = train(load_config(TrainConfig, path))
-    assert result["step"] == 8
+    assert result["step"] == 10
     records = [rec for _, rec in sorted(_metrics(tmp_path / "overfit").items())]
     assert len(records[0]["content_keys"][0]) == 4  # two accumulated micro-batches of 2 per step
     losses = [rec["loss_g"] for rec in records]
-    assert len(losses) == 8
+    assert len(losses) == 10
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
     # TensorBoard got scalars for every loss term and the image grid
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -74,7 +74,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path, shard_root):
     assert {"train/loss_g", "train/loss_d", "g/style", "g/content"} <= set(tags["scalars"])
     assert any(t.startswith("images/content_style_prior_output") for t in tags["images"])
     ck = load_checkpoint(result["checkpoint"])
-    assert ck["model_name"] == "neat_tiny" and ck["step"] == 8 and ck["config"]["schedule"]["max_steps"] == 8
+    assert ck["model_name"] == "neat_tiny" and ck["step"] == 10 and ck["config"]["schedule"]["max_steps"] == 10
     assert ck["model_config"]["w_adv"] == 0.0  # self-describing: the model can be rebuilt from the file alone
     from train.models import load_model_from_checkpoint
 
@@ -125,7 +125,7 @@ def test_checkpoint_sigkill_resume_matches_an_uninterrupted_run(tmp_path, shard_
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, shard_root):
     cfg = _config(tmp_path, shard_root, "empty")
-    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+    with pytest.raises(ResumeError, match="no checkpoint in"):
         main(["--config", str(cfg), "--resume"])
 
 
@@ -135,3 +135,50 @@ def test_unknown_config_key_is_an_error(tmp_path, shard_root):
     cfg = _config(tmp_path, shard_root, "bad")
     with pytest.raises(ConfigError, match="unknown key"):
         main(["--config", str(cfg), "--set", "optim.learning_rate=1"])
+
+
+def test_run_folder_console_and_resume_run_without_other_flags(tmp_path, shard_root, caplog):
+    torch.set_num_threads(1)
+    cfg = _config(tmp_path, shard_root, "run", schedule={"max_steps": 4}, checkpoint={"every": 2, "keep": 0},
+                  loader={"num_workers": 0}, logging={"dir": str(tmp_path / "run"), "log_every": 1,
+                                                      "image_every": 0})
+    with caplog.at_level("INFO", logger="bbst.train"):
+        main(["--config", str(cfg)])
+    run = tmp_path / "run"
+    lines = [r.getMessage() for r in caplog.records if r.name == "bbst.train"]
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split(" | ")[0] for line in steps] == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
+    assert all(" | loss_g " in line and "s/step" in line and "samples/s" in line and " | ETA " in line
+               for line in steps)
+    assert any(f"checkpoints in {run / 'checkpoints'}" in line and "run folder" in line for line in lines)
+    assert any(line.startswith("finished at step 4/4") and "ckpt-00000004.pt" in line for line in lines)
+    ref = _metrics(run)
+    assert {"g/style", "data/damaged_samples", "lr", "sec_per_step"} <= set(ref[4])  # every term in the file
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == shard_root
+
+    # a run killed after its step-2 checkpoint: `--resume RUN` alone continues it, from the saved config
+    (run / "checkpoints" / "ckpt-00000004.pt").unlink()
+    os.remove(cfg)  # the original config file is gone: the run folder is enough
+    main(["--resume", str(run), "--log-level", "WARNING"])
+    again = _metrics(run)
+    for step in (3, 4):
+        assert again[step]["content_keys"] == ref[step]["content_keys"]
+        assert again[step]["loss_g"] == pytest.approx(ref[step]["loss_g"], rel=1e-5)
+
+
+def test_changed_settings_are_refused_in_one_line_without_a_traceback(tmp_path, shard_root):
+    cfg = _config(tmp_path, shard_root, "fixed", schedule={"max_steps": 1}, loader={"num_workers": 0})
+    main(["--config", str(cfg), "--log-level", "WARNING"])
+    run = tmp_path / "fixed"
+    with pytest.raises(ResumeError) as info:
+        main(["--resume", str(run), "--set", "loader.seed=9", "--set", "data.crop_size=32", "--set",
+              "data.short_side_min=64", "--set", "schedule.max_steps=2"])
+    message = str(info.value)
+    assert "\n" not in message and "loader.seed (run: 1, now: 9)" in message and "data.crop_size" in message
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "train_neat.py"), "--resume", str(run),
+                           "--set", "loader.seed=9", "--set", "schedule.max_steps=2"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("bbst train: error: ") and "Traceback" not in proc.stderr
+    assert "loader.seed (run: 1, now: 9)" in proc.stderr.splitlines()[0]

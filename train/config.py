@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 @dataclass
 class DataConfig:
-    root: str = ""  # run directory written by the curation pipeline (local path or fsspec URL) holding shards/
+    root: str | list[str] = ""  # curation output directory (local path or fsspec URL), or a list of them to mix
     content_subset: str = "content"  # subset name of the content shards (DIR/shards/{subset}-NNNNNN.tar)
     style_subset: str = "style"  # subset name of the style shards
     crop_size: int = 256  # square training crop in pixels
@@ -20,8 +20,19 @@ class DataConfig:
     short_side_max: int = 1024  # upper end of the short-side range (capped at the image's own short side)
     hflip: bool = True  # random horizontal flip of every crop
     style2: bool = True  # also yield ``style2``, a second random crop of the same style image (contrastive loss)
+    content_weights: list[float] = field(default_factory=list)  # per-root share of the content stream ([] = all once)
+    style_weights: list[float] = field(default_factory=list)  # per-root share of the style stream ([] = all once)
+
+    def roots(self) -> list[str]:
+        """``root`` as a list (a single directory is a list of one)."""
+        return [self.root] if isinstance(self.root, str) else list(self.root)
 
     def __post_init__(self) -> None:
+        for name in ("content_weights", "style_weights"):
+            weights = getattr(self, name)
+            if weights and (len(weights) != len(self.roots()) or min(weights) < 0 or sum(weights) <= 0):
+                raise ValueError(f"data.{name} must hold one non-negative weight per data.root entry "
+                                 f"({len(self.roots())}) with a positive sum, got {weights}")
         if self.crop_size <= 0:
             raise ValueError(f"data.crop_size must be positive, got {self.crop_size}")
         if self.short_side_min < self.crop_size:
@@ -40,6 +51,7 @@ class LoaderConfig:
     prefetch_factor: int = 2  # batches each worker prepares ahead
     pin_memory: bool = True  # page-locked host batches for faster host-to-GPU copies (ignored on CPU)
     seed: int = 0  # data-order seed: shard order, interleaving, shuffle buffer and crops derive from it
+    max_damaged_fraction: float = 0.01  # stop when more than this share of a rank's samples in an epoch fail to decode
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "open_shards"):
@@ -47,6 +59,8 @@ class LoaderConfig:
                 raise ValueError(f"loader.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0 or self.shuffle_buffer < 0:
             raise ValueError("loader.num_workers and loader.shuffle_buffer must be >= 0")
+        if not 0.0 <= self.max_damaged_fraction <= 1.0:
+            raise ValueError(f"loader.max_damaged_fraction must be in [0, 1], got {self.max_damaged_fraction}")
 
 
 @dataclass

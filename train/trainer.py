@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from curate.config import to_dict
+from curate.errors import BbstError
 from train import distributed as D
 from train.checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from train.config import TrainConfig
@@ -28,6 +29,69 @@ from train.models import create_model
 log = logging.getLogger("bbst.train")
 CHECKPOINT_FORMAT = "bbst-train-checkpoint-v1"
 IMAGE_ORDER = ("content", "style", "prior", "output")
+
+
+class ResumeError(BbstError, ValueError):
+    """A resume that cannot continue the run: no checkpoint, another model, or settings that may not change."""
+
+
+# settings a resumed run must keep: they define the model, its data and the data order (data.root may move)
+FIXED_ON_RESUME = ("model", "seed", "loader.seed", "data.content_subset", "data.style_subset", "data.crop_size",
+                   "data.short_side_min", "data.short_side_max", "data.hflip", "data.style2",
+                   "data.content_weights", "data.style_weights")
+CONFIG_FILE = "config.yaml"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def changed_on_resume(saved: dict, now: dict) -> list[str]:
+    """``key (run: a, now: b)`` for every setting in :data:`FIXED_ON_RESUME` that differs."""
+    a, b = _flatten(saved), _flatten(now)
+    keys = sorted(k for k in set(a) | set(b) if any(k == f or k.startswith(f + ".") for f in FIXED_ON_RESUME))
+    return [f"{k} (run: {a.get(k)!r}, now: {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
+
+
+def save_run_config(cfg: TrainConfig) -> str:
+    """Write the resolved config to ``{logging.dir}/config.yaml``: ``--resume RUN`` rebuilds the run from it."""
+    import yaml
+
+    from curate.writer import atomic_write
+
+    path = os.path.join(cfg.logging.dir, CONFIG_FILE)
+    saved = json.loads(json.dumps(to_dict(cfg)))
+
+    def pin(p: str) -> str:  # local paths made absolute: the run resumes from any working directory
+        return p if not p or "://" in p else os.path.abspath(p)
+
+    root = saved["data"]["root"]
+    saved["data"]["root"] = [pin(r) for r in root] if isinstance(root, list) else pin(root)
+    saved["logging"]["dir"], saved["checkpoint"]["dir"] = pin(cfg.logging.dir), pin(cfg.checkpoint.dir)
+    text = yaml.safe_dump(saved, sort_keys=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return path
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def console_line(step: int, max_steps: int, logs: dict[str, float], sec_per_step: float, samples_per_step: int) -> str:
+    """``step N/M | main losses | s/step | samples/s | ETA``: the one line a person reads; the rest is in the files."""
+    main = [k for k in ("loss_g", "loss_d") if k in logs]
+    losses = " ".join(f"{k} {logs[k]:.4f}" for k in main)
+    rate = samples_per_step / sec_per_step if sec_per_step > 0 else 0.0
+    eta = _duration((max_steps - step) * sec_per_step)
+    return f"step {step}/{max_steps} | {losses} | {sec_per_step:.3f} s/step | {rate:.1f} samples/s | ETA {eta}"
 
 
 def lr_at(step: int, base: float, cfg: TrainConfig) -> float:
@@ -78,6 +142,7 @@ def train(cfg: TrainConfig, resume: bool | str = False,
 
     # ---------------------------------------------------------------------------------------------- data
     loader = ShardPairLoader(cfg.data, cfg.loader, rank=dist.rank, world_size=dist.world_size, device=device)
+    samples_per_step = cfg.loader.batch_size * cfg.optim.grad_accum * dist.world_size
 
     # ---------------------------------------------------------------------------------------------- model
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank (and rank 0's is broadcast anyway)
@@ -98,23 +163,25 @@ def train(cfg: TrainConfig, resume: bool | str = False,
     if resume:
         path = resume if isinstance(resume, str) else latest_checkpoint(ckpt_dir)
         if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+            raise ResumeError(f"--resume: no checkpoint in {ckpt_dir}")
         ck = load_checkpoint(path, map_location=device)
         if ck["model_name"] != cfg.model.name:
-            raise ValueError(f"{path}: checkpoint is for model {ck['model_name']!r}, config asks for "
-                             f"{cfg.model.name!r}")
-        if len(ck["loader"]) != dist.world_size:
-            raise ValueError(f"{path}: written by {len(ck['loader'])} rank(s), now {dist.world_size}; the data "
-                             f"stream only resumes exactly with the same world size")
+            raise ResumeError(f"{path}: checkpoint is for model {ck['model_name']!r}, config asks for "
+                              f"{cfg.model.name!r}")
+        changed = changed_on_resume(ck.get("config") or {}, to_dict(cfg))
+        if changed:
+            raise ResumeError(f"{path}: these settings cannot change on resume: {'; '.join(changed)}",
+                              hint="drop those --set values, or start a new run in another logging.dir")
         model.load_state_dict(ck["model"])
         opt_g.load_state_dict(ck["opt_g"])
         if opt_d is not None:
             opt_d.load_state_dict(ck["opt_d"])
-        loader.load_state_dict(ck["loader"][dist.rank])
-        restore_rng_state(ck["rng"][dist.rank])
+        loader.load_state_dict(ck["loader"])  # every rank's: another world size re-deals the rest of the epoch
+        if len(ck["rng"]) == dist.world_size:
+            restore_rng_state(ck["rng"][dist.rank])
         step = int(ck["step"])
         if dist.is_main:
-            log.info("resumed from %s at step %d", path, step)
+            log.info("resumed from %s at step %d (epoch %d)", path, step, loader.position.epoch)
 
     # ---------------------------------------------------------------------------------------------- logging
     writer = None
@@ -129,7 +196,19 @@ def train(cfg: TrainConfig, resume: bool | str = False,
             with open(metrics_path, "w") as f:
                 f.writelines(kept)
 
+    if dist.is_main:
+        config_path = save_run_config(cfg)
+        log.info("training %s on %d rank(s) x %d loader worker(s), %d samples/step; %d content samples = %d "
+                 "steps/epoch; steps %d -> %d", cfg.model.name, dist.world_size, loader.num_workers,
+                 samples_per_step, loader.samples_per_epoch(loader.position.epoch),
+                 loader.batches_per_epoch(loader.position.epoch) // cfg.optim.grad_accum, step,
+                 cfg.schedule.max_steps)
+        log.info("run folder %s: config %s, metrics %s, TensorBoard events; checkpoints in %s "
+                 "(continue with --resume %s)", cfg.logging.dir, config_path, metrics_path, ckpt_dir,
+                 cfg.logging.dir)
+
     # ---------------------------------------------------------------------------------------------- loop
+    t_start, step_start = time.perf_counter(), step
     model.train()
     data_iter = iter(loader)
     last_logs: dict[str, float] = {}
@@ -183,7 +262,10 @@ def train(cfg: TrainConfig, resume: bool | str = False,
 
         # ------------------------------------------------------------------------------------------ logging
         if step % cfg.logging.log_every == 0 or step == cfg.schedule.max_steps:
-            logs = D.mean_across_ranks(sums, dist)
+            stats = loader.stats()
+            logs = D.mean_across_ranks({**sums, **stats}, dist)
+            for k in stats:  # counters: the sum over ranks
+                logs[k] *= dist.world_size
             logs.update(lr=lr_g, epoch=float(micro[-1]["epoch"]))
             if cfg.optim.grad_clip > 0:
                 logs["grad_norm_g"] = grad_norm
@@ -198,7 +280,8 @@ def train(cfg: TrainConfig, resume: bool | str = False,
                           "style_keys": [[k for _, s in rank for k in s] for rank in keys]}
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(logs.items())))
+                log.info("%s", console_line(step, cfg.schedule.max_steps, logs, logs["sec_per_step"],
+                                            samples_per_step))
             t0 = time.perf_counter()
             last_logs = logs
             if on_log is not None:
@@ -232,5 +315,10 @@ def train(cfg: TrainConfig, resume: bool | str = False,
 
     if writer is not None:
         writer.close()
+        done = step - step_start
+        log.info("finished at step %d/%d (%d steps in %s); last checkpoint %s; logs in %s (metrics.jsonl, "
+                 "TensorBoard: tensorboard --logdir %s)", step, cfg.schedule.max_steps, done,
+                 _duration(time.perf_counter() - t_start), last_ckpt or latest_checkpoint(ckpt_dir),
+                 cfg.logging.dir, cfg.logging.dir)
     D.cleanup(dist)
     return {"step": step, "logs": last_logs, "checkpoint": last_ckpt}
