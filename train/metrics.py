@@ -67,7 +67,15 @@ class LPIPSMetric(nn.Module):
     @torch.no_grad()
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per-image LPIPS for images in [0, 1], (B,)."""
+        return self.distance(a, b)
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-image LPIPS, differentiable with respect to the images (the LPIPS loss of a training step)."""
         return self.model(a, b, normalize=True).flatten()
+
+    def train(self, mode: bool = True) -> LPIPSMetric:
+        # a frozen metric network (dropout in its linear heads stays off) whatever its parent model does
+        return super().train(False)
 
 
 # ------------------------------------------------------------------------------------------------------------ SIFID
