@@ -199,37 +199,72 @@ def gram_distance(vgg: VGG19Encoder, out: torch.Tensor, style: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------------------------- all at once
+METRIC_NAMES = ("lpips", "sifid", "chamfer", "ssim", "gram")  # NeAT Table 1's columns, in its order
+STYLE_MATCH_MODES = ("crop", "pad")
+
+
+def match_style(style: torch.Tensor, size: tuple[int, int], mode: str = "crop") -> torch.Tensor:
+    """The style image brought to the output's (H, W) without distorting it: scaled to cover and centre-cropped
+    (``crop``) or scaled to fit and reflect-padded (``pad``). Never stretched."""
+    from train.inference import resize_cover_crop, resize_fit_pad
+
+    if mode not in STYLE_MATCH_MODES:
+        raise ValueError(f"style_match {mode!r} not in {STYLE_MATCH_MODES}")
+    h, w = size
+    if tuple(style.shape[-2:]) == (h, w):
+        return style
+    return resize_cover_crop(style, h, w) if mode == "crop" else resize_fit_pad(style, h, w)
+
+
 class StyleTransferMetrics:
     """Holds the metric backbones once; ``__call__(output, content, style)`` returns per-image metric lists.
 
-    LPIPS and SSIM compare output with content (content preservation); SIFID, Gram and Chamfer compare output with
-    style. The style image is resized to the output's size for SIFID/Gram/Chamfer so that statistics are comparable.
+    LPIPS and SSIM compare output with content (content preservation). SIFID and Gram compare output with the style
+    image brought to the output's size by ``match_style`` (cropped or padded, never stretched); Chamfer compares
+    colour sets and takes the whole style image. Only the backbones of the requested ``metrics`` are loaded.
+    Formulas, sources and choices: docs/evaluation.md.
     """
 
     def __init__(self, vgg_weights: str | None = "auto", lpips_net: str = "alex", lpips_backbone: str | None = "auto",
-                 inception_weights: str | None = "auto", device: str | torch.device = "cpu", vgg_width: float = 1.0):
+                 inception_weights: str | None = "auto", device: str | torch.device = "cpu", vgg_width: float = 1.0,
+                 metrics: tuple[str, ...] | list[str] = METRIC_NAMES, style_match: str = "crop"):
+        unknown = set(metrics) - set(METRIC_NAMES)
+        if unknown:
+            raise ValueError(f"unknown metrics {sorted(unknown)}; known: {', '.join(METRIC_NAMES)}")
+        if style_match not in STYLE_MATCH_MODES:
+            raise ValueError(f"style_match {style_match!r} not in {STYLE_MATCH_MODES}")
+        self.metrics = tuple(metrics)
+        self.style_match = style_match
         self.device = torch.device(device)
-        self.vgg = VGG19Encoder(vgg_weights, width=vgg_width).to(self.device)
-        self.lpips = LPIPSMetric(lpips_net, lpips_backbone).to(self.device)
-        self.sifid = SIFIDMetric(inception_weights).to(self.device)
+        self.vgg = VGG19Encoder(vgg_weights, width=vgg_width).to(self.device) if "gram" in metrics else None
+        self.lpips = LPIPSMetric(lpips_net, lpips_backbone).to(self.device) if "lpips" in metrics else None
+        self.sifid = SIFIDMetric(inception_weights).to(self.device) if "sifid" in metrics else None
 
     @classmethod
-    def random_init(cls, device: str = "cpu") -> StyleTransferMetrics:
+    def random_init(cls, device: str = "cpu", metrics: tuple[str, ...] | list[str] = METRIC_NAMES,
+                    style_match: str = "crop") -> StyleTransferMetrics:
         """Random-weight backbones (tests and dry runs: the math is exercised, the numbers mean nothing)."""
-        return cls(vgg_weights=None, lpips_backbone=None, inception_weights=None, device=device, vgg_width=1 / 16)
+        return cls(vgg_weights=None, lpips_backbone=None, inception_weights=None, device=device, vgg_width=1 / 16,
+                   metrics=metrics, style_match=style_match)
 
     def __call__(self, output: torch.Tensor, content: torch.Tensor, style: torch.Tensor) -> dict[str, list[float]]:
         output, content, style = (t.to(self.device) for t in (output, content, style))
         if content.shape[-2:] != output.shape[-2:]:
             content = F.interpolate(content, size=output.shape[-2:], mode="bilinear", antialias=True)
-        style_r = F.interpolate(style, size=output.shape[-2:], mode="bilinear", antialias=True)
-        return {
-            "lpips": self.lpips(output, content).tolist(),
-            "ssim": ssim(output, content).tolist(),
-            "sifid": self.sifid(output, style_r).tolist(),
-            "gram": gram_distance(self.vgg, output, style_r).tolist(),
-            "chamfer": chamfer_colour_distance(output, style).tolist(),
-        }
+        style_m = match_style(style, tuple(output.shape[-2:]), self.style_match)
+        out: dict[str, list[float]] = {}
+        for name in self.metrics:
+            if name == "lpips":
+                out[name] = self.lpips(output, content).tolist()
+            elif name == "ssim":
+                out[name] = ssim(output, content).tolist()
+            elif name == "sifid":
+                out[name] = self.sifid(output, style_m).tolist()
+            elif name == "gram":
+                out[name] = gram_distance(self.vgg, output, style_m).tolist()
+            elif name == "chamfer":
+                out[name] = chamfer_colour_distance(output, style).tolist()
+        return out
 
 
 def seconds_per_image(fn, content: torch.Tensor, style: torch.Tensor, repeats: int = 3, warmup: int = 1) -> float:

@@ -349,13 +349,15 @@ class NeAT(nn.Module):
 
     @torch.no_grad()
     def stylize(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0,
-                blur: float | None = None) -> torch.Tensor:
+                blur: float | None = None, prior_weight: float | None = None) -> torch.Tensor:
         """Inference: content (B,3,H,W) in [0,1] at any size, style (B or 1,3,h,w) -> stylised (B,3,H,W) in [0,1].
 
         ``alpha`` interpolates the decoder input between content and stylised features and the prior between the
         original content and the recoloured prior; alpha > 1 extrapolates (stronger style). ``blur`` scales the
-        prior filters (None = as trained, 0 = no blur).
+        prior filters (None = as trained, 0 = no blur). ``prior_weight`` replaces the trained prior weighting
+        (None = as trained; 0 = the decoded deltas alone, the "no prior deltas" row of the evaluation).
         """
+        pw = self.cfg.prior_weight if prior_weight is None else float(prior_weight)
         h, w = content.shape[-2:]
         if style.shape[0] == 1 and content.shape[0] > 1:
             style = style.expand(content.shape[0], -1, -1, -1)
@@ -367,7 +369,7 @@ class NeAT(nn.Module):
         if alpha != 1.0:
             feat = fc + alpha * (feat - fc)
             prior = content_p + alpha * (prior - content_p)
-        out = self.cfg.prior_weight * prior + self.decoder(feat)[..., :content_p.shape[-2], :content_p.shape[-1]]
+        out = pw * prior + self.decoder(feat)[..., :content_p.shape[-2], :content_p.shape[-1]]
         return out[..., :h, :w].clamp(0, 1)
 
     # ------------------------------------------------------------------------------------------ training steps
