@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # `python pipelines/evaluate_st.py` puts pipeline
 import torch
 
 from curate.config import ConfigError, field_comments, load_config
-from train.evaluation import Protocol, Row, evaluate, load_protocol
+from train.evaluation import Protocol, Row, evaluate, load_protocol, verify_checksums
 from train.inference import Stylizer, list_images
 
 log = logging.getLogger("bbst.evaluate")
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not cfg.models and not cfg.outputs:
         raise ConfigError("nothing to evaluate: give --model NAME=CKPT and/or --outputs NAME=DIR")
     protocol, base = read_pairs(cfg)
+    verify_checksums(protocol, base)
     if cfg.sizes:
         protocol.sizes = list(cfg.sizes)
     if cfg.timing_sizes:
