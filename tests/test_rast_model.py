@@ -161,7 +161,7 @@ def test_the_training_entry_point_trains_rast_with_logit_accumulation(tmp_path):
     from train.demo_shards import write_demo_shards
 
     root = write_demo_shards(tmp_path / "shards", {"content": [4, 4], "style": [4, 4]}, size=(64, 64))
-    cfg = yaml.safe_load(Path("train/configs/rast_tiny.yaml").read_text())
+    cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / "train/configs/rast_tiny.yaml").read_text())
     cfg["data"].update(root=str(root), crop_size=32, short_side_min=32, short_side_max=64)
     cfg["loader"].update(num_workers=0)
     cfg["model"]["kwargs"] = NO_GAN

@@ -91,6 +91,16 @@ class RASTConfig:
         self.content_layers = tuple(self.content_layers)
         self.style_layers = tuple(self.style_layers)
 
+    def loss_weights(self) -> dict[str, float]:
+        """Term name -> weight, the names ``RAST.generator_step`` logs."""
+        c = self
+        return {"content": c.w_content, "style": c.w_style, "content_transitive": c.w_content_transitive,
+                "style_transitive": c.w_style_transitive, "style_diff": c.w_style_diff,
+                "content_restoration": c.w_content_restoration, "style_restoration": c.w_style_restoration,
+                "identity_pixel": c.w_identity_pixel, "identity_feature": c.w_identity_feature, "adv": c.w_adv,
+                "contrast_style": c.w_contrast_style, "contrast_content": c.w_contrast_content,
+                "idempotency": c.w_idempotency, "lowres_restoration": c.w_lowres, "lpips": c.w_lpips}
+
 
 # ------------------------------------------------------------------------------------------------ transformations
 class SANet(nn.Module):
@@ -329,13 +339,7 @@ class RAST(nn.Module):
 
     def loss_weights(self) -> dict[str, float]:
         """Term name -> weight, the names ``generator_step`` logs."""
-        c = self.cfg
-        return {"content": c.w_content, "style": c.w_style, "content_transitive": c.w_content_transitive,
-                "style_transitive": c.w_style_transitive, "style_diff": c.w_style_diff,
-                "content_restoration": c.w_content_restoration, "style_restoration": c.w_style_restoration,
-                "identity_pixel": c.w_identity_pixel, "identity_feature": c.w_identity_feature, "adv": c.w_adv,
-                "contrast_style": c.w_contrast_style, "contrast_content": c.w_contrast_content,
-                "idempotency": c.w_idempotency, "lowres_restoration": c.w_lowres, "lpips": c.w_lpips}
+        return self.cfg.loss_weights()
 
     def idempotency_loss(self, out: torch.Tensor, fs: dict, f_out: dict | None = None) -> torch.Tensor:
         """||T(T(c, s), s) - T(c, s)||^2 for ``out`` = T(c, s) (mean over pixels)."""
