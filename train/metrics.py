@@ -266,10 +266,16 @@ class StyleTransferMetrics:
 
 
 def seconds_per_image(fn, content: torch.Tensor, style: torch.Tensor, repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall time of ``fn(content, style)`` (synchronising CUDA), after ``warmup`` untimed calls."""
+    """Median wall time of ``fn(content, style)`` after ``warmup`` untimed calls.
+
+    Every call is bracketed by ``torch.cuda.synchronize()`` whenever CUDA is in use, including when ``fn`` moves
+    CPU inputs to the GPU itself (a Stylizer does), so queued kernels are counted in the call that launched them.
+    """
     def sync():
         if content.is_cuda:
             torch.cuda.synchronize(content.device)
+        elif torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
 
     for _ in range(warmup):
         fn(content, style)
