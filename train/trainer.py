@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from curate.config import to_dict
+from curate.config import ConfigError, to_dict
 from train import distributed as D
 from train.checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from train.config import TrainConfig
@@ -66,10 +66,10 @@ def micro_batches_per_step(cfg: TrainConfig, world_size: int) -> int:
     per_micro = cfg.loader.batch_size * world_size
     n, rest = divmod(cfg.optim.contrastive_batch, per_micro)
     if rest or n < 1:
-        raise ValueError(f"optim.contrastive_batch={cfg.optim.contrastive_batch} must be a multiple of "
+        raise ConfigError(f"optim.contrastive_batch={cfg.optim.contrastive_batch} must be a multiple of "
                          f"loader.batch_size x world size = {per_micro}")
     if cfg.optim.grad_accum not in (1, n):
-        raise ValueError(f"optim.grad_accum={cfg.optim.grad_accum} contradicts optim.contrastive_batch="
+        raise ConfigError(f"optim.grad_accum={cfg.optim.grad_accum} contradicts optim.contrastive_batch="
                          f"{cfg.optim.contrastive_batch} ({n} micro-batches of {per_micro} pairs); set one of them")
     return n
 
@@ -104,7 +104,7 @@ def train(cfg: TrainConfig, resume: bool | str = False,
     n_micro = micro_batches_per_step(cfg, dist.world_size)
     accumulate_logits = cfg.optim.contrastive_batch > 0
     if accumulate_logits and not hasattr(model, "contrastive_embeddings"):
-        raise ValueError(f"optim.contrastive_batch: model {cfg.model.name!r} has no contrastive terms to accumulate")
+        raise ConfigError(f"optim.contrastive_batch: model {cfg.model.name!r} has no contrastive terms to accumulate")
 
     # ---------------------------------------------------------------------------------------------- optimizers
     g_params = [p for p in model.generator_parameters() if p.requires_grad]
