@@ -47,6 +47,7 @@ from train.metrics import METRIC_NAMES, STYLE_MATCH_MODES, seconds_per_image
 log = logging.getLogger("bbst.evaluate")
 HEADERS = {"lpips": "LPIPS ↓", "sifid": "SIFID ↓", "chamfer": "Chamfer ↓", "ssim": "SSIM ↑", "gram": "Gram ↓ (×10³)"}
 SCALE = {"gram": 1e3}  # Table 1 reports the Gram distance x 10^3
+STYLE_CACHE_SIDE = 2048  # style images are kept at most this long side during an evaluation
 
 
 @dataclass
@@ -246,15 +247,21 @@ def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base
     grid_keys = set(pairs[:protocol.grid_pairs])
     grid: dict[tuple[int, int], dict] = {p: {"pair": f"{content_paths[p[0]]} x {style_paths[p[1]]}"}
                                          for p in pairs[:protocol.grid_pairs]}
-    cache: dict[str, torch.Tensor | Exception] = {}
+    # Decoded images are cached at the size they are used at, not as stored: 65 full-resolution photos as float
+    # tensors would take gigabytes. Contents per (path, size); styles at most STYLE_CACHE_SIDE (the metrics use them
+    # at the output's size, the models at style_size).
+    cache: dict[tuple[str, str], torch.Tensor | Exception] = {}
 
-    def image(path: str) -> torch.Tensor:
-        if path not in cache:
+    def image(path: str, size: str) -> torch.Tensor:
+        key = (path, size)
+        if key not in cache:
             try:
-                cache[path] = load_image(path)
+                img = load_image(path)
+                keep = 0 if protocol.style_size == 0 else max(STYLE_CACHE_SIDE, protocol.style_size)
+                cache[key] = apply_size(img, size) if size != "style" else resize_max_side(img, keep)
             except (FileNotFoundError, ValueError) as exc:
-                cache[path] = exc
-        got = cache[path]
+                cache[key] = exc
+        got = cache[key]
         if isinstance(got, Exception):
             raise got
         return got
@@ -273,8 +280,8 @@ def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base
                 rec = {"model": row.label, "size": size, "content": cpath, "style": spath, "status": "ok",
                        "error": ""}
                 try:
-                    content = apply_size(image(cpath), size)
-                    style_full = image(spath)
+                    content = image(cpath, size)
+                    style_full = image(spath, "style")
                     style_in = resize_max_side(style_full, protocol.style_size)
                     if row.outputs is not None:
                         name = f"{Path(cpath).stem}_stylized_{Path(spath).stem}.png"
