@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +148,33 @@ def test_evaluate_neat_and_rast_rows_on_a_tiny_protocol(tmp_path):
     srcs = re.findall(r'src="([^"]+)"', page)
     assert len(srcs) == 4 * (2 + 4)  # 4 grid pairs x (content, style, 4 rows)
     assert all((out / s).is_file() for s in srcs)
+
+
+def test_grid_renders_in_chromium(tmp_path):
+    """The grid page of a tiny evaluation (outputs precomputed: a copy of the content) shows every image."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("no /usr/bin/chromium")
+    from train.evaluation import Row, evaluate
+    from train.inference import load_image, save_image
+
+    proto_path = write_tiny_protocol(tmp_path / "proto")
+    proto, base = load_protocol(proto_path)
+    proto.sizes, proto.metrics = ["max:64"], ["ssim"]
+    outputs = tmp_path / "copy"
+    for c in proto.contents:
+        for s in proto.styles:
+            save_image(load_image(base / c), outputs / f"{Path(c).stem}_stylized_{Path(s).stem}.png")
+    evaluate(proto, [Row("copy", outputs=str(outputs))], tmp_path / "eval", StyleTransferMetrics.random_init(
+        metrics=["ssim"]), base_dir=base, timing=False)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto((tmp_path / "eval" / "grid.html").as_uri())
+        page.wait_for_load_state("load")
+        page.evaluate("() => Promise.all([...document.images].map(i => i.decode()))")
+        widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        assert len(widths) == 4 * 3 and all(w > 0 for w in widths)  # 4 pairs x (content, style, row)
+        assert page.eval_on_selector_all("thead th", "els => els.map(e => e.textContent)") == ["content", "style",
+                                                                                                "copy"]
+        browser.close()
