@@ -91,10 +91,19 @@ def _thumbnail(data: bytes, side: int = 160) -> bytes | None:
         return None
 
 
+# Figures the NeAT paper reports for its stylistic classifier, printed next to the measured ones.
+PAPER_REFERENCE = {"accuracy": (0.96, "NeAT paper: held-out accuracy of its dual-branch ViT + ALADIN classifier")}
+
+
 def write_report(out_dir: str | Path, *, keys: list[str], labels: np.ndarray, probs: np.ndarray,
                  probs_uncalibrated: np.ndarray, thresholds: dict, version: str = "",
-                 image_lookup: Callable[[str], bytes | None] | None = None, n_mistakes: int = 12) -> dict:
-    """Write ``report.md``, ``report.json``, the two PNG plots and mistake thumbnails into ``out_dir``."""
+                 image_lookup: Callable[[str], bytes | None] | None = None, n_mistakes: int = 12,
+                 reference: dict[str, tuple[float, str]] | None = None) -> dict:
+    """Write ``report.md``, ``report.json``, the two PNG plots and mistake thumbnails into ``out_dir``.
+
+    ``reference`` maps metric names to (published value, source), shown beside the measured value
+    (e.g. :data:`PAPER_REFERENCE`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(labels).astype(int)
@@ -115,7 +124,9 @@ def write_report(out_dir: str | Path, *, keys: list[str], labels: np.ndarray, pr
             (out / name).write_bytes(thumb)
             entry["thumbnail"] = name
         mistakes.append(entry)
-    report = {"version": version, "metrics": metrics, "thresholds": thresholds, "mistakes": mistakes}
+    reference = reference or {}
+    report = {"version": version, "metrics": metrics, "thresholds": thresholds, "mistakes": mistakes,
+              "reference": {k: {"value": v, "source": src} for k, (v, src) in reference.items()}}
     from classifier.checkpoint import jsonable
 
     (out / "report.json").write_text(json.dumps(jsonable(report), indent=2, allow_nan=False, default=lambda x: None))
@@ -123,9 +134,15 @@ def write_report(out_dir: str | Path, *, keys: list[str], labels: np.ndarray, pr
     def fmt(v):
         return "n/a" if isinstance(v, float) and math.isnan(v) else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
-    lines = [f"# Classifier evaluation {html.escape(version)}", "", "Held-out split (by key).", "",
-             "| metric | value |", "| --- | --- |"]
-    lines += [f"| {k} | {fmt(v)} |" for k, v in metrics.items()]
+    lines = [f"# Classifier evaluation {html.escape(version)}", "", "Held-out split (by key).", ""]
+    if reference:
+        lines += ["| metric | value | published |", "| --- | --- | --- |"]
+        lines += [f"| {k} | {fmt(v)} | {fmt(reference[k][0]) if k in reference else ''} |" for k, v in metrics.items()]
+        lines += ["", *[f"Published {k} {fmt(v)}: {src}; measured here on this label set's held-out split, "
+                        f"{fmt(metrics.get(k, float('nan')))}." for k, (v, src) in reference.items()]]
+    else:
+        lines += ["| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {fmt(v)} |" for k, v in metrics.items()]
     lines += ["", *[f"![{p}]({p})" for p in plots], "", "## Most confident mistakes", ""]
     if not mistakes:
         lines.append("None: every held-out image is on the right side of 0.5.")

@@ -12,6 +12,8 @@ COMMANDS = {
     "train": ("pipelines.train_neat", "train NeAT (or another registered model) on curated shards"),
     "stylize": ("pipelines.stylize", "stylize images with a trained checkpoint"),
     "evaluate": ("pipelines.evaluate_st", "style-transfer metrics over content-style pairs"),
+    "make-protocol": ("pipelines.make_protocol", "build an evaluation protocol (content x style pairs) from images"),
+    "rast-ablation": ("pipelines.rast_ablation", "train each RAST ablation row briefly and write the ablation table"),
 }
 
 

@@ -1,13 +1,18 @@
-"""Evaluate style-transfer models on content-style pairs: a quality table (NeAT Table 1) and a speed table (Table 2).
+"""Evaluate style-transfer models on a protocol: a quality table (NeAT Table 1), a speed table (Table 2), a grid.
 
-``python pipelines/evaluate_st.py --pairs pairs.csv --model neat=ckpt.pt --no-blur-row --out eval/``
+``python pipelines/evaluate_st.py --protocol protocol.yaml --model NeAT=neat.pt --no-blur-row --no-prior-row
+--model RAST=rast.pt --out eval/``
 
-Rows come from checkpoints (``--model NAME=CKPT``, stylised here) and/or folders of precomputed outputs of other
-methods (``--outputs NAME=DIR`` holding ``<content>_stylized_<style>.png``, the naming of pipelines/stylize.py).
-Pairs come from a CSV with ``content`` and ``style`` columns or from every pair of ``--content DIR`` x ``--style DIR``.
-Writes ``quality.md/.csv`` (LPIPS, SIFID, Chamfer, SSIM, Gram x 1e3, means over pairs), ``speed.md/.csv``
-(seconds per image at each ``--timing-sizes``) and ``per_pair.csv``. A pair whose image cannot be read becomes a
-row with status ``error`` in ``per_pair.csv`` and is left out of the means (the count is in the table).
+The protocol file (train/evaluation.py, docs/evaluation.md) fixes the content and style images, the pairs, the
+sizes, the metrics and the timing; ``pipelines/make_protocol.py`` builds one from your images. Without
+``--protocol``, pairs come from a CSV with ``content`` and ``style`` columns (``--pairs``) or from every pair of
+``--content DIR`` x ``--style DIR``, with the default protocol settings.
+
+Rows come from checkpoints of any registered model (``--model NAME=CKPT``, stylised here) and/or folders of
+precomputed outputs of other methods (``--outputs NAME=DIR`` holding ``<content>_stylized_<style>.png``, the naming
+of pipelines/stylize.py). ``--no-blur-row`` and ``--no-prior-row`` add NeAT's "no prior blurring" (blur 0) and
+"no prior deltas" (prior weight 0) rows for every checkpoint whose model has those controls. Writes
+``quality.md/.csv``, ``speed.md/.csv``, ``per_pair.csv`` and ``grid.html`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -23,31 +28,31 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/evaluate_st.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from curate.config import ConfigError, field_comments, load_config
-from pipelines.stylize import Stylizer, list_images, load_image, resize_max_side
+from train.evaluation import Protocol, Row, evaluate, load_protocol, verify_checksums
+from train.inference import Stylizer, list_images
 
 log = logging.getLogger("bbst.evaluate")
-METRICS = ("lpips", "sifid", "chamfer", "ssim", "gram")
-HEADERS = {"lpips": "LPIPS ↓", "sifid": "SIFID ↓", "chamfer": "Chamfer ↓", "ssim": "SSIM ↑", "gram": "Gram ↓ (x10^3)"}
 
 
 @dataclass
 class EvalConfig:
+    protocol: str = ""  # protocol YAML (train/protocols/, pipelines/make_protocol.py); or --pairs / --content+--style
     pairs: str = ""  # CSV with content,style columns (paths relative to the CSV allowed)
     content: str = ""  # or: folder of content images (every content x style pair)
     style: str = ""  # folder (or file) of style images, with --content
-    models: list[str] = field(default_factory=list)  # NAME=CHECKPOINT rows stylised here
+    models: list[str] = field(default_factory=list)  # NAME=CHECKPOINT rows stylised here (any registered model)
     outputs: list[str] = field(default_factory=list)  # NAME=DIR rows of precomputed <content>_stylized_<style>.png
-    no_blur_row: bool = False  # add a "NAME (no prior blurring)" row per checkpoint (blur=0), as in Table 1
+    no_blur_row: bool = False  # add "NAME (no prior blurring)" per checkpoint with a blur control (blur=0), Table 1
+    no_prior_row: bool = False  # add "NAME (no prior deltas)" per checkpoint with a prior_weight control (weight 0)
     alpha: float = 1.0  # style strength for checkpoint rows
-    max_side: int = 1024  # content long side used for the quality table
-    style_size: int = 512  # style long side fed to checkpoint models
-    timing_sizes: list[str] = field(default_factory=lambda: ["256x256", "512x512", "1920x1080"])  # WxH for speed
-    timing_repeats: int = 3  # timed runs per size (median reported) after one warm-up
+    sizes: list[str] = field(default_factory=list)  # override the protocol's quality sizes (WxH, max:N, native)
+    timing_sizes: list[str] = field(default_factory=list)  # override the protocol's timing sizes (WxH)
+    timing_repeats: int = 0  # override the protocol's timed calls per size (0 = protocol's)
+    timing_warmup: int = -1  # override the protocol's warm-up calls per size (-1 = protocol's)
+    no_timing: bool = False  # skip the speed table
     vgg_weights: str = "auto"  # VGG-19 for the Gram distance ("auto" = local torch cache / $BBST_VGG19_WEIGHTS)
     lpips_net: str = "alex"  # LPIPS backbone: "alex" (LPIPS default) or "vgg"
     lpips_backbone: str = "auto"  # LPIPS backbone weights file ("auto" = torch hub checkpoints dir)
@@ -57,7 +62,10 @@ class EvalConfig:
     out: str = "eval"  # output folder
 
 
-def read_pairs(cfg: EvalConfig) -> list[tuple[Path, Path]]:
+def read_pairs(cfg: EvalConfig) -> tuple[Protocol, Path]:
+    """The protocol of ``--protocol``, or one built from ``--pairs`` CSV / ``--content`` x ``--style`` folders."""
+    if cfg.protocol:
+        return load_protocol(cfg.protocol)
     if cfg.pairs:
         path = Path(cfg.pairs)
         if not path.is_file():
@@ -67,16 +75,15 @@ def read_pairs(cfg: EvalConfig) -> list[tuple[Path, Path]]:
             if not reader.fieldnames or not {"content", "style"} <= set(reader.fieldnames):
                 raise ValueError(f"{path}: needs 'content' and 'style' columns, has {reader.fieldnames}")
             rows = list(reader)
-        base = path.parent
-
-        def resolve(p: str) -> Path:
-            q = Path(p)
-            return q if q.is_absolute() else base / q
-
-        return [(resolve(r["content"]), resolve(r["style"])) for r in rows]
+        contents = list(dict.fromkeys(r["content"] for r in rows))
+        styles = list(dict.fromkeys(r["style"] for r in rows))
+        pairs = [[contents.index(r["content"]), styles.index(r["style"])] for r in rows]
+        return Protocol(name=path.stem, contents=contents, styles=styles, pairs=pairs), path.parent
     if cfg.content and cfg.style:
-        return [(c, s) for c in list_images(cfg.content) for s in list_images(cfg.style)]
-    raise ConfigError("give --pairs CSV or both --content and --style")
+        contents = [str(p.resolve()) for p in list_images(cfg.content)]
+        styles = [str(p.resolve()) for p in list_images(cfg.style)]
+        return Protocol(name="folders", contents=contents, styles=styles), Path(".")
+    raise ConfigError("give --protocol FILE, --pairs CSV, or both --content and --style")
 
 
 def _named(items: list[str], what: str) -> list[tuple[str, str]]:
@@ -89,49 +96,49 @@ def _named(items: list[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"timing size {text!r}: expected WIDTHxHEIGHT, e.g. 1920x1080") from None
-    return w, h
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _write_table(out: Path, stem: str, header: list[str], rows: list[list[str]], note: str = "") -> None:
-    (out / f"{stem}.md").write_text((note + "\n\n" if note else "") + _markdown(header, rows))
-    with open(out / f"{stem}.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", help="YAML file with EvalConfig fields")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     helps = field_comments(EvalConfig)  # the dataclass comments are the option docs
-    for name in ("pairs", "content", "style", "vgg-weights", "lpips-net", "lpips-backbone", "inception-weights",
-                 "device", "out"):
+    for name in ("protocol", "pairs", "content", "style", "vgg-weights", "lpips-net", "lpips-backbone",
+                 "inception-weights", "device", "out"):
         p.add_argument(f"--{name}", default=None, help=helps.get(name.replace("-", "_")))
     p.add_argument("--model", dest="models", action="append", default=None, metavar="NAME=CKPT",
                    help=helps["models"])
     p.add_argument("--outputs", action="append", default=None, metavar="NAME=DIR", help=helps["outputs"])
+    p.add_argument("--sizes", nargs="+", default=None, metavar="SIZE", help=helps["sizes"])
     p.add_argument("--timing-sizes", nargs="+", default=None, metavar="WxH", help=helps["timing_sizes"])
-    for name, kind in (("alpha", float), ("max-side", int), ("style-size", int), ("timing-repeats", int)):
+    for name, kind in (("alpha", float), ("timing-repeats", int), ("timing-warmup", int)):
         p.add_argument(f"--{name}", type=kind, default=None, help=helps.get(name.replace("-", "_")))
-    p.add_argument("--no-blur-row", action="store_true", default=None, help=helps["no_blur_row"])
-    p.add_argument("--random-metrics", action="store_true", default=None, help=helps["random_metrics"])
+    for name in ("no-blur-row", "no-prior-row", "no-timing", "random-metrics"):
+        p.add_argument(f"--{name}", action="store_true", default=None, help=helps[name.replace("-", "_")])
     return p
 
 
+def build_rows(cfg: EvalConfig, device: str) -> list[Row]:
+    """Checkpoint rows (with their no-blur / no-prior variants) and precomputed-output rows."""
+    rows: list[Row] = []
+    for name, ckpt in _named(cfg.models, "model"):
+        base = Stylizer(ckpt, device, cfg.alpha, max_side=0)
+        rows.append(Row(name, base))
+        if cfg.no_blur_row and base.supports("blur"):
+            no_blur = copy.copy(base)  # shares the loaded model; only the control changes
+            no_blur.blur = 0.0
+            rows.append(Row(f"{name} (no prior blurring)", no_blur))
+        if cfg.no_prior_row and base.supports("prior_weight"):
+            no_prior = copy.copy(base)
+            no_prior.prior_weight = 0.0
+            rows.append(Row(f"{name} (no prior deltas)", no_prior))
+    for name, folder in _named(cfg.outputs, "outputs"):
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--outputs {name}={folder}: folder not found")
+        rows.append(Row(name, outputs=folder))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
-    from train.metrics import StyleTransferMetrics, seconds_per_image
+    from train.metrics import StyleTransferMetrics
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
@@ -139,82 +146,28 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(EvalConfig, args.config, overrides=named, sets=args.sets)
     if not cfg.models and not cfg.outputs:
         raise ConfigError("nothing to evaluate: give --model NAME=CKPT and/or --outputs NAME=DIR")
-    pairs = read_pairs(cfg)
-    sizes = [_parse_size(s) for s in cfg.timing_sizes]
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    protocol, base = read_pairs(cfg)
+    verify_checksums(protocol, base)
+    if cfg.sizes:
+        protocol.sizes = list(cfg.sizes)
+    if cfg.timing_sizes:
+        protocol.timing_sizes = list(cfg.timing_sizes)
+    if cfg.timing_repeats > 0:
+        protocol.timing_repeats = cfg.timing_repeats
+    if cfg.timing_warmup >= 0:
+        protocol.timing_warmup = cfg.timing_warmup
+    protocol.__post_init__()  # re-validate the overridden sizes
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if cfg.device == "auto" else cfg.device)
+    kw = {"device": device, "metrics": protocol.metrics, "style_match": protocol.style_match}
     if cfg.random_metrics:
-        metrics = StyleTransferMetrics.random_init(device)
+        metrics = StyleTransferMetrics.random_init(**kw)
     else:
         metrics = StyleTransferMetrics(cfg.vgg_weights, cfg.lpips_net, cfg.lpips_backbone, cfg.inception_weights,
-                                       device)
-
-    # rows: (label, producer(content, style, cpath, spath) -> output tensor, stylizer or None)
-    rows = []
-    for name, ckpt in _named(cfg.models, "model"):
-        base = Stylizer(ckpt, device, cfg.alpha, None, cfg.max_side, cfg.style_size)
-        rows.append((name, base))
-        if cfg.no_blur_row:
-            no_blur = copy.copy(base)  # shares the loaded model; only the prior blur changes
-            no_blur.blur = 0.0
-            rows.append((f"{name} (no prior blurring)", no_blur))
-    for name, folder in _named(cfg.outputs, "outputs"):
-        if not Path(folder).is_dir():
-            raise FileNotFoundError(f"--outputs {name}={folder}: folder not found")
-        rows.append((name, Path(folder)))
-
-    per_pair: list[dict] = []
-    quality_rows: list[list[str]] = []
-    speed_rows: list[list[str]] = []
-    for label, producer in rows:
-        scores: dict[str, list[float]] = {m: [] for m in METRICS}
-        for cpath, spath in pairs:
-            rec = {"model": label, "content": str(cpath), "style": str(spath), "status": "ok", "error": ""}
-            try:
-                content = resize_max_side(load_image(cpath), cfg.max_side)
-                style = load_image(spath)
-                if isinstance(producer, Path):
-                    result = load_image(producer / f"{cpath.stem}_stylized_{spath.stem}.png")
-                    if result.shape[-2:] != content.shape[-2:]:
-                        result = F.interpolate(result, size=content.shape[-2:], mode="bilinear", antialias=True)
-                else:
-                    result = producer(content, style).cpu()
-            except (FileNotFoundError, ValueError) as exc:
-                rec.update(status="error", error=str(exc))
-                log.warning("%s: %s", label, exc)
-                per_pair.append(rec)
-                continue
-            m = metrics(result, content, resize_max_side(style, cfg.max_side))
-            for k in METRICS:
-                scores[k].append(m[k][0])
-                rec[k] = m[k][0]
-            per_pair.append(rec)
-        n = len(scores["lpips"])
-        means = {k: float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
-        quality_rows.append([label, str(n)] + [f"{means[k] * (1e3 if k == 'gram' else 1):.3f}" for k in METRICS])
-        if not isinstance(producer, Path):
-            g = torch.Generator().manual_seed(0)
-            style = torch.rand(1, 3, cfg.style_size, cfg.style_size, generator=g)
-            times = []
-            for w, h in sizes:
-                content = torch.rand(1, 3, h, w, generator=g)
-                times.append(seconds_per_image(producer, content, style, repeats=cfg.timing_repeats))
-                log.info("%s: %dx%d %.3fs/image", label, w, h, times[-1])
-            speed_rows.append([label] + [f"{t:.3f}" for t in times])
-
+                                       **kw)
     note = "Metric backbones are RANDOM (smoke run): the numbers are meaningless." if cfg.random_metrics else ""
-    _write_table(out, "quality", ["Model", "pairs"] + [HEADERS[k] for k in METRICS], quality_rows, note)
-    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
-    _write_table(out, "speed", ["Model"] + [f"{w}x{h} (s) ↓" for w, h in sizes], speed_rows,
-                 f"Seconds per image on {device_name} (median of {cfg.timing_repeats}, style {cfg.style_size} px).")
-    with open(out / "per_pair.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["model", "content", "style", "status", "error", *METRICS])
-        w.writeheader()
-        w.writerows(per_pair)
-    log.info("wrote %s", out)
-    return {"quality": quality_rows, "speed": speed_rows, "per_pair": per_pair}
+    return evaluate(protocol, build_rows(cfg, device), cfg.out, metrics, base_dir=base, timing=not cfg.no_timing,
+                    note=note)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/stylize.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageOps
 
 from curate.config import field_comments, load_config
+from train.inference import Stylizer, list_images, load_image, save_image
 
 log = logging.getLogger("bbst.stylize")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -38,7 +35,9 @@ class StylizeConfig:
     style: str = ""  # style image or folder of images
     out: str = ""  # output file (single pair) or folder
     alpha: float = 1.0  # style strength: 0 = content, 1 = as trained, > 1 amplifies the style
-    blur: float | None = None  # prior blur strength: None = as trained, 0 = off, 0.5 = half the window sizes
+    blur: float | None = None  # prior blur strength: None = as trained, 0 = off, 0.5 = half the window sizes (NeAT)
+    prior_weight: float | None = None  # prior weighting: None = as trained, 0 = decoded deltas alone (NeAT)
+    steps: int | None = None  # repeated applications of the transfer: None = 1 (RAST)
     max_side: int = 3840  # content larger than this (long side) is downscaled to it; 3840 = 4K UHD
     style_size: int = 512  # style images are resized to this long side (bounds attention cost; 0 = keep)
     attention_mode: str | None = None  # override the checkpoint's attention ("chunked", "sdpa", "full")
@@ -47,82 +46,14 @@ class StylizeConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"...
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Image file -> (1, 3, H, W) float in [0, 1]; EXIF orientation applied, alpha composited on white."""
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                img = Image.new("RGB", rgba.size, (255, 255, 255))
-                img.paste(rgba, mask=rgba.getchannel("A"))
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such image") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: cannot decode image ({exc})") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
-
-
-def save_image(img: torch.Tensor, path: str | Path) -> None:
-    arr = (img[0].clamp(0, 1).permute(1, 2, 0).cpu().float().numpy() * 255.0 + 0.5).astype(np.uint8)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-
-
-def resize_max_side(img: torch.Tensor, max_side: int) -> torch.Tensor:
-    """Downscale (antialiased) so the long side is at most ``max_side``; never upscales; 0 = unchanged."""
-    h, w = img.shape[-2:]
-    if not max_side or max(h, w) <= max_side:
-        return img
-    s = max_side / max(h, w)
-    return F.interpolate(img, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", antialias=True)
-
-
-def list_images(path: str | Path) -> list[Path]:
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return files
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or folder")
-    return [p]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-class Stylizer:
-    """Loads a checkpoint once; ``__call__(content, style)`` stylises image tensors (Ray Data-friendly callable)."""
-
-    def __init__(self, checkpoint: str, device: str = "auto", alpha: float = 1.0, blur: float | None = None,
-                 max_side: int = 3840, style_size: int = 512, **model_overrides):
-        from train.models import load_model_from_checkpoint
-
-        self.device = resolve_device(device)
-        overrides = {k: v for k, v in model_overrides.items() if v is not None}
-        self.model = load_model_from_checkpoint(checkpoint, map_location="cpu", **overrides).to(self.device)
-        self.alpha, self.blur, self.max_side, self.style_size = alpha, blur, max_side, style_size
-
-    @torch.inference_mode()
-    def __call__(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        content = resize_max_side(content, self.max_side).to(self.device)
-        style = resize_max_side(style, self.style_size).to(self.device)
-        return self.model.stylize(content, style, alpha=self.alpha, blur=self.blur)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", help="YAML file with StylizeConfig fields")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     helps = field_comments(StylizeConfig)  # the dataclass comments are the option docs
     for name, kind in (("checkpoint", str), ("content", str), ("style", str), ("out", str), ("alpha", float),
-                       ("blur", float), ("max-side", int), ("style-size", int), ("attention-mode", str),
+                       ("blur", float), ("prior-weight", float), ("steps", int), ("max-side", int),
+                       ("style-size", int), ("attention-mode", str),
                        ("attention-chunk", int), ("max-style-tokens", int), ("device", str)):
         p.add_argument(f"--{name}", type=kind, default=None, help=helps.get(name.replace("-", "_")))
     return p
@@ -140,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     single = len(contents) == 1 and len(styles) == 1 and not Path(cfg.out).is_dir() and Path(cfg.out).suffix
     out_dir = Path(cfg.out).parent if single else Path(cfg.out)
     stylizer = Stylizer(cfg.checkpoint, cfg.device, cfg.alpha, cfg.blur, cfg.max_side, cfg.style_size,
-                        attention_mode=cfg.attention_mode, attention_chunk=cfg.attention_chunk,
+                        prior_weight=cfg.prior_weight, steps=cfg.steps, attention_mode=cfg.attention_mode, attention_chunk=cfg.attention_chunk,
                         max_style_tokens=cfg.max_style_tokens)
     rows: list[dict] = []
     style_cache: dict[Path, torch.Tensor | Exception] = {}

@@ -242,7 +242,7 @@ def run(cfg: TrainClassifierConfig) -> dict:
 
     from classifier.calibration import sigmoid
     from classifier.checkpoint import data_hash, save_classifier
-    from classifier.evaluate import write_report
+    from classifier.evaluate import PAPER_REFERENCE, write_report
     from classifier.factory import create_model
     from classifier.features import FeatureCache, cached_features, feature_fingerprint, sha256_bytes
     from classifier.head import train_head
@@ -334,7 +334,8 @@ def run(cfg: TrainClassifierConfig) -> dict:
         by_key = dict(zip(keys, blobs))
         write_report(out / "report", keys=result.val_keys, labels=result.val_labels,
                      probs=sigmoid(result.val_logits / result.temperature), probs_uncalibrated=sigmoid(result.val_logits),
-                     thresholds=result.thresholds, version=version, image_lookup=by_key.get)
+                     thresholds=result.thresholds, version=version, image_lookup=by_key.get,
+                     reference=PAPER_REFERENCE)
         summary["report"] = str(out / "report" / "report.md")
     (out / "summary.json").write_text(json_text(summary))
     log.info("classifier %s: accuracy %.3f, ROC-AUC %s, ECE %.4f -> %.4f; saved to %s", version,

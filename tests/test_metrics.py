@@ -128,7 +128,7 @@ def test_evaluate_st_writes_quality_and_speed_tables(tmp_path):
     photo_like(64, 48, seed=1).save(other / "c1_stylized_s1.png")  # a "method" that returns the content
     res = main(["--pairs", str(tmp_path / "pairs.csv"), "--model", f"tiny={ckpt}", "--no-blur-row",
                 "--outputs", f"identity={other}", "--random-metrics", "--timing-sizes", "32x32", "48x40",
-                "--timing-repeats", "1", "--out", str(tmp_path / "eval")])
+                "--timing-repeats", "1", "--sizes", "max:1024", "--out", str(tmp_path / "eval")])
     labels = [r[0] for r in res["quality"]]
     assert labels == ["tiny", "tiny (no prior blurring)", "identity"]
     assert all(r[1] == "1" for r in res["quality"])  # the broken pair is recorded, not averaged

@@ -78,11 +78,17 @@ class OptimConfig:
     weight_decay: float = 0.0  # Adam weight decay for both optimizers
     grad_clip: float = 0.0  # clip the global gradient norm of each optimizer to this (0 = off)
     grad_accum: int = 1  # micro-batches accumulated per optimizer step
+    # Effective batch of the contrastive terms, in content-style pairs over all micro-batches and ranks: 0 = each
+    # micro-batch alone; N = logit accumulation (train/contrastive.py) over N / (batch_size * world_size)
+    # micro-batches per step (that many replace grad_accum). The model must provide contrastive_embeddings().
+    contrastive_batch: int = 0
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
 
     def __post_init__(self) -> None:
         if self.grad_accum < 1:
             raise ValueError(f"optim.grad_accum must be >= 1, got {self.grad_accum}")
+        if self.contrastive_batch < 0:
+            raise ValueError(f"optim.contrastive_batch must be >= 0, got {self.contrastive_batch}")
 
 
 @dataclass

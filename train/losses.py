@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from train.models.layers import mean_std
+from train.models.layers import mean_std, mean_variance_norm
 
 _LOSSES: dict[str, Callable[..., torch.Tensor]] = {}
 
@@ -49,6 +49,14 @@ def style_mean_std(out_feats: dict[str, torch.Tensor], style_feats: dict[str, to
 def content_perceptual(out_feat: torch.Tensor, content_feat: torch.Tensor) -> torch.Tensor:
     """NeAT Eq. 3: MSE between conv4_2 (or any single tap) features of output and content."""
     return F.mse_loss(out_feat.float(), content_feat.float())
+
+
+@register_loss
+def content_normalized(out_feats: dict[str, torch.Tensor], target_feats: dict[str, torch.Tensor],
+                       layers: tuple[str, ...] = ("relu4_1", "relu5_1")) -> torch.Tensor:
+    """SANet / IEContraAST / RAST content loss: sum over layers of MSE between mean-variance-normalised features."""
+    return sum(F.mse_loss(mean_variance_norm(out_feats[n].float()), mean_variance_norm(target_feats[n].float()))
+               for n in layers)
 
 
 def gram_matrix(feat: torch.Tensor) -> torch.Tensor:

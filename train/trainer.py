@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from curate.config import to_dict
+from curate.config import ConfigError, to_dict
 from curate.errors import BbstError
 from train import distributed as D
 from train.checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from train.config import TrainConfig
+from train.contrastive import accumulated_contrastive_grads
 from train.data import ShardPairLoader
 from train.models import create_model
 
@@ -122,6 +123,21 @@ def _image_grid(images: dict[str, torch.Tensor], n: int) -> torch.Tensor:
     return make_grid(torch.cat(rows), nrow=n, padding=2)
 
 
+def micro_batches_per_step(cfg: TrainConfig, world_size: int) -> int:
+    """``optim.grad_accum``, or with ``optim.contrastive_batch`` the micro-batches that make up that many pairs."""
+    if cfg.optim.contrastive_batch <= 0:
+        return cfg.optim.grad_accum
+    per_micro = cfg.loader.batch_size * world_size
+    n, rest = divmod(cfg.optim.contrastive_batch, per_micro)
+    if rest or n < 1:
+        raise ConfigError(f"optim.contrastive_batch={cfg.optim.contrastive_batch} must be a multiple of "
+                         f"loader.batch_size x world size = {per_micro}")
+    if cfg.optim.grad_accum not in (1, n):
+        raise ConfigError(f"optim.grad_accum={cfg.optim.grad_accum} contradicts optim.contrastive_batch="
+                         f"{cfg.optim.contrastive_batch} ({n} micro-batches of {per_micro} pairs); set one of them")
+    return n
+
+
 def train(cfg: TrainConfig, resume: bool | str = False,
           on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train ``cfg.model.name`` on ``cfg.data``; ``resume`` = True (latest checkpoint) or a checkpoint path.
@@ -149,6 +165,11 @@ def train(cfg: TrainConfig, resume: bool | str = False,
     model = create_model(cfg.model.name, **cfg.model.kwargs).to(device)
     D.broadcast_module(model, dist)
     torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)  # per-rank randomness inside the steps (patch sampling)
+
+    n_micro = micro_batches_per_step(cfg, dist.world_size)
+    accumulate_logits = cfg.optim.contrastive_batch > 0
+    if accumulate_logits and not hasattr(model, "contrastive_embeddings"):
+        raise ConfigError(f"optim.contrastive_batch: model {cfg.model.name!r} has no contrastive terms to accumulate")
 
     # ---------------------------------------------------------------------------------------------- optimizers
     g_params = [p for p in model.generator_parameters() if p.requires_grad]
@@ -222,7 +243,7 @@ def train(cfg: TrainConfig, resume: bool | str = False,
         if cfg.schedule.overfit_batches and fixed:
             micro = fixed
         else:
-            micro = [next(data_iter) for _ in range(cfg.optim.grad_accum)]
+            micro = [next(data_iter) for _ in range(n_micro)]
             if cfg.schedule.overfit_batches:
                 fixed = micro  # debugging mode: every step trains on these same micro-batches
         sums: dict[str, float] = {}
@@ -247,9 +268,16 @@ def train(cfg: TrainConfig, resume: bool | str = False,
 
         opt_g.zero_grad(set_to_none=True)
         images: dict[str, torch.Tensor] = {}
-        for batch in micro:
+        c_grads: list[dict[str, torch.Tensor]] = []
+        if accumulate_logits:  # big-batch contrastive gradients first, then re-forward each micro-batch
+            c_grads, c_logs = accumulated_contrastive_grads(model, micro, dist.rank, dist.world_size, autocast)
+            add({f"g/{k}": v * len(micro) for k, v in c_logs.items()})
+        for i, batch in enumerate(micro):
             with autocast():
-                loss_g, logs_g, images = model.generator_step(batch)
+                if accumulate_logits:
+                    loss_g, logs_g, images = model.generator_step(batch, contrastive_grads=c_grads[i])
+                else:
+                    loss_g, logs_g, images = model.generator_step(batch)
             if not torch.isfinite(loss_g):
                 raise FloatingPointError(f"step {step}: generator loss is {float(loss_g)} "
                                          f"(content {batch['content_key']}, style {batch['style_key']})")

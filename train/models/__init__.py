@@ -1,4 +1,20 @@
-"""Model registry: ``register_model`` / ``create_model(name, **kwargs)`` / ``list_models()`` (timm-style)."""
+"""Model registry: ``register_model`` / ``create_model(name, **kwargs)`` / ``list_models()`` (timm-style).
+
+Adding a model family: write ``train/models/<family>.py`` with factory functions decorated by ``@register_model``
+(the function name is the model name; keyword arguments override the model's config dataclass; unknown keys
+raise) and add the module to ``_MODEL_MODULES``. Provide a ``test_<family>`` / ``<family>_tiny`` random-init variant
+for CPU tests. The model object then needs:
+
+* for training (``train.trainer``): ``generator_parameters()``, ``discriminator_parameters()`` (may be empty),
+  ``generator_step(batch) -> (loss, logs, images)``, ``discriminator_step(batch) -> (loss, logs)`` and
+  ``model_config() -> dict`` (stored in checkpoints; ``create_model(name, **model_config())`` rebuilds the model);
+  ``batch`` holds ``content``/``style`` (B,3,H,W) in [0,1] (+ ``style2``, keys, epoch);
+* for contrastive terms over a large batch (optional, ``optim.contrastive_batch``): see ``train.contrastive``;
+* for inference (``train.inference.Stylizer``, ``pipelines/stylize.py``, ``pipelines/evaluate_st.py``):
+  ``stylize(content, style, **controls) -> image`` under no_grad, content at any size, output in [0,1] at the
+  content's size. Controls the Stylizer passes only when the user sets them: ``alpha`` (style strength), ``blur``
+  and ``prior_weight`` (NeAT's prior), ``steps`` (RAST). A model without a control simply does not accept it.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +25,11 @@ import torch
 from torch import nn
 
 # Modules whose import registers models. A new model family is a new module here, not a new trainer.
-_MODEL_MODULES = ("train.models.neat",)
+_MODEL_MODULES = ("train.models.neat", "train.models.rast")
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# config key naming a frozen network's weight file -> state-dict prefix of that network inside the model
+FROZEN_WEIGHTS = {"vgg_weights": "vgg.", "lpips_backbone": "lpips."}
 _loaded = False
 
 
@@ -58,8 +76,9 @@ def load_model_from_checkpoint(path: str, map_location: str | torch.device = "cp
     state = load_checkpoint(path, map_location=map_location)
     cfg = {**state["model_config"], **overrides}
     weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
-    if "vgg_weights" in cfg and any(k.startswith("vgg.") for k in weights):
-        cfg["vgg_weights"] = None  # the checkpoint carries the encoder: skip looking for the weight file
+    for key, prefix in FROZEN_WEIGHTS.items():
+        if key in cfg and any(k.startswith(prefix) for k in weights):
+            cfg[key] = None  # the checkpoint carries these frozen weights: skip looking for the weight file
     model = create_model(state["model_name"], **cfg)
     model.load_state_dict(weights)
     return model.eval()

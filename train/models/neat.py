@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from train import losses as L
+from train.contrastive import ContrastiveTerm, surrogate
 from train.models import register_model
 from train.models.layers import (
     ATTENTION_MODES,
@@ -97,9 +98,12 @@ def _conv(cin: int, cout: int, act: bool = True) -> list[nn.Module]:
 
 
 class DeltaDecoder(nn.Module):
-    """AdaIN-mirror decoder from relu4_1 (stride 8) to a 3-channel RGB delta (no output activation)."""
+    """AdaIN-mirror decoder from relu4_1 (stride 8) to 3 channels (no output activation).
 
-    def __init__(self, in_channels: int, width: float = 1.0):
+    NeAT decodes an RGB delta and starts from a zero last layer; RAST decodes the image itself (``zero_init=False``).
+    """
+
+    def __init__(self, in_channels: int, width: float = 1.0, zero_init: bool = True):
         super().__init__()
         c256, c128, c64 = (max(2, round(c * width)) for c in (256, 128, 64))
         up = [nn.Upsample(scale_factor=2, mode="nearest")]
@@ -109,9 +113,17 @@ class DeltaDecoder(nn.Module):
             *_conv(c128, c128), *_conv(c128, c64), *up,
             *_conv(c64, c64), *_conv(c64, 3, act=False),
         )
-        # Start as "no edit": the first outputs are the (weighted) prior itself, a sane image from step 0.
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        if zero_init:
+            # Start as "no edit": the first outputs are the (weighted) prior itself, a sane image from step 0.
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+        else:
+            # He init keeps the signal alive through the 9 convs (the default init shrinks it ~3x per layer, so an
+            # untrained image decoder would start from a flat image with nearly no gradient)
+            for m in self.net:
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         return self.net(feat)
@@ -337,13 +349,15 @@ class NeAT(nn.Module):
 
     @torch.no_grad()
     def stylize(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0,
-                blur: float | None = None) -> torch.Tensor:
+                blur: float | None = None, prior_weight: float | None = None) -> torch.Tensor:
         """Inference: content (B,3,H,W) in [0,1] at any size, style (B or 1,3,h,w) -> stylised (B,3,H,W) in [0,1].
 
         ``alpha`` interpolates the decoder input between content and stylised features and the prior between the
         original content and the recoloured prior; alpha > 1 extrapolates (stronger style). ``blur`` scales the
-        prior filters (None = as trained, 0 = no blur).
+        prior filters (None = as trained, 0 = no blur). ``prior_weight`` replaces the trained prior weighting
+        (None = as trained; 0 = the decoded deltas alone, the "no prior deltas" row of the evaluation).
         """
+        pw = self.cfg.prior_weight if prior_weight is None else float(prior_weight)
         h, w = content.shape[-2:]
         if style.shape[0] == 1 and content.shape[0] > 1:
             style = style.expand(content.shape[0], -1, -1, -1)
@@ -355,7 +369,7 @@ class NeAT(nn.Module):
         if alpha != 1.0:
             feat = fc + alpha * (feat - fc)
             prior = content_p + alpha * (prior - content_p)
-        out = self.cfg.prior_weight * prior + self.decoder(feat)[..., :content_p.shape[-2], :content_p.shape[-1]]
+        out = pw * prior + self.decoder(feat)[..., :content_p.shape[-2], :content_p.shape[-1]]
         return out[..., :h, :w].clamp(0, 1)
 
     # ------------------------------------------------------------------------------------------ training steps
@@ -409,7 +423,26 @@ class NeAT(nn.Module):
         st_simple, st_complex = sobel_split(style, style, *args)
         return (st_simple, out_simple), (st_complex, out_complex)
 
-    def generator_step(self, batch: dict[str, torch.Tensor]):
+    def _contrastive_terms(self, ofeat: dict, ci: torch.Tensor, si: torch.Tensor) -> dict[str, ContrastiveTerm]:
+        """Stylisation embeddings with their positives' group ids: same style (relu3_1), same content (relu4_1)."""
+        if len(ci) == len(torch.unique(ci)) and len(si) == len(torch.unique(si)):
+            return {}  # no roll pairs: no stylisation shares a style or a content with another
+        cfg = self.cfg
+        return {"contrast_style": ContrastiveTerm(self.style_head(ofeat["relu3_1"]), si, cfg.w_contrast_style,
+                                                  cfg.contrast_tau),
+                "contrast_content": ContrastiveTerm(self.content_head(ofeat["relu4_1"]), ci, cfg.w_contrast_content,
+                                                    cfg.contrast_tau)}
+
+    def contrastive_embeddings(self, batch: dict[str, torch.Tensor]) -> dict[str, ContrastiveTerm]:
+        """The contrastive embeddings ``generator_step`` computes, alone (logit accumulation's first pass)."""
+        cfeat = self.vgg(batch["content"], ("relu4_1",))
+        sfeat = self.vgg(batch["style"], ("relu4_1",))
+        out, _, ci, si = self._stylise_batch(batch, cfeat, sfeat, self.filter_prior(batch["content"]))
+        return self._contrastive_terms(self.vgg(out, ("relu3_1", "relu4_1")), ci, si)
+
+    def generator_step(self, batch: dict[str, torch.Tensor],
+                       contrastive_grads: dict[str, torch.Tensor] | None = None):
+        """Generator loss of one micro-batch; ``contrastive_grads`` = big-batch gradients (train/contrastive.py)."""
         cfg = self.cfg
         content, style = batch["content"], batch["style"]
         b = content.shape[0]
@@ -442,12 +475,12 @@ class NeAT(nn.Module):
             _, fake_c = self._patch_logits(self.patch_disc_complex, st_c, out_c)
             terms["patch_simple"] = L.adversarial_g(fake_s, "nsgan")  # Eq. 7: -log D(fake pair)
             terms["patch_complex"] = L.adversarial_g(fake_c, "nsgan")
-        if len(ci) > b:  # roll pairs exist: same-style and same-content positives
-            same_style, same_content = L.roll_pair_masks(b, content.device)
-            terms["contrast_style"] = L.stylization_contrastive(self.style_head(ofeat["relu3_1"]), same_style,
-                                                                cfg.contrast_tau)
-            terms["contrast_content"] = L.stylization_contrastive(self.content_head(ofeat["relu4_1"]), same_content,
-                                                                  cfg.contrast_tau)
+        accumulated = 0.0
+        for name, term in self._contrastive_terms(ofeat, ci, si).items():
+            if contrastive_grads is None:
+                terms[name] = term.loss()
+            elif name in contrastive_grads:  # the big-batch gradient, already weighted
+                accumulated = accumulated + surrogate(term, contrastive_grads[name])
         if cfg.w_style_nce and "style2" in batch and (b > 1 or cfg.nce_queue_size):
             terms["style_nce"] = self._style_nce_generator(ofeat, sfeat, batch["style2"], si)
         weights = {"style": cfg.w_style, "content": cfg.w_content, "identity_pixel": cfg.w_identity_pixel,
@@ -455,7 +488,7 @@ class NeAT(nn.Module):
                    "patch_simple": cfg.w_patch_simple, "patch_complex": cfg.w_patch_complex,
                    "contrast_style": cfg.w_contrast_style, "contrast_content": cfg.w_contrast_content,
                    "style_nce": cfg.w_style_nce}
-        loss = sum(weights[k] * v for k, v in terms.items())
+        loss = sum(weights[k] * v for k, v in terms.items()) + accumulated
         logs = {k: float(v.detach()) for k, v in terms.items()}
         images = {"content": content.detach(), "style": style.detach(), "prior": prior[:b].detach().clamp(0, 1),
                   "output": out[:b].detach().clamp(0, 1)}

@@ -1,0 +1,349 @@
+"""Evaluation protocol files and the evaluation that reproduces NeAT's Table 1 (quality) and Table 2 (speed).
+
+A **protocol** (YAML, :class:`Protocol`) fixes what is compared: content and style image lists (paths relative to
+the protocol file, absolute paths or fsspec URLs), the pairs (every content x style, or an explicit index list),
+the sizes, the metrics and the timing settings. ``train/protocols/neat_paper.yaml`` is the paper's shape (15 x 50
+pairs, native size up to 1024 px plus the 512 x 512 rows, timing at 256^2, 512^2 and 1920 x 1080);
+``pipelines/make_protocol.py`` fills it with images the user supplies; :func:`write_tiny_protocol` generates a tiny
+one for tests.
+
+API for any model family (used by ``pipelines/evaluate_st.py`` and ``pipelines/rast_ablation.py``)::
+
+    protocol = load_protocol("protocol.yaml")
+    rows = [Row("NeAT", Stylizer("neat.pt")), Row("NeAT (no prior blurring)", Stylizer("neat.pt", blur=0.0)),
+            Row("CAST", outputs="cast_outputs/")]       # precomputed <content>_stylized_<style>.png files
+    result = evaluate(protocol, rows, "eval/", StyleTransferMetrics(...))
+
+``Row.stylize`` is any callable ``(content, style) -> image`` on (1, 3, H, W) tensors in [0, 1] (a
+``train.inference.Stylizer`` for registered models). :func:`evaluate` writes ``quality.md/.csv`` (Table 1 shape),
+``speed.md/.csv`` (Table 2 shape), ``per_pair.csv`` (every pair, with status ``ok`` or ``error``) and
+``grid.html`` (an image grid of the first ``grid_pairs`` pairs with every row's output).
+
+Size specs: ``WxH`` = scaled (aspect kept) to cover W x H and centre-cropped, ``max:N`` = long side at most N
+(aspect kept, never upscaled), ``native`` = as stored. The paper does not say how its 512 x 512 inputs were made;
+cropping is chosen so that no image is distorted.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from curate.config import ConfigError, from_dict, to_dict
+from train.inference import load_image, resize_cover_crop, resize_max_side, save_image
+from train.metrics import METRIC_NAMES, STYLE_MATCH_MODES, seconds_per_image
+
+log = logging.getLogger("bbst.evaluate")
+HEADERS = {"lpips": "LPIPS ↓", "sifid": "SIFID ↓", "chamfer": "Chamfer ↓", "ssim": "SSIM ↑", "gram": "Gram ↓ (×10³)"}
+SCALE = {"gram": 1e3}  # Table 1 reports the Gram distance x 10^3
+STYLE_CACHE_SIDE = 2048  # style images are kept at most this long side during an evaluation
+
+
+@dataclass
+class Protocol:
+    name: str = "custom"  # label written into the tables
+    contents: list[str] = field(default_factory=list)  # content images: relative to this file, absolute, or URLs
+    styles: list[str] = field(default_factory=list)  # style images
+    pairs: list[list[int]] = field(default_factory=list)  # [[content_index, style_index], ...]; empty = all pairs
+    sizes: list[str] = field(default_factory=lambda: ["max:1024", "512x512"])  # quality sizes; the first = main rows
+    metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))  # subset of lpips sifid chamfer ssim gram
+    style_size: int = 512  # style images enter the models at this long side (0 = as stored)
+    style_match: str = "crop"  # style brought to the output's size for SIFID/Gram: "crop" or "pad", never stretched
+    timing_sizes: list[str] = field(default_factory=lambda: ["256x256", "512x512", "1920x1080"])  # Table 2 columns
+    timing_warmup: int = 3  # untimed calls per size before timing (CUDA context, cudnn autotune, allocator)
+    timing_repeats: int = 10  # timed calls per size; the median is reported
+    grid_pairs: int = 24  # pairs shown in grid.html (0 = none)
+    n_content: int = 0  # content images make_protocol.py picks (0 = all given); the paper: 15
+    n_style: int = 0  # style images make_protocol.py picks (0 = all given); the paper: 50
+    seed: int = 0  # seed of make_protocol.py's random pick
+    sha256: dict[str, str] = field(default_factory=dict)  # image -> checksum, recorded by make_protocol.py
+    notes: str = ""  # free text: where the images come from, licences
+
+    def __post_init__(self) -> None:
+        for spec in self.sizes + self.timing_sizes:
+            parse_size(spec)
+        unknown = set(self.metrics) - set(METRIC_NAMES)
+        if unknown:
+            raise ConfigError(f"protocol metrics: unknown {sorted(unknown)}; known: {', '.join(METRIC_NAMES)}")
+        if self.style_match not in STYLE_MATCH_MODES:
+            raise ConfigError(f"protocol style_match: {self.style_match!r} not in {STYLE_MATCH_MODES}")
+        for p in self.pairs:
+            if len(p) != 2 or not (0 <= p[0] < len(self.contents) and 0 <= p[1] < len(self.styles)):
+                raise ConfigError(f"protocol pairs: {p} is not a [content_index, style_index] within the lists "
+                                  f"({len(self.contents)} contents, {len(self.styles)} styles)")
+
+    def pair_list(self) -> list[tuple[int, int]]:
+        if self.pairs:
+            return [(int(c), int(s)) for c, s in self.pairs]
+        return [(c, s) for c in range(len(self.contents)) for s in range(len(self.styles))]
+
+
+def parse_size(spec: str) -> tuple[str, int, int]:
+    """``"WxH"`` -> ("exact", W, H); ``"max:N"`` -> ("max", N, N); ``"native"`` -> ("native", 0, 0)."""
+    text = str(spec).strip().lower()
+    if text == "native":
+        return "native", 0, 0
+    m = re.fullmatch(r"max:(\d+)", text)
+    if m and int(m.group(1)) > 0:
+        return "max", int(m.group(1)), int(m.group(1))
+    m = re.fullmatch(r"(\d+)x(\d+)", text)
+    if m and int(m.group(1)) > 0 and int(m.group(2)) > 0:
+        return "exact", int(m.group(1)), int(m.group(2))
+    raise ConfigError(f"size {spec!r}: expected WIDTHxHEIGHT (e.g. 1920x1080), max:N (e.g. max:1024) or native")
+
+
+def apply_size(img: torch.Tensor, spec: str) -> torch.Tensor:
+    kind, w, h = parse_size(spec)
+    if kind == "exact":
+        return resize_cover_crop(img, h, w)
+    if kind == "max":
+        return resize_max_side(img, w)
+    return img
+
+
+def load_protocol(path: str | Path) -> tuple[Protocol, Path]:
+    """Read a protocol YAML strictly (unknown keys are errors); returns it and the folder paths are relative to."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: protocol file not found")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    proto = from_dict(Protocol, data, str(path))
+    if not proto.contents or not proto.styles:
+        raise ConfigError(f"{path}: protocol lists no {'contents' if not proto.contents else 'styles'}",
+                          hint="build one from your images: python pipelines/make_protocol.py --help")
+    return proto, path.parent
+
+
+def save_protocol(proto: Protocol, path: str | Path) -> None:
+    from curate.writer import atomic_write
+
+    text = yaml.safe_dump(to_dict(proto), sort_keys=False, allow_unicode=True)
+    atomic_write(str(path), lambda f: f.write(text.encode()))
+
+
+def resolve(base: Path, item: str) -> str:
+    """A protocol entry as a loadable path: URLs and absolute paths as they are, others relative to the file."""
+    if "://" in item or os.path.isabs(item):
+        return item
+    return str(base / item)
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checksums(proto: Protocol, base: str | Path) -> None:
+    """Refuse a protocol whose recorded local images changed since ``make_protocol.py`` recorded them."""
+    for item, digest in proto.sha256.items():
+        path = resolve(Path(base), item)
+        if "://" in path or not os.path.isfile(path):
+            continue  # a missing file becomes an error row per pair, as any unreadable image
+        if sha256_of(path) != digest:
+            raise ConfigError(f"{path}: image differs from the one the protocol recorded (sha256 mismatch)",
+                              hint="rebuild the protocol with pipelines/make_protocol.py or restore the image")
+
+
+def write_tiny_protocol(directory: str | Path, n_content: int = 2, n_style: int = 2, seed: int = 0) -> Path:
+    """A generated protocol for tests: small synthetic photos and artworks (one style non-square), tiny sizes."""
+    from curate.synthetic import artwork_like, photo_like
+
+    d = Path(directory)
+    (d / "content").mkdir(parents=True, exist_ok=True)
+    (d / "style").mkdir(parents=True, exist_ok=True)
+    contents, styles = [], []
+    for i in range(n_content):
+        photo_like(72 + 8 * i, 48, seed=seed + i).save(d / "content" / f"c{i}.jpg")
+        contents.append(f"content/c{i}.jpg")
+    for i in range(n_style):
+        artwork_like(48 + 16 * (i % 2), 48, seed=seed + 100 + i).save(d / "style" / f"s{i}.png")
+        styles.append(f"style/s{i}.png")
+    proto = Protocol(name="tiny", contents=contents, styles=styles, sizes=["max:64", "48x48"],
+                     timing_sizes=["32x32", "48x32"], timing_warmup=1, timing_repeats=2, grid_pairs=4,
+                     sha256={p: sha256_of(d / p) for p in contents + styles}, notes="generated by write_tiny_protocol")
+    save_protocol(proto, d / "protocol.yaml")
+    return d / "protocol.yaml"
+
+
+# --------------------------------------------------------------------------------------------------------- running
+@dataclass
+class Row:
+    label: str  # the table's row name
+    stylize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (content, style) -> image
+    outputs: str | None = None  # or: folder of precomputed <content stem>_stylized_<style stem>.png
+    timed: bool = True  # include in the speed table (only rows with ``stylize``)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "row"
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(out: Path, stem: str, header: list[str], rows: list[list[str]], note: str = "") -> None:
+    """``stem.md`` (with the note above the table) and ``stem.csv``."""
+    (out / f"{stem}.md").write_text((note + "\n\n" if note else "") + _markdown(header, rows))
+    with open(out / f"{stem}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _thumb(img: torch.Tensor, path: Path, side: int = 256) -> None:
+    save_image(resize_max_side(img, side), path)
+
+
+def _write_grid(out: Path, title: str, labels: list[str], cells: list[dict]) -> None:
+    head = "".join(f"<th>{html.escape(x)}</th>" for x in ["content", "style", *labels])
+    body = []
+    for cell in cells:
+        tds = []
+        for key in ["content", "style", *labels]:
+            src = cell.get(key)
+            tds.append(f'<td><img src="{html.escape(src)}" loading="lazy" alt="{html.escape(key)}"></td>' if src
+                       else "<td class=err>error</td>")
+        body.append(f"<tr title=\"{html.escape(cell['pair'])}\">{''.join(tds)}</tr>")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif}} table{{border-collapse:collapse}} td,th{{padding:2px;text-align:center}}
+img{{max-width:192px;max-height:192px}} .err{{color:#b00}}</style></head><body>
+<h1>{html.escape(title)}</h1><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
+</body></html>"""
+    (out / "grid.html").write_text(page)
+
+
+def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base_dir: str | Path = ".",
+             timing: bool = True, note: str = "") -> dict:
+    """Run every row on every protocol pair at every protocol size; write the tables, per-pair CSV and grid.
+
+    ``metrics`` is a ``train.metrics.StyleTransferMetrics``. A pair whose image cannot be read becomes a row with
+    status ``error`` in ``per_pair.csv`` and is left out of the means (the count of pairs is in the table).
+    Returns ``{"quality": rows, "speed": rows, "per_pair": records}``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = Path(base_dir)
+    pairs = protocol.pair_list()
+    content_paths = [resolve(base, c) for c in protocol.contents]
+    style_paths = [resolve(base, s) for s in protocol.styles]
+    grid_keys = set(pairs[:protocol.grid_pairs])
+    grid: dict[tuple[int, int], dict] = {p: {"pair": f"{content_paths[p[0]]} x {style_paths[p[1]]}"}
+                                         for p in pairs[:protocol.grid_pairs]}
+    # Decoded images are cached at the size they are used at, not as stored: 65 full-resolution photos as float
+    # tensors would take gigabytes. Contents per (path, size); styles at most STYLE_CACHE_SIDE (the metrics use them
+    # at the output's size, the models at style_size).
+    cache: dict[tuple[str, str], torch.Tensor | Exception] = {}
+
+    def image(path: str, size: str) -> torch.Tensor:
+        key = (path, size)
+        if key not in cache:
+            try:
+                img = load_image(path)
+                keep = 0 if protocol.style_size == 0 else max(STYLE_CACHE_SIDE, protocol.style_size)
+                cache[key] = apply_size(img, size) if size != "style" else resize_max_side(img, keep)
+            except (FileNotFoundError, ValueError) as exc:
+                cache[key] = exc
+        got = cache[key]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    names = [m for m in METRIC_NAMES if m in protocol.metrics]
+    per_pair: list[dict] = []
+    quality_rows: list[list[str]] = []
+    for size_i, size in enumerate(protocol.sizes):
+        for row in rows:
+            if row.outputs is not None and size_i > 0:
+                continue  # precomputed outputs exist at one size only
+            label = row.label if size_i == 0 else f"{row.label} ({size})"
+            scores: dict[str, list[float]] = {m: [] for m in names}
+            for ci, si in pairs:
+                cpath, spath = content_paths[ci], style_paths[si]
+                rec = {"model": row.label, "size": size, "content": cpath, "style": spath, "status": "ok",
+                       "error": ""}
+                try:
+                    content = image(cpath, size)
+                    style_full = image(spath, "style")
+                    style_in = resize_max_side(style_full, protocol.style_size)
+                    if row.outputs is not None:
+                        name = f"{Path(cpath).stem}_stylized_{Path(spath).stem}.png"
+                        result = load_image(Path(row.outputs) / name)
+                    else:
+                        result = row.stylize(content, style_in).float().cpu()
+                except (FileNotFoundError, ValueError) as exc:
+                    rec.update(status="error", error=str(exc))
+                    log.warning("%s: %s", label, exc)
+                    per_pair.append(rec)
+                    continue
+                m = metrics(result, content, resize_max_side(style_full, max(content.shape[-2:])))
+                for k in names:
+                    scores[k].append(m[k][0])
+                    rec[k] = m[k][0]
+                per_pair.append(rec)
+                if size_i == 0 and (ci, si) in grid_keys:
+                    cell = grid[(ci, si)]
+                    if "content" not in cell:
+                        cell["content"], cell["style"] = f"images/content/{ci}.png", f"images/style/{si}.png"
+                        _thumb(content, out / cell["content"])
+                        _thumb(style_full, out / cell["style"])
+                    rel = f"images/{_slug(row.label)}/{ci}_{si}.png"
+                    _thumb(result, out / rel)
+                    cell[row.label] = rel
+            n = len(scores[names[0]]) if names else 0
+            means = {k: float(np.mean(v)) * SCALE.get(k, 1.0) if v else float("nan") for k, v in scores.items()}
+            quality_rows.append([label, str(n)] + [f"{means[k]:.3f}" for k in names])
+
+    speed_rows: list[list[str]] = []
+    timing_specs = [parse_size(s) for s in protocol.timing_sizes]
+    device_name = "CPU"
+    if timing:
+        g = torch.Generator().manual_seed(0)
+        side = protocol.style_size or 512
+        style = torch.rand(1, 3, side, side, generator=g)
+        for row in rows:
+            if row.stylize is None or not row.timed:
+                continue
+            times = []
+            for (_, w, h), spec in zip(timing_specs, protocol.timing_sizes):
+                content = torch.rand(1, 3, h, w, generator=g)
+                times.append(seconds_per_image(row.stylize, content, style, repeats=protocol.timing_repeats,
+                                               warmup=protocol.timing_warmup))
+                log.info("%s: %s %.4f s/image", row.label, spec, times[-1])
+            speed_rows.append([row.label] + [f"{t:.3f}" for t in times])
+            device = getattr(row.stylize, "device", None)
+            if device is not None and torch.device(device).type == "cuda":
+                device_name = torch.cuda.get_device_name(torch.device(device))
+
+    sizes_note = (f"Protocol {protocol.name!r}: {len(pairs)} pairs; main rows at {protocol.sizes[0]}"
+                  + (", rows marked with another size at that size" if len(protocol.sizes) > 1 else "")
+                  + f"; style compared {'cropped' if protocol.style_match == 'crop' else 'padded'}, never stretched.")
+    write_table(out, "quality", ["Model", "pairs"] + [HEADERS[k] for k in names], quality_rows,
+                "\n\n".join(x for x in (note, sizes_note) if x))
+    write_table(out, "speed", ["Model"] + [f"{s} ↓" for s in protocol.timing_sizes], speed_rows,
+                f"Seconds per image on {device_name}: median of {protocol.timing_repeats} timed calls after "
+                f"{protocol.timing_warmup} warm-up calls, CUDA synchronised; style {protocol.style_size} px.")
+    with open(out / "per_pair.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", "size", "content", "style", "status", "error", *names])
+        w.writeheader()
+        w.writerows(per_pair)
+    _write_grid(out, f"{protocol.name}: {len(rows)} rows", [r.label for r in rows], list(grid.values()))
+    log.info("wrote %s", out)
+    return {"quality": quality_rows, "speed": speed_rows, "per_pair": per_pair}

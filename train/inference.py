@@ -1,0 +1,159 @@
+"""Inference helpers shared by the stylize and evaluate scripts: image I/O, resizing, and the Stylizer.
+
+``Stylizer(checkpoint_or_model, ...)`` loads any registered model once (from a trainer checkpoint alone, see
+``train.models.load_model_from_checkpoint``) and is a callable ``(content, style) -> image`` on (1, 3, H, W)
+tensors in [0, 1], shaped as a Ray Data batch-inference stage. The user controls (``alpha``, ``blur``,
+``prior_weight``, ``steps``) are passed to ``model.stylize`` only when set, and a control the model does not have
+is a clear error when the Stylizer is built.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from curate.errors import BbstError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+CONTROLS = ("alpha", "blur", "prior_weight", "steps")
+
+
+class ControlError(BbstError, ValueError):
+    """A stylisation control the loaded model does not support."""
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Image file or fsspec URL -> (1, 3, H, W) float in [0, 1]; EXIF orientation applied, alpha on white."""
+    try:
+        if "://" in str(path):
+            import fsspec
+
+            with fsspec.open(str(path), "rb") as f:
+                source: io.BytesIO | str | Path = io.BytesIO(f.read())
+        else:
+            source = path
+        with Image.open(source) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.new("RGB", rgba.size, (255, 255, 255))
+                img.paste(rgba, mask=rgba.getchannel("A"))
+            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such image") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: cannot decode image ({exc})") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+
+
+def save_image(img: torch.Tensor, path: str | Path) -> None:
+    """(1, 3, H, W) in [0, 1] -> an image file (format from the suffix); parent folders are created."""
+    arr = (img[0].clamp(0, 1).permute(1, 2, 0).cpu().float().numpy() * 255.0 + 0.5).astype(np.uint8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def resize_max_side(img: torch.Tensor, max_side: int) -> torch.Tensor:
+    """Downscale (antialiased) so the long side is at most ``max_side``; never upscales; 0 = unchanged."""
+    h, w = img.shape[-2:]
+    if not max_side or max(h, w) <= max_side:
+        return img
+    s = max_side / max(h, w)
+    return F.interpolate(img, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", antialias=True)
+
+
+def resize_cover_crop(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Scale (aspect kept) until the image covers ``height x width``, then centre-crop to exactly that size."""
+    h, w = img.shape[-2:]
+    s = max(height / h, width / w)
+    nh, nw = max(height, round(h * s)), max(width, round(w * s))
+    if (nh, nw) != (h, w):
+        img = F.interpolate(img, size=(nh, nw), mode="bilinear", antialias=s < 1, align_corners=False)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return img[..., top:top + height, left:left + width]
+
+
+def resize_fit_pad(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Scale (aspect kept) to fit inside ``height x width``, then reflect-pad (replicate when too small) to it."""
+    h, w = img.shape[-2:]
+    s = min(height / h, width / w)
+    nh, nw = min(height, max(1, round(h * s))), min(width, max(1, round(w * s)))
+    if (nh, nw) != (h, w):
+        img = F.interpolate(img, size=(nh, nw), mode="bilinear", antialias=s < 1, align_corners=False)
+    ph, pw = height - nh, width - nw
+    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    if not any(pad):
+        return img
+    mode = "reflect" if ph < nh and pw < nw else "replicate"
+    return F.pad(img, pad, mode=mode)
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """The image files of a folder (sorted), or the one file given."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    return [p]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Stylizer:
+    """Loads a model once; ``__call__(content, style)`` stylises image tensors (Ray Data-friendly callable).
+
+    ``source`` is a trainer checkpoint path or a model object. ``alpha`` (1 = as trained), ``blur`` and
+    ``prior_weight`` (None = as trained) and ``steps`` (None = 1) are the user controls; ``model_overrides``
+    change inference-only config values of a checkpoint (e.g. ``attention_mode``).
+    """
+
+    def __init__(self, source: str | torch.nn.Module, device: str = "auto", alpha: float = 1.0,
+                 blur: float | None = None, max_side: int = 3840, style_size: int = 512,
+                 prior_weight: float | None = None, steps: int | None = None, **model_overrides):
+        self.device = resolve_device(device)
+        if isinstance(source, torch.nn.Module):
+            self.model = source.eval().to(self.device)
+        else:
+            from train.models import load_model_from_checkpoint
+
+            overrides = {k: v for k, v in model_overrides.items() if v is not None}
+            self.model = load_model_from_checkpoint(source, map_location="cpu", **overrides).to(self.device)
+        self.alpha, self.blur, self.prior_weight, self.steps = alpha, blur, prior_weight, steps
+        self.max_side, self.style_size = max_side, style_size
+        self.controls()  # unsupported controls fail now, not at the first image
+
+    def controls(self) -> dict:
+        """The controls passed to ``model.stylize``: only those set away from "as trained"."""
+        wanted = {"alpha": self.alpha if self.alpha != 1.0 else None, "blur": self.blur,
+                  "prior_weight": self.prior_weight, "steps": self.steps}
+        wanted = {k: v for k, v in wanted.items() if v is not None}
+        accepted = inspect.signature(self.model.stylize).parameters
+        missing = sorted(k for k in wanted if k not in accepted)
+        if missing:
+            have = [c for c in CONTROLS if c in accepted]
+            raise ControlError(f"model {type(self.model).__name__} has no control {', '.join(missing)} "
+                               f"(it supports: {', '.join(have) or 'none'})")
+        return wanted
+
+    def supports(self, control: str) -> bool:
+        return control in inspect.signature(self.model.stylize).parameters
+
+    @torch.inference_mode()
+    def __call__(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        content = resize_max_side(content, self.max_side).to(self.device)
+        style = resize_max_side(style, self.style_size).to(self.device)
+        return self.model.stylize(content, style, **self.controls())
