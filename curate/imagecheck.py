@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageFile
 
+from curate.config import check_range
 from curate.downloader import sniff_mime
 from curate.schema import Status
 
@@ -36,8 +37,8 @@ class ImageCheckConfig:
     phash_reducing_gap: float = 4.0  # phash input: box-reduce to within this factor of 32 px, then Lanczos
 
     def __post_init__(self) -> None:
-        if self.min_side < 1 or self.max_pixels < 1 or self.max_aspect_ratio < 1:
-            raise ValueError("min_side and max_pixels must be >= 1 and max_aspect_ratio >= 1")
+        for name in ("min_side", "max_pixels", "max_aspect_ratio"):
+            check_range(self, name, low=1)
 
 
 class _Reject(Exception):

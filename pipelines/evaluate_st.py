@@ -23,12 +23,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/evaluate_st.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from curate.config import ConfigError, field_comments, load_config
-from pipelines.stylize import Stylizer, list_images, load_image, resize_max_side
+# torch, numpy and the model code are imported inside main(): `--help` prints before torch loads
+from curate.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
+from curate.config import ConfigError
+from curate.errors import BadInputError, MissingInputError
 
 log = logging.getLogger("bbst.evaluate")
 METRICS = ("lpips", "sifid", "chamfer", "ssim", "gram")
@@ -58,14 +56,16 @@ class EvalConfig:
 
 
 def read_pairs(cfg: EvalConfig) -> list[tuple[Path, Path]]:
+    from pipelines.stylize import list_images
+
     if cfg.pairs:
         path = Path(cfg.pairs)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: pairs CSV not found")
+            raise MissingInputError(f"--pairs {path}: pairs CSV not found")
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"content", "style"} <= set(reader.fieldnames):
-                raise ValueError(f"{path}: needs 'content' and 'style' columns, has {reader.fieldnames}")
+                raise BadInputError(f"{path}: needs 'content' and 'style' columns, has {reader.fieldnames}")
             rows = list(reader)
         base = path.parent
 
@@ -111,36 +111,48 @@ def _write_table(out: Path, stem: str, header: list[str], rows: list[list[str]],
         w.writerows(rows)
 
 
+EXAMPLES = (
+    ("bbst evaluate --pairs pairs.csv --model neat=ckpt.pt --no-blur-row --out eval/",
+     "quality and speed tables of one checkpoint, with and without the prior blur (NeAT Tables 1 and 2)"),
+    ("bbst evaluate --content photos/ --style styles/ --outputs other=other/ --random-metrics --out smoke/",
+     "every content x style pair against another method's saved outputs; random metric nets (a smoke run)"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML file with EvalConfig fields")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a field")
-    helps = field_comments(EvalConfig)  # the dataclass comments are the option docs
-    for name in ("pairs", "content", "style", "vgg-weights", "lpips-net", "lpips-backbone", "inception-weights",
-                 "device", "out"):
-        p.add_argument(f"--{name}", default=None, help=helps.get(name.replace("-", "_")))
-    p.add_argument("--model", dest="models", action="append", default=None, metavar="NAME=CKPT",
-                   help=helps["models"])
-    p.add_argument("--outputs", action="append", default=None, metavar="NAME=DIR", help=helps["outputs"])
-    p.add_argument("--timing-sizes", nargs="+", default=None, metavar="WxH", help=helps["timing_sizes"])
-    for name, kind in (("alpha", float), ("max-side", int), ("style-size", int), ("timing-repeats", int)):
-        p.add_argument(f"--{name}", type=kind, default=None, help=helps.get(name.replace("-", "_")))
-    p.add_argument("--no-blur-row", action="store_true", default=None, help=helps["no_blur_row"])
-    p.add_argument("--random-metrics", action="store_true", default=None, help=helps["random_metrics"])
+    p = make_parser("evaluate", __doc__.split("\n")[0], EXAMPLES)
+    add_config_file_flags(p, "EvalConfig", "max_side=512")
+    flags = ConfigFlags(EvalConfig)  # the dataclass comments are the option docs
+    for name in ("pairs", "content", "style"):
+        flags.add(p, name, metavar="PATH")
+    flags.add(p, "models", "--model", action="append", metavar="NAME=CKPT")
+    flags.add(p, "outputs", action="append", metavar="NAME=DIR")
+    flags.add(p, "timing_sizes", metavar="WxH")
+    for name in ("alpha", "max_side", "style_size", "timing_repeats", "vgg_weights", "lpips_net", "lpips_backbone",
+                 "inception_weights", "device", "out"):
+        flags.add(p, name)
+    flags.add(p, "no_blur_row", action="store_true")
+    flags.add(p, "random_metrics", action="store_true")
+    p.set_defaults(config_flags=flags)
     return p
 
 
+@error_boundary("evaluate")
 def main(argv: list[str] | None = None) -> dict:
-    from train.metrics import StyleTransferMetrics, seconds_per_image
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
-    named = {k: v for k, v in vars(args).items() if k not in ("config", "sets") and v is not None}
-    cfg = load_config(EvalConfig, args.config, overrides=named, sets=args.sets)
+    cfg = load_args(EvalConfig, args, args.config_flags)
     if not cfg.models and not cfg.outputs:
         raise ConfigError("nothing to evaluate: give --model NAME=CKPT and/or --outputs NAME=DIR")
     pairs = read_pairs(cfg)
     sizes = [_parse_size(s) for s in cfg.timing_sizes]
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from pipelines.stylize import Stylizer, load_image, resize_max_side
+    from train.metrics import StyleTransferMetrics, seconds_per_image
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else \
@@ -162,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append((f"{name} (no prior blurring)", no_blur))
     for name, folder in _named(cfg.outputs, "outputs"):
         if not Path(folder).is_dir():
-            raise FileNotFoundError(f"--outputs {name}={folder}: folder not found")
+            raise MissingInputError(f"--outputs {name}={folder}: folder not found")
         rows.append((name, Path(folder)))
 
     per_pair: list[dict] = []
@@ -218,4 +230,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main())

@@ -16,16 +16,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # `python pipelines/stylize.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image, ImageOps
+# torch, numpy and PIL are imported inside the functions that use them: `--help` prints before torch loads
+from curate.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
+from curate.config import ConfigError
+from curate.errors import BadInputError, MissingInputError
 
-from curate.config import field_comments, load_config
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("bbst.stylize")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -49,6 +51,10 @@ class StylizeConfig:
 
 def load_image(path: str | Path) -> torch.Tensor:
     """Image file -> (1, 3, H, W) float in [0, 1]; EXIF orientation applied, alpha composited on white."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
@@ -58,13 +64,16 @@ def load_image(path: str | Path) -> torch.Tensor:
                 img.paste(rgba, mask=rgba.getchannel("A"))
             arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such image") from None
+        raise MissingInputError(f"{path}: no such image") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: cannot decode image ({exc})") from None
+        raise BadInputError(f"{path}: cannot decode image ({exc})") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
 def save_image(img: torch.Tensor, path: str | Path) -> None:
+    import numpy as np
+    from PIL import Image
+
     arr = (img[0].clamp(0, 1).permute(1, 2, 0).cpu().float().numpy() * 255.0 + 0.5).astype(np.uint8)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
@@ -72,6 +81,8 @@ def save_image(img: torch.Tensor, path: str | Path) -> None:
 
 def resize_max_side(img: torch.Tensor, max_side: int) -> torch.Tensor:
     """Downscale (antialiased) so the long side is at most ``max_side``; never upscales; 0 = unchanged."""
+    import torch.nn.functional as F
+
     h, w = img.shape[-2:]
     if not max_side or max(h, w) <= max_side:
         return img
@@ -84,14 +95,16 @@ def list_images(path: str | Path) -> list[Path]:
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise MissingInputError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return files
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or folder")
+        raise MissingInputError(f"{p}: no such file or folder")
     return [p]
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -109,33 +122,45 @@ class Stylizer:
         self.model = load_model_from_checkpoint(checkpoint, map_location="cpu", **overrides).to(self.device)
         self.alpha, self.blur, self.max_side, self.style_size = alpha, blur, max_side, style_size
 
-    @torch.inference_mode()
     def __call__(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        content = resize_max_side(content, self.max_side).to(self.device)
-        style = resize_max_side(style, self.style_size).to(self.device)
-        return self.model.stylize(content, style, alpha=self.alpha, blur=self.blur)
+        import torch
+
+        with torch.inference_mode():
+            content = resize_max_side(content, self.max_side).to(self.device)
+            style = resize_max_side(style, self.style_size).to(self.device)
+            return self.model.stylize(content, style, alpha=self.alpha, blur=self.blur)
+
+
+EXAMPLES = (
+    ("bbst stylize --checkpoint ckpt.pt --content photo.jpg --style art.jpg --out out.png",
+     "one content image in the style of one style image, at the content's own resolution"),
+    ("bbst stylize --checkpoint ckpt.pt --content photos/ --style styles/ --out stylized/ --alpha 0.7",
+     "every content x style pair of two folders, weaker style; results.csv lists each pair's status"),
+)
+REQUIRED = ("checkpoint", "content", "style", "out")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML file with StylizeConfig fields")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a field")
-    helps = field_comments(StylizeConfig)  # the dataclass comments are the option docs
-    for name, kind in (("checkpoint", str), ("content", str), ("style", str), ("out", str), ("alpha", float),
-                       ("blur", float), ("max-side", int), ("style-size", int), ("attention-mode", str),
-                       ("attention-chunk", int), ("max-style-tokens", int), ("device", str)):
-        p.add_argument(f"--{name}", type=kind, default=None, help=helps.get(name.replace("-", "_")))
+    p = make_parser("stylize", __doc__.split("\n")[0], EXAMPLES)
+    add_config_file_flags(p, "StylizeConfig", "alpha=0.5")
+    flags = ConfigFlags(StylizeConfig)  # the dataclass comments are the option docs
+    for name in REQUIRED:
+        flags.add(p, name, metavar="PATH", required=True)
+    for name in ("alpha", "blur", "max_side", "style_size", "attention_mode", "attention_chunk", "max_style_tokens",
+                 "device"):
+        flags.add(p, name)
+    p.set_defaults(config_flags=flags)
     return p
 
 
+@error_boundary("stylize")
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
-    named = {k: v for k, v in vars(args).items() if k not in ("config", "sets") and v is not None}
-    cfg = load_config(StylizeConfig, args.config, overrides=named, sets=args.sets)
-    for field_name in ("checkpoint", "content", "style", "out"):
+    cfg = load_args(StylizeConfig, args, args.config_flags)
+    for field_name in REQUIRED:
         if not getattr(cfg, field_name):
-            raise SystemExit(f"--{field_name} is required")
+            raise ConfigError(f"--{field_name} is required", hint="bbst stylize --help shows an example")
     contents, styles = list_images(cfg.content), list_images(cfg.style)
     single = len(contents) == 1 and len(styles) == 1 and not Path(cfg.out).is_dir() and Path(cfg.out).suffix
     out_dir = Path(cfg.out).parent if single else Path(cfg.out)
@@ -182,4 +207,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main())

@@ -25,22 +25,34 @@ from typing import Any
 if __package__ in (None, ""):  # `python pipelines/train_neat.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curate.config import from_dict, load_config, to_dict
+from curate.cli import error_boundary, exit_with
+from curate.config import ConfigError, from_dict, load_config, to_dict
 from train.config import TrainConfig
 
 log = logging.getLogger("bbst.train")
 
 
+EXAMPLES = (
+    ("bbst train --config train/configs/neat_tiny.yaml --set data.root=bbst-demo",
+     "CPU smoke run of a tiny NeAT on the demo output of `bbst build`"),
+    ("bbst train --config train/configs/neat_tiny.yaml --set data.root=bbst-demo --resume",
+     "continue that run from its newest checkpoint"),
+    ("torchrun --nproc_per_node 8 pipelines/train_neat.py --config train/configs/neat_1024.yaml --launcher torchrun",
+     "eight GPUs on one machine"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML config (see train/configs/neat_tiny.yaml, neat_1024.yaml)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config option, e.g. --set loader.batch_size=8 (repeatable)")
+    from curate.cli import add_config_file_flags, make_parser
+
+    p = make_parser("train", __doc__.split("\n")[0], EXAMPLES)
+    add_config_file_flags(p, "TrainConfig (see train/configs/neat_tiny.yaml, neat_1024.yaml)", "loader.batch_size=8")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
-                   help="resume from the newest checkpoint (or from CKPT)")
+                   help="resume from the newest checkpoint in checkpoint.dir, or from CKPT (default: start afresh)")
     p.add_argument("--launcher", choices=("none", "torchrun", "ray"), default="none",
-                   help="how ranks are started (default: a single process)")
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+                   help="how ranks are started: one process, torchrun's environment, or Ray Train (default: none)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
+                   help="logging level (default: INFO)")
     return p
 
 
@@ -95,6 +107,7 @@ def run_ray(cfg: TrainConfig, resume: bool | str, log_level: str = "INFO") -> An
     return trainer.fit()
 
 
+@error_boundary("train")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -104,11 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
         result = run_ray(cfg, args.resume, args.log_level.upper())
         return {"metrics": dict(result.metrics or {}), "error": result.error}
     if args.launcher == "torchrun" and "WORLD_SIZE" not in os.environ:
-        raise SystemExit("--launcher torchrun: WORLD_SIZE is not set; start this script with torchrun")
+        raise ConfigError("--launcher torchrun: WORLD_SIZE is not set",
+                          hint="start it with torchrun, e.g. torchrun --nproc_per_node 2 pipelines/train_neat.py ...")
     from train.trainer import train
 
     return train(cfg, resume=args.resume)
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main())

@@ -134,4 +134,4 @@ def test_unknown_config_key_is_an_error(tmp_path, shard_root):
 
     cfg = _config(tmp_path, shard_root, "bad")
     with pytest.raises(ConfigError, match="unknown key"):
-        main(["--config", str(cfg), "--set", "optim.learning_rate=1"])
+        main(["--config", str(cfg), "--set", "optim.learning_rate=1", "--debug"])
