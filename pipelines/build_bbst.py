@@ -679,20 +679,18 @@ def _remove_temporaries(store: Store) -> None:
 
 
 def write_report(cfg: BuildConfig, store: Store, rows: pa.Table, summary: dict) -> None:
-    from curate.report import render_report
+    """DIR/report.html: kept samples per subset and rejected ones whose bytes are still staged, embedded."""
+    from curate.report import render_report, select_examples
 
     thumbs: dict[str, list[tuple[str, bytes]]] = {}
-    status = rows["status"].to_pylist()
-    subset = rows["subset"].to_pylist()
-    for sub in schema.SUBSETS:
-        idx = [i for i, (st, s) in enumerate(zip(status, subset)) if st == "ok" and s == sub][: cfg.report_thumbnails]
-        if not idx:
-            continue
+    for group, idx in select_examples(rows, per_subset=cfg.report_thumbnails).items():
         picked = rows.take(pa.array(idx, pa.int64()))
         datas = read_refs(store.fs, store.root, picked["_ref_path"].to_pylist(), picked["_ref_offset"].to_pylist(),
                           picked["_ref_length"].to_pylist())
-        thumbs[sub] = list(zip(picked["key"].to_pylist(), datas))
-    html = render_report(summary, rows.drop_columns([c for c in REF_COLUMNS if c in rows.column_names]), thumbs)
+        thumbs[group] = list(zip(picked["key"].to_pylist(), datas))
+    limits = {"min_side": cfg.check.min_side, "max_aspect_ratio": cfg.check.max_aspect_ratio}
+    html = render_report(summary, rows.drop_columns([c for c in REF_COLUMNS if c in rows.column_names]), thumbs,
+                         limits=limits)
     store.write_bytes(schema.REPORT_FILE, html.encode())
 
 
