@@ -69,6 +69,10 @@ def _finite(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
+_COLORS = {"kept": "#4a7bb7", "rejected": "#e08a3c", "style": "#8e5ab7", "content": "#4f9a64",
+           "score_filtered": "#9aa5b1"}
+
+
 def _histogram_png(series: dict[str, list[float]], title: str, xlabel: str, bins: int | list[float] = 30,
                    lines: list[tuple[float, str]] = (), log_x: bool = False) -> str | None:
     """Stacked histogram of ``{label: values}`` with labelled vertical ``lines``, as a base64 PNG; None if empty."""
@@ -90,11 +94,14 @@ def _histogram_png(series: dict[str, list[float]], title: str, xlabel: str, bins
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-    colors = ["#4a7bb7", "#e08a3c", "#9aa5b1", "#6aa56a", "#b76a9a"]
-    ax.hist(list(series.values()), bins=bins, stacked=True, label=list(series), color=colors[:len(series)])
+    ax.hist(list(series.values()), bins=bins, stacked=True, label=list(series),
+            color=[_COLORS.get(k, "#b0b0b0") for k in series])
+    merged: dict[float, list[str]] = {}
     for x, label in lines:
+        merged.setdefault(x, []).append(label)
+    for i, (x, labels) in enumerate(sorted(merged.items())):
         ax.axvline(x, color="#c0392b", linestyle="--", linewidth=1.5)
-        ax.annotate(label, xy=(x, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+        ax.annotate(", ".join(labels), xy=(x, 1), xycoords=("data", "axes fraction"), xytext=(3, -12 - 11 * i),
                     textcoords="offset points", color="#c0392b", fontsize=8)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -129,6 +136,12 @@ def _img(b64: str | None, alt: str, mime: str = "image/png", cls: str = "") -> s
         return f'<p class="note">{html.escape(alt)}: no data</p>'
     klass = f' class="{cls}"' if cls else ""
     return f'<img{klass} alt="{html.escape(alt)}" src="data:{mime};base64,{b64}">'
+
+
+def _size(row: dict) -> str | None:
+    """``W×H`` of a row (original header size, else stored size); None when unknown."""
+    w, h = row.get("original_width") or row.get("width"), row.get("original_height") or row.get("height")
+    return f"{int(w)}×{int(h)}" if _finite(w) and _finite(h) and w and h else None
 
 
 def _pct(n: int, total: int) -> str:
@@ -220,9 +233,9 @@ class _Rows:
 
 def _caption(row: dict) -> str:
     bits = [html.escape(str(row.get("key", "")))]
-    w, h = row.get("original_width") or row.get("width"), row.get("original_height") or row.get("height")
-    if w and h:
-        bits.append(f"<span class='res'>{w}×{h}</span>")
+    size = _size(row)
+    if size:
+        bits.append(f"<span class='res'>{size}</span>")
     if _finite(row.get("score")):
         bits.append(f"<span class='score'>score {row['score']:.3f}</span>")
     if row.get("status") not in (None, "ok") and row.get("error"):
@@ -259,8 +272,9 @@ def _sources_section(rows: _Rows) -> list[str]:
                  "<th class='n'>median short side</th><th class='n'>median score</th><th>top rejection</th></tr>")
     for name, grp in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         kept = [r for r in grp if r["status"] == "ok"]
-        shorts = sorted(min(r["original_width"], r["original_height"]) for r in grp
-                        if r.get("original_width") and r.get("original_height"))
+        shorts = sorted(int(min(r["original_width"], r["original_height"])) for r in grp
+                        if _finite(r.get("original_width")) and _finite(r.get("original_height"))
+                        and r["original_width"] and r["original_height"])
         scores = sorted(r["score"] for r in kept if _finite(r.get("score")))
         rejected = Counter(r["status"] for r in grp if r["status"] != "ok").most_common(1)
         top = f"{rejected[0][0]} ({rejected[0][1]})" if rejected else "-"
@@ -310,8 +324,7 @@ def _rejected_section(summary: dict, rows: _Rows, images: dict[str, list[tuple[s
             shown = [rows.row(i) for i in idx[:per_reason]]
             parts.append("<table class='examples'><tr><th>key</th><th>URL</th><th>size</th><th>message</th></tr>")
             for r in shown:
-                size = (f"{r['original_width']}×{r['original_height']}"
-                        if r.get("original_width") and r.get("original_height") else "-")
+                size = _size(r) or "-"
                 parts.append(f"<tr><td>{html.escape(str(r.get('key', '')))}</td>"
                              f"<td class='url'>{html.escape(str(r.get('url') or '-'))}</td><td>{size}</td>"
                              f"<td>{html.escape(str(r.get('error') or ''))}</td></tr>")
@@ -338,7 +351,7 @@ def render_report(summary: dict, meta: pa.Table, thumbnails: dict[str, list[tupl
     total = summary.get("rows_in", rows.n)
     counts = summary.get("counts_by_status") or dict(Counter(status))
     widths, heights = _col(meta, "original_width"), _col(meta, "original_height")
-    dims = [(w, h, s) for w, h, s in zip(widths or [], heights or [], status) if w and h]
+    dims = [(w, h, s) for w, h, s in zip(widths or [], heights or [], status) if _finite(w) and _finite(h) and w and h]
     min_side = _limit(summary, limits, "min_side")
     max_aspect = _limit(summary, limits, "max_aspect_ratio")
 
