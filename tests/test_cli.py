@@ -212,6 +212,13 @@ def test_error_boundary_one_line_hint_debug_and_bugs(capsys, monkeypatch):
         main(["bug"])
 
 
+def test_global_debug_flag_shows_the_exception(monkeypatch):
+    monkeypatch.delenv("BBST_DEBUG", raising=False)
+    with pytest.raises(ConfigError, match="min_side must be >= 1"):
+        cli.main(["--debug", "build", "--min-side", "-5"])
+    monkeypatch.delenv("BBST_DEBUG", raising=False)  # cli.main set it for the command it ran
+
+
 CONFIG_ERRORS = [
     ("build", ["--min-side", "-5", "--urls", "x.csv"], ["--min-side -5", "min_side must be >= 1, got -5"]),
     ("build", ["--urls", "x.csv", "--set", "check.min_sid=3"],

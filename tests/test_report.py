@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -116,7 +117,7 @@ def test_report_sections_captions_and_rejections():
 
 
 def test_demo_banner_and_graceful_gaps():
-    summary, meta, images = _inputs(with_scores=False, demo=True)
+    summary, meta, _ = _inputs(with_scores=False, demo=True)
     meta = meta.drop_columns(["source", "num_bytes", "score"])
     page = render_report(summary, meta, {})
     assert "id='demo-banner'" in page and "DEMO" in page.split("id='demo-banner'")[1][:200]
@@ -132,19 +133,19 @@ def _write_output(root: Path) -> Path:
     keys, subsets, statuses = meta["key"].to_pylist(), meta["subset"].to_pylist(), meta["status"].to_pylist()
     shard_col = []
     (root / schema.SHARDS_DIR).mkdir(parents=True)
-    tars = {sub: tarfile.open(root / schema.SHARDS_DIR / schema.shard_name(sub, 0), "w") for sub in schema.SUBSETS}
-    for i, (k, sub, st) in enumerate(zip(keys, subsets, statuses)):
-        if st != "ok":
-            shard_col.append(None)
-            continue
-        data = synthetic.encode(synthetic.make_image(i % 2, 320, 240, seed=i))
-        for name, payload in ((f"{k}.jpg", data), (f"{k}.json", b"{}")):
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tars[sub].addfile(info, io.BytesIO(payload))
-        shard_col.append(schema.shard_name(sub, 0))
-    for tf in tars.values():
-        tf.close()
+    with contextlib.ExitStack() as stack:
+        tars = {sub: stack.enter_context(tarfile.open(root / schema.SHARDS_DIR / schema.shard_name(sub, 0), "w"))
+                for sub in schema.SUBSETS}
+        for i, (k, sub, st) in enumerate(zip(keys, subsets, statuses)):
+            if st != "ok":
+                shard_col.append(None)
+                continue
+            data = synthetic.encode(synthetic.make_image(i % 2, 320, 240, seed=i))
+            for name, payload in ((f"{k}.jpg", data), (f"{k}.json", b"{}")):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tars[sub].addfile(info, io.BytesIO(payload))
+            shard_col.append(schema.shard_name(sub, 0))
     meta = meta.drop_columns(["_ref_path"]).append_column("shard", pa.array(shard_col, pa.string()))
     (root / schema.META_DIR).mkdir()
     pq.write_table(meta, root / schema.META_DIR / schema.meta_name(0))
