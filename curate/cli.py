@@ -119,6 +119,12 @@ class ConfigFlags:
     def __init__(self, cls: type) -> None:
         self.cls = cls
         self.flags: list[_Flag] = []
+        self._docs: dict[type, tuple[dict[str, Any], dict[str, str]]] = {}  # class -> (type hints, comments)
+
+    def _doc(self, cls: type) -> tuple[dict[str, Any], dict[str, str]]:
+        if cls not in self._docs:  # reading a class's source for its comments is slow enough to do once
+            self._docs[cls] = (typing.get_type_hints(cls), field_comments(cls))
+        return self._docs[cls]
 
     def _field(self, key: str) -> tuple[dataclasses.Field, Any, str, Any]:
         """The field at dotted ``key``: (field, annotation, comment, default value)."""
@@ -127,14 +133,14 @@ class ConfigFlags:
             fields = {f.name: f for f in dataclasses.fields(cls)}
             if part not in fields:
                 raise KeyError(f"{self.cls.__name__} has no option {key!r}")
-            hints = typing.get_type_hints(cls)
+            hints, comments = self._doc(cls)
             if i < len(parts) - 1:
                 cls = hints[part]
                 continue
             f = fields[part]
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-            return f, hints[part], field_comments(cls).get(part, ""), default
+            return f, hints[part], comments.get(part, ""), default
         raise KeyError(key)  # pragma: no cover - loop always returns
 
     def add(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup, key: str, flag: str | None = None, *,

@@ -249,19 +249,41 @@ def _blame(key: str | None, given: list[tuple[str, str]], path: str | Path | Non
     return str(path) if path else "<defaults>"
 
 
+def _class_source(cls: type) -> list[str]:
+    """Source lines of a top-level class, found by its ``class`` line (``inspect.getsource`` parses the whole
+    module, which made every ``--help`` pay for parsing each config's module)."""
+    import inspect
+    import linecache
+    import re
+
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:
+        path = None
+    lines = linecache.getlines(path) if path else []
+    start = next((i for i, ln in enumerate(lines) if re.match(rf"class {re.escape(cls.__name__)}\b", ln)), None)
+    if start is None:
+        return inspect.getsource(cls).splitlines()
+    out = [lines[start].rstrip("\n")]
+    for ln in lines[start + 1:]:
+        if ln.strip() and not ln[0].isspace():
+            break
+        out.append(ln.rstrip("\n"))
+    return out
+
+
 def field_comments(cls: type) -> dict[str, str]:
     """``{field: comment}`` from the ``name: type = default  # comment`` lines of a dataclass's source.
 
     The comments on config dataclasses are their documentation: the example YAML and the ``--help`` of the
     entry scripts are generated from them.
     """
-    import inspect
     import re
 
     comments: dict[str, str] = {}
     names = {f.name for f in dataclasses.fields(cls)}
     current = None
-    for line in inspect.getsource(cls).splitlines():
+    for line in _class_source(cls):
         m = re.match(r"^    (\w+): [^#]*?(?:#\s*(.*))?$", line)
         if m and m.group(1) in names:
             current = m.group(1)
