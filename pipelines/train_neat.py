@@ -37,8 +37,6 @@ EXAMPLES = (
      "CPU smoke run of a tiny NeAT on the demo output of `bbst build` (one shard per subset: one reader)"),
     (("bbst train --config train/configs/neat_tiny.yaml --set data.root=bbst-demo --set loader.num_workers=1 "
       "--set schedule.max_steps=300 --resume"), "continue that run from its newest checkpoint, to step 300"),
-    ("torchrun --nproc_per_node 8 pipelines/train_neat.py --config train/configs/neat_1024.yaml --launcher torchrun",
-     "eight GPUs on one machine"),
 )
 
 

@@ -114,8 +114,6 @@ def test_every_example_parses():
         assert all(line in parser.epilog for example in mod.EXAMPLES for line in example)
         for command, _ in mod.EXAMPLES:
             argv = shlex.split(command)
-            if argv[0] == "torchrun":
-                argv = ["bbst", name, *argv[argv.index("--config"):]]
             assert argv[:2] == ["bbst", name], command
             parser.parse_args(argv[2:])
 
