@@ -101,8 +101,10 @@ def _histogram_png(series: dict[str, list[float]], title: str, xlabel: str, bins
         merged.setdefault(x, []).append(label)
     for i, (x, labels) in enumerate(sorted(merged.items())):
         ax.axvline(x, color="#c0392b", linestyle="--", linewidth=1.5)
-        ax.annotate(", ".join(labels), xy=(x, 1), xycoords=("data", "axes fraction"), xytext=(3, -12 - 11 * i),
-                    textcoords="offset points", color="#c0392b", fontsize=8)
+        right = x > sum(ax.get_xlim()) / 2  # labels of lines in the right half go to their left, inside the axes
+        ax.annotate(", ".join(labels), xy=(x, 1), xycoords=("data", "axes fraction"),
+                    xytext=(-3 if right else 3, -12 - 11 * i), textcoords="offset points", color="#c0392b",
+                    fontsize=8, ha="right" if right else "left")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("images")
@@ -434,9 +436,9 @@ def render_report(summary: dict, meta: pa.Table, thumbnails: dict[str, list[tupl
         th = _thresholds(summary)
         lines = []
         if "style_min_score" in th:
-            lines.append((th["style_min_score"], f"style ≥ {th['style_min_score']:.2f}"))
+            lines.append((th["style_min_score"], f"style ≥ {th['style_min_score']:.3f}"))
         if "content_max_score" in th:
-            lines.append((th["content_max_score"], f"content ≤ {th['content_max_score']:.2f}"))
+            lines.append((th["content_max_score"], f"content ≤ {th['content_max_score']:.3f}"))
         parts.append(_img(_histogram_png(series, "stylistic score", "P(stylistic)", bins=[i / 40 for i in range(41)],
                                          lines=lines), "score histogram"))
         if not lines:
