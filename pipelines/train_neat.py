@@ -35,8 +35,8 @@ log = logging.getLogger("bbst.train")
 EXAMPLES = (
     ("bbst train --config train/configs/neat_tiny.yaml --set data.root=bbst-demo --set loader.num_workers=1",
      "CPU smoke run of a tiny NeAT on the demo output of `bbst build` (one shard per subset: one reader)"),
-    (("bbst train --config train/configs/neat_tiny.yaml --set data.root=bbst-demo --set loader.num_workers=1 "
-      "--set schedule.max_steps=300 --resume"), "continue that run from its newest checkpoint, to step 300"),
+    ("bbst train --config train/configs/neat_tiny.yaml --set data.root=bbst-demo --set loader.num_workers=1 --resume",
+     "continue that run (stopped or killed) from its newest checkpoint"),
 )
 
 
