@@ -192,6 +192,14 @@ class ConfigFlags:
         for key in keys:
             self.add(parser, key)
 
+    def add_rest(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        """Flags for every top-level option (not a section) that has none yet: a new field gets its flag too."""
+        done = {f.key for f in self.flags}
+        hints = typing.get_type_hints(self.cls)
+        for f in dataclasses.fields(self.cls):
+            if f.name not in done and not dataclasses.is_dataclass(hints[f.name]):
+                self.add(parser, f.name)
+
     def given(self, args: argparse.Namespace) -> list[tuple[_Flag, Any]]:
         return [(f, getattr(args, f.dest)) for f in self.flags if getattr(args, f.dest, None) is not None]
 

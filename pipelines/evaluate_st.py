@@ -128,11 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add(p, "models", "--model", action="append", metavar="NAME=CKPT")
     flags.add(p, "outputs", action="append", metavar="NAME=DIR")
     flags.add(p, "timing_sizes", metavar="WxH")
-    for name in ("alpha", "max_side", "style_size", "timing_repeats", "vgg_weights", "lpips_net", "lpips_backbone",
-                 "inception_weights", "device", "out"):
-        flags.add(p, name)
     flags.add(p, "no_blur_row", action="store_true")
     flags.add(p, "random_metrics", action="store_true")
+    flags.add_rest(p)  # every other option, in the dataclass's order
     p.set_defaults(config_flags=flags)
     return p
 

@@ -146,9 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags = ConfigFlags(StylizeConfig)  # the dataclass comments are the option docs
     for name in REQUIRED:
         flags.add(p, name, metavar="PATH", required=True)
-    for name in ("alpha", "blur", "max_side", "style_size", "attention_mode", "attention_chunk", "max_style_tokens",
-                 "device"):
-        flags.add(p, name)
+    flags.add_rest(p)  # alpha, blur, max_side, ...: every other option, in the dataclass's order
     p.set_defaults(config_flags=flags)
     return p
 
