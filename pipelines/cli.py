@@ -35,9 +35,16 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--debug":  # global form of each command's --debug
+    if argv and argv[0] == "--debug":  # global form of each command's --debug, handed on through the environment
+        previous = os.environ.get(DEBUG_ENV)
         os.environ[DEBUG_ENV] = "1"
-        argv = argv[1:]
+        try:
+            return main(argv[1:])
+        finally:
+            if previous is None:
+                del os.environ[DEBUG_ENV]
+            else:
+                os.environ[DEBUG_ENV] = previous
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
