@@ -22,7 +22,23 @@ T = TypeVar("T")
 
 
 class ConfigError(BbstError, ValueError):
-    """A configuration file or override that does not match the dataclass schema."""
+    """A configuration file or override that does not match the dataclass schema.
+
+    ``key`` is the dotted option the error is about (when known): :func:`load_config` uses it to name what the
+    user wrote for that option (``--min-side -5``, ``--set check.min_side=big``, the config file).
+    """
+
+    def __init__(self, message: str, hint: str | None = None, key: str | None = None):
+        super().__init__(message, hint)
+        self.key = key
+
+
+def check_range(cfg: Any, name: str, low: float | None = None, high: float | None = None) -> None:
+    """``__post_init__`` check: raise ``ValueError`` naming field ``name`` and its value when out of [low, high]."""
+    value = getattr(cfg, name)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -88,19 +104,41 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
 def _from_dict(cls: type[T], data: dict, where: str) -> T:
+    import difflib
+    import re
+
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        names = ", ".join(_join(where, str(u)) for u in unknown)
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {names}; "
+                          f"{where or 'the top level'} has: {', '.join(sorted(fields))}",
+                          hint=f"did you mean {_join(where, close[0])}?" if close else None,
+                          key=_join(where, str(unknown[0])))
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        try:
+            kwargs[name] = _coerce(value, hints[name], _join(where, name))
+        except ConfigError as exc:
+            if exc.key is None:
+                exc.key = _join(where, name)
+            raise
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+        # a __post_init__ check: blame the first option its message names, else the section
+        named = [n for n in fields if re.search(rf"\b{re.escape(n)}\b", str(exc))]
+        key = _join(where, named[0]) if named else where
+        raise ConfigError(f"{where or cls.__name__}: {exc}", key=key) from exc
 
 
 def from_dict(cls: type[T], data: dict | None, source: str = "<config>") -> T:
@@ -112,7 +150,7 @@ def from_dict(cls: type[T], data: dict | None, source: str = "<config>") -> T:
     try:
         return _from_dict(cls, data, "")
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}", hint=exc.hint, key=exc.key) from None
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -167,17 +205,71 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _leaf_keys(data: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in data.items():
+        key = _join(prefix, str(k))
+        out.extend(_leaf_keys(v, key) if isinstance(v, dict) and v else [key])
+    return out
+
+
+def _flag_for(key: str) -> str:
+    return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | None = None,
-                sets: list[str] | None = None) -> T:
-    """Config from defaults <- YAML file <- ``overrides`` (dict, e.g. from named CLI flags) <- ``--set`` pairs."""
+                sets: list[str] | None = None, origins: dict[str, str] | None = None) -> T:
+    """Config from defaults <- YAML file <- ``overrides`` (dict, e.g. from named CLI flags) <- ``--set`` pairs.
+
+    An error names where the offending value came from: the ``--set`` pair, the flag (``origins`` maps a dotted key
+    of ``overrides`` to what the user typed, e.g. ``{"check.min_side": "--min-side -5"}``; otherwise the flag is
+    guessed from the key's last part), or the config file.
+    """
     data = read_yaml(path) if path else {}
-    source = str(path) if path else "<defaults>"
+    given: list[tuple[str, str]] = [(k, str(path)) for k in _leaf_keys(data)]  # (dotted key, origin), in order
     if overrides:
         data = merge(data, overrides)
-    if sets:
-        data = merge(data, parse_overrides(sets))
-        source += " + --set"
-    return from_dict(cls, data, source)
+        given += [(k, (origins or {}).get(k) or _flag_for(k)) for k in _leaf_keys(overrides)]
+    for pair in sets or []:
+        one = parse_overrides([pair])
+        data = merge(data, one)
+        given += [(k, f"--set {pair}") for k in _leaf_keys(one)]
+    try:
+        return _from_dict(cls, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{_blame(exc.key, given, path)}: {exc}", hint=exc.hint, key=exc.key) from None
+
+
+def _blame(key: str | None, given: list[tuple[str, str]], path: str | Path | None) -> str:
+    """Where the value behind a config error came from: the last source that set ``key`` or a key above or below."""
+    if key is not None:
+        for k, origin in reversed(given):
+            if k == key or key.startswith(k + ".") or k.startswith(key + "."):
+                return origin
+    return str(path) if path else "<defaults>"
+
+
+def _class_source(cls: type) -> list[str]:
+    """Source lines of a top-level class, found by its ``class`` line (``inspect.getsource`` parses the whole
+    module, which made every ``--help`` pay for parsing each config's module)."""
+    import inspect
+    import linecache
+    import re
+
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:
+        path = None
+    lines = linecache.getlines(path) if path else []
+    start = next((i for i, ln in enumerate(lines) if re.match(rf"class {re.escape(cls.__name__)}\b", ln)), None)
+    if start is None:
+        return inspect.getsource(cls).splitlines()
+    out = [lines[start].rstrip("\n")]
+    for ln in lines[start + 1:]:
+        if ln.strip() and not ln[0].isspace():
+            break
+        out.append(ln.rstrip("\n"))
+    return out
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -186,13 +278,12 @@ def field_comments(cls: type) -> dict[str, str]:
     The comments on config dataclasses are their documentation: the example YAML and the ``--help`` of the
     entry scripts are generated from them.
     """
-    import inspect
     import re
 
     comments: dict[str, str] = {}
     names = {f.name for f in dataclasses.fields(cls)}
     current = None
-    for line in inspect.getsource(cls).splitlines():
+    for line in _class_source(cls):
         m = re.match(r"^    (\w+): [^#]*?(?:#\s*(.*))?$", line)
         if m and m.group(1) in names:
             current = m.group(1)

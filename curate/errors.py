@@ -19,3 +19,11 @@ class BbstError(Exception):
 
     def __str__(self) -> str:
         return super().__str__()
+
+
+class MissingInputError(BbstError, FileNotFoundError):
+    """A file or folder the user named (flag, config key or list entry) does not exist; the message names it."""
+
+
+class BadInputError(BbstError, ValueError):
+    """A file the user named exists but cannot be used (wrong format, undecodable, missing columns)."""

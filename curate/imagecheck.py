@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageFile
 
+from curate.config import check_range
 from curate.downloader import sniff_mime
 from curate.schema import Status
 
@@ -39,8 +40,8 @@ class ImageCheckConfig:
     phash_reducing_gap: float = 4.0  # phash input: box-reduce to within this factor of 32 px, then Lanczos
 
     def __post_init__(self) -> None:
-        if self.min_side < 1 or self.max_pixels < 1 or self.max_aspect_ratio < 1:
-            raise ValueError("min_side and max_pixels must be >= 1 and max_aspect_ratio >= 1")
+        for name in ("min_side", "max_pixels", "max_aspect_ratio"):
+            check_range(self, name, low=1)
         if not self.max_decode_mb > 0:
             raise ValueError(f"max_decode_mb must be > 0, got {self.max_decode_mb}")
         bad = {k: v for k, v in self.min_side_by_source.items() if not isinstance(v, int) or v < 1}

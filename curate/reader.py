@@ -200,12 +200,29 @@ def _iter_batches(fs, path: str, cfg: ReaderConfig) -> Iterator[pa.RecordBatch]:
     return _iter_txt(fs, path, cfg)
 
 
+def _guess_url_column(table: pa.Table) -> str:
+    """The column that most likely holds the URLs: by name, else the first string column whose values look like URLs."""
+    for name in table.column_names:
+        if any(word in name.lower() for word in ("url", "link", "href", "uri", "src")):
+            return name
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            first = next((v for v in col.to_pylist()[:20] if v), "")
+            if "://" in str(first):
+                return name
+    return "COLUMN"
+
+
 def _normalise(table: pa.Table, path: str, partition: int, first_row_in_file: int, cfg: ReaderConfig) -> pa.Table:
     """Rename the URL/source columns, add ``key``, keep every other column (renamed if it clashes with ours)."""
     names = table.column_names
     if cfg.url_column not in names:
-        raise ReaderError(f"{path}: no URL column {cfg.url_column!r} (columns: {names})",
-                          hint=f"--set reader.url_column={names[0] if names else 'NAME'} names the URL column")
+        from curate.config import ConfigError
+
+        raise ConfigError(f"{path}: no URL column {cfg.url_column!r} (columns: {names})",
+                          hint=f"name the URL column: --set reader.url_column={_guess_url_column(table)}",
+                          key="reader.url_column")
     n = table.num_rows
     url = table.column(cfg.url_column)
     if not pa.types.is_string(url.type):

@@ -48,7 +48,8 @@ import pyarrow.parquet as pq
 
 from curate import schema
 from curate.build_config import BuildConfig
-from curate.config import ConfigError, load_config, to_dict
+from curate.cli import error_boundary, exit_with
+from curate.config import ConfigError, to_dict
 from curate.progress import ProgressMeter
 from curate.split import SplitConfig
 
@@ -678,20 +679,18 @@ def _remove_temporaries(store: Store) -> None:
 
 
 def write_report(cfg: BuildConfig, store: Store, rows: pa.Table, summary: dict) -> None:
-    from curate.report import render_report
+    """DIR/report.html: kept samples per subset and rejected ones whose bytes are still staged, embedded."""
+    from curate.report import render_report, select_examples
 
     thumbs: dict[str, list[tuple[str, bytes]]] = {}
-    status = rows["status"].to_pylist()
-    subset = rows["subset"].to_pylist()
-    for sub in schema.SUBSETS:
-        idx = [i for i, (st, s) in enumerate(zip(status, subset)) if st == "ok" and s == sub][: cfg.report_thumbnails]
-        if not idx:
-            continue
+    for group, idx in select_examples(rows, per_subset=cfg.report_thumbnails).items():
         picked = rows.take(pa.array(idx, pa.int64()))
         datas = read_refs(store.fs, store.root, picked["_ref_path"].to_pylist(), picked["_ref_offset"].to_pylist(),
                           picked["_ref_length"].to_pylist())
-        thumbs[sub] = list(zip(picked["key"].to_pylist(), datas))
-    html = render_report(summary, rows.drop_columns([c for c in REF_COLUMNS if c in rows.column_names]), thumbs)
+        thumbs[group] = list(zip(picked["key"].to_pylist(), datas))
+    limits = {"min_side": cfg.check.min_side, "max_aspect_ratio": cfg.check.max_aspect_ratio}
+    html = render_report(summary, rows.drop_columns([c for c in REF_COLUMNS if c in rows.column_names]), thumbs,
+                         limits=limits)
     store.write_bytes(schema.REPORT_FILE, html.encode())
 
 
@@ -787,39 +786,52 @@ def _index_tars(store: Store, src_dir: str, names: list[str]) -> dict[str, tuple
 
 
 # --------------------------------------------------------------------------------------------------- CLI
+EXAMPLES = (
+    ("bbst build", "the built-in demo: generated images served on loopback -> ./bbst-demo (report.html inside)"),
+    ("bbst build --urls urls.csv --out ./bbst-out --min-side 512",
+     "your URL list (CSV/TSV, Parquet, JSONL or text; file, folder, glob or s3://...) -> shards in ./bbst-out"),
+    ("bbst build --urls links.csv --out ./bbst-out --set reader.url_column=link",
+     "a list whose URL column has another name; any option is one --set away"),
+    ("bbst build --config my.yaml --set download.threads=32",
+     "every option from a YAML file (python -m curate.build_config prints one with every default)"),
+    ("bbst build --rescore ./bbst-out --classifier runs/clf/checkpoint",
+     "re-score and re-split a finished output with a new classifier, without downloading again"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config file (local or fsspec URL); see pipelines/configs/")
-    p.add_argument("--urls", help="URL list: Parquet, CSV/TSV, JSONL or text; file, folder or glob; local or fsspec")
+    from curate.cli import ConfigFlags, add_config_file_flags, make_parser
+
+    p = make_parser("build", __doc__.split("\n")[0], EXAMPLES)
+    add_config_file_flags(p, "BuildConfig (see pipelines/configs/build_bbst.example.yaml)", "download.timeout=5")
+    flags = ConfigFlags(BuildConfig)
+    flags.add(p, "urls", metavar="URLS")
     p.add_argument("--images", metavar="DIR_OR_GLOB",
-                   help="build from image files instead of a URL list: a folder tree or glob, local or fsspec")
-    p.add_argument("--out", help="output directory (local or fsspec URL such as s3://bucket/prefix)")
-    p.add_argument("--min-side", type=int, help="reject images whose short side is below N pixels (default 1024)")
-    p.add_argument("--allow-private-network", action="store_true", default=None,
-                   help="allow downloads from loopback/private/link-local addresses (demo and tests)")
-    p.add_argument("--classifier", help="stylistic classifier checkpoint; scoring is skipped without one")
-    p.add_argument("--rescore", metavar="DIR", help="re-score the shards of an existing output DIR (no download)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config option, e.g. --set download.timeout=5 (repeatable)")
-    p.add_argument("--demo-images", type=int, help="generated images in the built-in demo corpus")
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+                   help="build from image files instead of a URL list: a folder tree or glob, local or fsspec "
+                        "(default: none)")
+    flags.add(p, "out", metavar="DIR")
+    flags.add(p, "check.min_side", "--min-side", metavar="N")
+    flags.add(p, "download.allow_private_network", "--allow-private-network")
+    flags.add(p, "score.classifier", "--classifier", metavar="CKPT")
+    p.add_argument("--rescore", metavar="DIR",
+                   help="re-score the shards of an existing output DIR with --classifier, no download (default: off)")
+    flags.add(p, "demo_images", metavar="N")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
+                   help="logging level (default: INFO)")
+    p.set_defaults(config_flags=flags)
     return p
 
 
 def load_cli_config(args: argparse.Namespace) -> BuildConfig:
     """Defaults <- ``--config`` YAML <- named flags <- ``--set`` pairs; unknown keys are errors."""
-    overrides: dict[str, Any] = {}
-    for flag in ("urls", "out", "min_side", "allow_private_network", "demo_images"):
-        if getattr(args, flag) is not None:
-            overrides[flag] = getattr(args, flag)
-    if args.classifier:
-        overrides["score"] = {"classifier": args.classifier}
+    from curate.cli import load_args
+
+    extra, origins = None, None
     if args.images is not None:
         if args.urls is not None:
             raise ConfigError("--images and --urls: pass one of them")
-        overrides.update(urls=args.images, reader={"format": "images"})
-    return load_config(BuildConfig, args.config, overrides, args.sets)
+        extra, origins = {"urls": args.images, "reader": {"format": "images"}}, {"urls": "--images"}
+    return load_args(BuildConfig, args, args.config_flags, extra=extra, extra_origins=origins)
 
 
 def _init_ray() -> None:
@@ -830,6 +842,7 @@ def _init_ray() -> None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
 
 
+@error_boundary("build")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -923,4 +936,4 @@ def print_summary(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main())

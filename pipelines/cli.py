@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+if __package__ in (None, ""):  # `python pipelines/cli.py`: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from curate.cli import DEBUG_ENV, exit_with, format_error, version
+from curate.errors import BbstError
 
 COMMANDS = {
     "build": ("pipelines.build_bbst", "curate: URL lists -> filtered, deduplicated, scored WebDataset shards"),
@@ -18,29 +25,51 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = ["usage: bbst COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: bbst [--version] [--debug] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<18} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`bbst COMMAND --help` shows the options of one command."]
+    lines += ["", "options:",
+              "  --version          print the bbst version and exit",
+              f"  --debug            show full tracebacks of errors in any command (same as {DEBUG_ENV}=1)",
+              "", "`bbst COMMAND --help` shows the options of one command, with examples.",
+              "Errors in your input print one line `bbst COMMAND: error: ...` and exit with code 2."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--debug":  # global form of each command's --debug, handed on through the environment
+        previous = os.environ.get(DEBUG_ENV)
+        os.environ[DEBUG_ENV] = "1"
+        try:
+            return main(argv[1:])
+        finally:
+            if previous is None:
+                del os.environ[DEBUG_ENV]
+            else:
+                os.environ[DEBUG_ENV] = previous
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"bbst {version()}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"bbst: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"bbst: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest)
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        return module.main(rest)
+    except BbstError as exc:  # scripts catch their own; this covers errors raised outside a script's main
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in rest:
+            raise
+        print(format_error(name, exc), file=sys.stderr, flush=True)
+        return exc.exit_code
 
 
 def run() -> None:
     """Console-script entry: scripts' ``main`` may return a summary (success) or an exit code."""
-    result = main()
-    sys.exit(result if isinstance(result, int) else 0)
+    exit_with(main())
 
 
 if __name__ == "__main__":

@@ -24,15 +24,18 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # `python pipelines/evaluate_st.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
+# torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
+from curate.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
+from curate.config import ConfigError
+from curate.errors import BadInputError, MissingInputError
 
-from curate.config import ConfigError, field_comments, load_config
-from train.evaluation import Protocol, Row, evaluate, load_protocol, verify_checksums
-from train.inference import Stylizer, list_images
+if TYPE_CHECKING:
+    from train.evaluation import Protocol, Row
 
 log = logging.getLogger("bbst.evaluate")
 
@@ -64,16 +67,19 @@ class EvalConfig:
 
 def read_pairs(cfg: EvalConfig) -> tuple[Protocol, Path]:
     """The protocol of ``--protocol``, or one built from ``--pairs`` CSV / ``--content`` x ``--style`` folders."""
+    from train.evaluation import Protocol, load_protocol
+    from train.inference import list_images
+
     if cfg.protocol:
         return load_protocol(cfg.protocol)
     if cfg.pairs:
         path = Path(cfg.pairs)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: pairs CSV not found")
+            raise MissingInputError(f"--pairs {path}: pairs CSV not found")
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"content", "style"} <= set(reader.fieldnames):
-                raise ValueError(f"{path}: needs 'content' and 'style' columns, has {reader.fieldnames}")
+                raise BadInputError(f"{path}: needs 'content' and 'style' columns, has {reader.fieldnames}")
             rows = list(reader)
         contents = list(dict.fromkeys(r["content"] for r in rows))
         styles = list(dict.fromkeys(r["style"] for r in rows))
@@ -96,28 +102,36 @@ def _named(items: list[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
+EXAMPLES = (
+    ("bbst evaluate --protocol protocol.yaml --model NeAT=neat.pt --no-blur-row --no-prior-row --out eval/",
+     "NeAT Tables 1 and 2 on a protocol file, with the no-blur and no-prior-deltas rows"),
+    ("bbst evaluate --content photos/ --style styles/ --outputs other=other/ --random-metrics --out smoke/",
+     "every content x style pair against another method's saved outputs; random metric nets (a smoke run)"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML file with EvalConfig fields")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a field")
-    helps = field_comments(EvalConfig)  # the dataclass comments are the option docs
-    for name in ("protocol", "pairs", "content", "style", "vgg-weights", "lpips-net", "lpips-backbone",
-                 "inception-weights", "device", "out"):
-        p.add_argument(f"--{name}", default=None, help=helps.get(name.replace("-", "_")))
-    p.add_argument("--model", dest="models", action="append", default=None, metavar="NAME=CKPT",
-                   help=helps["models"])
-    p.add_argument("--outputs", action="append", default=None, metavar="NAME=DIR", help=helps["outputs"])
-    p.add_argument("--sizes", nargs="+", default=None, metavar="SIZE", help=helps["sizes"])
-    p.add_argument("--timing-sizes", nargs="+", default=None, metavar="WxH", help=helps["timing_sizes"])
-    for name, kind in (("alpha", float), ("timing-repeats", int), ("timing-warmup", int)):
-        p.add_argument(f"--{name}", type=kind, default=None, help=helps.get(name.replace("-", "_")))
-    for name in ("no-blur-row", "no-prior-row", "no-timing", "random-metrics"):
-        p.add_argument(f"--{name}", action="store_true", default=None, help=helps[name.replace("-", "_")])
+    p = make_parser("evaluate", __doc__.split("\n")[0], EXAMPLES)
+    add_config_file_flags(p, "EvalConfig", "timing_repeats=5")
+    flags = ConfigFlags(EvalConfig)  # the dataclass comments are the option docs
+    for name in ("protocol", "pairs", "content", "style"):
+        flags.add(p, name, metavar="PATH")
+    flags.add(p, "models", "--model", action="append", metavar="NAME=CKPT")
+    flags.add(p, "outputs", action="append", metavar="NAME=DIR")
+    flags.add(p, "sizes", metavar="SIZE")
+    flags.add(p, "timing_sizes", metavar="WxH")
+    for name in ("no_blur_row", "no_prior_row", "no_timing", "random_metrics"):
+        flags.add(p, name, action="store_true")
+    flags.add_rest(p)  # every other option, in the dataclass's order
+    p.set_defaults(config_flags=flags)
     return p
 
 
 def build_rows(cfg: EvalConfig, device: str) -> list[Row]:
     """Checkpoint rows (with their no-blur / no-prior variants) and precomputed-output rows."""
+    from train.evaluation import Row
+    from train.inference import Stylizer
+
     rows: list[Row] = []
     for name, ckpt in _named(cfg.models, "model"):
         base = Stylizer(ckpt, device, cfg.alpha, max_side=0)
@@ -132,18 +146,21 @@ def build_rows(cfg: EvalConfig, device: str) -> list[Row]:
             rows.append(Row(f"{name} (no prior deltas)", no_prior))
     for name, folder in _named(cfg.outputs, "outputs"):
         if not Path(folder).is_dir():
-            raise FileNotFoundError(f"--outputs {name}={folder}: folder not found")
+            raise MissingInputError(f"--outputs {name}={folder}: folder not found")
         rows.append(Row(name, outputs=folder))
     return rows
 
 
+@error_boundary("evaluate")
 def main(argv: list[str] | None = None) -> dict:
-    from train.metrics import StyleTransferMetrics
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
-    named = {k: v for k, v in vars(args).items() if k not in ("config", "sets") and v is not None}
-    cfg = load_config(EvalConfig, args.config, overrides=named, sets=args.sets)
+    cfg = load_args(EvalConfig, args, args.config_flags)
+    import torch
+
+    from train.evaluation import evaluate, verify_checksums
+    from train.metrics import StyleTransferMetrics
+
     if not cfg.models and not cfg.outputs:
         raise ConfigError("nothing to evaluate: give --model NAME=CKPT and/or --outputs NAME=DIR")
     protocol, base = read_pairs(cfg)
@@ -171,4 +188,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main())

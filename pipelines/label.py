@@ -18,50 +18,56 @@ if __package__ in (None, ""):  # `python pipelines/label.py` puts pipelines/ on 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from classifier.labeling.app import create_app, needs_token
-from classifier.labeling.pool import PoolError
-from classifier.labeling.session import DatabaseInUse, LabelConfig
-from classifier.labeling.store import LabelStoreError
-from curate.config import ConfigError, load_config
+from classifier.labeling.session import LabelConfig
+from curate.cli import error_boundary, format_error
+from curate.errors import BbstError
 
 __all__ = ["LabelConfig", "create_app", "main", "needs_token", "parse_args"]
 
 
+EXAMPLES = (
+    ("bbst label --pool bbst-demo --db labels.sqlite --classifier bbst-demo/demo-classifier",
+     "label the demo output, starting from its DEMO classifier; open the printed address"),
+    ("bbst label --pool RUN/shards --db labels.sqlite --weights cache --port 8001",
+     "label a curation run's shards from scratch with backbone weights from the local caches"),
+    ("bbst label --pool imgs/ --db labels.sqlite --model test_vit_shared --retrain-every 10",
+     "a folder of images with a tiny random-init test model (a smoke run; useless suggestions)"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from curate.cli import ConfigFlags, add_config_file_flags, make_parser
+
+    p = make_parser("label", __doc__.splitlines()[0], EXAMPLES)
+    add_config_file_flags(p, "LabelConfig", "sampling.random_share=0.5")
+    flags = ConfigFlags(LabelConfig)
+    flags.add(p, "pool", metavar="POOL", required=True)
+    flags.add(p, "db", metavar="FILE")
+    flags.add(p, "classifier", metavar="CKPT")
+    flags.add(p, "model", metavar="NAME")
+    flags.add(p, "weights", metavar="FILE|cache")
+    flags.add(p, "style_weights", metavar="FILE|cache")
+    flags.add(p, "server.host", metavar="ADDR")
+    flags.add(p, "server.port")
+    flags.add(p, "server.token", metavar="TOKEN")
+    flags.add(p, "active.retrain_every")
+    flags.add(p, "active.min_per_class")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), type=str.lower,
+                   help="server logging level; info logs every retrain round (default: info)")
+    p.set_defaults(config_flags=flags)
+    return p
+
+
 def parse_args(argv=None) -> tuple[LabelConfig, argparse.Namespace]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="YAML file with LabelConfig values")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config value")
-    p.add_argument("--pool", help="curation run dir, shards dir, image folder or Parquet list of paths")
-    p.add_argument("--db", help="SQLite label database")
-    p.add_argument("--classifier", help="starting classifier checkpoint")
-    p.add_argument("--model", help="backbone name when starting from scratch")
-    p.add_argument("--weights", help="trunk weights for --model: a local file or 'cache'")
-    p.add_argument("--style-weights", help="style trunk weights of a two-trunk --model: a local file or 'cache'")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--token", help="access token for non-loopback binds (default: generated)")
-    p.add_argument("--retrain-every", type=int, help="retrain after this many new labels")
-    p.add_argument("--min-per-class", type=int, help="labels per class before the first head")
-    p.add_argument("--log-level", default="info", help="log level; info shows every retrain round (default info)")
-    args = p.parse_args(argv)
-    overrides: dict = {k: v for k, v in {"pool": args.pool, "db": args.db, "classifier": args.classifier,
-                                         "model": args.model, "weights": args.weights,
-                                         "style_weights": args.style_weights}.items() if v is not None}
-    server = {k: v for k, v in {"host": args.host, "port": args.port, "token": args.token}.items() if v is not None}
-    active = {k: v for k, v in {"retrain_every": args.retrain_every, "min_per_class": args.min_per_class}.items()
-              if v is not None}
-    if server:
-        overrides["server"] = server
-    if active:
-        overrides["active"] = active
-    return load_config(LabelConfig, args.config, overrides=overrides, sets=args.set), args
+    from curate.cli import load_args
+
+    args = build_parser().parse_args(argv)
+    return load_args(LabelConfig, args, args.config_flags), args
 
 
+@error_boundary("label")
 def main(argv=None) -> int:
-    try:
-        cfg, args = parse_args(argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg, args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
@@ -71,9 +77,11 @@ def main(argv=None) -> int:
     token = (cfg.server.token or secrets.token_urlsafe(24)) if require else None
     try:
         app = create_app(cfg, require_token=require, token=token)
-    except (ConfigError, PoolError, LabelStoreError, DatabaseInUse, FileNotFoundError, ValueError) as exc:
-        # bad pool, database, checkpoint or weights: one clear line naming the file, no traceback
-        print(f"error: {exc}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as exc:
+        if isinstance(exc, BbstError):
+            raise  # the boundary prints it (with its hint)
+        # a missing or unreadable file deep in the model code: one clear line naming the file, no traceback
+        print(format_error("label", exc), file=sys.stderr)
         return 2
     shown_host = cfg.server.host if ":" not in cfg.server.host else f"[{cfg.server.host}]"
     url = f"http://{shown_host}:{cfg.server.port}/"

@@ -16,14 +16,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # `python pipelines/stylize.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
+# torch and the model code are imported inside main(): `--help` prints before torch loads
+from curate.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
+from curate.config import ConfigError
 
-from curate.config import field_comments, load_config
-from train.inference import Stylizer, list_images, load_image, save_image
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("bbst.stylize")
 
@@ -46,33 +49,42 @@ class StylizeConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"...
 
 
+EXAMPLES = (
+    ("bbst stylize --checkpoint ckpt.pt --content photo.jpg --style art.jpg --out out.png",
+     "one content image in the style of one style image, at the content's own resolution"),
+    ("bbst stylize --checkpoint ckpt.pt --content photos/ --style styles/ --out stylized/ --alpha 0.7",
+     "every content x style pair of two folders, weaker style; results.csv lists each pair's status"),
+)
+REQUIRED = ("checkpoint", "content", "style", "out")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML file with StylizeConfig fields")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a field")
-    helps = field_comments(StylizeConfig)  # the dataclass comments are the option docs
-    for name, kind in (("checkpoint", str), ("content", str), ("style", str), ("out", str), ("alpha", float),
-                       ("blur", float), ("prior-weight", float), ("steps", int), ("max-side", int),
-                       ("style-size", int), ("attention-mode", str),
-                       ("attention-chunk", int), ("max-style-tokens", int), ("device", str)):
-        p.add_argument(f"--{name}", type=kind, default=None, help=helps.get(name.replace("-", "_")))
+    p = make_parser("stylize", __doc__.split("\n")[0], EXAMPLES)
+    add_config_file_flags(p, "StylizeConfig", "alpha=0.5")
+    flags = ConfigFlags(StylizeConfig)  # the dataclass comments are the option docs
+    for name in REQUIRED:
+        flags.add(p, name, metavar="PATH", required=True)
+    flags.add_rest(p)  # alpha, blur, max_side, ...: every other option, in the dataclass's order
+    p.set_defaults(config_flags=flags)
     return p
 
 
+@error_boundary("stylize")
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
-    named = {k: v for k, v in vars(args).items() if k not in ("config", "sets") and v is not None}
-    cfg = load_config(StylizeConfig, args.config, overrides=named, sets=args.sets)
-    for field_name in ("checkpoint", "content", "style", "out"):
+    cfg = load_args(StylizeConfig, args, args.config_flags)
+    for field_name in REQUIRED:
         if not getattr(cfg, field_name):
-            raise SystemExit(f"--{field_name} is required")
+            raise ConfigError(f"--{field_name} is required", hint="bbst stylize --help shows an example")
+    from train.inference import Stylizer, list_images, load_image, save_image
+
     contents, styles = list_images(cfg.content), list_images(cfg.style)
     single = len(contents) == 1 and len(styles) == 1 and not Path(cfg.out).is_dir() and Path(cfg.out).suffix
     out_dir = Path(cfg.out).parent if single else Path(cfg.out)
     stylizer = Stylizer(cfg.checkpoint, cfg.device, cfg.alpha, cfg.blur, cfg.max_side, cfg.style_size,
-                        prior_weight=cfg.prior_weight, steps=cfg.steps, attention_mode=cfg.attention_mode, attention_chunk=cfg.attention_chunk,
-                        max_style_tokens=cfg.max_style_tokens)
+                        prior_weight=cfg.prior_weight, steps=cfg.steps, attention_mode=cfg.attention_mode,
+                        attention_chunk=cfg.attention_chunk, max_style_tokens=cfg.max_style_tokens)
     rows: list[dict] = []
     style_cache: dict[Path, torch.Tensor | Exception] = {}
     for cpath in contents:
@@ -113,4 +125,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main())

@@ -24,14 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from curate.errors import BbstError
-
 if __package__ in (None, ""):  # `python pipelines/train_classifier.py` without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from curate.config import ConfigError, load_config, to_dict
+from curate.cli import error_boundary
+from curate.config import ConfigError, to_dict
+from curate.errors import BbstError
 
 log = logging.getLogger("train_classifier")
 
@@ -220,21 +220,32 @@ def finetune(model, images: list[bytes], labels: np.ndarray, cfg: TrainClassifie
 
 
 # ----------------------------------------------------------------------------------------------- main
+EXAMPLES = (
+    ("bbst train-classifier --labels labels.parquet --images RUN/shards --out runs/clf --weights cache",
+     "labels from a file (key,label), images from a curation run's shards; backbone weights from the local caches"),
+    ("bbst train-classifier --labels-db labels.sqlite --images RUN/shards --out runs/clf2 --weights cache",
+     "the decisions of a `bbst label` session"),
+    ("bbst train-classifier --labels labels.csv --images imgs/ --model test_vit_shared --out runs/smoke",
+     "a smoke run: a tiny random-init test model on a folder of images (no weights needed; useless scores)"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from curate.cli import ConfigFlags, add_config_file_flags, make_parser
+
+    p = make_parser("train-classifier", __doc__.split("\n\n")[0], EXAMPLES)
+    add_config_file_flags(p, "TrainClassifierConfig", "val_fraction=0.25")
+    flags = ConfigFlags(TrainClassifierConfig)
+    flags.add_all(p)  # every option of the dataclass, help from its one-line comment
+    p.set_defaults(config_flags=flags)
+    return p
+
+
 def parse_args(argv: list[str] | None) -> TrainClassifierConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file with TrainClassifierConfig fields")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field")
-    for name in ("labels", "labels_db", "images", "out", "model", "weights", "style_weights", "feature_cache", "device"):
-        p.add_argument("--" + name.replace("_", "-"), dest=name)
-    for name in ("finetune_blocks", "finetune_epochs", "epochs", "seed", "batch_size", "num_threads", "patience"):
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
-    for name in ("val_fraction", "target_precision", "finetune_lr"):
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=float)
-    p.add_argument("--skip-missing", dest="skip_missing", action="store_true", default=None)
-    p.add_argument("--no-report", dest="report", action="store_false", default=None)
-    args = p.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "set") and v is not None}
-    return load_config(TrainClassifierConfig, args.config, overrides=overrides, sets=args.set)
+    from curate.cli import load_args
+
+    args = build_parser().parse_args(argv)
+    return load_args(TrainClassifierConfig, args, args.config_flags)
 
 
 def run(cfg: TrainClassifierConfig) -> dict:
@@ -387,14 +398,11 @@ def create_model_cfg(name: str):
     return get_model_config(name)
 
 
+@error_boundary("train-classifier")
 def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = parse_args(argv)
-        summary = run(cfg)
-    except (ConfigError, TrainDataError) as exc:
-        log.error("%s", exc)
-        return 2
+    summary = run(cfg)
     print(json_text({k: summary[k] for k in ("version", "checkpoint", "metrics")}))
     return 0
 

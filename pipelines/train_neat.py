@@ -27,23 +27,33 @@ from typing import Any
 if __package__ in (None, ""):  # `python pipelines/train_neat.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curate.config import from_dict, load_config, to_dict
+from curate.cli import error_boundary, exit_with
+from curate.config import ConfigError, from_dict, load_config, to_dict
 from train.config import TrainConfig
 
 log = logging.getLogger("bbst.train")
 
 
+EXAMPLES = (
+    ("bbst train --config train/configs/neat_tiny.yaml --set data.root=bbst-demo --set loader.num_workers=1",
+     "CPU smoke run of a tiny NeAT on the demo output of `bbst build` (one shard per subset: one reader)"),
+    ("bbst train --config train/configs/neat_tiny.yaml --set data.root=bbst-demo --set loader.num_workers=1 --resume",
+     "continue that run (stopped or killed) from its newest checkpoint"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML config (see train/configs/neat_tiny.yaml, neat_1024.yaml)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config option, e.g. --set loader.batch_size=8 (repeatable)")
+    from curate.cli import add_config_file_flags, make_parser
+
+    p = make_parser("train", __doc__.split("\n")[0], EXAMPLES)
+    add_config_file_flags(p, "TrainConfig (see train/configs/neat_tiny.yaml, neat_1024.yaml)", "loader.batch_size=8")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN|CKPT",
                    help="continue a run: a run folder (its config.yaml and newest checkpoint), a checkpoint file, "
-                        "or nothing (the newest checkpoint of --config's run)")
+                        "or nothing (the newest checkpoint of --config's run) (default: start afresh)")
     p.add_argument("--launcher", choices=("none", "torchrun", "ray"), default="none",
-                   help="how ranks are started (default: a single process)")
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+                   help="how ranks are started: one process, torchrun's environment, or Ray Train (default: none)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
+                   help="logging level (default: INFO)")
     return p
 
 
@@ -129,6 +139,7 @@ def resolve_run(config: str | None, sets: list[str], resume: bool | str) -> tupl
     return load_config(TrainConfig, config, sets=sets), resume
 
 
+@error_boundary("train")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler()
@@ -140,17 +151,12 @@ def main(argv: list[str] | None = None) -> dict:
         result = run_ray(cfg, args.resume, args.log_level.upper())
         return {"metrics": dict(result.metrics or {}), "error": result.error}
     if args.launcher == "torchrun" and "WORLD_SIZE" not in os.environ:
-        raise SystemExit("--launcher torchrun: WORLD_SIZE is not set; start this script with torchrun")
+        raise ConfigError("--launcher torchrun: WORLD_SIZE is not set",
+                          hint="start it with torchrun, e.g. torchrun --nproc_per_node 2 pipelines/train_neat.py ...")
     from train.trainer import train
 
     return train(cfg, resume=args.resume)
 
 
 if __name__ == "__main__":
-    from curate.errors import BbstError
-
-    try:
-        main()
-    except BbstError as exc:  # a user error: one line, no traceback
-        print(f"bbst train: error: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
-        sys.exit(exc.exit_code)
+    exit_with(main())

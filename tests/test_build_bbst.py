@@ -16,7 +16,7 @@ from ray_local import ray_local  # noqa: F401 - session fixture
 
 from curate import schema, synthetic
 from curate.build_config import BuildConfig, iter_field_paths
-from curate.config import ConfigError
+from curate.config import ConfigError, load_config
 from pipelines import build_bbst
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,11 +213,11 @@ def test_unknown_config_key_is_an_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("urls: x.parquet\ndownload:\n  timeout: 3\n  not_an_option: 1\n")
     with pytest.raises(ConfigError, match="not_an_option"):
-        build_bbst.main(["--config", str(bad)])
+        build_bbst.main(["--config", str(bad), "--debug"])
     with pytest.raises(ConfigError, match="bogus"):
-        build_bbst.main(["--urls", "x.parquet", "--set", "bogus=1"])
+        build_bbst.main(["--urls", "x.parquet", "--set", "bogus=1", "--debug"])
     with pytest.raises(ConfigError, match="min_side"):
-        build_bbst.main(["--urls", "x.parquet", "--set", "check.min_side=big"])
+        build_bbst.main(["--urls", "x.parquet", "--set", "check.min_side=big", "--debug"])
 
 
 def test_flags_override_config_file(tmp_path):
@@ -252,7 +252,7 @@ def test_example_config_documents_every_option():
     for line in text.splitlines():
         if re.match(r"^\s*[a-z_]+:\s*\S", line):
             assert "#" in line, f"undocumented option line: {line!r}"
-    cfg = build_bbst.load_config(BuildConfig, EXAMPLE)
+    cfg = load_config(BuildConfig, EXAMPLE)
     assert cfg == BuildConfig(urls=cfg.urls, out=cfg.out)
 
 

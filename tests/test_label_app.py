@@ -102,9 +102,9 @@ def test_cli_bad_pool_is_one_clear_line(tmp_path, capsys):
     assert label_app.main(["--pool", str(tmp_path / "missing"), "--db", str(tmp_path / "l.sqlite"),
                            "--model", "test_vit_shared"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "missing: pool not found" in err and "Traceback" not in err
+    assert err.startswith("bbst label: error: ") and "missing: pool not found" in err and "Traceback" not in err
     assert label_app.main(["--pool", str(tmp_path), "--set", "sampling.nope=1"]) == 2
-    assert "unknown key(s) ['nope']" in capsys.readouterr().err
+    assert "--set sampling.nope=1: unknown key sampling.nope" in capsys.readouterr().err
 
 
 def test_validation_traversal_and_json_errors(pool_dir, tmp_path):

@@ -79,18 +79,25 @@ def test_folders_record_bad_images_as_rows(tmp_path, checkpoint):
         assert len(list(csv.DictReader(f))) == 4
 
 
-def test_clear_errors(tmp_path, checkpoint):
-    with pytest.raises(FileNotFoundError, match="missing.jpg"):
-        main(["--checkpoint", str(checkpoint), "--content", str(tmp_path / "missing.jpg"), "--style",
-              str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o.png")])
+def test_clear_errors(tmp_path, checkpoint, capsys):
+    def one_line_error(argv: list[str], match: str) -> None:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bbst stylize: error: ") and match in err and "Traceback" not in err, err
+
+    one_line_error(["--checkpoint", str(checkpoint), "--content", str(tmp_path / "missing.jpg"), "--style",
+                    str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o.png")], "missing.jpg")
     (tmp_path / "bad.png").write_bytes(b"xx")
     photo_like(32, 32).save(tmp_path / "c.png")
-    with pytest.raises(ValueError, match="bad.png: cannot decode"):
-        main(["--checkpoint", str(checkpoint), "--content", str(tmp_path / "c.png"), "--style",
-              str(tmp_path / "bad.png"), "--out", str(tmp_path / "o.png")])
+    one_line_error(["--checkpoint", str(checkpoint), "--content", str(tmp_path / "c.png"), "--style",
+                    str(tmp_path / "bad.png"), "--out", str(tmp_path / "o.png")], "bad.png: cannot decode")
+    one_line_error(["--checkpoint", str(tmp_path / "nope.pt"), "--content", str(tmp_path / "c.png"), "--style",
+                    str(tmp_path / "c.png"), "--out", str(tmp_path / "o.png")], "nope.pt: checkpoint not found")
+    one_line_error(["--content", str(tmp_path / "c.png")], "--checkpoint is required")
+    # --debug keeps the exception and its traceback
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         main(["--checkpoint", str(tmp_path / "nope.pt"), "--content", str(tmp_path / "c.png"), "--style",
-              str(tmp_path / "c.png"), "--out", str(tmp_path / "o.png")])
+              str(tmp_path / "c.png"), "--out", str(tmp_path / "o.png"), "--debug"])
 
 
 @pytest.mark.gpu

@@ -134,7 +134,7 @@ def test_unknown_config_key_is_an_error(tmp_path, shard_root):
 
     cfg = _config(tmp_path, shard_root, "bad")
     with pytest.raises(ConfigError, match="unknown key"):
-        main(["--config", str(cfg), "--set", "optim.learning_rate=1"])
+        main(["--config", str(cfg), "--set", "optim.learning_rate=1", "--debug"])
 
 
 def test_run_folder_console_and_resume_run_without_other_flags(tmp_path, shard_root, caplog):
@@ -172,7 +172,7 @@ def test_changed_settings_are_refused_in_one_line_without_a_traceback(tmp_path, 
     run = tmp_path / "fixed"
     with pytest.raises(ResumeError) as info:
         main(["--resume", str(run), "--set", "loader.seed=9", "--set", "data.crop_size=32", "--set",
-              "data.short_side_min=64", "--set", "schedule.max_steps=2"])
+              "data.short_side_min=64", "--set", "schedule.max_steps=2", "--debug"])
     message = str(info.value)
     assert "\n" not in message and "loader.seed (run: 1, now: 9)" in message and "data.crop_size" in message
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

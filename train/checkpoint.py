@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from curate.errors import BadInputError, MissingInputError
+
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 
@@ -74,10 +76,10 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
         with fsspec.open(path, "rb") as f:
             state = torch.load(f, map_location=map_location, weights_only=False)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint not found") from None
+        raise MissingInputError(f"{path}: checkpoint not found") from None
     for key in ("model_name", "model_config", "model", "step"):
         if key not in state:
-            raise ValueError(f"{path}: not a bbst training checkpoint (missing {key!r})")
+            raise BadInputError(f"{path}: not a bbst training checkpoint (missing {key!r})")
     return state
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from curate.errors import BbstError
+from curate.errors import BadInputError, BbstError, MissingInputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 CONTROLS = ("alpha", "blur", "prior_weight", "steps")
@@ -46,9 +46,9 @@ def load_image(path: str | Path) -> torch.Tensor:
                 img.paste(rgba, mask=rgba.getchannel("A"))
             arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such image") from None
+        raise MissingInputError(f"{path}: no such image") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: cannot decode image ({exc})") from None
+        raise BadInputError(f"{path}: cannot decode image ({exc})") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
@@ -100,10 +100,10 @@ def list_images(path: str | Path) -> list[Path]:
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise MissingInputError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return files
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or folder")
+        raise MissingInputError(f"{p}: no such file or folder")
     return [p]
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curate.errors import MissingInputError
 from train.losses import gram_matrix
 from train.models.vgg import STYLE_LAYERS, VGG19Encoder
 
@@ -31,7 +32,7 @@ def _find_weights(what: str, explicit: str | os.PathLike | None, names: tuple[st
         if path.is_file():
             return path
     looked = "\n  ".join(str(p) for p in candidates)
-    raise FileNotFoundError(f"{what} weights not found. Looked in:\n  {looked}\nCopy {' or '.join(names)} into "
+    raise MissingInputError(f"{what} weights not found. Looked in:\n  {looked}\nCopy {' or '.join(names)} into "
                             f"{ckpt_dir}, set ${env}, or pass the path explicitly (nothing is downloaded).")
 
 

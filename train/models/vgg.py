@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curate.errors import MissingInputError
+
 # (name, in_channels, out_channels) of VGG-19's convolutions up to conv5_1, in order; "pool" marks max-pooling.
 _VGG19_LAYOUT: list[tuple[str, int, int] | str] = [
     ("conv1_1", 3, 64), ("conv1_2", 64, 64), "pool",
@@ -60,7 +62,7 @@ def resolve_weights(weights: str | os.PathLike) -> Path:
         if path.is_file():
             return path
     looked = "\n  ".join(str(p) for p in candidates)
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"VGG-19 weights not found. Looked in:\n  {looked}\n"
         f"Supply them without a download at run time: copy torchvision's {TORCHVISION_FILE} (ImageNet VGG-19) or the "
         f"AdaIN/PAMA {NORMALISED_FILE} into {Path(torch.hub.get_dir()) / 'checkpoints'}, or set ${WEIGHTS_ENV} "

@@ -1,0 +1,301 @@
+"""Command-line plumbing shared by every entry script: flags from config dataclasses, help, and the error boundary.
+
+* :class:`ConfigFlags` turns fields of a typed config dataclass (``curate/config.py``) into argparse flags whose
+  type, choices, help text and shown default come from the field itself (its annotation, default and one-line
+  comment), so a flag and its config key can never drift apart.
+* :func:`make_parser` builds a ``bbst <command>`` parser with examples in its epilog and the common ``--debug``.
+* :func:`error_boundary` wraps a script's ``main``: a :class:`~curate.errors.BbstError` becomes one line,
+  ``bbst <command>: error: <message>`` (plus ``hint: ...``), and exit code 2; ``--debug`` (or ``BBST_DEBUG=1``)
+  re-raises it with its traceback. Anything else is a bug and keeps its traceback.
+
+This module imports only the standard library and ``curate.config``: ``--help`` must print before torch or Ray
+is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+import threading
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from curate.config import ConfigError, field_comments, load_config
+from curate.errors import BbstError
+
+DEBUG_ENV = "BBST_DEBUG"
+# Background threads whose name starts with this only warm up imports; an error exit waits for them, because an
+# interpreter torn down while a thread is half-way through `import torch` prints torch's finalizer tracebacks.
+PREWARM_THREAD_PREFIX = "bbst-prewarm"
+PREWARM_JOIN_S = 60.0
+
+
+def version() -> str:
+    """The installed bbst version (package metadata), without importing anything heavy."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("bbst")
+    except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+# --------------------------------------------------------------------------------------------------- parsers
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's example lines as written; wider option column than argparse's default."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        kwargs.setdefault("max_help_position", 36)
+        super().__init__(prog, **kwargs)
+
+
+def examples_epilog(examples: Iterable[tuple[str, str]]) -> str:
+    """Epilog text from ``(command line, what it does)`` pairs."""
+    lines = ["examples:"]
+    for command, what in examples:
+        lines.append(f"  # {what}")
+        lines.append(f"  {command}")
+    return "\n".join(lines)
+
+
+def make_parser(command: str, description: str, examples: Iterable[tuple[str, str]] = ()) -> argparse.ArgumentParser:
+    """Parser for ``bbst <command>`` with the examples as epilog and the common ``--debug`` flag."""
+    examples = list(examples)
+    p = argparse.ArgumentParser(prog=f"bbst {command}", description=description, formatter_class=HelpFormatter,
+                                epilog=examples_epilog(examples) if examples else None)
+    p.add_argument("--debug", action="store_true",
+                   help=f"show the full traceback of an error instead of one line (default: off; also {DEBUG_ENV}=1)")
+    return p
+
+
+def add_config_file_flags(parser: argparse.ArgumentParser, what: str, set_example: str) -> None:
+    """The ``--config FILE`` and repeatable ``--set KEY=VALUE`` flags every config-driven script has."""
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"YAML file with {what} options, local or fsspec URL (default: none, built-in defaults)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override any config option by its dotted key, e.g. --set {set_example}; repeatable; "
+                             "applied after --config and the named flags (default: none)")
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _shown_default(value: Any) -> str:
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value) if value else "none"
+    return str(value)
+
+
+@dataclasses.dataclass
+class _Flag:
+    key: str  # dotted config key, e.g. "check.min_side"
+    flag: str  # option string, e.g. "--min-side"
+    dest: str  # argparse destination
+
+
+class ConfigFlags:
+    """Argparse flags for chosen fields of config dataclass ``cls``; values given on the command line only.
+
+    Every flag defaults to ``None`` in argparse (the config file and the dataclass default stay in charge), while
+    its help shows the dataclass default. :meth:`overrides` gives the nested mapping of the flags that were given,
+    :meth:`origins` what the user typed for each key, so :func:`load_args` can blame ``--min-side -5`` for a bad
+    value instead of the config file.
+    """
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.flags: list[_Flag] = []
+        self._docs: dict[type, tuple[dict[str, Any], dict[str, str]]] = {}  # class -> (type hints, comments)
+
+    def _doc(self, cls: type) -> tuple[dict[str, Any], dict[str, str]]:
+        if cls not in self._docs:  # reading a class's source for its comments is slow enough to do once
+            self._docs[cls] = (typing.get_type_hints(cls), field_comments(cls))
+        return self._docs[cls]
+
+    def _field(self, key: str) -> tuple[dataclasses.Field, Any, str, Any]:
+        """The field at dotted ``key``: (field, annotation, comment, default value)."""
+        cls, parts = self.cls, key.split(".")
+        for i, part in enumerate(parts):
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            if part not in fields:
+                raise KeyError(f"{self.cls.__name__} has no option {key!r}")
+            hints, comments = self._doc(cls)
+            if i < len(parts) - 1:
+                cls = hints[part]
+                continue
+            f = fields[part]
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+            return f, hints[part], comments.get(part, ""), default
+        raise KeyError(key)  # pragma: no cover - loop always returns
+
+    def add(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup, key: str, flag: str | None = None, *,
+            help: str | None = None, default: Any = dataclasses.MISSING, required: bool = False,
+            **kwargs: Any) -> None:
+        """Add the flag for dotted ``key`` (default name ``--last-part``).
+
+        ``help``/``default`` replace the derived text and shown default; ``required`` says so in the help (the value
+        may still come from ``--config``, so the script checks it after loading); other keyword arguments go to
+        ``add_argument`` (``metavar``, ``action``...).
+        """
+        _, tp, comment, field_default = self._field(key)
+        flag = flag or "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+        dest = key.replace(".", "__")
+        text = help or comment
+        if not text:
+            raise ValueError(f"{self.cls.__name__}.{key} has no one-line comment to serve as its --help text")
+        shown = _shown_default(field_default if default is dataclasses.MISSING else default)
+        text = (f"{text} (required)" if required else f"{text} (default: {shown})").replace("%", "%%")
+        inner = _unwrap_optional(tp)
+        origin = typing.get_origin(inner)
+        if "action" not in kwargs:
+            if inner is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif origin is typing.Literal:
+                kwargs["choices"] = list(typing.get_args(inner))
+            elif origin in (list, tuple):
+                item = (typing.get_args(inner) or (str,))[0]
+                kwargs.setdefault("nargs", "+")
+                kwargs["type"] = item if item in (int, float, str) else str
+            elif inner in (int, float, str):
+                kwargs["type"] = inner
+                if inner is not str:
+                    kwargs.setdefault("metavar", "N" if inner is int else "X")
+            else:
+                raise TypeError(f"{self.cls.__name__}.{key}: no flag for type {inner}; set it with --set")
+        elif kwargs["action"] == "append":
+            item = (typing.get_args(inner) or (str,))[0]
+            kwargs.setdefault("type", item if item in (int, float, str) else str)
+        parser.add_argument(flag, dest=dest, default=None, help=text, **kwargs)
+        self.flags.append(_Flag(key, flag, dest))
+
+    def add_all(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                keys: Iterable[str] | None = None) -> None:
+        """Flags for ``keys`` (default: every top-level option that is not a section)."""
+        if keys is None:
+            hints = typing.get_type_hints(self.cls)
+            keys = [f.name for f in dataclasses.fields(self.cls) if not dataclasses.is_dataclass(hints[f.name])]
+        for key in keys:
+            self.add(parser, key)
+
+    def add_rest(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        """Flags for every top-level option (not a section) that has none yet: a new field gets its flag too."""
+        done = {f.key for f in self.flags}
+        hints = typing.get_type_hints(self.cls)
+        for f in dataclasses.fields(self.cls):
+            if f.name not in done and not dataclasses.is_dataclass(hints[f.name]):
+                self.add(parser, f.name)
+
+    def given(self, args: argparse.Namespace) -> list[tuple[_Flag, Any]]:
+        return [(f, getattr(args, f.dest)) for f in self.flags if getattr(args, f.dest, None) is not None]
+
+    def overrides(self, args: argparse.Namespace) -> dict:
+        """Nested mapping of the flags the user gave (others are left to the config file and the defaults)."""
+        out: dict = {}
+        for f, value in self.given(args):
+            node = out
+            parts = f.key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def origins(self, args: argparse.Namespace) -> dict[str, str]:
+        """``{dotted key: what the user typed}``, e.g. ``{"min_side": "--min-side -5"}``."""
+        out = {}
+        for f, value in self.given(args):
+            if isinstance(value, bool):
+                out[f.key] = f.flag if value else "--no-" + f.flag[2:]
+            elif isinstance(value, (list, tuple)):
+                out[f.key] = f"{f.flag} {' '.join(map(str, value))}"
+            else:
+                out[f.key] = f"{f.flag} {value}"
+        return out
+
+
+def load_args(cls: type, args: argparse.Namespace, flags: ConfigFlags | None = None,
+              extra: dict | None = None, extra_origins: dict[str, str] | None = None):
+    """Config ``cls`` from defaults <- ``args.config`` <- named flags (and ``extra``) <- ``args.sets``."""
+    from curate.config import merge
+
+    overrides = flags.overrides(args) if flags else {}
+    if extra:
+        overrides = merge(overrides, extra)
+    origins = {**(flags.origins(args) if flags else {}), **(extra_origins or {})}
+    return load_config(cls, getattr(args, "config", None), overrides=overrides, sets=getattr(args, "sets", None),
+                       origins=origins)
+
+
+# --------------------------------------------------------------------------------------------------- errors
+def debug_requested(argv: Iterable[str] | None = None) -> bool:
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def format_error(command: str, exc: BaseException) -> str:
+    """``bbst <command>: error: <message>`` plus ``  hint: <hint>`` on a second line when there is one."""
+    text = f"bbst {command}: error: {exc}"
+    hint = getattr(exc, "hint", None)
+    if hint:
+        text += f"\n  hint: {hint}"
+    return text
+
+
+def _wait_for_prewarm_threads() -> None:
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and t.name.startswith(PREWARM_THREAD_PREFIX):
+            t.join(PREWARM_JOIN_S)
+
+
+def error_boundary(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a script's ``main(argv=None)``: user errors become one line on stderr and the return value 2.
+
+    With ``--debug`` in argv (or ``BBST_DEBUG=1``) the error is re-raised with its traceback. ``KeyboardInterrupt``
+    prints ``interrupted`` and returns 130 (the shell's code for SIGINT).
+    """
+
+    def wrap(main: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(main)
+        def guarded(argv: list[str] | None = None, *args: Any, **kwargs: Any) -> Any:
+            argv_list = list(sys.argv[1:] if argv is None else argv)
+            try:
+                return main(argv_list, *args, **kwargs)
+            except BbstError as exc:
+                _wait_for_prewarm_threads()
+                if debug_requested(argv_list):
+                    raise
+                print(format_error(command, exc), file=sys.stderr, flush=True)
+                return exc.exit_code
+            except KeyboardInterrupt:
+                _wait_for_prewarm_threads()
+                if debug_requested(argv_list):
+                    raise
+                print(f"bbst {command}: interrupted", file=sys.stderr, flush=True)
+                return 130
+
+        return guarded
+
+    return wrap
+
+
+def exit_with(result: Any) -> None:
+    """``sys.exit`` for a ``main`` that returns a summary (success, 0) or an exit code."""
+    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+
+
+__all__ = ["ConfigError", "ConfigFlags", "HelpFormatter", "add_config_file_flags", "debug_requested",
+           "error_boundary", "examples_epilog", "exit_with", "format_error", "load_args", "make_parser", "version"]
