@@ -218,11 +218,8 @@ def _normalise(table: pa.Table, path: str, partition: int, first_row_in_file: in
     """Rename the URL/source columns, add ``key``, keep every other column (renamed if it clashes with ours)."""
     names = table.column_names
     if cfg.url_column not in names:
-        from curate.config import ConfigError
-
-        raise ConfigError(f"{path}: no URL column {cfg.url_column!r} (columns: {names})",
-                          hint=f"name the URL column: --set reader.url_column={_guess_url_column(table)}",
-                          key="reader.url_column")
+        raise ReaderError(f"{path}: no URL column {cfg.url_column!r} (columns: {names})",
+                          hint=f"name the URL column: --set reader.url_column={_guess_url_column(table)}")
     n = table.num_rows
     url = table.column(cfg.url_column)
     if not pa.types.is_string(url.type):
