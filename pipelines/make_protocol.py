@@ -22,15 +22,17 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/make_protocol.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# the evaluation code (torch) is imported inside main(): `--help` prints before torch loads
+from curate.cli import error_boundary, exit_with, make_parser
 from curate.config import ConfigError, from_dict, read_yaml
-from train.evaluation import Protocol, save_protocol, sha256_of, write_tiny_protocol
-from train.inference import IMAGE_SUFFIXES
 
 log = logging.getLogger("bbst.make_protocol")
 
 
 def gather(source: str) -> list[str]:
     """Images of a folder (sorted), one image, or the lines of a text file (paths or URLs)."""
+    from train.inference import IMAGE_SUFFIXES
+
     p = Path(source)
     if p.is_dir():
         return [str(f) for f in sorted(p.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
@@ -52,23 +54,38 @@ def pick(items: list[str], n: int, rng: random.Random, what: str) -> list[str]:
     return sorted(rng.sample(items, n))
 
 
+EXAMPLES = (
+    (("bbst make-protocol --template train/protocols/neat_paper.yaml --content photos/ --style art/ "
+     "--out eval/protocol.yaml"), "the paper's 15 content x 50 style protocol from your own images"),
+    ("bbst make-protocol --tiny eval-tiny/", "a tiny generated protocol (synthetic images) to try the evaluation"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--template", help="protocol YAML whose settings are kept (e.g. train/protocols/neat_paper.yaml)")
-    p.add_argument("--content", help="folder, image or list file of content images")
-    p.add_argument("--style", help="folder, image or list file of style images")
-    p.add_argument("--n-content", type=int, default=None, help="content images to pick (template's, else all)")
-    p.add_argument("--n-style", type=int, default=None, help="style images to pick (template's, else all)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the random pick (template's, else 0)")
-    p.add_argument("--name", default=None, help="protocol name written into the tables")
-    p.add_argument("--out", help="protocol file to write")
-    p.add_argument("--tiny", metavar="DIR", help="instead: write a tiny generated protocol (and its images) in DIR")
+    p = make_parser("make-protocol", __doc__.split("\n")[0], EXAMPLES)
+    p.add_argument("--template", metavar="FILE",
+                   help="protocol YAML whose settings are kept, e.g. train/protocols/neat_paper.yaml "
+                        "(default: none, the built-in protocol settings)")
+    p.add_argument("--content", metavar="PATH", help="folder, image or list file of content images (required)")
+    p.add_argument("--style", metavar="PATH", help="folder, image or list file of style images (required)")
+    p.add_argument("--n-content", type=int, default=None, metavar="N",
+                   help="content images to pick (default: the template's, else all)")
+    p.add_argument("--n-style", type=int, default=None, metavar="N",
+                   help="style images to pick (default: the template's, else all)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random pick (default: the template's, else 0)")
+    p.add_argument("--name", default=None, help="protocol name written into the tables (default: the template's)")
+    p.add_argument("--out", metavar="FILE", help="protocol file to write (required)")
+    p.add_argument("--tiny", metavar="DIR",
+                   help="instead: write a tiny generated protocol (and its images) in DIR (default: off)")
     return p
 
 
+@error_boundary("make-protocol")
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+    from train.evaluation import Protocol, save_protocol, sha256_of, write_tiny_protocol
+
     if args.tiny:
         path = write_tiny_protocol(args.tiny)
         log.info("wrote %s", path)
@@ -106,4 +123,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main())

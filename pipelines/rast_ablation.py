@@ -23,26 +23,40 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/rast_ablation.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from curate.cli import error_boundary, exit_with
 from curate.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bbst.rast_ablation")
 
 
+EXAMPLES = (
+    (("bbst rast-ablation --data bbst-demo --protocol eval-tiny/protocol.yaml --steps 2 --random-metrics "
+     "--set model.name=rast_tiny --out ablation-smoke/"), "a smoke run of every ablation row on the demo output"),
+    ("bbst rast-ablation --data s3://bucket/bbst --protocol eval/protocol.yaml --steps 2000 --out ablation/",
+     "the seed's ablation table: each loss removed in turn, trained briefly and evaluated on one protocol"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configs", nargs="+", default=None,
+    from curate.cli import make_parser
+
+    p = make_parser("rast-ablation", __doc__.split("\n")[0], EXAMPLES)
+    p.add_argument("--configs", nargs="+", default=None, metavar="YAML",
                    help="training configs, one per row (default: train/configs/rast_ablation/*.yaml, 'full' first)")
-    p.add_argument("--data", required=True, help="curation run directory with content/style shards (data.root)")
-    p.add_argument("--protocol", required=True, help="evaluation protocol YAML (pipelines/make_protocol.py)")
-    p.add_argument("--steps", type=int, default=2000, help="training steps per row (default 2000)")
-    p.add_argument("--out", default="ablation", help="output folder (default ablation/)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="curation run directory with content/style shards, data.root (required)")
+    p.add_argument("--protocol", required=True, metavar="FILE",
+                   help="evaluation protocol YAML from bbst make-protocol (required)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps per row (default: 2000)")
+    p.add_argument("--out", default="ablation", metavar="DIR", help="output folder (default: ablation)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override every row's training config, e.g. --set loader.batch_size=4 (repeatable)")
-    p.add_argument("--device", default="auto", help="evaluation device (default: cuda if available)")
+                   help="override every row's training config, e.g. --set loader.batch_size=4; repeatable "
+                        "(default: none)")
+    p.add_argument("--device", default="auto", help="evaluation device (default: auto, cuda if available)")
     p.add_argument("--random-metrics", action="store_true",
-                   help="random-init metric backbones: smoke runs only, the numbers are meaningless")
-    p.add_argument("--no-timing", action="store_true", help="skip the speed table")
+                   help="random-init metric backbones: smoke runs only, the numbers are meaningless (default: off)")
+    p.add_argument("--no-timing", action="store_true", help="skip the speed table (default: off)")
     return p
 
 
@@ -75,6 +89,7 @@ def _restoration(stylizer, protocol, base: Path) -> tuple[float, float]:
     return mean(ssims), mean(psnrs)
 
 
+@error_boundary("rast-ablation")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -128,4 +143,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main())

@@ -67,9 +67,9 @@ def test_make_protocol_picks_records_and_verifies(tmp_path):
                   "--out", str(tmp_path / "again.yaml")])
     assert [p.rsplit("/", 1)[-1] for p in load_protocol(again)[0].contents] == \
         [p.rsplit("/", 1)[-1] for p in proto.contents]  # the pick is reproducible
-    with pytest.raises(ConfigError, match="15 images wanted, only 5 found"):
+    with pytest.raises(ConfigError, match="15 images wanted, only 5 found"):  # --debug: raise, not exit 2
         main(["--template", "train/protocols/neat_paper.yaml", "--content", str(tmp_path / "contents.txt"),
-              "--style", str(tmp_path / "art"), "--out", str(tmp_path / "x.yaml")])
+              "--style", str(tmp_path / "art"), "--out", str(tmp_path / "x.yaml"), "--debug"])
     from train.evaluation import verify_checksums
 
     verify_checksums(proto, base)
