@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 # Modules whose import registers models. A new model family is a new module here, not a new trainer.
-_MODEL_MODULES = ("train.models.neat",)
+_MODEL_MODULES = ("train.models.neat", "train.models.variational", "train.models.metastyle")
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _loaded = False
@@ -58,8 +58,9 @@ def load_model_from_checkpoint(path: str, map_location: str | torch.device = "cp
     state = load_checkpoint(path, map_location=map_location)
     cfg = {**state["model_config"], **overrides}
     weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
-    if "vgg_weights" in cfg and any(k.startswith("vgg.") for k in weights):
-        cfg["vgg_weights"] = None  # the checkpoint carries the encoder: skip looking for the weight file
+    for key, prefix in (("vgg_weights", "vgg."), ("loss_vgg_weights", "loss_vgg.")):
+        if key in cfg and any(k.startswith(prefix) for k in weights):
+            cfg[key] = None  # the checkpoint carries the frozen VGG: skip looking for the weight file
     model = create_model(state["model_name"], **cfg)
     model.load_state_dict(weights)
     return model.eval()
