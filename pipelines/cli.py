@@ -12,6 +12,11 @@ COMMANDS = {
     "train": ("pipelines.train_neat", "train NeAT (or another registered model) on curated shards"),
     "stylize": ("pipelines.stylize", "stylize images with a trained checkpoint"),
     "evaluate": ("pipelines.evaluate_st", "style-transfer metrics over content-style pairs"),
+    "vst-styles": ("pipelines.variational_styles", "variational model: sample styles from the prior, interpolate"),
+    "metastyle": ("pipelines.metastyle", "MetaStyle: adapt to a style, stylise, interpolate adapted models"),
+    "compare": ("pipelines.compare_models", "every model on the same pairs: one table and one image grid"),
+    "balanced-loss-analysis": ("pipelines.balanced_loss_analysis",
+                               "classic vs balanced Gram style loss: correlation and distributions, with plots"),
 }
 
 
