@@ -22,9 +22,22 @@ def _solid(rgb: tuple[float, float, float], n: int = 1) -> torch.Tensor:
 
 @pytest.fixture
 def model_file(tmp_path):
-    path = tmp_path / "artist.pt"
-    torch.jit.save(torch.jit.script(MeanColour()), str(path))
+    path = tmp_path / "artist.pt2"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(MeanColour(), (torch.rand(2, 3, 8, 8),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
     return path
+
+
+def test_torchscript_files_load_too(tmp_path):
+    import warnings
+
+    path = tmp_path / "artist_ts.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(MeanColour()), str(path))
+    out = load_artist_model(path)(torch.ones(1, 3, 4, 4))
+    assert out.shape == (1, 3)
 
 
 def test_classify_protocol(model_file):
@@ -55,7 +68,7 @@ def test_clear_errors(tmp_path, model_file):
         load_artist_model(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")
-    with pytest.raises(ValueError, match="not a TorchScript model"):
+    with pytest.raises(ValueError, match="neither a torch.export program nor a TorchScript model"):
         load_artist_model(bad)
     rate = DeceptionRate(load_artist_model(model_file), "classify", artists=["a", "b"], input_size=8)
     with pytest.raises(ValueError, match="3 logits but 2 artist names"):

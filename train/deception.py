@@ -1,6 +1,7 @@
 """Deception rate: how often an artist-classification model attributes a stylised image to its style's artist.
 
-Two protocols, both with a user-supplied model loaded from a local TorchScript file (nothing is downloaded):
+Two protocols, both with a user-supplied model loaded from a local file (nothing is downloaded): a ``torch.export``
+program (``torch.export.save``, ``.pt2``; export it with a dynamic batch dimension) or a TorchScript module:
 
 * ``classify`` (Sanakoyeu et al. 2018): the model returns artist logits; a stylised image deceives when the
   arg-max artist is the artist of its style image.
@@ -25,15 +26,25 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_artist_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load an artist classifier / feature extractor saved with ``torch.jit.save`` (TorchScript)."""
+    """Load an artist classifier / feature extractor saved with ``torch.export.save`` or ``torch.jit.save``."""
+    import warnings
+
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: artist model not found (save yours with torch.jit.save(torch.jit.script(m)))")
+        raise FileNotFoundError(f"{p}: artist model not found (save yours with torch.export.save(torch.export."
+                                "export(model, (example,), dynamic_shapes=...), path))")
+    errors = []
     try:
-        model = torch.jit.load(str(p), map_location=device)
+        return torch.export.load(str(p)).module().to(device)
+    except Exception as exc:  # not an export archive: try TorchScript next
+        errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript still loads; export is the successor
+            return torch.jit.load(str(p), map_location=device).eval()
     except RuntimeError as exc:
-        raise ValueError(f"{p}: not a TorchScript model ({str(exc).splitlines()[0]})") from None
-    return model.eval()
+        errors.append(str(exc).splitlines()[0])
+    raise ValueError(f"{p}: neither a torch.export program nor a TorchScript model ({'; '.join(errors)})")
 
 
 class DeceptionRate:
