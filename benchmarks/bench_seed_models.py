@@ -105,7 +105,7 @@ def _run_child(args, model: str, phase: str, size: str, device: str) -> dict:
     cmd = [sys.executable, __file__, "--child", model, phase, size, device, "--batch", str(args.batch),
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads),
            "--adapt-steps", str(args.adapt_steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
                           timeout=args.timeout)
     if proc.returncode != 0:
         return {"model": model, "phase": phase, "size": size, "device": device,

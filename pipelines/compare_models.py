@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # `python pipelines/compare_models.py` puts pipel
 import numpy as np
 import torch
 
+from curate.config import ConfigError
 from curate.errors import BbstError
 from pipelines.evaluate_st import HEADERS, METRICS, _markdown, _named, _parse_size
 from pipelines.stylize import Stylizer, list_images, load_image, resize_max_side, save_image
@@ -76,7 +77,7 @@ def _pairs(args) -> list[tuple[Path, Path]]:
 
     try:
         return read_pairs(EvalConfig(pairs=args.pairs, content=args.content, style=args.style))
-    except Exception as exc:  # ConfigError / FileNotFoundError / ValueError all mean bad input here
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise BbstError(f"pairs: {exc}") from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,11 +36,11 @@ def test_sample_grid(tmp_path, files):
     assert result == {"rows": 2, "columns": 4, "out": out}
     with Image.open(out) as img:  # 2 rows x (content + 3 samples) cells of 32 px, 4 px padding
         assert img.size == (4 * 36 + 4, 2 * 36 + 4)
-    meta = json.loads(open(out + ".json").read())
+    meta = json.loads(Path(out + ".json").read_text())
     assert len(meta["codes"]) == 3 and len(meta["codes"][0]) == 8
     # the same seed draws the same styles
     main(["sample", "--checkpoint", ckpt, "--content", c1, "--num", "3", "--out", str(tmp_path / "again.png")])
-    assert json.loads(open(str(tmp_path / "again.png") + ".json").read())["codes"] == meta["codes"]
+    assert json.loads((tmp_path / "again.png.json").read_text())["codes"] == meta["codes"]
 
 
 def test_interpolation_grid_ends_are_the_two_styles(tmp_path, files):
@@ -48,7 +49,7 @@ def test_interpolation_grid_ends_are_the_two_styles(tmp_path, files):
     result = main(["interpolate", "--checkpoint", ckpt, "--content", c1, "--style", s1, s2, "--steps", "4",
                    "--out", out])
     assert result["columns"] == 6  # style A, 4 points, style B
-    meta = json.loads(open(out + ".json").read())
+    meta = json.loads(Path(out + ".json").read_text())
     codes = torch.tensor(meta["codes"])
     assert torch.allclose(codes[1] - codes[0], codes[3] - codes[2], atol=1e-5)  # evenly spaced on a line
     with pytest.raises(BbstError, match="--steps"):

@@ -14,6 +14,7 @@ The rate is reported over all images and as the mean of per-artist rates (Sanako
 from __future__ import annotations
 
 import os
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,17 +34,21 @@ def load_artist_model(path: str | os.PathLike, device: str | torch.device = "cpu
     if not p.is_file():
         raise FileNotFoundError(f"{p}: artist model not found (save yours with torch.export.save(torch.export."
                                 "export(model, (example,), dynamic_shapes=...), path))")
-    errors = []
-    try:
+    def exported() -> torch.nn.Module:
         return torch.export.load(str(p)).module().to(device)
-    except Exception as exc:  # not an export archive: try TorchScript next
-        errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    try:
+
+    def scripted() -> torch.nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript still loads; export is the successor
             return torch.jit.load(str(p), map_location=device).eval()
-    except RuntimeError as exc:
-        errors.append(str(exc).splitlines()[0])
+
+    errors = []
+    # try the format the suffix suggests first (torch.export's own suffix is .pt2)
+    for loader in ((exported, scripted) if p.suffix == ".pt2" else (scripted, exported)):
+        try:
+            return loader()
+        except (RuntimeError, ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+            errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     raise ValueError(f"{p}: neither a torch.export program nor a TorchScript model ({'; '.join(errors)})")
 
 

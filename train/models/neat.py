@@ -23,7 +23,6 @@ from train.models.layers import (
 )
 from train.models.vgg import STYLE_LAYERS, VGG16Encoder, VGG19Encoder, feature_channels
 
-
 # Default style weight per style loss: 3 for mean/std (SANet/ContraAST); the balanced loss lies in [0, 1] and 10 puts it
 # at the content term's magnitude at the start of training (the balanced-loss paper's rule for its weight); the Gram
 # MSE of C*H*W-normalised Grams is ~1e-4 of the mean/std loss, hence 1e4.
