@@ -94,3 +94,23 @@ def test_a_few_steps_lower_the_balanced_neat_loss_on_a_fixed_batch():
         styles.append(logs["style"])
     assert all(0.0 <= s <= 1.0 for s in styles)
     assert sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses  # identity terms dominate the first steps
+
+
+@pytest.mark.parametrize("name", ["variational.yaml", "metastyle.yaml", "neat_balanced_vgg16.yaml"])
+def test_shipped_configs_load_and_build(name):
+    from curate.config import load_config
+    from train.config import TrainConfig
+    from train.models import create_model
+
+    cfg = load_config(TrainConfig, str(Path(__file__).resolve().parent.parent / "train" / "configs" / name))
+    kwargs = dict(cfg.model.kwargs)
+    if cfg.model.style_loss:
+        kwargs["style_loss"] = cfg.model.style_loss
+    # random tiny encoders: the configs' own sizes are checked, the weight files are not needed
+    weights = {"vgg_weights": None, "loss_vgg_weights": None, "vgg_width": 1 / 16} if "neat" in name else \
+        {"loss_vgg_weights": None, "vgg_width": 1 / 16}
+    model = create_model(cfg.model.name, **kwargs, **weights)
+    assert model.model_config()["style_loss"] == (cfg.model.style_loss or model.model_config()["style_loss"])
+    if name == "neat_balanced_vgg16.yaml":
+        assert model.loss_vgg is not None and model.cfg.content_layer == "relu3_3"
+        assert model.cfg.style_layers == ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
