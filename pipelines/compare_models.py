@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import html
 import logging
 import math
@@ -82,7 +83,11 @@ def _pairs(args) -> list[tuple[Path, Path]]:
 
 
 class ModelRow:
-    """One table row: a loaded checkpoint; MetaStyle checkpoints are adapted per style (cached) before use."""
+    """One table row: a loaded checkpoint; MetaStyle checkpoints are adapted per style (cached) before use.
+
+    A plain ``(content, style) -> image`` callable, so it also serves as the stylising function of an evaluation
+    row; a style is recognised by the hash of its pixels.
+    """
 
     def __init__(self, name: str, checkpoint: str, args, adapt_images: list[torch.Tensor]):
         from train.models.metastyle import MetaStyle
@@ -94,7 +99,7 @@ class ModelRow:
         self.adapted: dict[str, torch.nn.Module] = {}
         self.adapt_seconds: list[float] = []
 
-    def _adapted(self, key: str, style: torch.Tensor) -> torch.nn.Module:
+    def _adapted(self, key: str, style: torch.Tensor, style_name: str) -> torch.nn.Module:
         from pipelines.metastyle import random_crops
 
         if key not in self.adapted:
@@ -104,16 +109,17 @@ class ModelRow:
             model, info = self.stylizer.model.adapt(
                 resize_max_side(style, self.args.style_size).to(dev),
                 lambda step: random_crops(images, self.args.adapt_crop, self.args.adapt_batch, gen),
-                steps=self.args.adapt_steps, style_name=key)
+                steps=self.args.adapt_steps, style_name=style_name)
             self.adapted[key] = model
             self.adapt_seconds.append(info["seconds"])
-            log.info("%s: adapted to %s in %.2fs", self.name, key, info["seconds"])
+            log.info("%s: adapted to %s in %.2fs", self.name, style_name, info["seconds"])
         return self.adapted[key]
 
-    def __call__(self, content: torch.Tensor, style: torch.Tensor, style_key: str = "") -> torch.Tensor:
+    def __call__(self, content: torch.Tensor, style: torch.Tensor, style_name: str = "") -> torch.Tensor:
         if not self.is_meta:
             return self.stylizer(content, style)
-        model = self._adapted(style_key, style)
+        key = hashlib.sha1(style.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+        model = self._adapted(key, style, style_name or key)
         with torch.inference_mode():
             return model.stylize(resize_max_side(content, self.args.max_side).to(self.stylizer.device))
 
@@ -247,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  if timing is not None else float("nan"))
             log.info("%s: %dx%d %.3fs/image", row.name, w, h, entry[f"{w}x{h}"])
         entry["adapt_s"] = float(np.mean(row.adapt_seconds)) if row.adapt_seconds else None
+        entry["adapted_styles"] = len(row.adapted)
         if deception is not None:
             entry.update(deception.result())
         table.append(entry)

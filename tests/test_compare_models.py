@@ -52,6 +52,7 @@ def test_one_table_one_grid(setup):
         assert e["pairs"] == 2  # the broken style's pairs are error rows, not scored
         assert e["32x32"] > 0 and e["48x32"] > 0
         assert (e["adapt_s"] is not None) == (name == "MetaStyle")
+        assert e["adapted_styles"] == (1 if name == "MetaStyle" else 0)  # once per style, reused for both contents
     with open(out / "per_pair.csv") as f:
         rows = list(csv.DictReader(f))
     assert sum(r["status"] == "error" for r in rows) == 2 * len(ckpts)
