@@ -104,7 +104,7 @@ def one(model_name: str, phase: str, width: int, height: int, batch: int, device
 def _run_child(args, model: str, phase: str, size: str, device: str) -> dict:
     cmd = [sys.executable, __file__, "--child", model, phase, size, device, "--batch", str(args.batch),
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--adapt-steps", str(args.adapt_steps)]
+           "--adapt-steps", str(args.adapt_steps), "--mem-limit-gb", str(args.mem_limit_gb)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
                           timeout=args.timeout)
     if proc.returncode != 0:
@@ -126,11 +126,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--adapt-steps", type=int, default=200, help="MetaStyle adaptation steps to project to")
     p.add_argument("--adapt-size", default="256x256", help="MetaStyle adaptation crop size")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per measurement before it is reported failed")
+    p.add_argument("--mem-limit-gb", type=float, default=0.0,
+                   help="address-space cap per measurement (fails that measurement instead of the machine's OOM)")
     p.add_argument("--json", default="", help="also write the records to this file")
     p.add_argument("--child", nargs=4, metavar=("MODEL", "PHASE", "SIZE", "DEVICE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         model, phase, size, device = args.child
+        if args.mem_limit_gb > 0:  # a shared machine: an over-size step fails alone instead of triggering the OOM killer
+            cap = int(args.mem_limit_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         w, h = (int(v) for v in size.split("x"))
         print(json.dumps(one(model, phase, w, h, args.batch, device, args.repeats, args.warmup, args.threads,
                              args.adapt_steps)))
