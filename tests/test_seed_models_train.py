@@ -90,7 +90,7 @@ def test_a_few_steps_lower_the_balanced_neat_loss_on_a_fixed_batch():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         styles.append(logs["style"])
     assert all(0.0 <= s <= 1.0 for s in styles)
     assert sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses  # identity terms dominate the first steps

@@ -51,7 +51,7 @@ def test_kl_warmup_and_a_few_steps_lower_the_loss_on_a_fixed_batch():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         kl_w.append(logs["kl_weight"])
     assert kl_w[:3] == [0.0, 0.0, 0.0] and kl_w[4] == pytest.approx(0.5e-3) and kl_w[-1] == pytest.approx(1e-3)
     assert int(model.steps_done) == 12  # buffer: checkpoints carry the warm-up position
