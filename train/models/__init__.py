@@ -12,6 +12,8 @@ from torch import nn
 _MODEL_MODULES = ("train.models.neat", "train.models.variational", "train.models.metastyle")
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# config key naming a frozen network's weight file -> state-dict prefix of that network inside the model
+FROZEN_WEIGHTS = {"vgg_weights": "vgg.", "loss_vgg_weights": "loss_vgg."}
 _loaded = False
 
 
@@ -58,9 +60,9 @@ def load_model_from_checkpoint(path: str, map_location: str | torch.device = "cp
     state = load_checkpoint(path, map_location=map_location)
     cfg = {**state["model_config"], **overrides}
     weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
-    for key, prefix in (("vgg_weights", "vgg."), ("loss_vgg_weights", "loss_vgg.")):
+    for key, prefix in FROZEN_WEIGHTS.items():
         if key in cfg and any(k.startswith(prefix) for k in weights):
-            cfg[key] = None  # the checkpoint carries the frozen VGG: skip looking for the weight file
+            cfg[key] = None  # the checkpoint carries these frozen weights: skip looking for the weight file
     model = create_model(state["model_name"], **cfg)
     model.load_state_dict(weights)
     return model.eval()
