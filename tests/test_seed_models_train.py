@@ -37,7 +37,7 @@ def _config(tmp_path: Path, shard_root: str, name: str, model: dict, max_steps: 
         "model": model,
         "optim": {"lr": 1e-3},
         "schedule": {"max_steps": max_steps},
-        "logging": {"dir": str(tmp_path / name), "log_every": 1, "image_every": 0},
+        "logging": {"dir": str(tmp_path / name), "log_every": 1, "image_every": 2},
         "checkpoint": {"every": 2, "keep": 0},
         "threads": 1,
     }
