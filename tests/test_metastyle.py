@@ -13,7 +13,8 @@ def test_transformer_shapes_and_norm_parameters():
     net = TransformerNet(width=1.0, res_blocks=5)
     assert 1.6e6 < sum(p.numel() for p in net.parameters()) < 1.8e6  # Johnson et al.: ~1.68M parameters
     tiny = TransformerNet(width=1 / 8, res_blocks=1)
-    out = tiny(torch.rand(2, 3, 30, 41))  # padded to a multiple of 4 inside, cropped back
+    with torch.no_grad():
+        out = tiny(torch.rand(2, 3, 30, 41))  # padded to a multiple of 4 inside, cropped back
     assert out.shape == (2, 3, 30, 41) and 0 <= float(out.min()) and float(out.max()) <= 1
     names = norm_parameter_names(tiny)
     assert names and all(n.endswith(("weight", "bias")) for n in names)
