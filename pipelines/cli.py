@@ -21,6 +21,11 @@ COMMANDS = {
     "evaluate": ("pipelines.evaluate_st", "style-transfer metrics over content-style pairs"),
     "make-protocol": ("pipelines.make_protocol", "build an evaluation protocol (content x style pairs) from images"),
     "rast-ablation": ("pipelines.rast_ablation", "train each RAST ablation row briefly and write the ablation table"),
+    "vst-styles": ("pipelines.variational_styles", "variational model: sample styles from the prior, interpolate"),
+    "metastyle": ("pipelines.metastyle", "MetaStyle: adapt to a style, stylise, interpolate adapted models"),
+    "compare": ("pipelines.compare_models", "every model on the same pairs: one table and one image grid"),
+    "balanced-loss-analysis": ("pipelines.balanced_loss_analysis",
+                               "classic vs balanced Gram style loss: correlation and distributions, with plots"),
 }
 
 

@@ -87,3 +87,57 @@ def test_roll_pair_masks_and_stylization_contrastive():
     by_style = torch.nn.functional.one_hot(style_id, 8).float()
     by_content = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 1, 2, 0]), 8).float()
     assert L.stylization_contrastive(by_style, same_style) < L.stylization_contrastive(by_content, same_style)
+
+
+# ------------------------------------------------------------------------------------------ balanced style loss, KL
+def test_balanced_gram_lies_in_unit_interval_and_is_zero_for_identical_grams():
+    torch.manual_seed(0)
+    feats = {"a": torch.rand(3, 8, 6, 6), "b": torch.rand(3, 16, 3, 3)}  # non-negative, like ReLU taps
+    assert float(L.balanced_gram_style(feats, feats)) == 0.0
+    # the same Gram matrix from a spatially shuffled map: still exactly zero
+    perm = {k: v.flatten(2)[..., torch.randperm(v.shape[2] * v.shape[3])].view_as(v) for k, v in feats.items()}
+    assert float(L.balanced_gram_style(perm, feats)) == pytest.approx(0.0, abs=1e-6)
+    for scale in (1e-4, 1.0, 1e4):  # any magnitude of style features: still in [0, 1]
+        other = {k: torch.relu(torch.randn_like(v)) * scale for k, v in feats.items()}
+        per = L.balanced_gram_per_sample(other, feats)
+        assert per.shape == (3,) and ((per >= 0) & (per <= 1)).all()
+    zeros = {k: torch.zeros_like(v) for k, v in feats.items()}  # all-black output: the supremum itself, i.e. 1
+    assert float(L.balanced_gram_style(zeros, feats)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_balanced_gram_is_classic_loss_over_its_supremum_without_gradient_through_it():
+    torch.manual_seed(1)
+    s = {"x": torch.rand(2, 4, 5, 5)}
+    p = {"x": torch.rand(2, 4, 5, 5).requires_grad_()}
+    classic = L.gram_style_per_sample(p, s)
+    sup = L.gram_supremum_per_sample(p, s)
+    assert (classic <= sup + 1e-9).all()
+    assert torch.allclose(L.balanced_gram_per_sample(p, s), classic / sup, rtol=1e-4)
+    # gradient equals that of classic / constant(sup): the denominator is detached
+    (g_bal,) = torch.autograd.grad(L.balanced_gram_per_sample(p, s).sum(), p["x"])
+    (g_ref,) = torch.autograd.grad((L.gram_style_per_sample(p, s) / sup.detach()).sum(), p["x"])
+    assert torch.allclose(g_bal, g_ref, rtol=1e-3, atol=1e-9)
+    # per-sample balancing: scaling one sample's style features by 100 changes its classic loss by orders of
+    # magnitude but leaves the balanced loss of the other sample untouched
+    s2 = {"x": s["x"].clone()}
+    s2["x"][0] *= 100
+    with torch.no_grad():
+        assert float(L.balanced_gram_per_sample(p, s2)[1]) == pytest.approx(float(L.balanced_gram_per_sample(p, s)[1]))
+
+
+def test_style_loss_switch_names():
+    assert L.style_loss_fn("balanced_gram") is L.balanced_gram_style
+    assert L.style_loss_fn("mean_std") is L.style_mean_std
+    with pytest.raises(ValueError, match="balanced_gram"):
+        L.style_loss_fn("nope")
+
+
+def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
+    mu, logvar = torch.zeros(4, 16), torch.zeros(4, 16)
+    assert float(L.kl_divergence(mu, logvar)) == 0.0
+    assert float(L.kl_divergence(mu + 1.0, logvar)) == pytest.approx(8.0)  # 0.5 * sum(mu^2) = 0.5 * 16
+    assert float(L.kl_divergence(mu, logvar + 1.0)) > 0
+    assert L.kl_warmup_weight(0, start=2, ramp=4) == 0.0
+    assert L.kl_warmup_weight(4, start=2, ramp=4) == 0.5
+    assert L.kl_warmup_weight(100, start=2, ramp=4) == 1.0
+    assert L.kl_warmup_weight(0) == 1.0

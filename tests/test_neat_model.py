@@ -225,3 +225,39 @@ def test_stylize_any_size_alpha_and_blur():
     assert not torch.allclose(model.stylize(c, s, blur=0.0), a1)
     with pytest.raises(ValueError, match="blur"):
         model.stylize(c, s, blur=-1)
+
+
+def test_vgg16_encoder_loads_torchvision_weights_and_refuses_vgg19(tmp_path, monkeypatch):
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from train.models.vgg import VGG16_STYLE_LAYERS, VGG16Encoder
+
+    features = make_layers(cfgs["D"])  # torchvision's VGG-16 feature stack
+    path = tmp_path / "vgg16-397923af.pth"
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    enc = VGG16Encoder(weights=str(path))
+    x = torch.rand(1, 3, 32, 32)
+    ref = features[:23]((x - enc.mean) / enc.std)  # features[22] = relu4_3
+    feats = enc(x, VGG16_STYLE_LAYERS + ("relu3_3",))
+    assert torch.allclose(feats["relu4_3"], ref, atol=1e-5)
+    assert feats["relu1_2"].shape == (1, 64, 32, 32) and feats["relu3_3"].shape == (1, 256, 8, 8)
+    with pytest.raises(ValueError, match="VGG16 weights"):
+        VGG19Encoder(weights=str(path))
+    monkeypatch.delenv("BBST_VGG16_WEIGHTS", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match=r"VGG-16 weights not found[\s\S]*vgg16-397923af\.pth"):
+        VGG16Encoder(weights="auto")
+
+
+def test_neat_style_loss_switch_and_vgg16_loss_network():
+    torch.manual_seed(0)
+    batch = {"content": torch.rand(2, 3, 32, 32), "style": torch.rand(2, 3, 32, 32)}
+    no_gan = {"w_adv": 0.0, "w_patch_simple": 0.0, "w_patch_complex": 0.0, "w_style_nce": 0.0}
+    model = create_model("neat_tiny", style_loss="balanced_gram", loss_network="vgg16", loss_vgg_weights=None,
+                         style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"), content_layer="relu3_3",
+                         **no_gan)
+    assert model.cfg.w_style == 10.0 and model.loss_vgg is not None
+    _, logs, _ = model.generator_step(batch)
+    assert 0.0 <= logs["style"] <= 1.0
+    with pytest.raises(ValueError, match="style_loss"):
+        create_model("neat_tiny", style_loss="nope")

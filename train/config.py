@@ -67,6 +67,7 @@ class LoaderConfig:
 class ModelConfig:
     name: str = "neat_tiny"  # registered model name (train.models.list_models())
     kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the model's own config (loss weights...)
+    style_loss: str = ""  # style loss of every model ("mean_std", "gram", "balanced_gram"); "" = the model's own
 
 
 @dataclass

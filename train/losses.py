@@ -74,6 +74,81 @@ def gram_style(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.
     return sum(F.mse_loss(gram_matrix(out_feats[n]), gram_matrix(style_feats[n])) for n in layers) / len(layers)
 
 
+def _balanced_gram_layer(out_feat: torch.Tensor, style_feat: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-sample ||G(P) - G(S)||^2 / (||G(P)||^2 + ||G(S)||^2) at one layer, (B,); denominator without gradient."""
+    go, gs = gram_matrix(out_feat), gram_matrix(style_feat)
+    num = (go - gs).pow(2).flatten(1).sum(1)
+    # The supremum of the classic loss (Cheng et al. 2021, Eq. 11): Gram entries of ReLU features are >= 0, so
+    # <G(P), G(S)> >= 0 and the ratio lies in [0, 1] whatever the Gram scaling. It is a per-sample task weight only:
+    # no gradient flows through it (the paper's choice, for stable training).
+    den = (go.pow(2).flatten(1).sum(1) + gs.pow(2).flatten(1).sum(1)).detach()
+    return num / (den + eps)
+
+
+def balanced_gram_per_sample(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
+                             layers: tuple[str, ...] | None = None) -> torch.Tensor:
+    """Balanced style loss of every sample, (B,): mean over layers of the supremum-normalised Gram loss."""
+    layers = layers or tuple(style_feats)
+    return torch.stack([_balanced_gram_layer(out_feats[n], style_feats[n]) for n in layers]).mean(0)
+
+
+@register_loss
+def balanced_gram_style(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
+                        layers: tuple[str, ...] | None = None) -> torch.Tensor:
+    """Style-aware normalised ("balanced") Gram loss of Cheng et al. (CVPR 2021), in [0, 1].
+
+    Each sample's layer loss is divided by its own supremum (||G(S)||^2 + ||G(P)||^2) / N, so every style in a batch
+    weighs the same whatever its feature magnitude (the cause of under- and over-stylisation with the classic loss).
+    Averaged over layers and over the batch.
+    """
+    return balanced_gram_per_sample(out_feats, style_feats, layers).mean()
+
+
+def gram_style_per_sample(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
+                          layers: tuple[str, ...] | None = None) -> torch.Tensor:
+    """Classic Gram style loss of every sample, (B,) (mean over layers of the Gram MSE)."""
+    layers = layers or tuple(style_feats)
+    per = [(gram_matrix(out_feats[n]) - gram_matrix(style_feats[n])).pow(2).flatten(1).mean(1) for n in layers]
+    return torch.stack(per).mean(0)
+
+
+def gram_supremum_per_sample(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
+                             layers: tuple[str, ...] | None = None) -> torch.Tensor:
+    """Supremum of :func:`gram_style_per_sample` for each sample, (B,): (||G(P)||^2 + ||G(S)||^2) / C^2 per layer."""
+    layers = layers or tuple(style_feats)
+    per = []
+    for n in layers:
+        go, gs = gram_matrix(out_feats[n]), gram_matrix(style_feats[n])
+        per.append((go.pow(2).flatten(1).sum(1) + gs.pow(2).flatten(1).sum(1)) / go[0].numel())
+    return torch.stack(per).mean(0)
+
+
+# The style losses a model config can name in its ``style_loss`` field (TrainConfig ``model.style_loss`` sets it
+# for every model at once): "mean_std" (AdaIN moments), "gram" (classic), "balanced_gram" (Cheng et al.).
+STYLE_LOSSES = {"mean_std": style_mean_std, "gram": gram_style, "balanced_gram": balanced_gram_style}
+
+
+def style_loss_fn(name: str) -> Callable[..., torch.Tensor]:
+    """The style loss called ``name`` (one of :data:`STYLE_LOSSES`); unknown names raise with the choices."""
+    if name not in STYLE_LOSSES:
+        raise ValueError(f"style_loss {name!r} not in {sorted(STYLE_LOSSES)}")
+    return STYLE_LOSSES[name]
+
+
+@register_loss
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dimensions, averaged over the batch (0 at the prior)."""
+    mu, logvar = mu.float().flatten(1), logvar.float().flatten(1)
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+
+
+def kl_warmup_weight(step: int, start: int = 0, ramp: int = 0) -> float:
+    """KL weight multiplier: 0 before ``start``, then a linear ramp to 1 over ``ramp`` steps (0 = jump to 1)."""
+    if step < start:
+        return 0.0
+    return 1.0 if ramp <= 0 else min(1.0, (step - start) / ramp)
+
+
 @register_loss
 def identity_pixel(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """NeAT Eq. 4, first term: pixel MSE of I_cc vs I_c (call once per pair and add)."""

@@ -162,7 +162,8 @@ def train(cfg: TrainConfig, resume: bool | str = False,
 
     # ---------------------------------------------------------------------------------------------- model
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank (and rank 0's is broadcast anyway)
-    model = create_model(cfg.model.name, **cfg.model.kwargs).to(device)
+    kwargs = {**cfg.model.kwargs, **({"style_loss": cfg.model.style_loss} if cfg.model.style_loss else {})}
+    model = create_model(cfg.model.name, **kwargs).to(device)
     D.broadcast_module(model, dist)
     torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)  # per-rank randomness inside the steps (patch sampling)
 

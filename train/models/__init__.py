@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 # Modules whose import registers models. A new model family is a new module here, not a new trainer.
-_MODEL_MODULES = ("train.models.neat", "train.models.rast")
+_MODEL_MODULES = ("train.models.neat", "train.models.rast", "train.models.variational", "train.models.metastyle")
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 # config key naming a frozen network's weight file -> state-dict prefix of that network inside the model
-FROZEN_WEIGHTS = {"vgg_weights": "vgg.", "lpips_backbone": "lpips."}
+FROZEN_WEIGHTS = {"vgg_weights": "vgg.", "lpips_backbone": "lpips.", "loss_vgg_weights": "loss_vgg."}
 _loaded = False
 
 

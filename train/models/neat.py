@@ -22,7 +22,12 @@ from train.models.layers import (
     recolour,
     sobel_magnitude,
 )
-from train.models.vgg import STYLE_LAYERS, VGG19Encoder, feature_channels
+from train.models.vgg import STYLE_LAYERS, VGG16Encoder, VGG19Encoder, feature_channels
+
+# Default style weight per style loss: 3 for mean/std (SANet/ContraAST); the balanced loss lies in [0, 1] and 10 puts it
+# at the content term's magnitude at the start of training (the balanced-loss paper's rule for its weight); the Gram
+# MSE of C*H*W-normalised Grams is ~1e-4 of the mean/std loss, hence 1e4.
+STYLE_WEIGHTS = {"mean_std": 3.0, "gram": 1e4, "balanced_gram": 10.0}
 
 
 @dataclass
@@ -48,7 +53,7 @@ class NeATConfig:
     prior_bilateral_sigma_space: float = 100.0  # in pixels (paper: 100)
     prior_recolour: bool = True  # match the prior's RGB mean/covariance to the style image
     # --- loss weights (sources in docs/neat.md)
-    w_style: float = 3.0  # mean/std style loss over style_layers (SANet/ContraAST weight)
+    w_style: float | None = None  # style loss weight; None = the default of style_loss (STYLE_WEIGHTS)
     w_content: float = 1.0  # conv4_2 perceptual loss
     w_identity_pixel: float = 50.0  # ||I_cc - I_c|| + ||I_ss - I_s|| (ContraAST)
     w_identity_feature: float = 1.0  # VGG-feature identity (ContraAST)
@@ -62,6 +67,10 @@ class NeATConfig:
     w_r1: float = 0.0  # R1 penalty on real images for the domain discriminator (0 = off)
     w_patch_r1: float = 0.0  # R1 penalty on real style patches of both patch discriminators (Swapping AE: 1.0)
     style_layers: tuple[str, ...] = STYLE_LAYERS  # VGG taps of the style and identity-feature losses
+    style_loss: str = "mean_std"  # "mean_std" (AdaIN moments), "gram" or "balanced_gram" (Cheng et al. 2021)
+    content_layer: str = "conv4_2"  # VGG tap of the content loss
+    loss_network: str = "encoder"  # style/content loss features: "encoder" (the VGG-19 above) or "vgg16" (separate)
+    loss_vgg_weights: str | None = "auto"  # VGG-16 weights when loss_network="vgg16" ("auto" = local cache; None)
     adv_type: str = "nsgan"  # "nsgan" (paper Eq. 2), "hinge" or "lsgan"
     contrast_tau: float = 0.2  # temperature of the stylisation contrastive losses (ContraAST)
     nce_tau: float = 0.07  # temperature of the style-crop NCE (CAST)
@@ -85,6 +94,11 @@ class NeATConfig:
             raise ValueError(f"attention_mode {self.attention_mode!r} not in {ATTENTION_MODES}")
         if self.adv_type not in L.ADV_TYPES:
             raise ValueError(f"adv_type {self.adv_type!r} not in {L.ADV_TYPES}")
+        L.style_loss_fn(self.style_loss)  # raises on an unknown name
+        if self.w_style is None:
+            self.w_style = STYLE_WEIGHTS[self.style_loss]
+        if self.loss_network not in ("encoder", "vgg16"):
+            raise ValueError(f"loss_network {self.loss_network!r} not in ('encoder', 'vgg16')")
         if self.patch_num_crops < 2:
             raise ValueError("patch_num_crops must be >= 2 (each patch is compared with the others of its tier)")
         self.style_layers = tuple(self.style_layers)
@@ -298,6 +312,11 @@ class NeAT(nn.Module):
         self.register_buffer("nce_queue_ptr", torch.zeros((), dtype=torch.long))
         self._loss_layers = tuple(dict.fromkeys(cfg.style_layers + cfg.style_nce_layers + ("relu3_1", "relu4_1",
                                                                                             "conv4_2")))
+        # Optional separate loss network (the balanced-loss paper's VGG-16 setup); frozen like the encoder.
+        self.loss_vgg = (VGG16Encoder(cfg.loss_vgg_weights, width=cfg.vgg_width)
+                         if cfg.loss_network == "vgg16" else None)
+        if self.loss_vgg is None:
+            self._loss_layers = tuple(dict.fromkeys(self._loss_layers + (cfg.content_layer,)))
 
     # ------------------------------------------------------------------------------------------- parameter groups
     def generator_parameters(self) -> list[nn.Parameter]:
@@ -456,8 +475,17 @@ class NeAT(nn.Module):
         logs: dict[str, float] = {}
         terms: dict[str, torch.Tensor] = {}
         s_tgt = {k: v[si] for k, v in sfeat.items()}
-        terms["style"] = L.style_mean_std(ofeat, s_tgt, cfg.style_layers)
-        terms["content"] = L.content_perceptual(ofeat["conv4_2"], cfeat["conv4_2"][ci])
+        style_fn = L.style_loss_fn(cfg.style_loss)
+        if self.loss_vgg is not None:
+            taps = tuple(dict.fromkeys(cfg.style_layers + (cfg.content_layer,)))
+            with torch.no_grad():
+                lc, ls = self.loss_vgg(content, taps), self.loss_vgg(style, taps)
+            lo = self.loss_vgg(out, taps)
+            terms["style"] = style_fn(lo, {k: ls[k][si] for k in cfg.style_layers}, cfg.style_layers)
+            terms["content"] = L.content_perceptual(lo[cfg.content_layer], lc[cfg.content_layer][ci])
+        else:
+            terms["style"] = style_fn(ofeat, s_tgt, cfg.style_layers)
+            terms["content"] = L.content_perceptual(ofeat[cfg.content_layer], cfeat[cfg.content_layer][ci])
         if cfg.w_identity_pixel or cfg.w_identity_feature:
             i_cc = self.generate(cfeat["relu4_1"], cfeat["relu4_1"], self.make_prior(filtered_c, content))
             i_ss = self.generate(sfeat["relu4_1"], sfeat["relu4_1"], self.make_prior(filtered_s, style))
@@ -598,6 +626,21 @@ def neat(**kwargs) -> NeAT:
 def neat_tiny(**kwargs) -> NeAT:
     """Random-init tiny NeAT (VGG width 1/16, 2 blocks, small discriminators) for CPU tests at 32-64 px."""
     return _build(_TINY, kwargs)
+
+
+@register_model
+def neat_balanced(**kwargs) -> NeAT:
+    """NeAT trained with the balanced Gram style loss (Cheng et al. 2021) instead of the mean/std loss.
+
+    The style weight defaults to ``STYLE_WEIGHTS["balanced_gram"]``.
+    """
+    return _build({"style_loss": "balanced_gram"}, kwargs)
+
+
+@register_model
+def neat_balanced_tiny(**kwargs) -> NeAT:
+    """Tiny random-init ``neat_balanced`` for CPU tests."""
+    return _build({**_TINY, "style_loss": "balanced_gram"}, kwargs)
 
 
 @register_model

@@ -1,0 +1,78 @@
+"""Deception rate with a user-supplied TorchScript artist model: classify and nearest-reference protocols."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from train.deception import DeceptionRate, load_artist_model, read_artist_csv
+
+
+class MeanColour(nn.Module):
+    """A toy 'artist classifier': logits = mean RGB (red -> artist 0, green -> 1, blue -> 2); features likewise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))
+
+
+def _solid(rgb: tuple[float, float, float], n: int = 1) -> torch.Tensor:
+    return torch.tensor(rgb).view(1, 3, 1, 1).expand(n, 3, 16, 16).clone()
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "artist.pt2"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(MeanColour(), (torch.rand(2, 3, 8, 8),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def test_torchscript_files_load_too(tmp_path):
+    import warnings
+
+    path = tmp_path / "artist_ts.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(MeanColour()), str(path))
+    out = load_artist_model(path)(torch.ones(1, 3, 4, 4))
+    assert out.shape == (1, 3)
+
+
+def test_classify_protocol(model_file):
+    model = load_artist_model(model_file)
+    rate = DeceptionRate(model, "classify", artists=["red", "green", "blue"], input_size=8,
+                         mean=(0, 0, 0), std=(1, 1, 1))
+    assert rate.add(_solid((1, 0, 0), 2), ["red", "red"]) == [True, True]
+    assert rate.add(_solid((0, 1, 0)), ["blue"]) == [False]
+    rate.add(_solid((0, 0, 1)), ["blue"])
+    res = rate.result()
+    assert res["n"] == 4 and res["deception_rate"] == pytest.approx(3 / 4)
+    assert res["deception_rate_artist_mean"] == pytest.approx((1.0 + 0.5) / 2)  # red 2/2, blue 1/2
+
+
+def test_nearest_protocol(model_file):
+    rate = DeceptionRate(load_artist_model(model_file), "nearest", input_size=8, mean=(0, 0, 0), std=(1, 1, 1))
+    with pytest.raises(ValueError, match="set_references"):
+        rate.predict(_solid((1, 0, 0)))
+    refs = torch.cat([_solid((0.9, 0.1, 0.1)), _solid((0.1, 0.1, 0.9))])
+    rate.set_references(refs, ["monet", "picasso"])
+    assert rate.predict(torch.cat([_solid((0.8, 0.2, 0.2)), _solid((0.2, 0.2, 0.7))])) == ["monet", "picasso"]
+    rate.add(_solid((0.8, 0.2, 0.2)), ["picasso"])
+    assert rate.result()["deception_rate"] == 0.0
+
+
+def test_clear_errors(tmp_path, model_file):
+    with pytest.raises(FileNotFoundError, match="artist model not found"):
+        load_artist_model(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    with pytest.raises(ValueError, match="neither a torch.export program nor a TorchScript model"):
+        load_artist_model(bad)
+    rate = DeceptionRate(load_artist_model(model_file), "classify", artists=["a", "b"], input_size=8)
+    with pytest.raises(ValueError, match="3 logits but 2 artist names"):
+        rate.predict(_solid((1, 0, 0)))
+    csv_path = tmp_path / "artists.csv"
+    csv_path.write_text("style,artist\nstyles/s1.jpg,monet\n")
+    assert read_artist_csv(csv_path) == {"s1": "monet"}

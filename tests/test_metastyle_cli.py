@@ -1,0 +1,71 @@
+"""pipelines/metastyle.py: adapt (saved, timed, loss falls), feed-forward stylise, interpolate and save mixtures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from curate.errors import BbstError
+from pipelines.metastyle import main, save_model
+from train.checkpoint import load_checkpoint
+from train.models import create_model, load_model_from_checkpoint
+
+
+@pytest.fixture
+def setup(tmp_path):
+    torch.manual_seed(0)
+    meta = tmp_path / "meta.pt"
+    save_model(create_model("metastyle_tiny"), meta, "metastyle_tiny")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray((torch.rand(40, 48, 3) * 255).byte().numpy()).save(photos / f"p{i}.png")
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    styles = []
+    for i, fn in enumerate((lambda t: t ** 4, lambda t: 1 - t ** 4)):
+        path = tmp_path / f"style{i}.png"
+        Image.fromarray((fn(torch.rand(32, 32, 3)) * 255).byte().numpy()).save(path)
+        styles.append(str(path))
+    return meta, photos, styles
+
+
+def test_adapt_stylize_interpolate(tmp_path, setup):
+    meta, photos, (s0, s1) = setup
+    adapted = []
+    for i, style in enumerate((s0, s1)):
+        out = tmp_path / f"adapted{i}.pt"
+        rec = main(["adapt", "--checkpoint", str(meta), "--style", style, "--content", str(photos), "--steps", "12",
+                    "--crop", "32", "--batch", "2", "--out", str(out)])
+        assert rec["steps"] == 12 and rec["seconds"] > 0 and rec["final_loss"] < rec["first_loss"]
+        ck = load_checkpoint(str(out))
+        assert ck["adaptation"]["steps"] == 12 and ck["model_config"]["adapted_style"] == f"style{i}"
+        adapted.append(str(out))
+    photo = str(photos / "p0.png")
+    res = main(["stylize", "--checkpoint", adapted[0], "--content", photo, "--out", str(tmp_path / "o.png")])
+    with Image.open(res["written"][0]) as img:
+        assert img.size == (48, 40)
+    res = main(["interpolate", "--checkpoint", *adapted, "--content", photo, "--steps", "3",
+                "--out", str(tmp_path / "interp.png"), "--save", str(tmp_path / "mix.pt"),
+                "--save-weights", "0.25", "0.75"])
+    assert res["t"] == [0.0, 0.5, 1.0] and (tmp_path / "interp.png").is_file()
+    mix = load_model_from_checkpoint(res["saved"])
+    a, b = (load_model_from_checkpoint(p) for p in adapted)
+    for pm, pa, pb in zip(mix.transformer.parameters(), a.transformer.parameters(), b.transformer.parameters()):
+        assert torch.allclose(pm, 0.25 * pa + 0.75 * pb, atol=1e-6)
+    with pytest.raises(BbstError, match="save-weights"):
+        main(["interpolate", "--checkpoint", *adapted, "--content", photo, "--out", str(tmp_path / "i2.png"),
+              "--save", str(tmp_path / "bad.pt"), "--save-weights", "0.9", "0.9"])
+
+
+def test_adapt_refuses_non_metastyle_and_empty_content(tmp_path, setup):
+    meta, photos, (s0, _) = setup
+    vst = tmp_path / "vst.pt"
+    save_model(create_model("variational_tiny"), vst, "variational_tiny")
+    with pytest.raises(BbstError, match="not a MetaStyle model"):
+        main(["adapt", "--checkpoint", str(vst), "--style", s0, "--content", str(photos), "--out", "x.pt"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "bad.png").write_bytes(b"junk")
+    with pytest.raises(BbstError, match="no readable content image"):
+        main(["adapt", "--checkpoint", str(meta), "--style", s0, "--content", str(empty), "--out", "x.pt"])

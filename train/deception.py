@@ -1,0 +1,131 @@
+"""Deception rate: how often an artist-classification model attributes a stylised image to its style's artist.
+
+Two protocols, both with a user-supplied model loaded from a local file (nothing is downloaded): a ``torch.export``
+program (``torch.export.save``, ``.pt2``; export it with a dynamic batch dimension) or a TorchScript module:
+
+* ``classify`` (Sanakoyeu et al. 2018): the model returns artist logits; a stylised image deceives when the
+  arg-max artist is the artist of its style image.
+* ``nearest`` (Cheng et al. 2021, with the Painter-by-Numbers winner's 2048-d features): the model returns
+  features; a stylised image deceives when its nearest reference style image (L2) is by the same artist.
+
+The rate is reported over all images and as the mean of per-artist rates (Sanakoyeu's averaging).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("classify", "nearest")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_artist_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load an artist classifier / feature extractor saved with ``torch.export.save`` or ``torch.jit.save``."""
+    import warnings
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: artist model not found (save yours with torch.export.save(torch.export."
+                                "export(model, (example,), dynamic_shapes=...), path))")
+    def exported() -> torch.nn.Module:
+        return torch.export.load(str(p)).module().to(device)
+
+    def scripted() -> torch.nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript still loads; export is the successor
+            return torch.jit.load(str(p), map_location=device).eval()
+
+    errors = []
+    # try the format the suffix suggests first (torch.export's own suffix is .pt2)
+    for loader in ((exported, scripted) if p.suffix == ".pt2" else (scripted, exported)):
+        try:
+            return loader()
+        except (RuntimeError, ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+            errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    raise ValueError(f"{p}: neither a torch.export program nor a TorchScript model ({'; '.join(errors)})")
+
+
+class DeceptionRate:
+    """Accumulates deception outcomes; ``add(stylised, style_artists)`` then ``result()``.
+
+    ``artists`` names the model's classes in logit order (``classify``); for ``nearest`` give the reference style
+    images and their artists with :meth:`set_references` first.
+    """
+
+    def __init__(self, model: torch.nn.Module, mode: str = "classify", artists: list[str] | None = None,
+                 input_size: int = 224, mean: tuple[float, ...] = _IMAGENET_MEAN,
+                 std: tuple[float, ...] = _IMAGENET_STD, device: str | torch.device = "cpu"):
+        if mode not in MODES:
+            raise ValueError(f"deception mode {mode!r} not in {MODES}")
+        if mode == "classify" and not artists:
+            raise ValueError("classify mode needs the model's artist names in logit order")
+        self.model, self.mode, self.artists = model, mode, list(artists or [])
+        self.input_size, self.device = input_size, torch.device(device)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.ref_feats: torch.Tensor | None = None
+        self.ref_artists: list[str] = []
+        self.hits: dict[str, list[bool]] = defaultdict(list)
+
+    @torch.no_grad()
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images.to(self.device).float(), size=(self.input_size, self.input_size),
+                          mode="bilinear", antialias=True, align_corners=False)
+        return self.model((x - self.mean) / self.std).float().flatten(1)
+
+    def set_references(self, styles: torch.Tensor, artists: list[str]) -> None:
+        """Reference style images (N, 3, H, W) and their artists for the ``nearest`` protocol."""
+        if len(artists) != styles.shape[0]:
+            raise ValueError("one artist per reference style image")
+        self.ref_feats = self._run(styles)
+        self.ref_artists = list(artists)
+
+    def predict(self, stylised: torch.Tensor) -> list[str]:
+        """The artist the model attributes to each stylised image."""
+        out = self._run(stylised)
+        if self.mode == "classify":
+            if out.shape[1] != len(self.artists):
+                raise ValueError(f"artist model returns {out.shape[1]} logits but {len(self.artists)} artist names "
+                                 "were given")
+            return [self.artists[i] for i in out.argmax(1).tolist()]
+        if self.ref_feats is None:
+            raise ValueError("nearest mode: call set_references(styles, artists) first")
+        nearest = torch.cdist(out, self.ref_feats).argmin(1).tolist()
+        return [self.ref_artists[i] for i in nearest]
+
+    def add(self, stylised: torch.Tensor, style_artists: list[str]) -> list[bool]:
+        """Score a batch of stylised images whose style images are by ``style_artists``; returns the hits."""
+        hits = [p == a for p, a in zip(self.predict(stylised), style_artists, strict=True)]
+        for a, h in zip(style_artists, hits):
+            self.hits[a].append(h)
+        return hits
+
+    def result(self) -> dict[str, float]:
+        """``{"deception_rate": over all images, "deception_rate_artist_mean": mean of per-artist rates, "n"}``."""
+        all_hits = [h for v in self.hits.values() for h in v]
+        if not all_hits:
+            return {"deception_rate": float("nan"), "deception_rate_artist_mean": float("nan"), "n": 0}
+        per_artist = [sum(v) / len(v) for v in self.hits.values()]
+        return {"deception_rate": sum(all_hits) / len(all_hits),
+                "deception_rate_artist_mean": sum(per_artist) / len(per_artist), "n": len(all_hits)}
+
+
+def read_artist_csv(path: str | os.PathLike) -> dict[str, str]:
+    """CSV with ``style`` (image path or file stem) and ``artist`` columns -> {stem: artist}."""
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: artist CSV not found")
+    with open(p, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"style", "artist"} <= set(reader.fieldnames):
+            raise ValueError(f"{p}: needs 'style' and 'artist' columns, has {reader.fieldnames}")
+        return {Path(r["style"]).stem: r["artist"] for r in reader}

@@ -1,0 +1,56 @@
+"""Image grids for sample, interpolation and comparison figures: rows of images fitted into equal cells."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def fit_cell(img: torch.Tensor, cell: int) -> torch.Tensor:
+    """(1 or 3, H, W) or (1, 3, H, W) in [0, 1] -> (3, cell, cell): aspect kept, long side = cell, white padding."""
+    if img.dim() == 4:
+        img = img[0]
+    img = img.detach().float().cpu().clamp(0, 1)
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    h, w = img.shape[-2:]
+    s = cell / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+    out = torch.ones(3, cell, cell)
+    top, left = (cell - nh) // 2, (cell - nw) // 2
+    out[:, top:top + nh, left:left + nw] = img.clamp(0, 1)
+    return out
+
+
+def make_grid(rows: list[list[torch.Tensor | None]], cell: int = 256, pad: int = 4) -> torch.Tensor:
+    """Rows of images (None = empty cell) -> one (3, H, W) image with every image fitted into a ``cell`` square."""
+    if not rows or not any(rows):
+        raise ValueError("make_grid needs at least one image")
+    ncol = max(len(r) for r in rows)
+    grid = torch.ones(3, len(rows) * (cell + pad) + pad, ncol * (cell + pad) + pad)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            if img is not None:
+                y, x = pad + i * (cell + pad), pad + j * (cell + pad)
+                grid[:, y:y + cell, x:x + cell] = fit_cell(img, cell)
+    return grid
+
+
+def save_grid(rows: list[list[torch.Tensor | None]], path, cell: int = 256) -> None:
+    """Write :func:`make_grid` as a PNG (atomically: a killed run leaves no half-written figure)."""
+    from pathlib import Path
+
+    from curate.writer import atomic_write
+
+    path = Path(path)
+    grid = make_grid(rows, cell)[None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(f):
+        import numpy as np
+        from PIL import Image
+
+        arr = (grid[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+        Image.fromarray(arr).save(f, format="PNG")
+    atomic_write(str(path), write)
