@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from curate.config import field_comments
 from curate.dedup import DedupConfig
@@ -33,21 +33,22 @@ class ShardConfig:
 
     target_bytes: int = 1_000_000_000  # approximate tar size in bytes
     target_samples: int = 5000  # samples per tar
-    writers: int = 4  # shards written in parallel
+    num_cpus: float = 0.5  # CPUs reserved per shard-writing task (reading staged bytes, hashing, writing)
 
 
 @dataclass
 class RayConfig:
     """How the stages are placed on Ray."""
 
-    download_actors: int = 2  # downloader actors; total concurrency = actors x download.threads
-    download_num_cpus: float = 0.25  # CPUs reserved per downloader actor (I/O bound)
-    download_batch_size: int = 64  # rows per downloader call
-    check_actors: int = 0  # image-check actors; 0 = as many as the CPUs left by reads and downloaders allow
-    check_num_cpus: float = 0.5  # CPUs reserved per image-check actor (decode bound)
-    check_batch_size: int = 16  # rows per image-check call
-    block_mb: int = 16  # target Ray Data block size in MiB (small blocks pipeline download and check)
-    read_num_cpus: float = 0.1  # CPUs per staging-input read task (kept unlike download_num_cpus: no fusion)
+    stage_mode: Literal["tasks", "actors"] = "tasks"  # download+check as Ray tasks or as a pool of actors
+    unit_rows: int = 128  # URL rows per download+check call (one staged bytes file and one rows file each)
+    stage_num_cpus: float = 1.0  # CPUs reserved per download+check call (downloads overlap the decoding)
+    stage_actors: int = 0  # actors in "actors" mode; 0 = one per stage_num_cpus of the cluster's CPUs
+    dedup_buckets: int = 16  # hash buckets of the dedup shuffle (parallel dedup tasks per step)
+
+    def __post_init__(self) -> None:
+        if self.unit_rows < 1 or self.stage_num_cpus <= 0 or self.dedup_buckets < 1 or self.stage_actors < 0:
+            raise ValueError("unit_rows and dedup_buckets must be >= 1, stage_num_cpus > 0, stage_actors >= 0")
 
 
 @dataclass

@@ -29,6 +29,7 @@ PIL_PIXEL_LIMIT = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_
 class ImageCheckConfig:
     min_side: int = 1024  # short side (after EXIF orientation) below this -> too_small, decided from the header
     max_pixels: int = 178_956_970  # width*height ceiling (decompression-bomb guard; PIL's own hard limit)
+    max_decode_mb: int = 1024  # decoded-size budget per image in MiB; also the memory each check declares to Ray
     max_aspect_ratio: float = 4.0  # long side / short side above this -> bad_aspect
     animated: Literal["reject", "first_frame"] = "reject"  # animated GIF/WebP/APNG: status unsupported, or keep frame 0
     reencode_quality: int = 95  # JPEG quality when an image must be re-encoded (CMYK, WebP, TIFF, BMP, ...)
