@@ -208,10 +208,12 @@ def verify_shard(store, name: str, entry: dict[str, Any]) -> bool:
     return h.hexdigest() == entry.get("md5sum")
 
 
-def write_planned_shard(store, spec: ShardSpec) -> dict[str, Any]:
+def write_planned_shard(store, spec: ShardSpec | dict[str, Any]) -> dict[str, Any]:
     """Write one planned shard (or keep it when a finished copy with the same members verifies); its entry."""
     from curate.writer import write_shard
 
+    if isinstance(spec, dict):
+        spec = ShardSpec.from_json(spec)
     rows = shard_rows(store, spec)
     keys = rows["key"].to_pylist()
     digest = members_digest(keys)

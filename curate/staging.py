@@ -37,6 +37,11 @@ META_TYPES.update({"_ref_path": pa.string(), "_ref_offset": pa.int64(), "_ref_le
                    "ext": pa.string(), "http_status": pa.int64()})
 
 
+# what the download and check stages add to every row (a unit where no image got far still has every column)
+STAGED_COLUMNS = ("status", "error", "mime", "num_bytes", "original_width", "original_height", "width", "height",
+                  "ext", "sha256", "phash")
+
+
 def input_rel(p: int) -> str:
     return f"{STAGING}/input/part-{p:06d}.parquet"
 
@@ -176,7 +181,7 @@ class UnitProcessor:
 
         kept_bytes = self.store.write_with(bin_rel, write_bin)
         cols: dict[str, Any] = {name: table[name] for name in table.column_names}
-        names = sorted({k for r in results for k in r} - INTERNAL_COLUMNS)
+        names = sorted(({k for r in results for k in r} | set(STAGED_COLUMNS)) - INTERNAL_COLUMNS)
         out = pa.table(cols)
         for name in names:
             vals = [r.get(name) for r in results]

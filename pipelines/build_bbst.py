@@ -431,6 +431,7 @@ def run_rescore(cfg: BuildConfig, directory: str, startup: float = 0.0) -> dict:
     src_dir = f"{STAGING}/rescore"
     if not store.exists(src_dir, "sources.json"):
         names = sorted(owned_shards)
+        store.fs.makedirs(store.path(src_dir), exist_ok=True)
         for name in names:  # moved aside first: the new plan may reuse their names
             if store.exists(schema.SHARDS_DIR, name):
                 store.fs.mv(store.path(schema.SHARDS_DIR, name), store.path(src_dir, name))
