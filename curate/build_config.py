@@ -35,6 +35,12 @@ class ShardConfig:
     target_samples: int = 5000  # samples per tar
     num_cpus: float = 0.5  # CPUs reserved per shard-writing task (reading staged bytes, hashing, writing)
 
+    def __post_init__(self) -> None:
+        if self.target_bytes < 1 or self.target_samples < 1 or self.num_cpus <= 0:
+            raise ValueError(f"target_bytes and target_samples must be >= 1 and num_cpus > 0, got "
+                             f"target_bytes={self.target_bytes}, target_samples={self.target_samples}, "
+                             f"num_cpus={self.num_cpus}")
+
 
 @dataclass
 class RayConfig:
@@ -48,7 +54,9 @@ class RayConfig:
 
     def __post_init__(self) -> None:
         if self.unit_rows < 1 or self.stage_num_cpus <= 0 or self.dedup_buckets < 1 or self.stage_actors < 0:
-            raise ValueError("unit_rows and dedup_buckets must be >= 1, stage_num_cpus > 0, stage_actors >= 0")
+            raise ValueError(f"unit_rows and dedup_buckets must be >= 1, stage_num_cpus > 0 and stage_actors >= 0, "
+                             f"got unit_rows={self.unit_rows}, dedup_buckets={self.dedup_buckets}, "
+                             f"stage_num_cpus={self.stage_num_cpus}, stage_actors={self.stage_actors}")
 
 
 @dataclass

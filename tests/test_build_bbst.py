@@ -282,10 +282,14 @@ def test_rescore_existing_shards_without_download(smoke_run, tmp_path, fault_ser
     copy = tmp_path / "rescored"
     shutil.copytree(out, copy)
     requests_before = len(fault_server.requests)
+    mine = copy / schema.SHARDS_DIR / "mine.tar"  # a file the user put there: bbst never wrote it, never removes it
+    mine.write_bytes(b"user data")
     summary = build_bbst.main(["--rescore", str(copy), "--classifier", ckpt, "--set", "score.batch_size=4",
                                "--set", "split.style_min_score=0.0", "--set", "split.content_max_score=0.0",
                                "--set", "progress_interval_s=0"])
     assert len(fault_server.requests) == requests_before, "rescoring must not download"
+    assert mine.read_bytes() == b"user data"
+    mine.unlink()
     meta, _ = check_invariants(copy)
     assert summary["rows_in"] == before["rows_in"]
     ok_before = before["counts_by_status"]["ok"]
