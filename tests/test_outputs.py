@@ -57,7 +57,7 @@ def test_claim_writes_the_record_first_and_refuses_other_runs(tmp_path):
     fp_a = _fp(_list(tmp_path / "a.parquet"))
     record, previous = outputs.claim(store, fp_a)
     assert previous is None and (out / outputs.RUN_FILE).is_file() and record.state == "running"
-    again, previous = outputs.claim(store, fp_a)  # resume
+    _, previous = outputs.claim(store, fp_a)  # resume
     assert previous is not None and previous.fingerprint == fp_a
     fp_b = _fp(_list(tmp_path / "b.parquet"))
     with pytest.raises(outputs.OutputError, match="unfinished build") as err:
