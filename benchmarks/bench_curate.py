@@ -209,6 +209,68 @@ def machine_floor(root: Path, names: list[str]) -> dict:
     return {"tool": "floor", "wall_s": wall, "images_per_s": len(paths) / wall, "kept_images": kept}
 
 
+# --------------------------------------------------------------------------------------------------- dedup at scale
+def make_dedup_rows(root: Path, rows: int, per_partition: int = 10_000, seed: int = 0) -> dict[int, int]:
+    """Staged metadata rows (no images) as a build leaves them before dedup: 90% ok, 1% exact duplicates, 1% near
+    duplicates (2 bits flipped), random sha256 and phash otherwise. Written one partition at a time."""
+    import numpy as np
+
+    from curate import schema, staging
+    from curate.store import Store
+
+    store = Store(str(root))
+    rng = np.random.default_rng(seed)
+    partitions = {}
+    pool_sha: list[str] = []
+    pool_ph: list[int] = []
+    for p in range(-(-rows // per_partition)):
+        n = min(per_partition, rows - p * per_partition)
+        raw = rng.integers(0, 2**63, size=(n, 4), dtype=np.int64)
+        sha = [f"{a:016x}{b:016x}{c:016x}{d:016x}" for a, b, c, d in raw.tolist()]
+        ph = rng.integers(0, 2**63, size=n, dtype=np.int64).tolist()
+        kind = rng.random(n)
+        for i in range(n):
+            if kind[i] < 0.01 and pool_sha:
+                sha[i] = pool_sha[int(rng.integers(len(pool_sha)))]
+            elif kind[i] < 0.02 and pool_ph:
+                ph[i] = pool_ph[int(rng.integers(len(pool_ph)))] ^ (1 << int(rng.integers(63))) ^ 1
+        pool_sha, pool_ph = sha[:100], ph[:100]
+        status = np.where(rng.random(n) < 0.9, "ok", "too_small").tolist()
+        store.write_parquet(staging.rows_rel(p), pa.table({
+            "key": [schema.make_key(p, i) for i in range(n)], "status": status, "sha256": sha,
+            "phash": [f"{h:016x}" for h in ph]}))
+        partitions[p] = n
+    store.write_json(f"{staging.STAGING}/partitions.json", partitions)
+    return partitions
+
+
+def dedup_driver(root: str) -> None:
+    """The dedup phase of a build over already staged metadata, on a fresh local Ray; prints the driver's peak RSS."""
+    import resource
+
+    import ray
+
+    from curate.build_config import BuildConfig
+    from curate.store import Store
+    from pipelines import build_bbst
+
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    store = Store(root)
+    partitions = {int(k): v for k, v in store.read_json("_staging/partitions.json").items()}
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.monotonic()
+    build_bbst.dedup_phase(BuildConfig(), store, partitions)
+    wall = time.monotonic() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    done = store.read_json("_staging/dedup/done.json")
+    exact = sum(store.read_parquet(f"_staging/dedup/{n}").num_rows for n in store.ls("_staging", "dedup")
+                if n.startswith("exact-"))
+    print(json.dumps({"rows": sum(partitions.values()), "dedup_seconds": round(wall, 1),
+                      "driver_peak_rss_mb": round(peak / 1024, 1), "driver_rss_before_dedup_mb": round(base / 1024, 1),
+                      "exact_duplicates": exact, "near_duplicates": done.get("near_duplicates")}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=1000)
@@ -221,7 +283,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--i2d", default="/tmp/i2d-venv/bin/img2dataset", help="img2dataset executable ('' to skip)")
     p.add_argument("--memory-rows", type=int, default=0,
                    help="also run build_bbst on a list padded with this many failing URLs (memory vs list length)")
+    p.add_argument("--modes", default="tasks,actors", help="ray.stage_mode values to compare (comma-separated)")
+    p.add_argument("--dedup-rows", type=int, default=0,
+                   help="only measure the dedup phase over this many synthetic metadata rows (driver peak memory)")
+    p.add_argument("--dedup-driver", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.dedup_driver:
+        dedup_driver(args.dedup_driver)
+        return {}
+    if args.dedup_rows:
+        work = Path(tempfile.mkdtemp(prefix="bbst-dedup-", dir=str(REPO / ".scratch") if (REPO / ".scratch").is_dir()
+                                     else None))
+        t0 = time.monotonic()
+        make_dedup_rows(work, args.dedup_rows)
+        print(f"generated {args.dedup_rows} staged rows in {time.monotonic() - t0:.0f}s under {work}", flush=True)
+        env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
+        env.pop("RAY_ADDRESS", None)
+        out = subprocess.run([sys.executable, __file__, "--dedup-driver", str(work)], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        print(json.dumps(result, indent=2))
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        return result
     global FLOOR_MIN_SIDE
     FLOOR_MIN_SIDE = args.min_side
 

@@ -304,55 +304,85 @@ def scatter_bands(cand: dict[str, np.ndarray], distance: int, buckets: int) -> l
     return [{c: v[which == b] for c, v in cols.items()} for b in range(max(1, buckets))]
 
 
-def _popcount64(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.uint64)
-    counts = np.zeros(x.shape, dtype=np.int64)
-    for shift in range(0, 64, 8):
-        counts += _POP8[((x >> np.uint64(shift)) & np.uint64(0xFF)).astype(np.int64)]
-    return counts
+def _split_bits(total: int, parts: int) -> list[tuple[int, int]]:
+    """``(shift, bits)`` of ``parts`` near-equal pieces of a ``total``-bit value."""
+    base, extra = divmod(total, parts)
+    out, shift = [], 0
+    for i in range(parts):
+        bits = base + (1 if i < extra else 0)
+        out.append((shift, bits))
+        shift += bits
+    return out
 
 
-_POP8 = np.array([i.bit_count() for i in range(256)], dtype=np.int64)
+def _mask(bits: int) -> np.uint64:
+    return np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(_MASK64)
 
 
 def near_edges(parts: list[dict[str, np.ndarray]], distance: int) -> dict[str, np.ndarray]:
     """Verified pairs of one band bucket: ``{a, b, same}`` with ``a < b``.
 
     Candidates with the same full hash are one class: every member gets a ``same`` edge to the class's smallest
-    key (``a``), and only the smallest keys are compared with the other hashes of the group (an identical hash
-    has the same neighbours, so this decides the same rows with far fewer pairs).
+    key (``a``), and only the smallest keys are compared further (an identical hash has the same neighbours).
+    Hashes that share a band value are not compared pairwise: the pigeonhole argument is applied once more to
+    the bits outside the band (cut into ``distance + 1`` sub-bands), so only hashes that also share a sub-band
+    value become candidate pairs. A million-row bucket of random hashes then yields about as many candidate
+    pairs as rows, instead of rows squared over the band's value range.
     """
-    cols = {c: np.concatenate([p[c] for p in parts]) for c in ("band", "value", "key", "phash")} if parts else {}
-    a_out, b_out, same_out = [], [], []
-    if cols and len(cols["key"]):
-        order = np.lexsort((cols["key"], cols["phash"], cols["value"], cols["band"]))
-        band, value, key, ph = (cols[c][order] for c in ("band", "value", "key", "phash"))
-        group_edge = np.ones(len(key), dtype=bool)
-        group_edge[1:] = (band[1:] != band[:-1]) | (value[1:] != value[:-1])
-        class_edge = group_edge.copy()
-        class_edge[1:] |= ph[1:] != ph[:-1]
-        class_rep = key[np.maximum.accumulate(np.where(class_edge, np.arange(len(key)), 0))]
-        members = ~class_edge
-        a_out.append(class_rep[members])
-        b_out.append(key[members])
-        same_out.append(np.ones(int(members.sum()), dtype=bool))
-        starts = np.nonzero(group_edge)[0]
-        ends = np.append(starts[1:], len(key))
-        for s, e in zip(starts, ends):
-            reps = np.nonzero(class_edge[s:e])[0] + s
-            if len(reps) < 2:
-                continue
-            rk, rp = key[reps], ph[reps]
-            i, j = np.triu_indices(len(reps), k=1)
-            close = _popcount64(rp[i] ^ rp[j]) <= distance
-            lo = np.minimum(rk[i][close], rk[j][close])
-            hi = np.maximum(rk[i][close], rk[j][close])
-            a_out.append(lo)
-            b_out.append(hi)
-            same_out.append(np.zeros(len(lo), dtype=bool))
-    if not a_out:
-        return {"a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64), "same": np.zeros(0, bool)}
-    return {"a": np.concatenate(a_out), "b": np.concatenate(b_out), "same": np.concatenate(same_out)}
+    empty = {"a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64), "same": np.zeros(0, bool)}
+    parts = [p for p in parts if p is not None and len(p["key"])]
+    if not parts:
+        return empty
+    cols = {c: np.concatenate([p[c] for p in parts]) for c in ("band", "value", "key", "phash")}
+    order = np.lexsort((cols["key"], cols["phash"], cols["value"], cols["band"]))
+    band, value, key, ph = (cols[c][order] for c in ("band", "value", "key", "phash"))
+    class_edge = np.ones(len(key), dtype=bool)
+    class_edge[1:] = (band[1:] != band[:-1]) | (value[1:] != value[:-1]) | (ph[1:] != ph[:-1])
+    class_rep = key[np.maximum.accumulate(np.where(class_edge, np.arange(len(key)), 0))]
+    a_out, b_out, same_out = [class_rep[~class_edge]], [key[~class_edge]], [np.ones(int((~class_edge).sum()), bool)]
+    band, value, key, ph = band[class_edge], value[class_edge], key[class_edge], ph[class_edge]
+    # second pigeonhole level: (band, band value, sub-band, sub-band value) runs hold every pair within distance
+    layout = band_layout(distance)
+    run_band, run_value, run_sub, run_subvalue, run_row = [], [], [], [], []
+    for b, (shift, bits) in enumerate(layout):
+        rows = np.nonzero(band == b)[0]
+        if not len(rows):
+            continue
+        h = ph[rows]
+        low = h & _mask(shift) if shift else np.zeros(len(h), np.uint64)
+        high = h >> np.uint64(shift + bits) if shift + bits < 64 else np.zeros(len(h), np.uint64)
+        rest = (high << np.uint64(shift)) | low
+        for j, (sub_shift, sub_bits) in enumerate(_split_bits(64 - bits, len(layout))):
+            run_band.append(np.full(len(rows), b, np.int64))
+            run_value.append(value[rows])
+            run_sub.append(np.full(len(rows), j, np.int64))
+            run_subvalue.append((rest >> np.uint64(sub_shift)) & _mask(sub_bits) if sub_bits else
+                                np.zeros(len(rows), np.uint64))
+            run_row.append(rows)
+    rb, rv, rs, rsv, rr = (np.concatenate(x) for x in (run_band, run_value, run_sub, run_subvalue, run_row))
+    order = np.lexsort((rsv, rs, rv, rb))
+    rb, rv, rs, rsv, rr = rb[order], rv[order], rs[order], rsv[order], rr[order]
+    boundary = np.ones(len(rr), dtype=bool)
+    boundary[1:] = (rb[1:] != rb[:-1]) | (rv[1:] != rv[:-1]) | (rs[1:] != rs[:-1]) | (rsv[1:] != rsv[:-1])
+    run_id = np.cumsum(boundary)
+    step = 1
+    while step < len(rr):  # pair each row with the rows ``step`` places later in the same run
+        same_run = run_id[step:] == run_id[:-step]
+        if not same_run.any():
+            break
+        i, j = rr[:-step][same_run], rr[step:][same_run]
+        close = np.bitwise_count(ph[i] ^ ph[j]) <= distance
+        ki, kj = key[i][close], key[j][close]
+        a_out.append(np.minimum(ki, kj))
+        b_out.append(np.maximum(ki, kj))
+        same_out.append(np.zeros(len(ki), dtype=bool))
+        step += 1
+    a, b, same = np.concatenate(a_out), np.concatenate(b_out), np.concatenate(same_out)
+    if not len(a):
+        return empty
+    # a pair found through several sub-bands is reported once
+    pairs = np.unique(np.stack([a, b, same.astype(np.int64)], axis=1), axis=0)
+    return {"a": pairs[:, 0], "b": pairs[:, 1], "same": pairs[:, 2].astype(bool)}
 
 
 def resolve_near(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

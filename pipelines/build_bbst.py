@@ -43,6 +43,8 @@ from curate.store import Store
 log = logging.getLogger("bbst.build")
 
 DEFAULT_DEMO_OUT = "./bbst-demo"
+DEDUP_ROWS_PER_OUTPUT = 12_000  # rows per scatter result per bucket (~1 MB: stored in Ray's object store)
+DEDUP_ROWS_PER_BUCKET_MIN = 50_000  # fewer rows than this per bucket: fewer buckets (small runs need one)
 DEMO_CLASSIFIER_DIR = "demo-classifier"  # where the demo writes its bootstrapped classifier (local outputs)
 
 
@@ -68,12 +70,13 @@ class _StageActor:
         return self.processor(unit)
 
 
-def _dedup_scatter(store, p, buckets):
+def _dedup_scatter(store, parts, buckets):
     import pyarrow.compute as pc
 
     from curate.dedup import scatter_exact
 
-    t = store.read_parquet(staging.rows_rel(p), columns=["key", "status", "sha256", "phash"])
+    t = staging.concat([store.read_parquet(staging.rows_rel(p), columns=["key", "status", "sha256", "phash"])
+                        for p in parts])
     t = t.filter(pc.equal(t["status"], "ok"))
     out = scatter_exact(t["key"].to_pylist(), t["sha256"].to_pylist(), t["phash"].to_pylist(), buckets)
     return out if buckets > 1 else out[0]
@@ -236,10 +239,15 @@ def dedup_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> N
     if assemble.dedup_done(store):
         log.info("resume: dedup decisions already made")
         return
-    buckets = max(1, min(cfg.ray.dedup_buckets, len(partitions)))
+    rows = sum(partitions.values())
+    buckets = max(1, min(cfg.ray.dedup_buckets, rows // DEDUP_ROWS_PER_BUCKET_MIN + 1))
+    # Each scatter task reads enough partitions that every bucket it returns is large (about a megabyte): Ray
+    # keeps small task results in the memory of their owner, the driver, and large ones in the object store.
+    per_task = max(1, -(-DEDUP_ROWS_PER_OUTPUT * buckets // max(1, rows // max(1, len(partitions)))))
     parts = sorted(partitions)
+    groups = [parts[i:i + per_task] for i in range(0, len(parts), per_task)]
     scatter = _remote(_dedup_scatter, num_returns=buckets, num_cpus=0.5)
-    scattered = [scatter.remote(store, p, buckets) for p in parts]
+    scattered = [scatter.remote(store, g, buckets) for g in groups]
     if buckets == 1:
         scattered = [[r] for r in scattered]
     reduce = _remote(_dedup_reduce, num_returns=buckets, num_cpus=0.5)
