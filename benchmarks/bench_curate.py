@@ -90,6 +90,7 @@ class TreeMemory:
 
         self.proc = psutil.Process(pid)
         self.peak = 0
+        self.root_io = 0  # read + write syscall bytes of the root process itself (the driver), last sample
         self.interval = interval
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -100,6 +101,8 @@ class TreeMemory:
 
         while not self._stop.is_set():
             try:
+                io_now = self.proc.io_counters()
+                self.root_io = io_now.read_chars + io_now.write_chars
                 procs = [self.proc, *self.proc.children(recursive=True)]
                 total = 0
                 for p in procs:
@@ -120,7 +123,7 @@ class TreeMemory:
 
 
 def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None,
-                 log_path: Path | None = None) -> tuple[float, int, str]:
+                 log_path: Path | None = None) -> tuple[float, int, str, int]:
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mem = TreeMemory(proc.pid)
@@ -131,18 +134,18 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
         log_path.write_text(out)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{out[-4000:]}")
-    return wall, peak, out
+    return wall, peak, out, mem.root_io
 
 
-def run_bbst(urls: Path, out: Path, args) -> dict:
+def run_bbst(urls: Path, out: Path, args, mode: str = "tasks") -> dict:
     cmd = [sys.executable, str(REPO / "pipelines" / "build_bbst.py"), "--urls", str(urls), "--out", str(out),
-           "--min-side", str(args.min_side), "--allow-private-network",
-           "--set", f"ray.download_actors={args.processes}", "--set", f"download.threads={args.threads}",
+           "--min-side", str(args.min_side), "--allow-private-network", "--set", f"ray.stage_mode={mode}",
+           "--set", f"download.threads={args.threads}",
            "--set", f"download.per_host_concurrency={args.threads}", "--set", "report=false",
            "--set", f"reader.rows_per_partition={args.rows_per_partition}", "--set", "progress_interval_s=30"]
     env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
     env.pop("RAY_ADDRESS", None)
-    wall, peak, _ = run_measured(cmd, env=env, log_path=out.with_suffix(".log"))
+    wall, peak, _, driver_io = run_measured(cmd, env=env, log_path=out.with_suffix(".log"))
     summary = json.loads((out / "summary.json").read_text())
     meta = pa.concat_tables([pq.read_table(p) for p in sorted((out / "meta").glob("*.parquet"))])
     statuses = meta["status"].to_pylist()
@@ -153,7 +156,8 @@ def run_bbst(urls: Path, out: Path, args) -> dict:
     # img2dataset's processing span starts when its workers begin their first shard (processes already up);
     # the like-for-like figure here leaves out the actor pools' ramp-up (until the first rows came back)
     ramp = (summary.get("phase_seconds") or {}).get("until_first_rows", 0.0)
-    return {"tool": "build_bbst", "wall_s": wall, "ok": ok, "startup_s": wall - summary["duration_seconds"],
+    return {"tool": f"build_bbst[{mode}]", "wall_s": wall, "driver_io_bytes": driver_io,
+            "driver_io_fraction": driver_io / max(summary["shard_bytes"], 1), "shard_bytes": summary["shard_bytes"], "ok": ok, "startup_s": wall - summary["duration_seconds"],
             "images_per_s_wall": ok / wall, "images_per_s_processing": ok / summary["duration_seconds"],
             "ramp_s": ramp, "images_per_s_after_ramp": ok / max(summary["duration_seconds"] - ramp, 1e-9),
             "peak_pss_mb": peak / 2**20, "kept": kept, "deduped": deduped,
@@ -166,7 +170,7 @@ def run_i2d(urls: Path, out: Path, args) -> dict:
            "--resize_mode", "no", "--min_image_size", str(args.min_side), "--processes_count", str(args.processes),
            "--thread_count", str(args.threads), "--number_sample_per_shard", str(args.rows_per_partition),
            "--enable_wandb", "False", "--distributor", "multiprocessing"]
-    wall, peak, _ = run_measured(cmd, log_path=out.with_suffix(".log"))
+    wall, peak, _, _ = run_measured(cmd, log_path=out.with_suffix(".log"))
     kept, ok = set(), 0
     starts, ends = [], []
     for p in sorted(out.glob("*.parquet")):
@@ -330,7 +334,9 @@ def main(argv: list[str] | None = None) -> dict:
         floor = machine_floor(root, [n for n, _, _ in items])
         print(f"floor: {floor['images_per_s']:.1f} images/s ({floor['kept_images']} >= {args.min_side} px)", flush=True)
         for r in range(args.rounds):
-            tools = [("build_bbst", run_bbst)] + ([("img2dataset", run_i2d)] if args.i2d else [])
+            tools = [(f"build_bbst[{m}]", (lambda u, o, a, m=m: run_bbst(u, o, a, m)))
+                     for m in args.modes.split(",") if m]
+            tools += [("img2dataset", run_i2d)] if args.i2d else []
             if r % 2:
                 tools.reverse()  # alternate the order so neither tool always runs on a warmer machine
             for name, fn in tools:
@@ -339,6 +345,9 @@ def main(argv: list[str] | None = None) -> dict:
                 results.append(res)
                 if res.get("phase_seconds"):
                     print(f"round {r} {name} phases (s): {res['phase_seconds']}", flush=True)
+                if "driver_io_bytes" in res:
+                    print(f"round {r} {name}: driver read+write {res['driver_io_bytes'] / 2**20:.1f} MiB = "
+                          f"{res['driver_io_fraction']:.2%} of {res['shard_bytes'] / 2**20:.0f} MiB of shards", flush=True)
                 print(f"round {r} {name}: wall {res['wall_s']:.1f}s, ok {res['ok']}, start-up {res['startup_s']:.1f}s, "
                       f"{res['images_per_s_wall']:.1f} images/s (wall), {res['images_per_s_processing']:.1f} "
                       f"images/s (processing), peak PSS {res['peak_pss_mb']:.0f} MiB", flush=True)
@@ -354,13 +363,19 @@ def main(argv: list[str] | None = None) -> dict:
         server.terminate()
 
     def best(tool: str) -> dict:
-        rs = [r for r in results if r["tool"] == tool]
+        rs = [r for r in results if r["tool"].startswith(tool)]
         return max(rs, key=lambda r: r["images_per_s_processing"]) if rs else {}
 
     ours, theirs = best("build_bbst"), best("img2dataset")
     report = {"floor_images_per_s": floor["images_per_s"], "rounds": [
         {k: v for k, v in r.items() if k not in ("kept", "deduped")} for r in results]}
     print("\n== summary (best round per tool) ==")
+    for mode in args.modes.split(","):
+        r = best(f"build_bbst[{mode}]")
+        if r and theirs:
+            print(f"stage_mode={mode}: {r['images_per_s_wall'] / theirs['images_per_s_wall']:.2f}x img2dataset with "
+                  f"start-up, {r['images_per_s_processing'] / theirs['images_per_s_processing']:.2f}x processing; "
+                  f"driver bytes {r['driver_io_fraction']:.2%} of the kept bytes")
     print(f"floor (read+sha256+full decode, {os.cpu_count()} procs): {floor['images_per_s']:.1f} images/s")
     for r in (ours, theirs):
         if r:
