@@ -444,3 +444,46 @@ def write_partition_meta(store, p: int, specs: list[dict[str, Any]]) -> dict[str
     rows = set_column(rows, "shard", shard)
     write_meta_parquet(store.path(schema.META_DIR, schema.meta_name(p)), meta_table(rows), fs=store.fs)
     return partition_account(rows)
+
+
+def rescore_partition(store, p: int, index_rels: list[str]) -> int:
+    """Staged rows of finished partition ``p`` for a re-score: :func:`rescore_rows` over its metadata and the
+    old shards' indexes."""
+    from curate.staging import concat, rows_rel
+
+    meta = store.read_parquet(f"{schema.META_DIR}/{schema.meta_name(p)}")
+    lo, hi = pc.min(meta["key"]).as_py(), pc.max(meta["key"]).as_py()
+    index = concat([store.read_parquet(r, filters=[("key", ">=", lo), ("key", "<=", hi)]) for r in index_rels])
+    store.write_parquet(rows_rel(p), rescore_rows(meta, index))
+    return p
+
+
+def index_old_shard_to_store(store, name: str) -> str:
+    """Index old shard ``_staging/rescore/NAME`` into ``_staging/rescore/index-NAME.parquet``."""
+    rel = f"{STAGING}/rescore/{name}"
+    store.write_parquet(f"{STAGING}/rescore/index-{name}.parquet", index_old_shard(store, rel))
+    return name
+
+
+def write_report(store, summary: dict, thumbnails: int) -> None:
+    """The HTML report from the published metadata and shards (it reads every row: run it on a worker)."""
+    from curate.report import render_report
+    from curate.shards import index_shard_by_key, read_member
+    from curate.staging import concat
+
+    metas = [n for n in store.ls(schema.META_DIR) if n.endswith(".parquet")]
+    rows = concat([store.read_parquet(f"{schema.META_DIR}/{n}") for n in metas]).sort_by("key")
+    thumbs: dict[str, list[tuple[str, bytes]]] = {}
+    indexes: dict[str, dict] = {}
+    status, subset, shard = column(rows, "status"), column(rows, "subset"), column(rows, "shard")
+    keys = rows["key"].to_pylist()
+    for sub in schema.SUBSETS:
+        picked = [i for i, (st, s) in enumerate(zip(status, subset)) if st == "ok" and s == sub][:thumbnails]
+        for i in picked:
+            url = store.path(schema.SHARDS_DIR, shard[i])
+            if url not in indexes:
+                indexes[url] = index_shard_by_key(url, fs=store.fs)
+            image = indexes[url][keys[i]].image()
+            if image is not None:
+                thumbs.setdefault(sub, []).append((keys[i], read_member(image[1], fs=store.fs)))
+    store.write_bytes(schema.REPORT_FILE, render_report(summary, rows, thumbs).encode())

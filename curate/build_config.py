@@ -50,7 +50,7 @@ class RayConfig:
     unit_rows: int = 128  # URL rows per download+check call (one staged bytes file and one rows file each)
     stage_num_cpus: float = 1.0  # CPUs reserved per download+check call (downloads overlap the decoding)
     stage_actors: int = 0  # actors in "actors" mode; 0 = one per stage_num_cpus of the cluster's CPUs
-    dedup_buckets: int = 16  # hash buckets of the dedup shuffle (parallel dedup tasks per step)
+    dedup_buckets: int = 64  # most hash buckets of the dedup shuffle (one per 250k rows: parallel tasks per step)
 
     def __post_init__(self) -> None:
         if self.unit_rows < 1 or self.stage_num_cpus <= 0 or self.dedup_buckets < 1 or self.stage_actors < 0:

@@ -341,42 +341,34 @@ def near_edges(parts: list[dict[str, np.ndarray]], distance: int) -> dict[str, n
     class_rep = key[np.maximum.accumulate(np.where(class_edge, np.arange(len(key)), 0))]
     a_out, b_out, same_out = [class_rep[~class_edge]], [key[~class_edge]], [np.ones(int((~class_edge).sum()), bool)]
     band, value, key, ph = band[class_edge], value[class_edge], key[class_edge], ph[class_edge]
-    # second pigeonhole level: (band, band value, sub-band, sub-band value) runs hold every pair within distance
+    # second pigeonhole level: rows that share (band, band value, sub-band, sub-band value) hold every pair within
+    # the distance; one (band, sub-band) at a time, so memory stays a few arrays of one band's rows
     layout = band_layout(distance)
-    run_band, run_value, run_sub, run_subvalue, run_row = [], [], [], [], []
     for b, (shift, bits) in enumerate(layout):
         rows = np.nonzero(band == b)[0]
-        if not len(rows):
+        if len(rows) < 2:
             continue
-        h = ph[rows]
+        h, v = ph[rows], value[rows].astype(np.uint64)
         low = h & _mask(shift) if shift else np.zeros(len(h), np.uint64)
         high = h >> np.uint64(shift + bits) if shift + bits < 64 else np.zeros(len(h), np.uint64)
         rest = (high << np.uint64(shift)) | low
-        for j, (sub_shift, sub_bits) in enumerate(_split_bits(64 - bits, len(layout))):
-            run_band.append(np.full(len(rows), b, np.int64))
-            run_value.append(value[rows])
-            run_sub.append(np.full(len(rows), j, np.int64))
-            run_subvalue.append((rest >> np.uint64(sub_shift)) & _mask(sub_bits) if sub_bits else
-                                np.zeros(len(rows), np.uint64))
-            run_row.append(rows)
-    rb, rv, rs, rsv, rr = (np.concatenate(x) for x in (run_band, run_value, run_sub, run_subvalue, run_row))
-    order = np.lexsort((rsv, rs, rv, rb))
-    rb, rv, rs, rsv, rr = rb[order], rv[order], rs[order], rsv[order], rr[order]
-    boundary = np.ones(len(rr), dtype=bool)
-    boundary[1:] = (rb[1:] != rb[:-1]) | (rv[1:] != rv[:-1]) | (rs[1:] != rs[:-1]) | (rsv[1:] != rsv[:-1])
-    run_id = np.cumsum(boundary)
-    step = 1
-    while step < len(rr):  # pair each row with the rows ``step`` places later in the same run
-        same_run = run_id[step:] == run_id[:-step]
-        if not same_run.any():
-            break
-        i, j = rr[:-step][same_run], rr[step:][same_run]
-        close = np.bitwise_count(ph[i] ^ ph[j]) <= distance
-        ki, kj = key[i][close], key[j][close]
-        a_out.append(np.minimum(ki, kj))
-        b_out.append(np.maximum(ki, kj))
-        same_out.append(np.zeros(len(ki), dtype=bool))
-        step += 1
+        for sub_shift, sub_bits in _split_bits(64 - bits, len(layout)):
+            sub = (rest >> np.uint64(sub_shift)) & _mask(sub_bits) if sub_bits else np.zeros(len(h), np.uint64)
+            run_key = (v << np.uint64(sub_bits)) | sub  # band value and sub-band value: at most 64 bits together
+            order = np.argsort(run_key, kind="stable")
+            sorted_key, idx = run_key[order], rows[order]
+            step = 1
+            while step < len(idx):  # pair each row with the row ``step`` places later in the same run
+                same_run = sorted_key[step:] == sorted_key[:-step]
+                if not same_run.any():
+                    break
+                i, j = idx[:-step][same_run], idx[step:][same_run]
+                close = np.bitwise_count(ph[i] ^ ph[j]) <= distance
+                ki, kj = key[i][close], key[j][close]
+                a_out.append(np.minimum(ki, kj))
+                b_out.append(np.maximum(ki, kj))
+                same_out.append(np.zeros(len(ki), dtype=bool))
+                step += 1
     a, b, same = np.concatenate(a_out), np.concatenate(b_out), np.concatenate(same_out)
     if not len(a):
         return empty
@@ -468,3 +460,43 @@ def dedup_in_process(keys, sha256s, phashes, cfg: DedupConfig | None = None, buc
         res = resolve_near(edges)
         near = dict(zip(res["key"].tolist(), res["dup_of"].tolist()))
     return dups, near
+
+
+# --------------------------------------------------------------------------------------------------- on a store
+def scatter_partitions(store, partitions: list[int], buckets: int) -> list[dict[str, np.ndarray]]:
+    """:func:`scatter_exact` over the ok rows of staged partitions (read from ``store``)."""
+    import pyarrow.compute as pc
+
+    from curate.staging import concat, rows_rel
+
+    t = concat([store.read_parquet(rows_rel(p), columns=["key", "status", "sha256", "phash"]) for p in partitions])
+    t = t.filter(pc.equal(t["status"], "ok"))
+    return scatter_exact(t["key"].to_pylist(), t["sha256"].to_pylist(), t["phash"].to_pylist(), buckets)
+
+
+def reduce_bucket(store, j: int, cfg: DedupConfig, buckets: int, parts: list[dict[str, np.ndarray]],
+                  ) -> list[dict[str, np.ndarray] | None]:
+    """Exact step of sha256 bucket ``j``: writes its duplicates to the store, returns the candidates by band bucket."""
+    import pyarrow as pa
+
+    from curate.assemble import DEDUP_DIR
+
+    dups, cand = reduce_exact(parts, exact=cfg.exact)
+    store.write_parquet(f"{DEDUP_DIR}/exact-{j:04d}.parquet",
+                        pa.table({"key": dups["key"], "dup_of": dups["dup_of"]}).sort_by("key"))
+    return scatter_bands(cand, cfg.phash_distance, buckets) if cfg.near else [None] * buckets
+
+
+def near_edges_of(distance: int, *parts: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    return near_edges([p for p in parts if p is not None], distance)
+
+
+def resolve_to_store(store, *edges: dict[str, np.ndarray]) -> int:
+    """:func:`resolve_near` over every band bucket's pairs; writes the near duplicates, returns their count."""
+    import pyarrow as pa
+
+    from curate.assemble import DEDUP_DIR
+
+    res = resolve_near(list(edges))
+    store.write_parquet(f"{DEDUP_DIR}/near.parquet", pa.table(res))
+    return len(res["key"])

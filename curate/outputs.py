@@ -179,3 +179,22 @@ def file_digest(path: str, storage_options: dict | None = None) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def remove_stale_shards(store, planned: set[str], owned: set[str]) -> None:
+    """Remove shards an earlier plan of this output wrote and this plan does not keep; nothing else."""
+    from curate import schema
+    from curate.staging import STAGING
+
+    ours = owned | planned | {n.removesuffix(".json") for n in store.ls(STAGING, "shards")}
+    for name in store.ls(schema.SHARDS_DIR):
+        if name not in planned and removable(name, ours):
+            store.rm(f"{schema.SHARDS_DIR}/{name}")
+
+
+def owned_extra(store, record: RunRecord) -> set[str]:
+    """Recorded files outside shards/ and meta/ that still exist (the demo classifier, the report)."""
+    from curate import schema
+
+    return {f for f in record.files if not f.startswith((schema.SHARDS_DIR + "/", schema.META_DIR + "/"))
+            and store.exists(f)}

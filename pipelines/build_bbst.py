@@ -44,7 +44,7 @@ log = logging.getLogger("bbst.build")
 
 DEFAULT_DEMO_OUT = "./bbst-demo"
 DEDUP_ROWS_PER_OUTPUT = 12_000  # rows per scatter result per bucket (~1 MB: stored in Ray's object store)
-DEDUP_ROWS_PER_BUCKET_MIN = 50_000  # fewer rows than this per bucket: fewer buckets (small runs need one)
+DEDUP_ROWS_PER_BUCKET = 250_000  # rows per dedup bucket (up to ray.dedup_buckets): bounds each task's memory
 DEMO_CLASSIFIER_DIR = "demo-classifier"  # where the demo writes its bootstrapped classifier (local outputs)
 
 
@@ -71,43 +71,17 @@ class _StageActor:
 
 
 def _dedup_scatter(store, parts, buckets):
-    import pyarrow.compute as pc
+    from curate.dedup import scatter_partitions
 
-    from curate.dedup import scatter_exact
-
-    t = staging.concat([store.read_parquet(staging.rows_rel(p), columns=["key", "status", "sha256", "phash"])
-                        for p in parts])
-    t = t.filter(pc.equal(t["status"], "ok"))
-    out = scatter_exact(t["key"].to_pylist(), t["sha256"].to_pylist(), t["phash"].to_pylist(), buckets)
+    out = scatter_partitions(store, parts, buckets)
     return out if buckets > 1 else out[0]
 
 
 def _dedup_reduce(store, j, cfg, buckets, *parts):
-    import pyarrow as pa
+    from curate.dedup import reduce_bucket
 
-    from curate.dedup import reduce_exact, scatter_bands
-
-    dups, cand = reduce_exact(list(parts), exact=cfg.exact)
-    store.write_parquet(f"{assemble.DEDUP_DIR}/exact-{j:04d}.parquet",
-                        pa.table({"key": dups["key"], "dup_of": dups["dup_of"]}).sort_by("key"))
-    bands = scatter_bands(cand, cfg.phash_distance, buckets) if cfg.near else [None] * buckets
+    bands = reduce_bucket(store, j, cfg, buckets, list(parts))
     return bands if buckets > 1 else bands[0]
-
-
-def _dedup_edges(distance, *parts):
-    from curate.dedup import near_edges
-
-    return near_edges([p for p in parts if p is not None], distance)
-
-
-def _dedup_resolve(store, *edges):
-    import pyarrow as pa
-
-    from curate.dedup import resolve_near
-
-    res = resolve_near(list(edges))
-    store.write_parquet(f"{assemble.DEDUP_DIR}/near.parquet", pa.table(res))
-    return len(res["key"])
 
 
 class _ScoreActor:
@@ -118,25 +92,6 @@ class _ScoreActor:
 
     def score(self, store, p, fingerprint, batch_size):
         return assemble.score_partition(store, p, self.scorer, fingerprint, batch_size)
-
-
-def _rescore_partition(store, p, index_rels):
-    import pyarrow.compute as pc
-
-    from curate.staging import concat
-
-    meta = store.read_parquet(f"{schema.META_DIR}/{schema.meta_name(p)}")
-    keys = meta["key"]
-    lo, hi = pc.min(keys).as_py(), pc.max(keys).as_py()
-    index = concat([store.read_parquet(r, filters=[("key", ">=", lo), ("key", "<=", hi)]) for r in index_rels])
-    store.write_parquet(staging.rows_rel(p), assemble.rescore_rows(meta, index))
-    return p
-
-
-def _index_old_shard(store, name):
-    rel = f"{STAGING}/rescore/{name}"
-    store.write_parquet(f"{STAGING}/rescore/index-{name}.parquet", assemble.index_old_shard(store, rel))
-    return name
 
 
 def _remote(fn, **options):
@@ -240,7 +195,7 @@ def dedup_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> N
         log.info("resume: dedup decisions already made")
         return
     rows = sum(partitions.values())
-    buckets = max(1, min(cfg.ray.dedup_buckets, rows // DEDUP_ROWS_PER_BUCKET_MIN + 1))
+    buckets = max(1, min(cfg.ray.dedup_buckets, -(-rows // DEDUP_ROWS_PER_BUCKET)))
     # Each scatter task reads enough partitions that every bucket it returns is large (about a megabyte): Ray
     # keeps small task results in the memory of their owner, the driver, and large ones in the object store.
     per_task = max(1, -(-DEDUP_ROWS_PER_OUTPUT * buckets // max(1, rows // max(1, len(partitions)))))
@@ -255,9 +210,11 @@ def dedup_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> N
     if buckets == 1:
         banded = [[r] for r in banded]
     if cfg.dedup.near:
-        edges = _remote(_dedup_edges, num_cpus=0.5)
+        from curate.dedup import near_edges_of, resolve_to_store
+
+        edges = _remote(near_edges_of, num_cpus=1)
         edge_refs = [edges.remote(cfg.dedup.phash_distance, *[b[j] for b in banded]) for j in range(buckets)]
-        near = ray.get(_remote(_dedup_resolve, num_cpus=0.5).remote(store, *edge_refs))
+        near = ray.get(_remote(resolve_to_store, num_cpus=0.5).remote(store, *edge_refs))
     else:
         ray.get([b[0] for b in banded])
         near = 0
@@ -319,19 +276,11 @@ def shard_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int], spli
     reused = sum(1 for e in entries if e.get("reused"))
     if reused:
         log.info("resume: %d of %d shards already complete (checksums verified)", reused, len(specs))
-    remove_stale_shards(store, {s["name"] for s in specs}, owned)
+    outputs.remove_stale_shards(store, {s["name"] for s in specs}, owned)
     meta = _remote(assemble.write_partition_meta, num_cpus=0.5)
     accounts = ray.get([meta.remote(store, p, specs) for p in parts])
     entries = [{k: v for k, v in e.items() if k not in ("keys_digest", "reused")} for e in entries]
     return entries, accounts
-
-
-def remove_stale_shards(store: Store, planned: set[str], owned: set[str]) -> None:
-    """Remove shards an earlier plan of this output wrote and this plan does not keep; nothing else."""
-    ours = owned | planned | {n.removesuffix(".json") for n in store.ls(STAGING, "shards")}
-    for name in store.ls(schema.SHARDS_DIR):
-        if name not in planned and outputs.removable(name, ours):
-            store.rm(f"{schema.SHARDS_DIR}/{name}")
 
 
 def finish(cfg: BuildConfig, store: Store, record: outputs.RunRecord, partitions: dict[int, int], t_start: float,
@@ -360,45 +309,15 @@ def finish(cfg: BuildConfig, store: Store, record: outputs.RunRecord, partitions
         import ray
 
         try:
-            ray.get(_remote(write_report, num_cpus=0.5).remote(store, summary, cfg.report_thumbnails))
+            ray.get(_remote(assemble.write_report, num_cpus=0.5).remote(store, summary, cfg.report_thumbnails))
             files.append(schema.REPORT_FILE)
         except Exception:  # the report is a convenience; the dataset is already complete
             log.exception("could not write %s", schema.REPORT_FILE)
-    record.state, record.files = "complete", sorted(set(files) | owned_extra(store, record))
+    record.state, record.files = "complete", sorted(set(files) | outputs.owned_extra(store, record))
     store.write_json(outputs.RUN_FILE, record.to_json())
     if not cfg.keep_staging:
         store.rm(STAGING, recursive=True)
     return summary
-
-
-def owned_extra(store: Store, record: outputs.RunRecord) -> set[str]:
-    """Files of the record outside shards/meta that still exist (the demo classifier, the report)."""
-    return {f for f in record.files if not f.startswith((schema.SHARDS_DIR + "/", schema.META_DIR + "/"))
-            and store.exists(f)}
-
-
-def write_report(store: Store, summary: dict, thumbnails: int) -> None:
-    """The HTML report, from the published metadata and shards (runs as a task: it reads every row)."""
-    from curate.report import render_report
-    from curate.shards import index_shard_by_key, read_member
-
-    metas = [n for n in store.ls(schema.META_DIR) if n.endswith(".parquet")]
-    rows = staging.concat([store.read_parquet(f"{schema.META_DIR}/{n}") for n in metas]).sort_by("key")
-    thumbs: dict[str, list[tuple[str, bytes]]] = {}
-    indexes: dict[str, dict] = {}
-    status, subset, shard = rows["status"].to_pylist(), rows["subset"].to_pylist(), rows["shard"].to_pylist()
-    keys = rows["key"].to_pylist()
-    for sub in schema.SUBSETS:
-        picked = [i for i, (st, s) in enumerate(zip(status, subset)) if st == "ok" and s == sub][:thumbnails]
-        for i in picked:
-            url = store.path(schema.SHARDS_DIR, shard[i])
-            if url not in indexes:
-                indexes[url] = index_shard_by_key(url, fs=store.fs)
-            image = indexes[url][keys[i]].image()
-            if image is not None:
-                thumbs.setdefault(sub, []).append((keys[i], read_member(image[1], fs=store.fs)))
-    html = render_report(summary, rows, thumbs)
-    store.write_bytes(schema.REPORT_FILE, html.encode())
 
 
 # --------------------------------------------------------------------------------------------------- runs
@@ -451,9 +370,9 @@ def run_rescore(cfg: BuildConfig, directory: str, startup: float = 0.0) -> dict:
     sources = store.read_json(f"{src_dir}/sources.json")
     partitions = {int(n[5:11]): 0 for n in store.ls(schema.META_DIR) if n.startswith("part-")}
     if not store.exists(STAGING, "partitions.json"):
-        ray.get([_remote(_index_old_shard, num_cpus=0.5).remote(store, n) for n in sources])
+        ray.get([_remote(assemble.index_old_shard_to_store, num_cpus=0.5).remote(store, n) for n in sources])
         rels = [f"{src_dir}/index-{n}.parquet" for n in sources]
-        ray.get([_remote(_rescore_partition, num_cpus=0.5).remote(store, p, rels) for p in sorted(partitions)])
+        ray.get([_remote(assemble.rescore_partition, num_cpus=0.5).remote(store, p, rels) for p in sorted(partitions)])
         store.write_json(f"{assemble.DEDUP_DIR}/done.json", {"rescore": True})  # statuses already decided
         store.write_json(f"{STAGING}/partitions.json", partitions)
     summary = finish(cfg, store, record, partitions, t_start, startup, {"rescored_from": len(sources)}, {}, set())
