@@ -142,6 +142,11 @@ def stage_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> d
     meter.add(sum(partitions[p] for p in pending) - sum(u.stop - u.start for u in todo), {})
     # a check decodes one image at a time; declaring its ceiling lets Ray place no more checks than fit a node
     memory = int(cfg.check.max_decode_mb * 2**20)
+    largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if largest and memory > largest:  # a request no node can meet would wait forever
+        log.warning("check.max_decode_mb=%s exceeds the largest node's memory (%.0f MiB): declaring that instead",
+                    cfg.check.max_decode_mb, largest / 2**20)
+        memory = int(largest)
     cpus = cfg.ray.stage_num_cpus
     if cfg.ray.stage_mode == "actors":
         actors = max(1, cfg.ray.stage_actors or int(ray.cluster_resources().get("CPU", 1) // cpus))
