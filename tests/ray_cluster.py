@@ -32,13 +32,21 @@ def _serve(workers: int, cpus_per_worker: int) -> None:
     ray._private.utils.write_ray_address = lambda *a, **k: None
     temp_dir = tempfile.mkdtemp(prefix="bbst-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
     dashboard_port = _free_port()
+
+    def own_ports() -> dict[str, int]:
+        # Ray's fixed default ports (agent, metrics, runtime env) would collide with any other Ray on the machine
+        return {name: _free_port() for name in ("dashboard_agent_listen_port", "metrics_agent_port",
+                                                 "metrics_export_port", "runtime_env_agent_port", "gcs_server_port",
+                                                 "ray_client_server_port")}
+
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0,  # the head runs only the job's driver: every task runs on a worker raylet
         "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,
-        "temp_dir": temp_dir, "object_store_memory": 100 * 2**20})
+        "temp_dir": temp_dir, "object_store_memory": 100 * 2**20, **own_ports()})
     for i in range(workers):
+        ports = {k: v for k, v in own_ports().items() if k not in ("gcs_server_port", "ray_client_server_port")}
         cluster.add_node(num_cpus=cpus_per_worker, resources={f"bbst_worker_{i}": 1}, temp_dir=temp_dir,
-                         object_store_memory=100 * 2**20)
+                         object_store_memory=100 * 2**20, **ports)
     cluster.wait_for_nodes()
     print(json.dumps({"gcs_address": cluster.gcs_address, "dashboard": f"http://127.0.0.1:{dashboard_port}",
                       "temp_dir": temp_dir}), flush=True)

@@ -47,7 +47,7 @@ def test_multinode_job_writes_a_complete_output_to_s3(s3_endpoint, tmp_path):  #
                "--set", f"storage_options={json.dumps(opts)}", "--set", "reader.rows_per_partition=8",
                "--set", "ray.unit_rows=3", "--set", "shards.target_samples=3", "--set", "progress_interval_s=0",
                "--set", "ray.dedup_buckets=2"]
-        for _ in range(30):  # the head's dashboard agent may still be starting on a busy machine
+        for _ in range(20):  # the head's dashboard agent may still be starting on a busy machine
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
             if "No available agent" not in proc.stderr + proc.stdout:
                 break
