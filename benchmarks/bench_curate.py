@@ -157,6 +157,7 @@ def run_bbst(urls: Path, out: Path, args, mode: str = "tasks") -> dict:
     # the like-for-like figure here leaves out the actor pools' ramp-up (until the first rows came back)
     ramp = (summary.get("phase_seconds") or {}).get("until_first_rows", 0.0)
     return {"tool": f"build_bbst[{mode}]", "wall_s": wall, "driver_io_bytes": driver_io,
+            "driver_io_run_bytes": summary.get("driver_io_bytes"),
             "driver_io_fraction": driver_io / max(summary["shard_bytes"], 1), "shard_bytes": summary["shard_bytes"], "ok": ok, "startup_s": wall - summary["duration_seconds"],
             "images_per_s_wall": ok / wall, "images_per_s_processing": ok / summary["duration_seconds"],
             "ramp_s": ramp, "images_per_s_after_ramp": ok / max(summary["duration_seconds"] - ramp, 1e-9),
@@ -346,8 +347,11 @@ def main(argv: list[str] | None = None) -> dict:
                 if res.get("phase_seconds"):
                     print(f"round {r} {name} phases (s): {res['phase_seconds']}", flush=True)
                 if "driver_io_bytes" in res:
-                    print(f"round {r} {name}: driver read+write {res['driver_io_bytes'] / 2**20:.1f} MiB = "
-                          f"{res['driver_io_fraction']:.2%} of {res['shard_bytes'] / 2**20:.0f} MiB of shards", flush=True)
+                    run_io = res.get("driver_io_run_bytes") or 0
+                    print(f"round {r} {name}: driver read+write {res['driver_io_bytes'] / 2**20:.1f} MiB in all = "
+                          f"{res['driver_io_fraction']:.2%} of {res['shard_bytes'] / 2**20:.0f} MiB of shards; "
+                          f"{run_io / 2**20:.2f} MiB = {run_io / max(res['shard_bytes'], 1):.2%} during the run "
+                          f"(interpreter and library start-up excluded)", flush=True)
                 print(f"round {r} {name}: wall {res['wall_s']:.1f}s, ok {res['ok']}, start-up {res['startup_s']:.1f}s, "
                       f"{res['images_per_s_wall']:.1f} images/s (wall), {res['images_per_s_processing']:.1f} "
                       f"images/s (processing), peak PSS {res['peak_pss_mb']:.0f} MiB", flush=True)
