@@ -90,6 +90,7 @@ class TreeMemory:
 
         self.proc = psutil.Process(pid)
         self.peak = 0
+        self.root_io = 0  # read + write syscall bytes of the root process itself (the driver), last sample
         self.interval = interval
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -100,6 +101,8 @@ class TreeMemory:
 
         while not self._stop.is_set():
             try:
+                io_now = self.proc.io_counters()
+                self.root_io = io_now.read_chars + io_now.write_chars
                 procs = [self.proc, *self.proc.children(recursive=True)]
                 total = 0
                 for p in procs:
@@ -120,7 +123,7 @@ class TreeMemory:
 
 
 def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None,
-                 log_path: Path | None = None) -> tuple[float, int, str]:
+                 log_path: Path | None = None) -> tuple[float, int, str, int]:
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mem = TreeMemory(proc.pid)
@@ -131,18 +134,18 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
         log_path.write_text(out)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{out[-4000:]}")
-    return wall, peak, out
+    return wall, peak, out, mem.root_io
 
 
-def run_bbst(urls: Path, out: Path, args) -> dict:
+def run_bbst(urls: Path, out: Path, args, mode: str = "tasks") -> dict:
     cmd = [sys.executable, str(REPO / "pipelines" / "build_bbst.py"), "--urls", str(urls), "--out", str(out),
-           "--min-side", str(args.min_side), "--allow-private-network",
-           "--set", f"ray.download_actors={args.processes}", "--set", f"download.threads={args.threads}",
+           "--min-side", str(args.min_side), "--allow-private-network", "--set", f"ray.stage_mode={mode}",
+           "--set", f"download.threads={args.threads}",
            "--set", f"download.per_host_concurrency={args.threads}", "--set", "report=false",
            "--set", f"reader.rows_per_partition={args.rows_per_partition}", "--set", "progress_interval_s=30"]
     env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
     env.pop("RAY_ADDRESS", None)
-    wall, peak, _ = run_measured(cmd, env=env, log_path=out.with_suffix(".log"))
+    wall, peak, _, driver_io = run_measured(cmd, env=env, log_path=out.with_suffix(".log"))
     summary = json.loads((out / "summary.json").read_text())
     meta = pa.concat_tables([pq.read_table(p) for p in sorted((out / "meta").glob("*.parquet"))])
     statuses = meta["status"].to_pylist()
@@ -153,7 +156,9 @@ def run_bbst(urls: Path, out: Path, args) -> dict:
     # img2dataset's processing span starts when its workers begin their first shard (processes already up);
     # the like-for-like figure here leaves out the actor pools' ramp-up (until the first rows came back)
     ramp = (summary.get("phase_seconds") or {}).get("until_first_rows", 0.0)
-    return {"tool": "build_bbst", "wall_s": wall, "ok": ok, "startup_s": wall - summary["duration_seconds"],
+    return {"tool": f"build_bbst[{mode}]", "wall_s": wall, "driver_io_bytes": driver_io,
+            "driver_io_run_bytes": summary.get("driver_io_bytes"),
+            "driver_io_fraction": driver_io / max(summary["shard_bytes"], 1), "shard_bytes": summary["shard_bytes"], "ok": ok, "startup_s": wall - summary["duration_seconds"],
             "images_per_s_wall": ok / wall, "images_per_s_processing": ok / summary["duration_seconds"],
             "ramp_s": ramp, "images_per_s_after_ramp": ok / max(summary["duration_seconds"] - ramp, 1e-9),
             "peak_pss_mb": peak / 2**20, "kept": kept, "deduped": deduped,
@@ -166,7 +171,7 @@ def run_i2d(urls: Path, out: Path, args) -> dict:
            "--resize_mode", "no", "--min_image_size", str(args.min_side), "--processes_count", str(args.processes),
            "--thread_count", str(args.threads), "--number_sample_per_shard", str(args.rows_per_partition),
            "--enable_wandb", "False", "--distributor", "multiprocessing"]
-    wall, peak, _ = run_measured(cmd, log_path=out.with_suffix(".log"))
+    wall, peak, _, _ = run_measured(cmd, log_path=out.with_suffix(".log"))
     kept, ok = set(), 0
     starts, ends = [], []
     for p in sorted(out.glob("*.parquet")):
@@ -209,6 +214,68 @@ def machine_floor(root: Path, names: list[str]) -> dict:
     return {"tool": "floor", "wall_s": wall, "images_per_s": len(paths) / wall, "kept_images": kept}
 
 
+# --------------------------------------------------------------------------------------------------- dedup at scale
+def make_dedup_rows(root: Path, rows: int, per_partition: int = 10_000, seed: int = 0) -> dict[int, int]:
+    """Staged metadata rows (no images) as a build leaves them before dedup: 90% ok, 1% exact duplicates, 1% near
+    duplicates (2 bits flipped), random sha256 and phash otherwise. Written one partition at a time."""
+    import numpy as np
+
+    from curate import schema, staging
+    from curate.store import Store
+
+    store = Store(str(root))
+    rng = np.random.default_rng(seed)
+    partitions = {}
+    pool_sha: list[str] = []
+    pool_ph: list[int] = []
+    for p in range(-(-rows // per_partition)):
+        n = min(per_partition, rows - p * per_partition)
+        raw = rng.integers(0, 2**63, size=(n, 4), dtype=np.int64)
+        sha = [f"{a:016x}{b:016x}{c:016x}{d:016x}" for a, b, c, d in raw.tolist()]
+        ph = rng.integers(0, 2**63, size=n, dtype=np.int64).tolist()
+        kind = rng.random(n)
+        for i in range(n):
+            if kind[i] < 0.01 and pool_sha:
+                sha[i] = pool_sha[int(rng.integers(len(pool_sha)))]
+            elif kind[i] < 0.02 and pool_ph:
+                ph[i] = pool_ph[int(rng.integers(len(pool_ph)))] ^ (1 << int(rng.integers(63))) ^ 1
+        pool_sha, pool_ph = sha[:100], ph[:100]
+        status = np.where(rng.random(n) < 0.9, "ok", "too_small").tolist()
+        store.write_parquet(staging.rows_rel(p), pa.table({
+            "key": [schema.make_key(p, i) for i in range(n)], "status": status, "sha256": sha,
+            "phash": [f"{h:016x}" for h in ph]}))
+        partitions[p] = n
+    store.write_json(f"{staging.STAGING}/partitions.json", partitions)
+    return partitions
+
+
+def dedup_driver(root: str) -> None:
+    """The dedup phase of a build over already staged metadata, on a fresh local Ray; prints the driver's peak RSS."""
+    import resource
+
+    import ray
+
+    from curate.build_config import BuildConfig
+    from curate.store import Store
+    from pipelines import build_bbst
+
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    store = Store(root)
+    partitions = {int(k): v for k, v in store.read_json("_staging/partitions.json").items()}
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.monotonic()
+    build_bbst.dedup_phase(BuildConfig(), store, partitions)
+    wall = time.monotonic() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    done = store.read_json("_staging/dedup/done.json")
+    exact = sum(store.read_parquet(f"_staging/dedup/{n}").num_rows for n in store.ls("_staging", "dedup")
+                if n.startswith("exact-"))
+    print(json.dumps({"rows": sum(partitions.values()), "dedup_seconds": round(wall, 1),
+                      "driver_peak_rss_mb": round(peak / 1024, 1), "driver_rss_before_dedup_mb": round(base / 1024, 1),
+                      "exact_duplicates": exact, "near_duplicates": done.get("near_duplicates")}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=1000)
@@ -221,7 +288,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--i2d", default="/tmp/i2d-venv/bin/img2dataset", help="img2dataset executable ('' to skip)")
     p.add_argument("--memory-rows", type=int, default=0,
                    help="also run build_bbst on a list padded with this many failing URLs (memory vs list length)")
+    p.add_argument("--modes", default="tasks,actors", help="ray.stage_mode values to compare (comma-separated)")
+    p.add_argument("--dedup-rows", type=int, default=0,
+                   help="only measure the dedup phase over this many synthetic metadata rows (driver peak memory)")
+    p.add_argument("--dedup-driver", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.dedup_driver:
+        dedup_driver(args.dedup_driver)
+        return {}
+    if args.dedup_rows:
+        work = Path(tempfile.mkdtemp(prefix="bbst-dedup-", dir=str(REPO / ".scratch") if (REPO / ".scratch").is_dir()
+                                     else None))
+        t0 = time.monotonic()
+        make_dedup_rows(work, args.dedup_rows)
+        print(f"generated {args.dedup_rows} staged rows in {time.monotonic() - t0:.0f}s under {work}", flush=True)
+        env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
+        env.pop("RAY_ADDRESS", None)
+        out = subprocess.run([sys.executable, __file__, "--dedup-driver", str(work)], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        print(json.dumps(result, indent=2))
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        return result
     global FLOOR_MIN_SIDE
     FLOOR_MIN_SIDE = args.min_side
 
@@ -245,7 +335,9 @@ def main(argv: list[str] | None = None) -> dict:
         floor = machine_floor(root, [n for n, _, _ in items])
         print(f"floor: {floor['images_per_s']:.1f} images/s ({floor['kept_images']} >= {args.min_side} px)", flush=True)
         for r in range(args.rounds):
-            tools = [("build_bbst", run_bbst)] + ([("img2dataset", run_i2d)] if args.i2d else [])
+            tools = [(f"build_bbst[{m}]", (lambda u, o, a, m=m: run_bbst(u, o, a, m)))
+                     for m in args.modes.split(",") if m]
+            tools += [("img2dataset", run_i2d)] if args.i2d else []
             if r % 2:
                 tools.reverse()  # alternate the order so neither tool always runs on a warmer machine
             for name, fn in tools:
@@ -254,6 +346,12 @@ def main(argv: list[str] | None = None) -> dict:
                 results.append(res)
                 if res.get("phase_seconds"):
                     print(f"round {r} {name} phases (s): {res['phase_seconds']}", flush=True)
+                if "driver_io_bytes" in res:
+                    run_io = res.get("driver_io_run_bytes") or 0
+                    print(f"round {r} {name}: driver read+write {res['driver_io_bytes'] / 2**20:.1f} MiB in all = "
+                          f"{res['driver_io_fraction']:.2%} of {res['shard_bytes'] / 2**20:.0f} MiB of shards; "
+                          f"{run_io / 2**20:.2f} MiB = {run_io / max(res['shard_bytes'], 1):.2%} during the run "
+                          f"(interpreter and library start-up excluded)", flush=True)
                 print(f"round {r} {name}: wall {res['wall_s']:.1f}s, ok {res['ok']}, start-up {res['startup_s']:.1f}s, "
                       f"{res['images_per_s_wall']:.1f} images/s (wall), {res['images_per_s_processing']:.1f} "
                       f"images/s (processing), peak PSS {res['peak_pss_mb']:.0f} MiB", flush=True)
@@ -269,13 +367,19 @@ def main(argv: list[str] | None = None) -> dict:
         server.terminate()
 
     def best(tool: str) -> dict:
-        rs = [r for r in results if r["tool"] == tool]
+        rs = [r for r in results if r["tool"].startswith(tool)]
         return max(rs, key=lambda r: r["images_per_s_processing"]) if rs else {}
 
     ours, theirs = best("build_bbst"), best("img2dataset")
     report = {"floor_images_per_s": floor["images_per_s"], "rounds": [
         {k: v for k, v in r.items() if k not in ("kept", "deduped")} for r in results]}
     print("\n== summary (best round per tool) ==")
+    for mode in args.modes.split(","):
+        r = best(f"build_bbst[{mode}]")
+        if r and theirs:
+            print(f"stage_mode={mode}: {r['images_per_s_wall'] / theirs['images_per_s_wall']:.2f}x img2dataset with "
+                  f"start-up, {r['images_per_s_processing'] / theirs['images_per_s_processing']:.2f}x processing; "
+                  f"driver bytes {r['driver_io_fraction']:.2%} of the kept bytes")
     print(f"floor (read+sha256+full decode, {os.cpu_count()} procs): {floor['images_per_s']:.1f} images/s")
     for r in (ours, theirs):
         if r:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from curate.config import field_comments
+from curate.config import check_range, field_comments
 from curate.dedup import DedupConfig
 from curate.downloader import DownloadConfig
 from curate.imagecheck import ImageCheckConfig
@@ -33,21 +33,30 @@ class ShardConfig:
 
     target_bytes: int = 1_000_000_000  # approximate tar size in bytes
     target_samples: int = 5000  # samples per tar
-    writers: int = 4  # shards written in parallel
+    num_cpus: float = 0.5  # CPUs reserved per shard-writing task (reading staged bytes, hashing, writing)
+
+    def __post_init__(self) -> None:
+        if self.target_bytes < 1 or self.target_samples < 1 or self.num_cpus <= 0:
+            raise ValueError(f"target_bytes and target_samples must be >= 1 and num_cpus > 0, got "
+                             f"target_bytes={self.target_bytes}, target_samples={self.target_samples}, "
+                             f"num_cpus={self.num_cpus}")
 
 
 @dataclass
 class RayConfig:
     """How the stages are placed on Ray."""
 
-    download_actors: int = 2  # downloader actors; total concurrency = actors x download.threads
-    download_num_cpus: float = 0.25  # CPUs reserved per downloader actor (I/O bound)
-    download_batch_size: int = 64  # rows per downloader call
-    check_actors: int = 0  # image-check actors; 0 = as many as the CPUs left by reads and downloaders allow
-    check_num_cpus: float = 0.5  # CPUs reserved per image-check actor (decode bound)
-    check_batch_size: int = 16  # rows per image-check call
-    block_mb: int = 16  # target Ray Data block size in MiB (small blocks pipeline download and check)
-    read_num_cpus: float = 0.1  # CPUs per staging-input read task (kept unlike download_num_cpus: no fusion)
+    stage_mode: Literal["tasks", "actors"] = "tasks"  # download+check as Ray tasks or as a pool of actors
+    unit_rows: int = 128  # URL rows per download+check call (one staged bytes file and one rows file each)
+    stage_num_cpus: float = 1.0  # CPUs reserved per download+check call (downloads overlap the decoding)
+    stage_actors: int = 0  # actors in "actors" mode; 0 = one per stage_num_cpus of the cluster's CPUs
+    dedup_buckets: int = 64  # most hash buckets of the dedup shuffle (one per 250k rows: parallel tasks per step)
+
+    def __post_init__(self) -> None:
+        if self.unit_rows < 1 or self.stage_num_cpus <= 0 or self.dedup_buckets < 1 or self.stage_actors < 0:
+            raise ValueError(f"unit_rows and dedup_buckets must be >= 1, stage_num_cpus > 0 and stage_actors >= 0, "
+                             f"got unit_rows={self.unit_rows}, dedup_buckets={self.dedup_buckets}, "
+                             f"stage_num_cpus={self.stage_num_cpus}, stage_actors={self.stage_actors}")
 
 
 @dataclass
@@ -76,6 +85,7 @@ class BuildConfig:
     ray: RayConfig = field(default_factory=RayConfig)  # Ray placement of the stages
 
     def __post_init__(self) -> None:
+        check_range(self, "demo_images", low=1)
         # the shortcuts exist so the common knobs are one flag away; they write through to the stage configs
         if self.min_side is not None:
             self.check = dataclasses.replace(self.check, min_side=self.min_side)

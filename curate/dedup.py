@@ -7,6 +7,8 @@ import itertools
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from curate.schema import Status
 
 DEFAULT_CHUNKS = 4  # 16-bit chunks: a good layout up to ~100k kept hashes (see choose_chunks)
@@ -195,3 +197,306 @@ def dedup_rows(keys: Sequence[str], sha256s: Sequence[str | None], phashes: Sequ
             if j is not None and j != i and status[j] == Status.NEAR_DUPLICATE.value:
                 dup_of[i] = dup_of[j]
     return status, dup_of
+
+
+# ------------------------------------------------------------------------------------------------ distributed
+# The same decisions as :func:`dedup_rows`, cut into steps that each read only a slice of the run's metadata, so
+# that a cluster runs them as parallel tasks and no process holds every row:
+#
+# 1. ``scatter_exact``: each partition's ok rows go to buckets by sha256;
+# 2. ``reduce_exact``: in each bucket the smallest key of every sha256 is the candidate, the others are exact
+#    duplicates of it; the candidates go on to buckets by (band, band value) (``scatter_bands``): the 64-bit
+#    phash is cut into ``distance + 1`` bands, so two hashes within ``distance`` agree exactly on at least one;
+# 3. ``near_edges``: in each band bucket, hashes that share a band value are verified by popcount;
+# 4. ``resolve_near``: the verified pairs, visited in key order, decide which candidates are kept.
+#
+# Keys travel as int64 (``{partition:06d}{row:07d}`` is 13 digits, and integer order is key order).
+
+_MASK64 = (1 << 64) - 1
+
+
+def keys_to_int(keys) -> np.ndarray:
+    return np.asarray([int(k) for k in keys], dtype=np.int64)
+
+
+def int_to_key(value: int) -> str:
+    from curate.schema import KEY_PARTITION_DIGITS, KEY_ROW_DIGITS
+
+    return f"{int(value):0{KEY_PARTITION_DIGITS + KEY_ROW_DIGITS}d}"
+
+
+def phash_u64(phashes) -> tuple[np.ndarray, np.ndarray]:
+    """``(values as uint64, present mask)`` of 16-hex-digit phashes (None -> absent)."""
+    vals = np.zeros(len(phashes), dtype=np.uint64)
+    present = np.zeros(len(phashes), dtype=bool)
+    for i, h in enumerate(phashes):
+        if h is not None:
+            vals[i] = np.uint64(phash_int(h) & _MASK64)
+            present[i] = True
+    return vals, present
+
+
+def _bucket_of_strings(values, buckets: int) -> np.ndarray:
+    import zlib
+
+    return np.asarray([zlib.crc32(v.encode()) % buckets for v in values], dtype=np.int64)
+
+
+def scatter_exact(keys, sha256s, phashes, buckets: int) -> list[dict[str, np.ndarray]]:
+    """One partition's ok rows cut into ``buckets`` column dicts by sha256 (rows without a sha256 get their own
+    bucket by key, since they can only be near duplicates)."""
+    keys_i = keys_to_int(keys)
+    sha = np.asarray([s if s is not None else f"key:{k}" for s, k in zip(sha256s, keys)], dtype=object)
+    ph, present = phash_u64(phashes)
+    which = _bucket_of_strings(sha, buckets) if len(sha) else np.zeros(0, dtype=np.int64)
+    out = []
+    for b in range(buckets):
+        idx = np.nonzero(which == b)[0]
+        out.append({"key": keys_i[idx], "sha256": sha[idx], "phash": ph[idx], "has_phash": present[idx]})
+    return out
+
+
+def _concat_cols(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    parts = [p for p in parts if len(p["key"])]
+    if not parts:
+        return {"key": np.zeros(0, np.int64), "sha256": np.zeros(0, object), "phash": np.zeros(0, np.uint64),
+                "has_phash": np.zeros(0, bool)}
+    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+
+
+def reduce_exact(parts: list[dict[str, np.ndarray]], exact: bool = True,
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(duplicates {key, dup_of}, candidates {key, phash, has_phash})`` of one sha256 bucket."""
+    cols = _concat_cols(parts)
+    if not exact or not len(cols["key"]):
+        empty = {"key": np.zeros(0, np.int64), "dup_of": np.zeros(0, np.int64)}
+        return empty, {c: cols[c] for c in ("key", "phash", "has_phash")}
+    order = np.lexsort((cols["key"], cols["sha256"]))
+    sha = cols["sha256"][order]
+    first = np.ones(len(sha), dtype=bool)
+    first[1:] = sha[1:] != sha[:-1]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(len(sha)), 0))
+    keys = cols["key"][order]
+    dups = {"key": keys[~first], "dup_of": keys[group_start][~first]}
+    cand = {"key": keys[first], "phash": cols["phash"][order][first], "has_phash": cols["has_phash"][order][first]}
+    return dups, cand
+
+
+def band_layout(distance: int) -> list[tuple[int, int]]:
+    """``(shift, bits)`` of the ``distance + 1`` bands: two hashes within ``distance`` agree on one band."""
+    return chunk_layout(min(64, distance + 1))
+
+
+def scatter_bands(cand: dict[str, np.ndarray], distance: int, buckets: int) -> list[dict[str, np.ndarray]]:
+    """Candidates with a phash, once per band, cut into ``buckets`` by (band, band value)."""
+    keep = cand["has_phash"]
+    keys, ph = cand["key"][keep], cand["phash"][keep]
+    rows = []
+    for band, (shift, bits) in enumerate(band_layout(distance)):
+        value = (ph >> np.uint64(shift)) & np.uint64((1 << bits) - 1)
+        rows.append({"band": np.full(len(keys), band, np.int64), "value": value, "key": keys, "phash": ph})
+    cols = ({c: np.concatenate([r[c] for r in rows]) for c in rows[0]} if rows else
+            {"band": np.zeros(0, np.int64), "value": np.zeros(0, np.uint64), "key": np.zeros(0, np.int64),
+             "phash": np.zeros(0, np.uint64)})
+    mix = (cols["value"].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+           + cols["band"].astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)) >> np.uint64(33)
+    which = (mix % np.uint64(max(1, buckets))).astype(np.int64)
+    return [{c: v[which == b] for c, v in cols.items()} for b in range(max(1, buckets))]
+
+
+def _split_bits(total: int, parts: int) -> list[tuple[int, int]]:
+    """``(shift, bits)`` of ``parts`` near-equal pieces of a ``total``-bit value."""
+    base, extra = divmod(total, parts)
+    out, shift = [], 0
+    for i in range(parts):
+        bits = base + (1 if i < extra else 0)
+        out.append((shift, bits))
+        shift += bits
+    return out
+
+
+def _mask(bits: int) -> np.uint64:
+    return np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(_MASK64)
+
+
+def near_edges(parts: list[dict[str, np.ndarray]], distance: int) -> dict[str, np.ndarray]:
+    """Verified pairs of one band bucket: ``{a, b, same}`` with ``a < b``.
+
+    Candidates with the same full hash are one class: every member gets a ``same`` edge to the class's smallest
+    key (``a``), and only the smallest keys are compared further (an identical hash has the same neighbours).
+    Hashes that share a band value are not compared pairwise: the pigeonhole argument is applied once more to
+    the bits outside the band (cut into ``distance + 1`` sub-bands), so only hashes that also share a sub-band
+    value become candidate pairs. A million-row bucket of random hashes then yields about as many candidate
+    pairs as rows, instead of rows squared over the band's value range.
+    """
+    empty = {"a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64), "same": np.zeros(0, bool)}
+    parts = [p for p in parts if p is not None and len(p["key"])]
+    if not parts:
+        return empty
+    cols = {c: np.concatenate([p[c] for p in parts]) for c in ("band", "value", "key", "phash")}
+    order = np.lexsort((cols["key"], cols["phash"], cols["value"], cols["band"]))
+    band, value, key, ph = (cols[c][order] for c in ("band", "value", "key", "phash"))
+    class_edge = np.ones(len(key), dtype=bool)
+    class_edge[1:] = (band[1:] != band[:-1]) | (value[1:] != value[:-1]) | (ph[1:] != ph[:-1])
+    class_rep = key[np.maximum.accumulate(np.where(class_edge, np.arange(len(key)), 0))]
+    a_out, b_out, same_out = [class_rep[~class_edge]], [key[~class_edge]], [np.ones(int((~class_edge).sum()), bool)]
+    band, value, key, ph = band[class_edge], value[class_edge], key[class_edge], ph[class_edge]
+    # second pigeonhole level: rows that share (band, band value, sub-band, sub-band value) hold every pair within
+    # the distance; one (band, sub-band) at a time, so memory stays a few arrays of one band's rows
+    layout = band_layout(distance)
+    for b, (shift, bits) in enumerate(layout):
+        rows = np.nonzero(band == b)[0]
+        if len(rows) < 2:
+            continue
+        h, v = ph[rows], value[rows].astype(np.uint64)
+        low = h & _mask(shift) if shift else np.zeros(len(h), np.uint64)
+        high = h >> np.uint64(shift + bits) if shift + bits < 64 else np.zeros(len(h), np.uint64)
+        rest = (high << np.uint64(shift)) | low
+        for sub_shift, sub_bits in _split_bits(64 - bits, len(layout)):
+            sub = (rest >> np.uint64(sub_shift)) & _mask(sub_bits) if sub_bits else np.zeros(len(h), np.uint64)
+            run_key = (v << np.uint64(sub_bits)) | sub  # band value and sub-band value: at most 64 bits together
+            order = np.argsort(run_key, kind="stable")
+            sorted_key, idx = run_key[order], rows[order]
+            step = 1
+            while step < len(idx):  # pair each row with the row ``step`` places later in the same run
+                same_run = sorted_key[step:] == sorted_key[:-step]
+                if not same_run.any():
+                    break
+                i, j = idx[:-step][same_run], idx[step:][same_run]
+                close = np.bitwise_count(ph[i] ^ ph[j]) <= distance
+                ki, kj = key[i][close], key[j][close]
+                a_out.append(np.minimum(ki, kj))
+                b_out.append(np.maximum(ki, kj))
+                same_out.append(np.zeros(len(ki), dtype=bool))
+                step += 1
+    a, b, same = np.concatenate(a_out), np.concatenate(b_out), np.concatenate(same_out)
+    if not len(a):
+        return empty
+    # a pair found through several sub-bands is reported once
+    pairs = np.unique(np.stack([a, b, same.astype(np.int64)], axis=1), axis=0)
+    return {"a": pairs[:, 0], "b": pairs[:, 1], "same": pairs[:, 2].astype(bool)}
+
+
+def resolve_near(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Near duplicates ``{key, dup_of}`` from the verified pairs of every band bucket.
+
+    Candidates are visited in key order: one is a near duplicate when a kept candidate with a smaller key is
+    within the distance, and ``dup_of`` is the smallest such key; the members of a same-hash class follow their
+    class's smallest key.
+    """
+    if not parts:
+        return {"key": np.zeros(0, np.int64), "dup_of": np.zeros(0, np.int64)}
+    a = np.concatenate([p["a"] for p in parts])
+    b = np.concatenate([p["b"] for p in parts])
+    same = np.concatenate([p["same"] for p in parts])
+    member_of: dict[int, int] = {}
+    for x, y in zip(a[same].tolist(), b[same].tolist()):
+        member_of[y] = x
+    na, nb = a[~same], b[~same]
+    pairs = np.unique(np.stack([nb, na], axis=1), axis=0) if len(na) else np.zeros((0, 2), np.int64)
+    rejected: dict[int, int] = {}
+    i = 0
+    n = len(pairs)
+    while i < n:  # pairs sorted by (b, a): every a < b is decided before b
+        bkey = int(pairs[i, 0])
+        j = i
+        choice = None
+        while j < n and pairs[j, 0] == bkey:
+            akey = int(pairs[j, 1])
+            if choice is None and akey not in rejected:
+                choice = akey
+            j += 1
+        if choice is not None:
+            rejected[bkey] = choice
+        i = j
+    for member, rep in member_of.items():
+        rejected[member] = rejected.get(rep, rep)
+    keys = np.array(sorted(rejected), dtype=np.int64)
+    return {"key": keys, "dup_of": np.array([rejected[k] for k in keys.tolist()], dtype=np.int64)}
+
+
+def apply_decisions(keys, statuses, errors, duplicates: dict[int, int], near: dict[int, int],
+                    ) -> tuple[list[str], list[str | None], list[str | None]]:
+    """``(status, duplicate_of, error)`` of one partition's rows from the run-wide decisions.
+
+    ``duplicates`` maps exact duplicates to their candidate, ``near`` maps near duplicates to the kept key; an
+    exact duplicate of a candidate that is itself a near duplicate points at the row actually kept.
+    """
+    out_status, out_dup, out_err = list(statuses), [None] * len(keys), list(errors)
+    for i, (k, s) in enumerate(zip(keys, statuses)):
+        if s != Status.OK.value:
+            continue
+        ki = int(k)
+        if ki in duplicates:
+            target = duplicates[ki]
+            out_status[i], out_dup[i] = Status.DUPLICATE.value, int_to_key(near.get(target, target))
+        elif ki in near:
+            out_status[i], out_dup[i] = Status.NEAR_DUPLICATE.value, int_to_key(near[ki])
+        else:
+            continue
+        out_err[i] = f"{out_status[i].replace('_', ' ')} of {out_dup[i]}"
+    return out_status, out_dup, out_err
+
+
+def dedup_in_process(keys, sha256s, phashes, cfg: DedupConfig | None = None, buckets: int = 3,
+                     ) -> tuple[dict[int, int], dict[int, int]]:
+    """Every step above in one process: ``(exact duplicates, near duplicates)`` as ``{key: kept key}`` dicts.
+
+    The reference the distributed run is tested against, and a way to see the steps in order.
+    """
+    cfg = cfg or DedupConfig()
+    scattered = scatter_exact(keys, sha256s, phashes, buckets)
+    dups: dict[int, int] = {}
+    band_parts: list[list[dict[str, np.ndarray]]] = [[] for _ in range(buckets)]
+    for b in range(buckets):
+        d, cand = reduce_exact([scattered[b]], exact=cfg.exact)
+        dups.update(zip(d["key"].tolist(), d["dup_of"].tolist()))
+        if cfg.near:
+            for j, part in enumerate(scatter_bands(cand, cfg.phash_distance, buckets)):
+                band_parts[j].append(part)
+    near: dict[int, int] = {}
+    if cfg.near:
+        edges = [near_edges(parts, cfg.phash_distance) for parts in band_parts]
+        res = resolve_near(edges)
+        near = dict(zip(res["key"].tolist(), res["dup_of"].tolist()))
+    return dups, near
+
+
+# --------------------------------------------------------------------------------------------------- on a store
+def scatter_partitions(store, partitions: list[int], buckets: int) -> list[dict[str, np.ndarray]]:
+    """:func:`scatter_exact` over the ok rows of staged partitions (read from ``store``)."""
+    import pyarrow.compute as pc
+
+    from curate.staging import concat, rows_rel
+
+    t = concat([store.read_parquet(rows_rel(p), columns=["key", "status", "sha256", "phash"]) for p in partitions])
+    t = t.filter(pc.equal(t["status"], "ok"))
+    return scatter_exact(t["key"].to_pylist(), t["sha256"].to_pylist(), t["phash"].to_pylist(), buckets)
+
+
+def reduce_bucket(store, j: int, cfg: DedupConfig, buckets: int, parts: list[dict[str, np.ndarray]],
+                  ) -> list[dict[str, np.ndarray] | None]:
+    """Exact step of sha256 bucket ``j``: writes its duplicates to the store, returns the candidates by band bucket."""
+    import pyarrow as pa
+
+    from curate.assemble import DEDUP_DIR
+
+    dups, cand = reduce_exact(parts, exact=cfg.exact)
+    store.write_parquet(f"{DEDUP_DIR}/exact-{j:04d}.parquet",
+                        pa.table({"key": dups["key"], "dup_of": dups["dup_of"]}).sort_by("key"))
+    return scatter_bands(cand, cfg.phash_distance, buckets) if cfg.near else [None] * buckets
+
+
+def near_edges_of(distance: int, *parts: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    return near_edges([p for p in parts if p is not None], distance)
+
+
+def resolve_to_store(store, *edges: dict[str, np.ndarray]) -> int:
+    """:func:`resolve_near` over every band bucket's pairs; writes the near duplicates, returns their count."""
+    import pyarrow as pa
+
+    from curate.assemble import DEDUP_DIR
+
+    res = resolve_near(list(edges))
+    store.write_parquet(f"{DEDUP_DIR}/near.parquet", pa.table(res))
+    return len(res["key"])

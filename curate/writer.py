@@ -132,8 +132,6 @@ def write_shard(url: str, samples: Iterable[Mapping[str, Any] | tuple], fs=None)
     sorted by key, with fixed mtime/owner so the same samples always produce the same bytes.
     Returns ``{"url", "nsamples", "filesize", "sha256", "md5sum"}``.
     """
-    import webdataset as wds
-
     ordered = sorted((_as_sample(s) for s in samples), key=lambda s: s["key"])
     for s in ordered:
         key, ext = str(s["key"]), str(s.get("ext") or "")
@@ -147,11 +145,19 @@ def write_shard(url: str, samples: Iterable[Mapping[str, Any] | tuple], fs=None)
         raise ValueError(f"{url}: duplicate sample keys in one shard")
 
     def write(f) -> _HashingWriter:
+        # the member layout of webdataset's TarWriter (members of a sample in sorted extension order, fixed
+        # owner, mode and mtime), written with the standard library so a fresh worker does not import torch
+        import io
+        import tarfile
+
         hashing = _HashingWriter(f)
-        tar = wds.TarWriter(hashing, user="bbst", group="bbst", mode=0o444, encoder=False, mtime=TAR_MTIME)
-        for s in ordered:
-            tar.write({"__key__": str(s["key"]), str(s["ext"]): bytes(s["image"]), "json": sample_json(s)})
-        tar.close()  # writes the end-of-archive blocks into ``hashing``
+        with tarfile.open(fileobj=hashing, mode="w|") as tar:  # the end-of-archive blocks go into ``hashing``
+            for s in ordered:
+                members = {str(s["ext"]): bytes(s["image"]), "json": sample_json(s)}
+                for ext in sorted(members):
+                    ti = tarfile.TarInfo(f"{s['key']}.{ext}")
+                    ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(members[ext]), TAR_MTIME, 0o444, "bbst", "bbst"
+                    tar.addfile(ti, io.BytesIO(members[ext]))
         return hashing
 
     hashing = atomic_write(url, write, fs=fs)

@@ -114,19 +114,20 @@ def smoke_run(tmp_path_factory, fault_server, ray_local):  # noqa: F811
     pq.write_table(pa.table({"url": urls, "source": sources, "license": [f"cc-{i}" for i in range(len(urls))]}),
                    tmp / "urls.parquet")
     out = tmp / "out"
-    summary = build_bbst.main([
+    args = [
         "--urls", str(tmp / "urls.parquet"), "--out", str(out), "--min-side", "64", "--allow-private-network",
         "--set", "reader.rows_per_partition=7", "--set", "download.timeout=2", "--set", "download.total_timeout=4",
         "--set", "download.retries=1", "--set", "download.backoff_base=0.05", "--set", "shards.target_samples=3",
-        "--set", "progress_interval_s=0",
-    ])
-    return out, summary
+        "--set", "progress_interval_s=0", "--set", "ray.unit_rows=4",
+    ]
+    summary = build_bbst.main(args)
+    return out, summary, args
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_smoke_statuses_and_invariants(smoke_run):
-    out, summary = smoke_run
+    out, summary, _ = smoke_run
     meta, on_disk = check_invariants(out)
     assert summary == on_disk
     by_url = dict(zip(meta["url"].to_pylist(), meta["status"].to_pylist()))
@@ -153,7 +154,7 @@ def test_ray_smoke_statuses_and_invariants(smoke_run):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_tar_samples_carry_original_bytes_and_metadata(smoke_run):
-    out, _ = smoke_run
+    out, _, _ = smoke_run
     meta = {r["key"]: r for r in read_meta(out).to_pylist()}
     for tar in (out / schema.SHARDS_DIR).glob("*.tar"):
         with tarfile.open(tar) as tf:
@@ -170,11 +171,21 @@ def test_tar_samples_carry_original_bytes_and_metadata(smoke_run):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_rerun_of_finished_output_is_a_no_op(smoke_run):
-    out, summary = smoke_run
+def test_rerun_of_finished_output_is_a_no_op(smoke_run, capsys):
+    out, summary, args = smoke_run
     before = {p.name: p.stat().st_mtime_ns for p in (out / schema.SHARDS_DIR).iterdir()}
-    again = build_bbst.main(["--urls", "unused.parquet", "--out", str(out)])
+    again = build_bbst.main(args)
     assert again == summary
+    assert {p.name: p.stat().st_mtime_ns for p in (out / schema.SHARDS_DIR).iterdir()} == before
+    # the same output with another list is refused, naming both lists; it is never "nothing to do"
+    other = out.parent / "other.parquet"
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/x.jpg"]}), other)
+    changed = [a if a != str(out.parent / "urls.parquet") else str(other) for a in args]
+    with pytest.raises(SystemExit) as stop:
+        build_bbst.main(changed)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "finished build" in err and "urls.parquet" in err and "other.parquet" in err
     assert {p.name: p.stat().st_mtime_ns for p in (out / schema.SHARDS_DIR).iterdir()} == before
 
 
@@ -209,7 +220,7 @@ def test_demo_runs_in_process_and_matches_expected_statuses(tmp_path, ray_local)
     assert (out / schema.REPORT_FILE).stat().st_size > 1000
 
 
-def test_unknown_config_key_is_an_error(tmp_path):
+def test_unknown_config_key_is_an_error(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("urls: x.parquet\ndownload:\n  timeout: 3\n  not_an_option: 1\n")
     with pytest.raises(ConfigError, match="not_an_option"):
@@ -265,14 +276,18 @@ def test_rescore_existing_shards_without_download(smoke_run, tmp_path, fault_ser
 
     images, labels = synthetic.labelled_batch(16, size=64, seed=1)
     ckpt = build_demo_classifier([synthetic.encode(im) for im in images], labels.tolist(), str(tmp_path / "clf"))
-    out, before = smoke_run
+    out, before, _ = smoke_run
     copy = tmp_path / "rescored"
     shutil.copytree(out, copy)
     requests_before = len(fault_server.requests)
+    mine = copy / schema.SHARDS_DIR / "mine.tar"  # a file the user put there: bbst never wrote it, never removes it
+    mine.write_bytes(b"user data")
     summary = build_bbst.main(["--rescore", str(copy), "--classifier", ckpt, "--set", "score.batch_size=4",
                                "--set", "split.style_min_score=0.0", "--set", "split.content_max_score=0.0",
                                "--set", "progress_interval_s=0"])
     assert len(fault_server.requests) == requests_before, "rescoring must not download"
+    assert mine.read_bytes() == b"user data"
+    mine.unlink()
     meta, _ = check_invariants(copy)
     assert summary["rows_in"] == before["rows_in"]
     ok_before = before["counts_by_status"]["ok"]
@@ -282,3 +297,21 @@ def test_rescore_existing_shards_without_download(smoke_run, tmp_path, fault_ser
     assert rows and all(r["score"] is not None and r["classifier_version"] for r in rows)
     assert all(r["subset"] == "style" for r in rows if r["status"] == "ok")
     assert "scored with" in summary["scoring"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_actor_pool_mode_builds_the_same_output(smoke_run, tmp_path):
+    out, summary, args = smoke_run
+    other = tmp_path / "actors"
+    argv = [a if a != str(out) else str(other) for a in args] + ["--set", "ray.stage_mode=actors"]
+    again = build_bbst.main(argv)
+    check_invariants(other)
+    volatile = {"download_seconds", "elapsed", "fetch_seconds"}
+
+    def rows(path):
+        return [{k: v for k, v in r.items() if k not in volatile} for r in read_meta(path).to_pylist()]
+
+    assert rows(other) == rows(out)
+    assert tar_members(other) == tar_members(out)
+    assert again["counts_by_status"] == summary["counts_by_status"]

@@ -1,0 +1,105 @@
+"""Every bad input of a build is one line naming its flag, exit code 2, before Ray starts; foreign folders survive."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate import outputs
+from curate.build_config import BuildConfig
+from curate.store import Store
+from pipelines import build_bbst
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def urls(tmp_path) -> Path:
+    path = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"]}), path)
+    return path
+
+
+def _error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as stop:
+        build_bbst.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "Traceback" not in err and err.startswith("bbst build: error: ")
+    return err
+
+
+def test_bad_inputs_name_their_flag(tmp_path, urls, capsys, monkeypatch):
+    monkeypatch.setattr(build_bbst, "_init_ray", lambda *a: pytest.fail("an input error must be found before Ray"))
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    (tmp_path / "nolists").mkdir()
+    cases = [
+        (["--urls", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "o1")], "--urls"),
+        (["--urls", str(tmp_path / "nolists"), "--out", str(tmp_path / "o2")], "--urls"),
+        (["--urls", str(urls), "--out", str(afile)], "--out"),
+        (["--urls", str(urls), "--out", str(tmp_path / "o3"), "--classifier", str(tmp_path / "nope")], "--classifier"),
+        (["--urls", str(urls), "--out", str(tmp_path / "o4"), "--min-side", "-5"], "--min-side"),
+        (["--urls", str(urls), "--out", str(tmp_path / "o5"), "--set", "ray.unit_rows=0"], "unit_rows"),
+        (["--urls", str(urls), "--out", str(tmp_path / "o6"), "--set", "shards.target_samples=0"], "target_samples"),
+        (["--rescore", str(tmp_path / "nolists"), "--classifier", str(urls)], "--rescore"),
+    ]
+    for argv, flag in cases:
+        err = _error(argv, capsys)
+        assert flag in err.splitlines()[0], (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    for name in ("o1", "o2", "o3", "o4", "o5", "o6"):
+        assert not (tmp_path / name).exists(), "nothing is written for a refused run"
+
+
+def test_foreign_folder_is_refused_and_kept(tmp_path, urls, capsys):
+    user = tmp_path / "user"
+    (user / "shards").mkdir(parents=True)
+    (user / "shards" / "mine.tar").write_bytes(b"mine")
+    (user / "notes.txt").write_text("keep me")
+    err = _error(["--urls", str(urls), "--out", str(user)], capsys)
+    assert "--out" in err and "not a bbst output" in err
+    assert (user / "shards" / "mine.tar").read_bytes() == b"mine" and (user / "notes.txt").exists()
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt", "shards"]
+    err = _error(["--out", str(user), "--demo-images", "2"], capsys)  # the demo refuses it too
+    assert "not a bbst output" in err
+
+
+def test_resume_after_the_list_changed_is_refused(tmp_path, urls, capsys):
+    out = tmp_path / "out"
+    cfg = BuildConfig(urls=str(urls), out=str(out))
+    outputs.claim(Store(str(out)), build_bbst.build_fingerprint(cfg))  # what a killed run leaves behind
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/b.jpg", "http://127.0.0.1:9/c.jpg"]}), urls)
+    err = _error(["--urls", str(urls), "--out", str(out)], capsys)
+    assert "unfinished build" in err and "urls.parquet" in err and "changed" in err
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/d.jpg"]}), other)
+    err = _error(["--urls", str(other), "--out", str(out)], capsys)
+    assert "urls.parquet" in err and "other.parquet" in err
+
+
+@pytest.mark.parametrize("make", ["missing_urls", "out_is_file"])
+def test_script_exits_in_seconds_without_traceback(tmp_path, urls, make):
+    out = tmp_path / "out"
+    if make == "out_is_file":
+        out.write_text("x")
+        argv = ["--urls", str(urls), "--out", str(out)]
+    else:
+        argv = ["--urls", str(tmp_path / "missing.csv"), "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "build_bbst.py"), *argv], check=False,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert time.monotonic() - t0 < 30
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bbst build: error: ") and "Traceback" not in proc.stderr
+    assert ("--urls" if make == "missing_urls" else "--out") in lines[0]
