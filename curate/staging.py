@@ -152,6 +152,7 @@ class UnitProcessor:
 
         table = self.store.read_parquet(input_rel(unit.partition)).slice(unit.start, unit.stop - unit.start)
         urls = table["url"].to_pylist()
+        sources = table["source"].to_pylist() if "source" in table.column_names else [None] * len(urls)
         n = len(urls)
         results: list[dict[str, Any] | None] = [None] * n
         offsets = np.full(n, -1, dtype=np.int64)
@@ -169,7 +170,7 @@ class UnitProcessor:
                     row = fut.result()
                     data = row.pop("image")
                     if row["status"] == "ok":
-                        checked = self.checker.check(data)
+                        checked = self.checker.check(data, sources[i])  # the source picks the short-side floor
                         data = checked.pop("image", data)
                         row.update(checked)
                     if row["status"] == "ok" and data:
