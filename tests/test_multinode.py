@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from ray_cluster import private_cluster
-from test_s3 import BUCKET, s3_endpoint  # noqa: F401 - fixture
+from test_s3 import BUCKET
 
 from curate import outputs, schema
 from curate.demo import demo_corpus
