@@ -30,41 +30,70 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/balanced_loss_analysis.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
-import torch
-
-from curate.errors import BbstError
-from pipelines.stylize import list_images, load_image, resolve_device
+# numpy, torch and the model code are imported inside the functions that use them: `--help` prints before torch
+from curate.cli import HelpFormatter, error_boundary, examples_epilog, exit_with, make_parser
+from curate.config import ConfigError
+from curate.errors import BadInputError, MissingInputError
 
 log = logging.getLogger("bbst.balanced_loss")
 
+EXAMPLES = (
+    ("bbst balanced-loss-analysis correlation --images styles/ --pairs 2000 --out analysis/",
+     "classic Gram loss against its supremum over 2000 random image pairs, per VGG-16 layer (Figure 4)"),
+    ("bbst balanced-loss-analysis distributions --content photos/ --style styles/ --out analysis/",
+     "classic and balanced loss of under- and over-stylised outputs (Figures 2 and 5)"),
+    ("bbst balanced-loss-analysis distributions --labels rated.csv --out analysis/",
+     "the same for outputs you labelled (style, output, label[, score] columns)"),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("correlation", help="classic style loss vs its supremum over random image pairs")
-    c.add_argument("--images", required=True, help="folder of images to sample (S, P) pairs from")
-    c.add_argument("--pairs", type=int, default=2000, help="pairs to sample (default 2000)")
-    d = sub.add_parser("distributions", help="classic vs balanced loss of under- and over-stylised outputs")
-    d.add_argument("--content", help="content folder (synthetic under/over-stylised outputs)")
-    d.add_argument("--style", help="style folder (synthetic mode)")
-    d.add_argument("--labels", help="CSV of labelled outputs: style, output, label[, score]")
-    d.add_argument("--max-pairs", type=int, default=500, help="content-style pairs in synthetic mode")
+    p = make_parser("balanced-loss-analysis", __doc__.split("\n")[0], EXAMPLES)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="correlation or distributions (required)")
+    helps = {"correlation": "classic style loss vs its supremum over random image pairs",
+             "distributions": "classic vs balanced loss of under- and over-stylised outputs"}
+    parsers = {}
+    for name, help_ in helps.items():
+        examples = [e for e in EXAMPLES if e[0].split()[2] == name]
+        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter,
+                            epilog=examples_epilog(examples))
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error instead of one line (default: off)")
+        parsers[name] = sp
+    c, d = parsers["correlation"], parsers["distributions"]
+    c.add_argument("--images", required=True, metavar="DIR",
+                   help="folder of images to sample (S, P) pairs from (required)")
+    c.add_argument("--pairs", type=int, default=2000, metavar="N", help="pairs to sample (default: 2000)")
+    d.add_argument("--content", metavar="DIR",
+                   help="content folder: synthetic under/over-stylised outputs, with --style (default: none)")
+    d.add_argument("--style", metavar="DIR", help="style folder, with --content (default: none)")
+    d.add_argument("--labels", metavar="CSV",
+                   help="or: CSV of labelled outputs with style, output, label[, score] columns (default: none)")
+    d.add_argument("--max-pairs", type=int, default=500, metavar="N",
+                   help="content-style pairs sampled in synthetic mode (default: 500)")
     for sp in (c, d):
-        sp.add_argument("--out", required=True, help="output folder")
-        sp.add_argument("--size", type=int, default=256, help="images are resized to this square (default 256)")
-        sp.add_argument("--vgg-weights", default="auto", help="VGG-16 weights file (default: local torch cache)")
-        sp.add_argument("--random-vgg", action="store_true", help="random small VGG-16 (smoke runs only)")
-        sp.add_argument("--seed", type=int, default=0, help="pair sampling seed")
-        sp.add_argument("--device", default="auto", help="auto, cpu, cuda...")
+        sp.add_argument("--out", required=True, metavar="DIR", help="output folder (required)")
+        sp.add_argument("--size", type=int, default=256, metavar="N",
+                        help="images are resized to this square in pixels (default: 256)")
+        sp.add_argument("--vgg-weights", default="auto", metavar="PATH",
+                        help="VGG-16 weights file (default: auto, the local torch cache or $BBST_VGG16_WEIGHTS)")
+        sp.add_argument("--random-vgg", action="store_true",
+                        help="random small VGG-16: smoke runs only, the numbers mean nothing (default: off)")
+        sp.add_argument("--seed", type=int, default=0, metavar="N", help="pair sampling seed (default: 0)")
+        sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
     return p
 
 
-def _square(img: torch.Tensor, size: int) -> torch.Tensor:
+def _square(img, size: int):
+    import torch
+
     return torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", antialias=True)
 
 
-def _load_folder(folder: str, size: int) -> tuple[list[Path], list[torch.Tensor]]:
+def _load_folder(folder: str, size: int) -> tuple[list[Path], list]:
+    from train.inference import list_images, load_image
+
     paths, images = [], []
     for p in list_images(folder):
         try:
@@ -73,7 +102,7 @@ def _load_folder(folder: str, size: int) -> tuple[list[Path], list[torch.Tensor]
         except ValueError as exc:
             log.warning("skipping %s", exc)
     if not images:
-        raise BbstError(f"{folder}: no readable image")
+        raise BadInputError(f"{folder}: no readable image")
     return paths, images
 
 
@@ -88,11 +117,14 @@ def _figure(ncols: int, nrows: int = 1):
 
 
 def correlation(args, vgg, layers, device) -> dict:
+    import numpy as np
+    import torch
+
     from train.style_loss_analysis import layer_losses, linear_fit, pearson
 
     paths, images = _load_folder(args.images, args.size)
     if len(images) < 2:
-        raise BbstError(f"--images {args.images}: needs at least two readable images")
+        raise BadInputError(f"--images {args.images}: needs at least two readable images")
     gen = np.random.default_rng(args.seed)
     rows, per = [], {n: {"classic": [], "supremum": []} for n in layers}
     batch = 8
@@ -136,14 +168,16 @@ def correlation(args, vgg, layers, device) -> dict:
 
 
 def _labelled(args, size: int) -> list[dict]:
+    from train.inference import load_image
+
     path = Path(args.labels)
     if not path.is_file():
-        raise BbstError(f"--labels {path}: file not found")
+        raise MissingInputError(f"--labels {path}: file not found")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = {"style", "output", "label"} - set(reader.fieldnames or [])
         if missing:
-            raise BbstError(f"--labels {path}: missing column(s) {sorted(missing)}")
+            raise BadInputError(f"--labels {path}: missing column(s) {sorted(missing)}")
         rows = list(reader)
     out = []
     for r in rows:
@@ -163,6 +197,8 @@ def _labelled(args, size: int) -> list[dict]:
 
 
 def _synthetic(args, size: int) -> list[dict]:
+    import numpy as np
+
     from train.style_loss_analysis import over_stylised, under_stylised
 
     cpaths, contents = _load_folder(args.content, size)
@@ -180,6 +216,9 @@ def _synthetic(args, size: int) -> list[dict]:
 
 
 def distributions(args, vgg, layers, device) -> dict:
+    import numpy as np
+    import torch
+
     from train.style_loss_analysis import layer_losses, pearson, summarise
 
     if args.labels:
@@ -187,9 +226,9 @@ def distributions(args, vgg, layers, device) -> dict:
     elif args.content and args.style:
         items = _synthetic(args, args.size)
     else:
-        raise BbstError("distributions: give --labels CSV, or --content and --style folders")
+        raise ConfigError("distributions: give --labels CSV, or --content and --style folders")
     if not items:
-        raise BbstError("distributions: no readable samples")
+        raise BadInputError("distributions: no readable samples")
     rows = []
     for start in range(0, len(items), 8):
         chunk = items[start:start + 8]
@@ -237,11 +276,13 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+@error_boundary("balanced-loss-analysis")
 def main(argv: list[str] | None = None) -> dict:
-    from train.models.vgg import VGG16_STYLE_LAYERS, VGG16Encoder
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+    from train.inference import resolve_device
+    from train.models.vgg import VGG16_STYLE_LAYERS, VGG16Encoder
+
     device = resolve_device(args.device)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     vgg = (VGG16Encoder(None, width=1 / 16) if args.random_vgg else VGG16Encoder(args.vgg_weights)).to(device)
@@ -252,4 +293,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -32,10 +31,10 @@ if __package__ in (None, ""):  # `python pipelines/evaluate_st.py` puts pipeline
 # torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
 from curate.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
 from curate.config import ConfigError
-from curate.errors import BadInputError, MissingInputError
+from curate.errors import MissingInputError
 
 if TYPE_CHECKING:
-    from train.evaluation import Protocol, Row
+    from train.evaluation import Row
 
 log = logging.getLogger("bbst.evaluate")
 
@@ -65,43 +64,6 @@ class EvalConfig:
     out: str = "eval"  # output folder
 
 
-def read_pairs(cfg: EvalConfig) -> tuple[Protocol, Path]:
-    """The protocol of ``--protocol``, or one built from ``--pairs`` CSV / ``--content`` x ``--style`` folders."""
-    from train.evaluation import Protocol, load_protocol
-    from train.inference import list_images
-
-    if cfg.protocol:
-        return load_protocol(cfg.protocol)
-    if cfg.pairs:
-        path = Path(cfg.pairs)
-        if not path.is_file():
-            raise MissingInputError(f"--pairs {path}: pairs CSV not found")
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"content", "style"} <= set(reader.fieldnames):
-                raise BadInputError(f"{path}: needs 'content' and 'style' columns, has {reader.fieldnames}")
-            rows = list(reader)
-        contents = list(dict.fromkeys(r["content"] for r in rows))
-        styles = list(dict.fromkeys(r["style"] for r in rows))
-        pairs = [[contents.index(r["content"]), styles.index(r["style"])] for r in rows]
-        return Protocol(name=path.stem, contents=contents, styles=styles, pairs=pairs), path.parent
-    if cfg.content and cfg.style:
-        contents = [str(p.resolve()) for p in list_images(cfg.content)]
-        styles = [str(p.resolve()) for p in list_images(cfg.style)]
-        return Protocol(name="folders", contents=contents, styles=styles), Path(".")
-    raise ConfigError("give --protocol FILE, --pairs CSV, or both --content and --style")
-
-
-def _named(items: list[str], what: str) -> list[tuple[str, str]]:
-    out = []
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--{what} {item!r}: expected NAME=PATH")
-        name, path = item.split("=", 1)
-        out.append((name, path))
-    return out
-
-
 EXAMPLES = (
     ("bbst evaluate --protocol protocol.yaml --model NeAT=neat.pt --no-blur-row --no-prior-row --out eval/",
      "NeAT Tables 1 and 2 on a protocol file, with the no-blur and no-prior-deltas rows"),
@@ -129,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_rows(cfg: EvalConfig, device: str) -> list[Row]:
     """Checkpoint rows (with their no-blur / no-prior variants) and precomputed-output rows."""
-    from train.evaluation import Row
+    from train.evaluation import Row, parse_named
     from train.inference import Stylizer
 
     rows: list[Row] = []
-    for name, ckpt in _named(cfg.models, "model"):
+    for name, ckpt in parse_named(cfg.models, "--model"):
         base = Stylizer(ckpt, device, cfg.alpha, max_side=0)
         rows.append(Row(name, base))
         if cfg.no_blur_row and base.supports("blur"):
@@ -144,7 +106,7 @@ def build_rows(cfg: EvalConfig, device: str) -> list[Row]:
             no_prior = copy.copy(base)
             no_prior.prior_weight = 0.0
             rows.append(Row(f"{name} (no prior deltas)", no_prior))
-    for name, folder in _named(cfg.outputs, "outputs"):
+    for name, folder in parse_named(cfg.outputs, "--outputs"):
         if not Path(folder).is_dir():
             raise MissingInputError(f"--outputs {name}={folder}: folder not found")
         rows.append(Row(name, outputs=folder))
@@ -156,33 +118,25 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_args(EvalConfig, args, args.config_flags)
-    import torch
-
-    from train.evaluation import evaluate, verify_checksums
-    from train.metrics import StyleTransferMetrics
+    from train.evaluation import (
+        RANDOM_METRICS_NOTE,
+        build_metrics,
+        evaluate,
+        override_protocol,
+        protocol_from_inputs,
+        verify_checksums,
+    )
+    from train.inference import resolve_device
 
     if not cfg.models and not cfg.outputs:
         raise ConfigError("nothing to evaluate: give --model NAME=CKPT and/or --outputs NAME=DIR")
-    protocol, base = read_pairs(cfg)
+    protocol, base = protocol_from_inputs(cfg.protocol, cfg.pairs, cfg.content, cfg.style)
     verify_checksums(protocol, base)
-    if cfg.sizes:
-        protocol.sizes = list(cfg.sizes)
-    if cfg.timing_sizes:
-        protocol.timing_sizes = list(cfg.timing_sizes)
-    if cfg.timing_repeats > 0:
-        protocol.timing_repeats = cfg.timing_repeats
-    if cfg.timing_warmup >= 0:
-        protocol.timing_warmup = cfg.timing_warmup
-    protocol.__post_init__()  # re-validate the overridden sizes
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if cfg.device == "auto" else cfg.device)
-    kw = {"device": device, "metrics": protocol.metrics, "style_match": protocol.style_match}
-    if cfg.random_metrics:
-        metrics = StyleTransferMetrics.random_init(**kw)
-    else:
-        metrics = StyleTransferMetrics(cfg.vgg_weights, cfg.lpips_net, cfg.lpips_backbone, cfg.inception_weights,
-                                       **kw)
-    note = "Metric backbones are RANDOM (smoke run): the numbers are meaningless." if cfg.random_metrics else ""
+    override_protocol(protocol, cfg.sizes, cfg.timing_sizes, cfg.timing_repeats, cfg.timing_warmup)
+    device = str(resolve_device(cfg.device))
+    metrics = build_metrics(protocol, device, cfg.random_metrics, cfg.vgg_weights, cfg.lpips_net,
+                            cfg.lpips_backbone, cfg.inception_weights)
+    note = RANDOM_METRICS_NOTE if cfg.random_metrics else ""
     return evaluate(protocol, build_rows(cfg, device), cfg.out, metrics, base_dir=base, timing=not cfg.no_timing,
                     note=note)
 

@@ -23,103 +23,111 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/metastyle.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
-import torch.nn.functional as F
-
-from curate.errors import BbstError
-from pipelines.stylize import list_images, load_image, resize_max_side, resolve_device, save_image
+# torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
+from curate.cli import HelpFormatter, error_boundary, examples_epilog, exit_with, make_parser
+from curate.errors import BadInputError, BbstError
 
 log = logging.getLogger("bbst.metastyle")
-CHECKPOINT_FORMAT = "bbst-train-checkpoint-v1"
+
+EXAMPLES = (
+    ("bbst metastyle adapt --checkpoint meta.pt --style style.jpg --content photos/ --steps 200 --out adapted.pt",
+     "adapt a meta-trained MetaStyle checkpoint to one style in 200 steps and save the adapted model"),
+    ("bbst metastyle stylize --checkpoint adapted.pt --content photo.jpg --out photo_styled.png",
+     "feed-forward stylisation with the adapted model (it renders the one style it was adapted to)"),
+    (("bbst metastyle interpolate --checkpoint adapted.pt adapted2.pt --content photo.jpg --steps 5 --out interp.png "
+     "--save mix.pt --save-weights 0.5 0.5"), "5 convex combinations of two adapted models; save the 50/50 mixture"),
+)
+
+
+def _subparser(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    examples = [e for e in EXAMPLES if e[0].split()[2] == name]
+    sp = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter,
+                        epilog=examples_epilog(examples) if examples else None)
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                    help="show the full traceback of an error instead of one line (default: off)")
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
+    return sp
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("adapt", help="adapt a meta-trained model to one style and save it")
-    a.add_argument("--checkpoint", required=True, help="meta-trained MetaStyle checkpoint (from the trainer)")
-    a.add_argument("--style", required=True, help="style image")
-    a.add_argument("--content", required=True, help="content image or folder used for the adaptation steps")
-    a.add_argument("--out", required=True, help="adapted checkpoint to write")
-    a.add_argument("--steps", type=int, default=None, help="update steps (default: the model's adapt_steps, 200)")
-    a.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the model's adapt_lr)")
-    a.add_argument("--params", choices=("all", "norm"), default=None, help="adapt all or only norm scale/shift")
-    a.add_argument("--crop", type=int, default=256, help="content crop size (default 256)")
-    a.add_argument("--batch", type=int, default=4, help="content crops per step (default 4)")
-    a.add_argument("--style-size", type=int, default=512, help="style long side (default 512)")
-    a.add_argument("--seed", type=int, default=0, help="crop sampling seed")
-    s = sub.add_parser("stylize", help="feed-forward stylisation with an adapted model")
-    s.add_argument("--checkpoint", required=True, help="adapted checkpoint")
-    s.add_argument("--content", required=True, help="content image or folder")
-    s.add_argument("--out", required=True, help="output file (one image) or folder")
-    s.add_argument("--max-side", type=int, default=3840, help="content long side cap (default 3840)")
-    i = sub.add_parser("interpolate", help="convex combinations of adapted models")
-    i.add_argument("--checkpoint", nargs="+", required=True, help="two or more adapted checkpoints")
-    i.add_argument("--content", nargs="+", required=True, help="content image(s); one grid row each")
-    i.add_argument("--out", required=True, help="PNG grid (two checkpoints: --steps points between them)")
-    i.add_argument("--steps", type=int, default=5, help="points from the first to the second model, ends included")
-    i.add_argument("--save", default="", help="also save the mixture given by --save-weights as a checkpoint")
-    i.add_argument("--save-weights", type=float, nargs="+", default=None, help="one weight per checkpoint")
-    i.add_argument("--max-side", type=int, default=512, help="content long side (default 512)")
-    for sp in (a, s, i):
-        sp.add_argument("--device", default="auto", help="auto, cpu, cuda...")
+    p = make_parser("metastyle", __doc__.split("\n")[0], EXAMPLES)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="adapt, stylize or interpolate (required)")
+    a = _subparser(sub, "adapt", "adapt a meta-trained model to one style and save it")
+    a.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="meta-trained MetaStyle checkpoint, from the trainer (required)")
+    a.add_argument("--style", required=True, metavar="PATH", help="style image (required)")
+    a.add_argument("--content", required=True, metavar="PATH",
+                   help="content image or folder the adaptation steps crop from (required)")
+    a.add_argument("--out", required=True, metavar="FILE", help="adapted checkpoint to write (required)")
+    a.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="update steps (default: the model's adapt_steps, 200 for metastyle)")
+    a.add_argument("--lr", type=float, default=None, metavar="X", help="Adam learning rate (default: the model's adapt_lr)")
+    a.add_argument("--params", choices=("all", "norm"), default=None,
+                   help="adapt all parameters or only the norm scales and shifts (default: the model's adapt_params)")
+    a.add_argument("--crop", type=int, default=256, metavar="N", help="content crop size in pixels (default: 256)")
+    a.add_argument("--batch", type=int, default=4, metavar="N", help="content crops per step (default: 4)")
+    a.add_argument("--style-size", type=int, default=512, metavar="N", help="style long side in pixels (default: 512)")
+    a.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the crop sampling (default: 0)")
+    s = _subparser(sub, "stylize", "feed-forward stylisation with an adapted model")
+    s.add_argument("--checkpoint", required=True, metavar="CKPT", help="adapted checkpoint (required)")
+    s.add_argument("--content", required=True, metavar="PATH", help="content image or folder (required)")
+    s.add_argument("--out", required=True, metavar="PATH", help="output file (one image) or folder (required)")
+    s.add_argument("--max-side", type=int, default=3840, metavar="N",
+                   help="content larger than this (long side) is downscaled to it (default: 3840)")
+    i = _subparser(sub, "interpolate", "convex combinations of adapted models")
+    i.add_argument("--checkpoint", nargs="+", required=True, metavar="CKPT",
+                   help="two or more adapted checkpoints (required)")
+    i.add_argument("--content", nargs="+", required=True, metavar="PATH",
+                   help="content image(s), one grid row each (required)")
+    i.add_argument("--out", required=True, metavar="FILE",
+                   help="PNG grid of --steps points from the first model to the second (required)")
+    i.add_argument("--steps", type=int, default=5, metavar="N",
+                   help="points from the first to the second model, ends included (default: 5)")
+    i.add_argument("--save", default="", metavar="FILE",
+                   help="also save the mixture given by --save-weights as a checkpoint (default: none)")
+    i.add_argument("--save-weights", type=float, nargs="+", default=None, metavar="W",
+                   help="one weight per checkpoint, >= 0, summing to 1 (default: none)")
+    i.add_argument("--max-side", type=int, default=512, metavar="N", help="content long side in pixels (default: 512)")
     return p
 
 
-def _load(path: str, device: torch.device):
+def _load(path: str, device):
     from train.checkpoint import load_checkpoint
     from train.models import load_model_from_checkpoint
     from train.models.metastyle import MetaStyle
 
     model = load_model_from_checkpoint(path, map_location="cpu").to(device)
     if not isinstance(model, MetaStyle):
-        raise BbstError(f"--checkpoint {path}: holds a {type(model).__name__}, not a MetaStyle model")
+        raise BadInputError(f"--checkpoint {path}: holds a {type(model).__name__}, not a MetaStyle model")
     return model, load_checkpoint(path)
 
 
-def save_model(model, path: str | Path, model_name: str, extra: dict | None = None) -> None:
-    """Write a model-only checkpoint (the trainer's format, without optimizer or data state) atomically."""
-    from curate.writer import atomic_write
+def _prepare_contents(folder: str, crop: int, device) -> list:
+    from train.inference import list_images, load_image
+    from train.models.metastyle import fit_for_crops
 
-    state = {"format": CHECKPOINT_FORMAT, "model_name": model_name, "model_config": model.model_config(),
-             "model": {k: v.cpu() for k, v in model.state_dict().items()}, "step": 0, **(extra or {})}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(str(path), lambda f: torch.save(state, f))
-
-
-def random_crops(images: list[torch.Tensor], crop: int, batch: int, gen: torch.Generator) -> torch.Tensor:
-    """``batch`` random square crops from images (each resized so its short side is at least ``crop``)."""
-    out = []
-    for _ in range(batch):
-        img = images[int(torch.randint(len(images), (1,), generator=gen))]
-        h, w = img.shape[-2:]
-        y = int(torch.randint(h - crop + 1, (1,), generator=gen))
-        x = int(torch.randint(w - crop + 1, (1,), generator=gen))
-        out.append(img[..., y:y + crop, x:x + crop])
-    return torch.cat(out)
-
-
-def _prepare_contents(folder: str, crop: int, device: torch.device) -> list[torch.Tensor]:
     images = []
     for path in list_images(folder):
         try:
-            img = load_image(path)
+            images.append(fit_for_crops(load_image(path), crop).to(device))
         except ValueError as exc:
             log.warning("skipping %s", exc)
-            continue
-        h, w = img.shape[-2:]
-        if min(h, w) < crop:
-            s = crop / min(h, w)
-            img = F.interpolate(img, size=(max(crop, round(h * s)), max(crop, round(w * s))), mode="bilinear")
-        images.append(resize_max_side(img, max(2 * crop, 512)).to(device))
     if not images:
-        raise BbstError(f"--content {folder}: no readable content image")
+        raise BadInputError(f"--content {folder}: no readable content image")
     return images
 
 
+@error_boundary("metastyle")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+    import torch
+
+    from train.checkpoint import save_model_checkpoint
+    from train.inference import list_images, load_image, resize_max_side, resolve_device, save_image
+    from train.models.metastyle import random_crops
+
     device = resolve_device(args.device)
     if args.command == "adapt":
         model, ck = _load(args.checkpoint, device)
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
                                     steps=args.steps, lr=args.lr, params=args.params, style_name=Path(args.style).stem)
         record = {"seconds": info["seconds"], "steps": len(info["losses"]), "first_loss": info["losses"][0],
                   "final_loss": info["losses"][-1], "style": str(args.style), "from": str(args.checkpoint)}
-        save_model(adapted, args.out, ck["model_name"], {"adaptation": record})
+        save_model_checkpoint(adapted, args.out, ck["model_name"], {"adaptation": record})
         log.info("adapted to %s in %d steps, %.1fs (loss %.4g -> %.4g); wrote %s", args.style, record["steps"],
                  record["seconds"], record["first_loss"], record["final_loss"], args.out)
         return record
@@ -168,10 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
             mixed = interpolate_models(models, args.save_weights)
         except ValueError as exc:
             raise BbstError(f"--save-weights {args.save_weights}: {exc}") from None
-        save_model(mixed, args.save, loaded[0][1]["model_name"])
+        save_model_checkpoint(mixed, args.save, loaded[0][1]["model_name"])
         result["saved"] = args.save
     return result
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main())

@@ -21,50 +21,81 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/variational_styles.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
-
-from curate.errors import BbstError
-from pipelines.stylize import load_image, resize_max_side, resolve_device
+# torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
+from curate.cli import HelpFormatter, error_boundary, examples_epilog, exit_with, make_parser
+from curate.errors import BadInputError, BbstError
 
 log = logging.getLogger("bbst.variational")
 
+EXAMPLES = (
+    ("bbst vst-styles sample --checkpoint vst.pt --content a.jpg b.jpg --num 8 --out samples.png",
+     "8 new styles drawn from the prior, rendered on each content image (one grid row per content)"),
+    (("bbst vst-styles interpolate --checkpoint vst.pt --content a.jpg --style s1.jpg s2.jpg --steps 7 "
+     "--out interp.png"), "7 evenly spaced points between two styles' codes: [style 1, t=0 ... t=1, style 2]"),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    for name in ("sample", "interpolate"):
-        s = sub.add_parser(name)
-        s.add_argument("--checkpoint", required=True, help="trainer checkpoint of a variational model")
-        s.add_argument("--content", nargs="+", required=True, help="content image(s); one grid row each")
-        s.add_argument("--out", required=True, help="output PNG grid")
-        s.add_argument("--max-side", type=int, default=512, help="content long side (default 512)")
-        s.add_argument("--cell", type=int, default=256, help="grid cell size in pixels (default 256)")
-        s.add_argument("--device", default="auto", help="auto, cpu, cuda...")
+    p = make_parser("vst-styles", __doc__.split("\n")[0], EXAMPLES)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="sample or interpolate (required)")
+    helps = {"sample": "render content images with style codes drawn from the prior",
+             "interpolate": "render content images along the line between two styles' codes"}
+    for name, help_ in helps.items():
+        examples = [e for e in EXAMPLES if e[0].split()[2] == name]
+        s = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter,
+                           epilog=examples_epilog(examples))
+        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error instead of one line (default: off)")
+        s.add_argument("--checkpoint", required=True, metavar="CKPT",
+                       help="trainer checkpoint of a variational model (required)")
+        s.add_argument("--content", nargs="+", required=True, metavar="PATH",
+                       help="content image(s), one grid row each (required)")
+        s.add_argument("--out", required=True, metavar="FILE",
+                       help="output PNG grid; <out>.json records the codes (required)")
+        s.add_argument("--max-side", type=int, default=512, metavar="N",
+                       help="content long side in pixels (default: 512)")
+        s.add_argument("--cell", type=int, default=256, metavar="N", help="grid cell size in pixels (default: 256)")
+        s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
     sample = sub.choices["sample"]
-    sample.add_argument("--num", type=int, default=8, help="styles drawn from the prior (default 8)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed of the draws (default 0)")
-    sample.add_argument("--temperature", type=float, default=1.0, help="scale of the prior's std (default 1)")
+    sample.add_argument("--num", type=int, default=8, metavar="N", help="styles drawn from the prior (default: 8)")
+    sample.add_argument("--seed", type=int, default=0, metavar="N", help="random seed of the draws (default: 0)")
+    sample.add_argument("--temperature", type=float, default=1.0, metavar="X",
+                        help="scale of the prior's standard deviation (default: 1.0)")
     interp = sub.choices["interpolate"]
-    interp.add_argument("--style", nargs=2, required=True, metavar=("STYLE_A", "STYLE_B"), help="the two styles")
-    interp.add_argument("--steps", type=int, default=7, help="points from style A to style B, ends included")
-    interp.add_argument("--style-size", type=int, default=512, help="style long side fed to the style encoder")
+    interp.add_argument("--style", nargs=2, required=True, metavar=("STYLE_A", "STYLE_B"),
+                        help="the two style images (required)")
+    interp.add_argument("--steps", type=int, default=7, metavar="N",
+                        help="points from style A to style B, ends included (default: 7)")
+    interp.add_argument("--style-size", type=int, default=512, metavar="N",
+                        help="style long side fed to the style encoder (default: 512)")
     return p
 
 
-def _load(checkpoint: str, device: torch.device):
+def _load(checkpoint: str, device):
     from train.models import load_model_from_checkpoint
     from train.models.variational import VariationalStyleTransfer
 
     model = load_model_from_checkpoint(checkpoint, map_location="cpu").to(device)
     if not isinstance(model, VariationalStyleTransfer):
-        raise BbstError(f"--checkpoint {checkpoint}: holds a {type(model).__name__}, not a variational model")
+        raise BadInputError(f"--checkpoint {checkpoint}: holds a {type(model).__name__}, not a variational model")
     return model
 
 
-@torch.inference_mode()
+@error_boundary("vst-styles")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+    import torch
+
+    with torch.inference_mode():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from train.inference import load_image, resize_max_side, resolve_device
+
     device = resolve_device(args.device)
     model = _load(args.checkpoint, device)
     contents = [resize_max_side(load_image(p), args.max_side).to(device) for p in args.content]
@@ -93,4 +124,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main())

@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from curate.errors import BbstError
 from curate.synthetic import artwork_like, photo_like
 from pipelines.balanced_loss_analysis import main
 from train.style_loss_analysis import linear_fit, over_stylised, pearson, under_stylised
@@ -45,7 +44,7 @@ def test_correlation_writes_table_summary_and_plot(tmp_path, folders):
     assert json.loads((out / "correlation.json").read_text())["pairs"] == 12
 
 
-def test_distributions_synthetic_and_labelled(tmp_path, folders):
+def test_distributions_synthetic_and_labelled(tmp_path, folders, capsys, monkeypatch):
     content, style = folders
     out = tmp_path / "dist"
     summary = main(["distributions", "--content", str(content), "--style", str(style), "--size", "32",
@@ -65,8 +64,15 @@ def test_distributions_synthetic_and_labelled(tmp_path, folders):
             w.writerow([f"style/s{i}.png", f"style/s{(i + 1) % 3}.png", "good", -1])
     summary = main(["distributions", "--labels", str(labels), "--size", "32", "--random-vgg", "--out", str(out)])
     assert summary["samples"] == 6 and set(summary["pearson_with_score"]) == {"classic", "balanced"}
-    with pytest.raises(BbstError, match="give --labels"):
-        main(["distributions", "--random-vgg", "--out", str(out)])
+    monkeypatch.delenv("BBST_DEBUG", raising=False)
+    assert main(["distributions", "--random-vgg", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bbst balanced-loss-analysis: error: distributions: give --labels") and "Traceback" not in err
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-cache"))
+    monkeypatch.delenv("BBST_VGG16_WEIGHTS", raising=False)
+    assert main(["correlation", "--images", str(folders[1]), "--out", str(out)]) == 2  # no VGG-16 weights here
+    err = capsys.readouterr().err
+    assert err.startswith("bbst balanced-loss-analysis: error: ") and "Traceback" not in err, err
 
 
 def test_helpers():

@@ -96,14 +96,24 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     return out
 
 
+def _with_subcommands(name: str, parser: argparse.ArgumentParser):
+    """The parser and, for commands with subcommands (``bbst metastyle adapt``), each subcommand's parser."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _with_subcommands(f"{name} {sub_name}", sub)
+
+
 def test_every_option_has_help_with_its_default():
-    for name, parser in _parsers().items():
-        for action in parser._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue
-            flag = "/".join(action.option_strings) or action.dest
-            assert action.help, f"bbst {name} {flag}: no help text"
-            assert "(default: " in action.help or "(required)" in action.help, f"bbst {name} {flag}: {action.help}"
+    for command, top in _parsers().items():
+        for name, parser in _with_subcommands(command, top):
+            for action in parser._actions:
+                if isinstance(action, argparse._HelpAction):
+                    continue
+                flag = "/".join(action.option_strings) or action.dest
+                assert action.help, f"bbst {name} {flag}: no help text"
+                assert "(default: " in action.help or "(required)" in action.help, f"bbst {name} {flag}: {action.help}"
 
 
 def test_every_example_parses():

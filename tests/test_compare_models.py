@@ -1,4 +1,5 @@
-"""pipelines/compare_models.py: every model on the same pairs -> one table (MetaStyle adaptation column), one grid."""
+"""pipelines/compare_models.py: every model on the same protocol pairs -> one table (MetaStyle adaptation column,
+deception rate), one grid (PNG + HTML), through train/evaluation.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.errors import BbstError
 from curate.synthetic import artwork_like, photo_like
 from pipelines.compare_models import main
-from pipelines.metastyle import save_model
+from train.checkpoint import save_model_checkpoint
+from train.evaluation import write_tiny_protocol
+from train.inference import ADAPTATION_HEADER
 from train.models import create_model
+from train.models.metastyle import MetaStyle
+
+MODELS = (("NeAT", "neat_tiny"), ("NeAT balanced", "neat_balanced_tiny"), ("RAST", "rast_tiny"),
+          ("Variational", "variational_tiny"), ("MetaStyle", "metastyle_tiny"))
 
 
 @pytest.fixture
@@ -20,10 +26,9 @@ def setup(tmp_path):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     ckpts = {}
-    for label, name in (("NeAT", "neat_tiny"), ("NeAT balanced", "neat_balanced_tiny"),
-                        ("Variational", "variational_tiny"), ("MetaStyle", "metastyle_tiny")):
+    for label, name in MODELS:
         ckpts[label] = tmp_path / f"{name}.pt"
-        save_model(create_model(name), ckpts[label], name)
+        save_model_checkpoint(create_model(name), str(ckpts[label]), name)
     (tmp_path / "c").mkdir()
     (tmp_path / "s").mkdir()
     photo_like(40, 32, seed=1).save(tmp_path / "c" / "c1.png")
@@ -35,39 +40,66 @@ def setup(tmp_path):
 
 def _args(tmp_path, ckpts, *extra):
     args = ["--content", str(tmp_path / "c"), "--style", str(tmp_path / "s"), "--out", str(tmp_path / "cmp"),
-            "--random-metrics", "--timing-sizes", "32x32", "48x32", "--timing-repeats", "1", "--adapt-steps", "3",
-            "--adapt-crop", "24", "--adapt-batch", "2", "--style-size", "32", "--cell", "32", "--device", "cpu"]
+            "--random-metrics", "--sizes", "max:48", "--timing-sizes", "32x32", "48x32", "--timing-repeats", "1",
+            "--timing-warmup", "0", "--adapt-steps", "3", "--adapt-crop", "24", "--adapt-batch", "2",
+            "--grid-cell", "32", "--device", "cpu", "--set", "timing_warmup=0"]
     for label, path in ckpts.items():
         args += ["--model", f"{label}={path}"]
     return args + list(extra)
 
 
-def test_one_table_one_grid(setup):
+def test_one_table_one_grid(setup, monkeypatch):
     tmp_path, ckpts = setup
+    adaptations = []
+    adapt = MetaStyle.adapt
+
+    def counting(self, style, *a, **kw):
+        adaptations.append(tuple(style.shape))
+        return adapt(self, style, *a, **kw)
+
+    monkeypatch.setattr(MetaStyle, "adapt", counting)
     result = main(_args(tmp_path, ckpts))
     out = tmp_path / "cmp"
+    assert len(adaptations) == 1  # once for the one readable style, reused for both contents and for timing
     table = {e["model"]: e for e in result["table"]}
     assert set(table) == set(ckpts)
-    for name, e in table.items():
+    for e in table.values():
         assert e["pairs"] == 2  # the broken style's pairs are error rows, not scored
+        assert all(e[k] == e[k] for k in ("lpips", "sifid", "chamfer", "ssim", "gram"))  # not NaN
+    timing = {e["model"]: e for e in result["timing"]}
+    assert set(timing) == set(ckpts)
+    for name, e in timing.items():
         assert e["32x32"] > 0 and e["48x32"] > 0
-        assert (e["adapt_s"] is not None) == (name == "MetaStyle")
-        assert e["adapted_styles"] == (1 if name == "MetaStyle" else 0)  # once per style, reused for both contents
+        assert (e[ADAPTATION_HEADER] is not None) == (name == "MetaStyle")
     with open(out / "per_pair.csv") as f:
         rows = list(csv.DictReader(f))
     assert sum(r["status"] == "error" for r in rows) == 2 * len(ckpts)
+    assert all("s2.jpg" in r["error"] for r in rows if r["status"] == "error")
+
+    # one table: quality, speed and the adaptation column side by side, one row per model
     md = (out / "comparison.md").read_text()
-    assert "adaptation (s/style)" in md and "RANDOM" in md and md.count("\n| ") >= len(ckpts)
-    with Image.open(out / "grid.png") as img:  # 2 pair rows x (content, style, 4 models) cells of 32 px
-        assert img.size == (6 * 36 + 4, 2 * 36 + 4)
+    assert "RANDOM" in md and "Seconds per image" in md
+    header = next(line for line in md.splitlines() if line.startswith("| Model"))
+    for col in ("LPIPS", "SIFID", "Chamfer", "SSIM", "Gram", "32x32 (s/image)", "48x32 (s/image)", "adaptation"):
+        assert col in header, col
+    with open(out / "comparison.csv") as f:
+        comparison = list(csv.reader(f))
+    assert [r[0] for r in comparison[1:]] == [label for label, _ in MODELS]
+    adapt_col = comparison[0].index(ADAPTATION_HEADER)
+    assert [r[adapt_col] != "—" for r in comparison[1:]] == [label == "MetaStyle" for label, _ in MODELS]
+
+    # one grid: 2 readable pairs x (content, style, 5 models) cells of 32 px, 4 px padding; the HTML holds the tables
+    with Image.open(out / "grid.png") as img:
+        assert img.size == ((2 + len(ckpts)) * 36 + 4, 2 * 36 + 4)
     page = (out / "grid.html").read_text()
-    assert page.count("<img ") == 2 * 6 and "MetaStyle" in page
-    for src in page.split("src='")[1:]:
-        assert (out / src.split("'")[0]).is_file()
+    assert page.count("<img ") == 2 * (2 + len(ckpts)) and "MetaStyle" in page and "SIFID" in page
+    for src in page.split('src="')[1:]:
+        assert (out / src.split('"')[0]).is_file()
 
 
-def test_deception_column_and_errors(setup):
-    tmp_path, ckpts = setup
+def test_protocol_pairs_and_deception_column(setup, tmp_path):
+    _, ckpts = setup
+    proto = write_tiny_protocol(tmp_path / "proto")
 
     class Colour(torch.nn.Module):
         def forward(self, x):
@@ -77,15 +109,45 @@ def test_deception_column_and_errors(setup):
     batch = torch.export.Dim("batch", min=1, max=64)
     torch.export.save(torch.export.export(Colour(), (torch.rand(2, 3, 8, 8),), dynamic_shapes=({0: batch},)),
                       str(model))
-    (tmp_path / "artists.csv").write_text("style,artist\ns1.png,a\ns2.jpg,b\n")
+    (tmp_path / "artists.csv").write_text("style,artist\ns0.png,a\ns1.png,b\n")
     (tmp_path / "names.txt").write_text("a\nb\nc\n")
+    args = ["--protocol", str(proto), "--model", f"Variational={ckpts['Variational']}", "--model",
+            f"MetaStyle={ckpts['MetaStyle']}", "--random-metrics", "--no-timing", "--adapt-steps", "2",
+            "--adapt-crop", "16", "--adapt-batch", "1", "--out", str(tmp_path / "cmp2"), "--device", "cpu",
+            "--artist-model", str(model), "--artists", str(tmp_path / "artists.csv"), "--artist-names",
+            str(tmp_path / "names.txt"), "--artist-input-size", "8"]
+    result = main(args)
+    main_rows = [e for e in result["table"] if e["size"] == "max:64"]
+    assert [e["model"] for e in main_rows] == ["Variational", "MetaStyle"]
+    for e in main_rows:
+        assert e["pairs"] == 4 and 0.0 <= e["deceived"] <= 1.0  # the protocol's 2 x 2 pairs
+    with open(tmp_path / "cmp2" / "per_pair.csv") as f:
+        assert all(r["deceived"] in ("0.0", "1.0") for r in csv.DictReader(f))
+    md = (tmp_path / "cmp2" / "comparison.md").read_text()
+    assert "deception" in md and "(48x48)" in md  # the protocol's second size is its own row
+    timing = {e["model"]: e for e in result["timing"]}
+    assert set(timing) == {"MetaStyle"} and timing["MetaStyle"][ADAPTATION_HEADER] > 0  # costs without timing
+
+
+def test_user_errors_are_one_line(setup, capsys, monkeypatch):
+    tmp_path, ckpts = setup
+    monkeypatch.delenv("BBST_DEBUG", raising=False)
     one = {"Variational": ckpts["Variational"]}
-    result = main(_args(tmp_path, one, "--artist-model", str(model), "--artists", str(tmp_path / "artists.csv"),
-                        "--artist-names", str(tmp_path / "names.txt"), "--artist-input-size", "8"))
-    entry = result["table"][0]
-    assert entry["n"] == 2 and 0.0 <= entry["deception_rate"] <= 1.0
-    assert "deception" in (tmp_path / "cmp" / "comparison.md").read_text()
-    with pytest.raises(BbstError, match="--artists"):
-        main(_args(tmp_path, one, "--artist-model", str(model)))
-    with pytest.raises(BbstError, match="pairs"):
-        main(["--model", f"x={ckpts['NeAT']}", "--out", str(tmp_path / "o"), "--random-metrics"])
+    cases = [
+        (_args(tmp_path, one, "--artist-model", str(tmp_path / "none.pt2")), "--artist-model needs --artists"),
+        (_args(tmp_path, one, "--artist-model", str(tmp_path / "none.pt2"), "--artists", str(tmp_path / "x.csv")),
+         "--artists"),
+        (["--model", f"x={ckpts['NeAT']}", "--out", str(tmp_path / "o"), "--random-metrics"],
+         "give --protocol FILE, --pairs CSV, or both --content and --style"),
+        (["--content", str(tmp_path / "c"), "--style", str(tmp_path / "s"), "--out", str(tmp_path / "o")],
+         "nothing to compare"),
+        (_args(tmp_path, one, "--deception-mode", "nope"), None),
+    ]
+    for argv, message in cases:
+        if message is None:
+            with pytest.raises(SystemExit):  # argparse: invalid choice
+                main(argv)
+            continue
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bbst compare: error: ") and message in err and "Traceback" not in err, err

@@ -175,6 +175,8 @@ def test_grid_renders_in_chromium(tmp_path):
         page.evaluate("() => Promise.all([...document.images].map(i => i.decode()))")
         widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
         assert len(widths) == 4 * 3 and all(w > 0 for w in widths)  # 4 pairs x (content, style, row)
-        assert page.eval_on_selector_all("thead th", "els => els.map(e => e.textContent)") == ["content", "style",
-                                                                                                "copy"]
+        assert page.eval_on_selector_all("table.grid thead th", "els => els.map(e => e.textContent)") == [
+            "content", "style", "copy"]
+        quality = page.eval_on_selector_all("table.scores", "els => els.map(e => e.innerText)")[0]
+        assert "SSIM" in quality and "copy" in quality  # the quality table above the grid
         browser.close()

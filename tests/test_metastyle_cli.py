@@ -6,9 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.errors import BbstError
-from pipelines.metastyle import main, save_model
-from train.checkpoint import load_checkpoint
+from pipelines.metastyle import main
+from train.checkpoint import load_checkpoint, save_model_checkpoint
 from train.models import create_model, load_model_from_checkpoint
 
 
@@ -16,7 +15,7 @@ from train.models import create_model, load_model_from_checkpoint
 def setup(tmp_path):
     torch.manual_seed(0)
     meta = tmp_path / "meta.pt"
-    save_model(create_model("metastyle_tiny"), meta, "metastyle_tiny")
+    save_model_checkpoint(create_model("metastyle_tiny"), str(meta), "metastyle_tiny")
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(3):
@@ -30,7 +29,12 @@ def setup(tmp_path):
     return meta, photos, styles
 
 
-def test_adapt_stylize_interpolate(tmp_path, setup):
+def _one_line(capsys, part: str) -> None:
+    err = capsys.readouterr().err
+    assert err.startswith("bbst metastyle: error: ") and part in err and "Traceback" not in err, err
+
+
+def test_adapt_stylize_interpolate(tmp_path, setup, capsys):
     meta, photos, (s0, s1) = setup
     adapted = []
     for i, style in enumerate((s0, s1)):
@@ -53,19 +57,22 @@ def test_adapt_stylize_interpolate(tmp_path, setup):
     a, b = (load_model_from_checkpoint(p) for p in adapted)
     for pm, pa, pb in zip(mix.transformer.parameters(), a.transformer.parameters(), b.transformer.parameters()):
         assert torch.allclose(pm, 0.25 * pa + 0.75 * pb, atol=1e-6)
-    with pytest.raises(BbstError, match="save-weights"):
-        main(["interpolate", "--checkpoint", *adapted, "--content", photo, "--out", str(tmp_path / "i2.png"),
-              "--save", str(tmp_path / "bad.pt"), "--save-weights", "0.9", "0.9"])
+    assert main(["interpolate", "--checkpoint", *adapted, "--content", photo, "--out", str(tmp_path / "i2.png"),
+                 "--save", str(tmp_path / "bad.pt"), "--save-weights", "0.9", "0.9"]) == 2
+    _one_line(capsys, "--save-weights [0.9, 0.9]")
 
 
-def test_adapt_refuses_non_metastyle_and_empty_content(tmp_path, setup):
+def test_adapt_refuses_non_metastyle_and_empty_content(tmp_path, setup, capsys):
     meta, photos, (s0, _) = setup
     vst = tmp_path / "vst.pt"
-    save_model(create_model("variational_tiny"), vst, "variational_tiny")
-    with pytest.raises(BbstError, match="not a MetaStyle model"):
-        main(["adapt", "--checkpoint", str(vst), "--style", s0, "--content", str(photos), "--out", "x.pt"])
+    save_model_checkpoint(create_model("variational_tiny"), str(vst), "variational_tiny")
+    assert main(["adapt", "--checkpoint", str(vst), "--style", s0, "--content", str(photos), "--out", "x.pt"]) == 2
+    _one_line(capsys, "not a MetaStyle model")
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "bad.png").write_bytes(b"junk")
-    with pytest.raises(BbstError, match="no readable content image"):
-        main(["adapt", "--checkpoint", str(meta), "--style", s0, "--content", str(empty), "--out", "x.pt"])
+    assert main(["adapt", "--checkpoint", str(meta), "--style", s0, "--content", str(empty), "--out", "x.pt"]) == 2
+    _one_line(capsys, "no readable content image")
+    assert main(["adapt", "--checkpoint", str(tmp_path / "missing.pt"), "--style", s0, "--content", str(photos),
+                 "--out", "x.pt"]) == 2
+    _one_line(capsys, "missing.pt")

@@ -187,3 +187,48 @@ def test_the_training_entry_point_trains_rast_with_logit_accumulation(tmp_path):
 
         bad = load_config(TrainConfig, str(path), sets=["optim.contrastive_batch=5"])
         micro_batches_per_step(bad, 1)
+
+
+@pytest.mark.parametrize("name", ["balanced_gram", "gram"])
+def test_style_loss_switch_uses_the_chosen_loss_in_every_style_term(name):
+    """``style_loss`` (``model.style_loss`` of the trainer) replaces L_s in every style term, brought to the moment
+    loss's scale by ``style_loss_scale``; an unknown name is refused when the config is built."""
+    from train import losses as L
+    from train.models.neat import STYLE_WEIGHTS
+
+    torch.manual_seed(0)
+    base = create_model("test_rast", **NO_GAN)
+    torch.manual_seed(0)
+    model = create_model("test_rast", style_loss=name, **NO_GAN)
+    assert model.cfg.style_loss_scale == STYLE_WEIGHTS[name] / STYLE_WEIGHTS["mean_std"]
+    batch = _batch()
+    _, logs, _ = model.generator_step(batch)
+    _, base_logs, _ = base.generator_step(batch)
+    for k in ("content_transitive", "content_restoration", "identity_pixel"):  # content terms are unchanged
+        assert logs[k] == pytest.approx(base_logs[k], rel=1e-5)
+    for k in ("style_transitive", "style_restoration", "style_diff"):
+        assert logs[k] != pytest.approx(base_logs[k], rel=1e-3)
+
+    # the style_transitive term recomputed from its definition with the chosen loss
+    fixed = create_model("test_rast", style_loss=name, style_loss_scale=1.0, **NO_GAN)
+    fixed.load_state_dict(model.state_dict())
+    captured = {}
+    original = L.STYLE_LOSSES[name]
+
+    def spy(a, b, layers=None):
+        value = original(a, b, layers)
+        captured.setdefault("values", []).append(float(value.detach()))
+        return value
+
+    L.STYLE_LOSSES[name] = spy
+    try:
+        _, fixed_logs, _ = fixed.generator_step(batch)
+    finally:
+        L.STYLE_LOSSES[name] = original
+    assert captured["values"], "the chosen style loss was not called"
+    if name == "balanced_gram":
+        assert all(0.0 <= v <= 1.0 for v in captured["values"])  # the balanced loss lies in [0, 1]
+    assert logs["style_transitive"] == pytest.approx(model.cfg.style_loss_scale * fixed_logs["style_transitive"],
+                                                     rel=1e-4)
+    with pytest.raises(ValueError, match="style_loss 'nope'"):
+        create_model("test_rast", style_loss="nope")

@@ -9,9 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.errors import BbstError
-from pipelines.metastyle import save_model
 from pipelines.variational_styles import main
+from train.checkpoint import save_model_checkpoint
 from train.models import create_model
 
 
@@ -19,7 +18,7 @@ from train.models import create_model
 def files(tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "vst.pt"
-    save_model(create_model("variational_tiny"), ckpt, "variational_tiny")
+    save_model_checkpoint(create_model("variational_tiny"), str(ckpt), "variational_tiny")
     paths = []
     for name, size in (("c1.png", (40, 30)), ("c2.png", (24, 36)), ("s1.png", (32, 32)), ("s2.png", (20, 28))):
         arr = (torch.rand(size[1], size[0], 3) * 255).byte().numpy()
@@ -43,7 +42,12 @@ def test_sample_grid(tmp_path, files):
     assert json.loads((tmp_path / "again.png.json").read_text())["codes"] == meta["codes"]
 
 
-def test_interpolation_grid_ends_are_the_two_styles(tmp_path, files):
+def _one_line(capsys, part: str) -> None:
+    err = capsys.readouterr().err
+    assert err.startswith("bbst vst-styles: error: ") and part in err and "Traceback" not in err, err
+
+
+def test_interpolation_grid_ends_are_the_two_styles(tmp_path, files, capsys):
     ckpt, (c1, _, s1, s2) = files
     out = str(tmp_path / "interp.png")
     result = main(["interpolate", "--checkpoint", ckpt, "--content", c1, "--style", s1, s2, "--steps", "4",
@@ -52,14 +56,17 @@ def test_interpolation_grid_ends_are_the_two_styles(tmp_path, files):
     meta = json.loads(Path(out + ".json").read_text())
     codes = torch.tensor(meta["codes"])
     assert torch.allclose(codes[1] - codes[0], codes[3] - codes[2], atol=1e-5)  # evenly spaced on a line
-    with pytest.raises(BbstError, match="--steps"):
-        main(["interpolate", "--checkpoint", ckpt, "--content", c1, "--style", s1, s2, "--steps", "1",
-              "--out", out])
+    assert main(["interpolate", "--checkpoint", ckpt, "--content", c1, "--style", s1, s2, "--steps", "1",
+                 "--out", out]) == 2
+    _one_line(capsys, "--steps 1: must be >= 2")
 
 
-def test_refuses_another_model(tmp_path, files):
+def test_refuses_another_model(tmp_path, files, capsys):
     _, (c1, *_) = files
     other = tmp_path / "meta.pt"
-    save_model(create_model("metastyle_tiny"), other, "metastyle_tiny")
-    with pytest.raises(BbstError, match="not a variational model"):
-        main(["sample", "--checkpoint", str(other), "--content", c1, "--out", str(tmp_path / "x.png")])
+    save_model_checkpoint(create_model("metastyle_tiny"), str(other), "metastyle_tiny")
+    assert main(["sample", "--checkpoint", str(other), "--content", c1, "--out", str(tmp_path / "x.png")]) == 2
+    _one_line(capsys, "not a variational model")
+    assert main(["sample", "--checkpoint", files[0], "--content", str(tmp_path / "nope.jpg"),
+                 "--out", str(tmp_path / "x.png")]) == 2
+    _one_line(capsys, "nope.jpg: no such image")

@@ -13,6 +13,7 @@ import torch
 from curate.errors import BadInputError, MissingInputError
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+CHECKPOINT_FORMAT = "bbst-train-checkpoint-v1"
 
 
 def checkpoint_name(step: int) -> str:
@@ -66,6 +67,22 @@ def save_checkpoint(state: dict, directory: str, step: int, keep: int = 0) -> st
         for _, old in list_checkpoints(directory)[:-keep]:
             fs.rm(old)
     return final if "://" not in directory else fs.unstrip_protocol(final)
+
+
+def save_model_checkpoint(model: torch.nn.Module, path: str, model_name: str, extra: dict | None = None) -> None:
+    """Write a model-only checkpoint (the trainer's format without optimizer or data state) atomically.
+
+    ``model`` must have ``model_config()``; ``extra`` adds keys (e.g. an adaptation record). Loaded by
+    ``train.models.load_model_from_checkpoint`` like any trainer checkpoint.
+    """
+    from pathlib import Path
+
+    from curate.writer import atomic_write
+
+    state = {"format": CHECKPOINT_FORMAT, "model_name": model_name, "model_config": model.model_config(),
+             "model": {k: v.cpu() for k, v in model.state_dict().items()}, "step": 0, **(extra or {})}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(str(path), lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:

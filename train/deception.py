@@ -129,3 +129,37 @@ def read_artist_csv(path: str | os.PathLike) -> dict[str, str]:
         if not reader.fieldnames or not {"style", "artist"} <= set(reader.fieldnames):
             raise ValueError(f"{p}: needs 'style' and 'artist' columns, has {reader.fieldnames}")
         return {Path(r["style"]).stem: r["artist"] for r in reader}
+
+
+class DeceptionScorer:
+    """The deception rate as a column of an evaluation (a ``train.evaluation.Scorer``).
+
+    ``model`` is loaded once; each quality row gets a fresh :class:`DeceptionRate`. ``style_artist`` maps a style
+    image's file stem to its artist (:func:`read_artist_csv`); in ``nearest`` mode ``references`` are the reference
+    style images (N, 3, H, W) with ``reference_artists``.
+    """
+
+    key = "deceived"
+    header = "deception ↑"
+
+    def __init__(self, model: torch.nn.Module, style_artist: dict[str, str], mode: str = "classify",
+                 artists: list[str] | None = None, input_size: int = 224, device: str | torch.device = "cpu",
+                 references: torch.Tensor | None = None, reference_artists: list[str] | None = None):
+        self.style_artist = style_artist
+        self._make = lambda: DeceptionRate(model, mode, artists, input_size=input_size, device=device)
+        self.rate = self._make()
+        if mode == "nearest":
+            if references is None or not reference_artists:
+                raise ValueError("nearest mode needs reference style images and their artists")
+            self.rate.set_references(references, reference_artists)
+        self._refs = (self.rate.ref_feats, self.rate.ref_artists)
+
+    def begin(self, label: str) -> None:
+        self.rate = self._make()
+        self.rate.ref_feats, self.rate.ref_artists = self._refs  # reference features computed once
+
+    def add(self, result: torch.Tensor, content: str, style: str) -> float:
+        return float(self.rate.add(result, [self.style_artist[Path(style).stem]])[0])
+
+    def value(self) -> float:
+        return self.rate.result()["deception_rate"]

@@ -7,17 +7,24 @@ pairs, native size up to 1024 px plus the 512 x 512 rows, timing at 256^2, 512^2
 ``pipelines/make_protocol.py`` fills it with images the user supplies; :func:`write_tiny_protocol` generates a tiny
 one for tests.
 
-API for any model family (used by ``pipelines/evaluate_st.py`` and ``pipelines/rast_ablation.py``)::
+API for any model family (used by ``pipelines/evaluate_st.py``, ``pipelines/rast_ablation.py`` and
+``pipelines/compare_models.py``)::
 
     protocol = load_protocol("protocol.yaml")
     rows = [Row("NeAT", Stylizer("neat.pt")), Row("NeAT (no prior blurring)", Stylizer("neat.pt", blur=0.0)),
             Row("CAST", outputs="cast_outputs/")]       # precomputed <content>_stylized_<style>.png files
     result = evaluate(protocol, rows, "eval/", StyleTransferMetrics(...))
+    write_comparison(result, "eval/")                  # optional: quality, speed and extra columns in one table
 
 ``Row.stylize`` is any callable ``(content, style) -> image`` on (1, 3, H, W) tensors in [0, 1] (a
-``train.inference.Stylizer`` for registered models). :func:`evaluate` writes ``quality.md/.csv`` (Table 1 shape),
-``speed.md/.csv`` (Table 2 shape), ``per_pair.csv`` (every pair, with status ``ok`` or ``error``) and
-``grid.html`` (an image grid of the first ``grid_pairs`` pairs with every row's output).
+``train.inference.Stylizer`` for registered models, a ``train.inference.AdaptingStylizer`` for a meta-trained
+MetaStyle). ``Row.timing_fn`` replaces it in the speed table (e.g. an adapted network without its per-style cache)
+and ``Row.costs`` adds columns to it (e.g. MetaStyle's adaptation seconds per style). Per-output scores beyond the
+protocol's metrics (e.g. the deception rate, ``train.deception.DeceptionScorer``) are ``scorers``: each adds a
+column to the quality table and to ``per_pair.csv``. :func:`evaluate` writes ``quality.md/.csv`` (Table 1 shape),
+``speed.md/.csv`` (Table 2 shape), ``per_pair.csv`` (every pair, with status ``ok`` or ``error``), ``grid.html``
+(the tables and an image grid of the first ``grid_pairs`` pairs with every row's output) and ``grid.png`` (the same
+grid as one image).
 
 Size specs: ``WxH`` = scaled (aspect kept) to cover W x H and centre-cropped, ``max:N`` = long side at most N
 (aspect kept, never upscaled), ``native`` = as stored. The paper does not say how its 512 x 512 inputs were made;
@@ -30,8 +37,10 @@ import csv
 import hashlib
 import html
 import logging
+import math
 import os
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +189,78 @@ def write_tiny_protocol(directory: str | Path, n_content: int = 2, n_style: int 
     return d / "protocol.yaml"
 
 
+def protocol_from_inputs(protocol: str = "", pairs: str = "", content: str = "", style: str = "",
+                         ) -> tuple[Protocol, Path]:
+    """The protocol a command's inputs name: a protocol file, a pairs CSV (``content``, ``style`` columns; paths
+    relative to the CSV allowed) or every pair of a content and a style folder, with the default settings.
+
+    Returns the protocol and the folder its paths are relative to.
+    """
+    from curate.errors import BadInputError, MissingInputError
+    from train.inference import list_images
+
+    if protocol:
+        return load_protocol(protocol)
+    if pairs:
+        path = Path(pairs)
+        if not path.is_file():
+            raise MissingInputError(f"--pairs {path}: pairs CSV not found")
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"content", "style"} <= set(reader.fieldnames):
+                raise BadInputError(f"{path}: needs 'content' and 'style' columns, has {reader.fieldnames}")
+            rows = list(reader)
+        contents = list(dict.fromkeys(r["content"] for r in rows))
+        styles = list(dict.fromkeys(r["style"] for r in rows))
+        index = [[contents.index(r["content"]), styles.index(r["style"])] for r in rows]
+        return Protocol(name=path.stem, contents=contents, styles=styles, pairs=index), path.parent
+    if content and style:
+        contents = [str(p.resolve()) for p in list_images(content)]
+        styles = [str(p.resolve()) for p in list_images(style)]
+        return Protocol(name="folders", contents=contents, styles=styles), Path(".")
+    raise ConfigError("give --protocol FILE, --pairs CSV, or both --content and --style")
+
+
+def override_protocol(protocol: Protocol, sizes: list[str] | None = None, timing_sizes: list[str] | None = None,
+                      timing_repeats: int = 0, timing_warmup: int = -1) -> Protocol:
+    """Command-line overrides of a protocol's sizes and timing (empty / 0 / -1 = keep the protocol's), validated."""
+    if sizes:
+        protocol.sizes = list(sizes)
+    if timing_sizes:
+        protocol.timing_sizes = list(timing_sizes)
+    if timing_repeats > 0:
+        protocol.timing_repeats = timing_repeats
+    if timing_warmup >= 0:
+        protocol.timing_warmup = timing_warmup
+    protocol.__post_init__()  # re-validate the overridden sizes
+    return protocol
+
+
+def parse_named(items: list[str], flag: str) -> list[tuple[str, str]]:
+    """``NAME=PATH`` command-line items -> (name, path) pairs; anything else names the flag."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{flag} {item!r}: expected NAME=PATH")
+        name, path = item.split("=", 1)
+        out.append((name, path))
+    return out
+
+
+def build_metrics(protocol: Protocol, device: str, random_init: bool = False, vgg_weights: str = "auto",
+                  lpips_net: str = "alex", lpips_backbone: str = "auto", inception_weights: str = "auto"):
+    """The protocol's ``StyleTransferMetrics`` with weights from local files (or random backbones: smoke runs)."""
+    from train.metrics import StyleTransferMetrics
+
+    kw = {"device": device, "metrics": protocol.metrics, "style_match": protocol.style_match}
+    if random_init:
+        return StyleTransferMetrics.random_init(**kw)
+    return StyleTransferMetrics(vgg_weights, lpips_net, lpips_backbone, inception_weights, **kw)
+
+
+RANDOM_METRICS_NOTE = "Metric backbones are RANDOM (smoke run): the numbers are meaningless."
+
+
 # --------------------------------------------------------------------------------------------------------- running
 @dataclass
 class Row:
@@ -187,6 +268,24 @@ class Row:
     stylize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (content, style) -> image
     outputs: str | None = None  # or: folder of precomputed <content stem>_stylized_<style stem>.png
     timed: bool = True  # include in the speed table (only rows with ``stylize``)
+    timing_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # timed instead of ``stylize``
+    costs: Callable[[], dict[str, float | None]] | None = None  # speed-table columns read after the row ran
+
+
+class Scorer(typing.Protocol):
+    """A per-output score beyond the protocol's metrics (e.g. the deception rate): one quality-table column."""
+
+    key: str  # per_pair.csv column
+    header: str  # quality-table header
+
+    def begin(self, label: str) -> None:
+        """Start a new quality row (a model at one size)."""
+
+    def add(self, result: torch.Tensor, content: str, style: str) -> float:
+        """Score one output of ``content`` x ``style`` (their protocol paths); the per-pair value."""
+
+    def value(self) -> float:
+        """The row's figure."""
 
 
 def _slug(text: str) -> str:
@@ -208,35 +307,65 @@ def write_table(out: Path, stem: str, header: list[str], rows: list[list[str]], 
         w.writerows(rows)
 
 
-def _thumb(img: torch.Tensor, path: Path, side: int = 256) -> None:
-    save_image(resize_max_side(img, side), path)
+def _thumb(img: torch.Tensor, path: Path, side: int = 256) -> torch.Tensor:
+    small = resize_max_side(img, side)
+    save_image(small, path)
+    return small
 
 
-def _write_grid(out: Path, title: str, labels: list[str], cells: list[dict]) -> None:
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class=scores><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _write_grid(out: Path, title: str, labels: list[str], cells: list[dict],
+                tables: list[tuple[str, list[str], list[list[str]]]] = ()) -> None:
     head = "".join(f"<th>{html.escape(x)}</th>" for x in ["content", "style", *labels])
     body = []
     for cell in cells:
         tds = []
         for key in ["content", "style", *labels]:
             src = cell.get(key)
-            tds.append(f'<td><img src="{html.escape(src)}" loading="lazy" alt="{html.escape(key)}"></td>' if src
-                       else "<td class=err>error</td>")
+            tds.append(f'<td><a href="{html.escape(src)}"><img src="{html.escape(src)}" loading="lazy" '
+                       f'alt="{html.escape(key)}"></a></td>' if src else "<td class=err>error</td>")
         body.append(f"<tr title=\"{html.escape(cell['pair'])}\">{''.join(tds)}</tr>")
+    sections = "".join(f"<h2>{html.escape(name)}</h2>{_html_table(header, rows)}" for name, header, rows in tables)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif}} table{{border-collapse:collapse}} td,th{{padding:2px;text-align:center}}
-img{{max-width:192px;max-height:192px}} .err{{color:#b00}}</style></head><body>
-<h1>{html.escape(title)}</h1><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
+.scores td,.scores th{{border:1px solid #ccc;padding:4px}} img{{max-width:192px;max-height:192px}}
+.err{{color:#b00}}</style></head><body>
+<h1>{html.escape(title)}</h1>{sections}<h2>Outputs</h2>
+<table class=grid><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
 </body></html>"""
     (out / "grid.html").write_text(page)
 
 
-def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base_dir: str | Path = ".",
-             timing: bool = True, note: str = "") -> dict:
-    """Run every row on every protocol pair at every protocol size; write the tables, per-pair CSV and grid.
+def _write_grid_png(out: Path, labels: list[str], cells: list[dict], images: dict[str, torch.Tensor],
+                    cell_px: int) -> None:
+    """``grid.png``: one row per pair (content, style, every row's output; empty where a pair failed)."""
+    from train.image_grid import save_grid
 
-    ``metrics`` is a ``train.metrics.StyleTransferMetrics``. A pair whose image cannot be read becomes a row with
-    status ``error`` in ``per_pair.csv`` and is left out of the means (the count of pairs is in the table).
-    Returns ``{"quality": rows, "speed": rows, "per_pair": records}``.
+    rows = [[images.get(cell.get(key, "")) for key in ["content", "style", *labels]] for cell in cells
+            if "content" in cell]
+    if rows:
+        save_grid(rows, out / "grid.png", cell=cell_px)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base_dir: str | Path = ".",
+             timing: bool = True, note: str = "", scorers: typing.Sequence[Scorer] = (),
+             grid_cell: int = 192) -> dict:
+    """Run every row on every protocol pair at every protocol size; write the tables, per-pair CSV and grids.
+
+    ``metrics`` is a ``train.metrics.StyleTransferMetrics``; each of ``scorers`` adds a quality column. A pair whose
+    image cannot be read becomes a row with status ``error`` in ``per_pair.csv`` and is left out of the means (the
+    count of pairs is in the table). Returns ``{"quality": rows, "speed": rows, "per_pair": records,
+    "table": [{"model", "size", "pairs", <metric>..., <scorer key>...}], "timing": [{"model", <size>...,
+    <cost header>...}], "headers": {...}, "notes": [...]}`` (the last three feed :func:`write_comparison`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,6 +376,7 @@ def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base
     grid_keys = set(pairs[:protocol.grid_pairs])
     grid: dict[tuple[int, int], dict] = {p: {"pair": f"{content_paths[p[0]]} x {style_paths[p[1]]}"}
                                          for p in pairs[:protocol.grid_pairs]}
+    thumbs: dict[str, torch.Tensor] = {}  # grid image path -> thumbnail, for grid.png
     # Decoded images are cached at the size they are used at, not as stored: 65 full-resolution photos as float
     # tensors would take gigabytes. Contents per (path, size); styles at most STYLE_CACHE_SIDE (the metrics use them
     # at the output's size, the models at style_size).
@@ -269,12 +399,15 @@ def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base
     names = [m for m in METRIC_NAMES if m in protocol.metrics]
     per_pair: list[dict] = []
     quality_rows: list[list[str]] = []
+    table: list[dict] = []
     for size_i, size in enumerate(protocol.sizes):
         for row in rows:
             if row.outputs is not None and size_i > 0:
                 continue  # precomputed outputs exist at one size only
             label = row.label if size_i == 0 else f"{row.label} ({size})"
             scores: dict[str, list[float]] = {m: [] for m in names}
+            for scorer in scorers:
+                scorer.begin(label)
             for ci, si in pairs:
                 cpath, spath = content_paths[ci], style_paths[si]
                 rec = {"model": row.label, "size": size, "content": cpath, "style": spath, "status": "ok",
@@ -297,53 +430,101 @@ def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base
                 for k in names:
                     scores[k].append(m[k][0])
                     rec[k] = m[k][0]
+                for scorer in scorers:
+                    rec[scorer.key] = scorer.add(result, cpath, spath)
                 per_pair.append(rec)
                 if size_i == 0 and (ci, si) in grid_keys:
                     cell = grid[(ci, si)]
                     if "content" not in cell:
                         cell["content"], cell["style"] = f"images/content/{ci}.png", f"images/style/{si}.png"
-                        _thumb(content, out / cell["content"])
-                        _thumb(style_full, out / cell["style"])
+                        thumbs[cell["content"]] = _thumb(content, out / cell["content"])
+                        thumbs[cell["style"]] = _thumb(style_full, out / cell["style"])
                     rel = f"images/{_slug(row.label)}/{ci}_{si}.png"
-                    _thumb(result, out / rel)
+                    thumbs[rel] = _thumb(result, out / rel)
                     cell[row.label] = rel
             n = len(scores[names[0]]) if names else 0
             means = {k: float(np.mean(v)) * SCALE.get(k, 1.0) if v else float("nan") for k, v in scores.items()}
-            quality_rows.append([label, str(n)] + [f"{means[k]:.3f}" for k in names])
+            extra = {sc.key: sc.value() for sc in scorers}
+            table.append({"model": row.label, "size": size, "pairs": n, **means, **extra})
+            quality_rows.append([label, str(n)] + [f"{means[k]:.3f}" for k in names] + [_fmt(v) for v in extra.values()])
 
     speed_rows: list[list[str]] = []
+    timing_rows: list[dict] = []
     timing_specs = [parse_size(s) for s in protocol.timing_sizes]
+    cost_headers: list[str] = list(dict.fromkeys(h for row in rows if row.costs for h in row.costs()))
     device_name = "CPU"
-    if timing:
-        g = torch.Generator().manual_seed(0)
-        side = protocol.style_size or 512
-        style = torch.rand(1, 3, side, side, generator=g)
-        for row in rows:
-            if row.stylize is None or not row.timed:
-                continue
-            times = []
-            for (_, w, h), spec in zip(timing_specs, protocol.timing_sizes):
+    g = torch.Generator().manual_seed(0)
+    side = protocol.style_size or 512
+    style = torch.rand(1, 3, side, side, generator=g)
+    for row in rows:
+        if row.stylize is None or not (row.timed or row.costs):
+            continue
+        entry: dict = {"model": row.label}
+        fn = row.timing_fn or row.stylize
+        for (_, w, h), spec in zip(timing_specs, protocol.timing_sizes):
+            if timing and row.timed:
                 content = torch.rand(1, 3, h, w, generator=g)
-                times.append(seconds_per_image(row.stylize, content, style, repeats=protocol.timing_repeats,
-                                               warmup=protocol.timing_warmup))
-                log.info("%s: %s %.4f s/image", row.label, spec, times[-1])
-            speed_rows.append([row.label] + [f"{t:.3f}" for t in times])
-            device = getattr(row.stylize, "device", None)
-            if device is not None and torch.device(device).type == "cuda":
-                device_name = torch.cuda.get_device_name(torch.device(device))
+                entry[spec] = seconds_per_image(fn, content, style, repeats=protocol.timing_repeats,
+                                                warmup=protocol.timing_warmup)
+                log.info("%s: %s %.4f s/image", row.label, spec, entry[spec])
+            else:
+                entry[spec] = None
+        costs = row.costs() if row.costs else {}
+        entry.update({h: costs.get(h) for h in cost_headers})
+        if not (timing and row.timed) and not costs:
+            continue
+        timing_rows.append(entry)
+        speed_rows.append([row.label] + [_fmt(entry[s]) for s in protocol.timing_sizes]
+                          + [_fmt(entry[h]) for h in cost_headers])
+        device = getattr(row.stylize, "device", None)
+        if device is not None and torch.device(device).type == "cuda":
+            device_name = torch.cuda.get_device_name(torch.device(device))
 
     sizes_note = (f"Protocol {protocol.name!r}: {len(pairs)} pairs; main rows at {protocol.sizes[0]}"
                   + (", rows marked with another size at that size" if len(protocol.sizes) > 1 else "")
                   + f"; style compared {'cropped' if protocol.style_match == 'crop' else 'padded'}, never stretched.")
-    write_table(out, "quality", ["Model", "pairs"] + [HEADERS[k] for k in names], quality_rows,
-                "\n\n".join(x for x in (note, sizes_note) if x))
-    write_table(out, "speed", ["Model"] + [f"{s} ↓" for s in protocol.timing_sizes], speed_rows,
-                f"Seconds per image on {device_name}: median of {protocol.timing_repeats} timed calls after "
-                f"{protocol.timing_warmup} warm-up calls, CUDA synchronised; style {protocol.style_size} px.")
+    speed_note = (f"Seconds per image on {device_name}: median of {protocol.timing_repeats} timed calls after "
+                  f"{protocol.timing_warmup} warm-up calls, CUDA synchronised; style {protocol.style_size} px."
+                  if timing else "Not timed (timing switched off).")
+    quality_header = ["Model", "pairs"] + [HEADERS[k] for k in names] + [sc.header for sc in scorers]
+    speed_header = ["Model"] + [f"{s} ↓" for s in protocol.timing_sizes] + cost_headers
+    quality_note = "\n\n".join(x for x in (note, sizes_note) if x)
+    write_table(out, "quality", quality_header, quality_rows, quality_note)
+    write_table(out, "speed", speed_header, speed_rows, speed_note)
     with open(out / "per_pair.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["model", "size", "content", "style", "status", "error", *names])
+        w = csv.DictWriter(f, fieldnames=["model", "size", "content", "style", "status", "error", *names,
+                                          *[sc.key for sc in scorers]])
         w.writeheader()
         w.writerows(per_pair)
-    _write_grid(out, f"{protocol.name}: {len(rows)} rows", [r.label for r in rows], list(grid.values()))
+    labels = [r.label for r in rows]
+    cells = list(grid.values())
+    _write_grid(out, f"{protocol.name}: {len(rows)} rows", labels, cells,
+                [("Quality", quality_header, quality_rows), ("Speed", speed_header, speed_rows)])
+    _write_grid_png(out, labels, cells, thumbs, grid_cell)
     log.info("wrote %s", out)
-    return {"quality": quality_rows, "speed": speed_rows, "per_pair": per_pair}
+    headers = {**{k: HEADERS[k] for k in names}, **{sc.key: sc.header for sc in scorers},
+               **{s: f"{s} (s/image) ↓" for s in protocol.timing_sizes}, **{h: h for h in cost_headers}}
+    return {"quality": quality_rows, "speed": speed_rows, "per_pair": per_pair, "table": table,
+            "timing": timing_rows, "headers": headers, "notes": [quality_note, speed_note]}
+
+
+def write_comparison(result: dict, out: str | Path, stem: str = "comparison") -> list[list[str]]:
+    """One table from :func:`evaluate`'s result: each quality row with its model's speed and cost columns.
+
+    Writes ``stem.md`` (with both notes) and ``stem.csv``; returns the rows.
+    """
+    heads = result["headers"]
+    quality_keys = [k for k in heads if any(k in e for e in result["table"]) and k not in ("model", "size", "pairs")]
+    timing_keys = [k for k in heads if k not in quality_keys]
+    speed = {e["model"]: e for e in result["timing"]}
+    sizes = list(dict.fromkeys(e["size"] for e in result["table"]))
+    rows = []
+    for e in result["table"]:
+        main_size = e["size"] == sizes[0]
+        label = e["model"] if main_size else f"{e['model']} ({e['size']})"
+        t = speed.get(e["model"], {}) if main_size else {}  # speed and costs once per model, on its main row
+        rows.append([label, str(e["pairs"])] + [_fmt(e.get(k)) for k in quality_keys]
+                    + [_fmt(t.get(k)) for k in timing_keys])
+    header = ["Model", "pairs"] + [heads[k] for k in quality_keys] + [heads[k] for k in timing_keys]
+    write_table(Path(out), stem, header, rows, "\n\n".join(n for n in result["notes"] if n))
+    return rows

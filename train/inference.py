@@ -4,11 +4,13 @@
 ``train.models.load_model_from_checkpoint``) and is a callable ``(content, style) -> image`` on (1, 3, H, W)
 tensors in [0, 1], shaped as a Ray Data batch-inference stage. The user controls (``alpha``, ``blur``,
 ``prior_weight``, ``steps``) are passed to ``model.stylize`` only when set, and a control the model does not have
-is a clear error when the Stylizer is built.
+is a clear error when the Stylizer is built. ``AdaptingStylizer`` does the same for a meta-trained MetaStyle
+model, adapting it to each new style first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
 from pathlib import Path
@@ -22,6 +24,7 @@ from curate.errors import BadInputError, BbstError, MissingInputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 CONTROLS = ("alpha", "blur", "prior_weight", "steps")
+ADAPTATION_HEADER = "adaptation (s/style) ↓"  # AdaptingStylizer's speed-table column
 
 
 class ControlError(BbstError, ValueError):
@@ -157,3 +160,63 @@ class Stylizer:
         content = resize_max_side(content, self.max_side).to(self.device)
         style = resize_max_side(style, self.style_size).to(self.device)
         return self.model.stylize(content, style, **self.controls())
+
+
+class AdaptingStylizer:
+    """A meta-trained MetaStyle model as a ``(content, style) -> image`` callable, like :class:`Stylizer`.
+
+    The first time a style is seen (recognised by a hash of its pixels) a copy of the model is adapted to it by
+    ``steps`` Adam updates on random ``crop`` x ``crop`` crops of ``contents`` (``MetaStyle.adapt``); later calls with
+    that style run the adapted feed-forward network. ``adapt_seconds`` holds each adaptation's wall time;
+    :meth:`feed_forward` is the adapted network alone (what a speed table times).
+    """
+
+    def __init__(self, source: str | torch.nn.Module, contents: list[torch.Tensor], device: str = "auto",
+                 steps: int | None = None, crop: int = 256, batch: int = 4, max_side: int = 3840,
+                 style_size: int = 512, seed: int = 0):
+        from train.models.metastyle import MetaStyle, fit_for_crops
+
+        base = Stylizer(source, device, max_side=max_side, style_size=style_size)
+        if not isinstance(base.model, MetaStyle):
+            raise BadInputError(f"{source}: holds a {type(base.model).__name__}, not a MetaStyle model")
+        if not contents:
+            raise MissingInputError("MetaStyle adaptation needs at least one readable content image")
+        self.model, self.device = base.model, base.device
+        self.max_side, self.style_size = max_side, style_size
+        self.steps, self.crop, self.batch, self.seed = steps, crop, batch, seed
+        self.contents = [fit_for_crops(img, crop).to(self.device) for img in contents]
+        self.adapted: dict[str, torch.nn.Module] = {}
+        self.adapt_seconds: list[float] = []
+        self._last: torch.nn.Module | None = None
+
+    def adapt(self, style: torch.Tensor, name: str = "") -> torch.nn.Module:
+        """The network adapted to ``style`` (adapting it now if this style is new)."""
+        from train.models.metastyle import random_crops
+
+        style = resize_max_side(style, self.style_size)
+        key = hashlib.sha1(style.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+        if key not in self.adapted:
+            gen = torch.Generator().manual_seed(self.seed)  # every style sees the same crops
+            model, info = self.model.adapt(style.to(self.device),
+                                           lambda step: random_crops(self.contents, self.crop, self.batch, gen),
+                                           steps=self.steps, style_name=name or key)
+            self.adapted[key] = model
+            self.adapt_seconds.append(info["seconds"])
+        self._last = self.adapted[key]
+        return self._last
+
+    def __call__(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        model = self.adapt(style)
+        with torch.inference_mode():
+            return model.stylize(resize_max_side(content, self.max_side).to(self.device))
+
+    def feed_forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """The last adapted network on ``content`` (adapting to ``style`` first when none is): no hashing."""
+        model = self._last if self._last is not None else self.adapt(style)
+        with torch.inference_mode():
+            return model.stylize(content.to(self.device))
+
+    def costs(self) -> dict[str, float | None]:
+        """The speed-table column: mean adaptation seconds per style."""
+        mean = sum(self.adapt_seconds) / len(self.adapt_seconds) if self.adapt_seconds else None
+        return {ADAPTATION_HEADER: mean}

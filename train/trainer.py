@@ -21,14 +21,20 @@ import torch
 from curate.config import ConfigError, to_dict
 from curate.errors import BbstError
 from train import distributed as D
-from train.checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from train.config import TrainConfig
 from train.contrastive import accumulated_contrastive_grads
 from train.data import ShardPairLoader
 from train.models import create_model
 
 log = logging.getLogger("bbst.train")
-CHECKPOINT_FORMAT = "bbst-train-checkpoint-v1"
 IMAGE_ORDER = ("content", "style", "prior", "output")
 
 

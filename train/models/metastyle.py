@@ -281,6 +281,35 @@ def interpolate_models(models: list[MetaStyle], weights: list[float]) -> MetaSty
     return out.eval()
 
 
+# ---------------------------------------------------------------------------------------- adaptation content
+def fit_for_crops(img: torch.Tensor, crop: int, max_side: int | None = None) -> torch.Tensor:
+    """An adaptation content image: long side at most ``max_side`` (default ``max(2 * crop, 512)``), then upscaled
+    if needed so its short side is at least ``crop`` (every image can give a full ``crop`` x ``crop`` crop)."""
+    max_side = max(2 * crop, 512) if max_side is None else max_side
+    h, w = img.shape[-2:]
+    if max(h, w) > max_side:
+        s = max_side / max(h, w)
+        img = F.interpolate(img, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", antialias=True)
+        h, w = img.shape[-2:]
+    if min(h, w) < crop:
+        s = crop / min(h, w)
+        img = F.interpolate(img, size=(max(crop, round(h * s)), max(crop, round(w * s))), mode="bilinear")
+    return img
+
+
+def random_crops(images: list[torch.Tensor], crop: int, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """``batch`` random ``crop`` x ``crop`` crops of randomly chosen images (each at least ``crop`` on its short side,
+    see :func:`fit_for_crops`), drawn with ``gen`` so an adaptation is reproducible."""
+    out = []
+    for _ in range(batch):
+        img = images[int(torch.randint(len(images), (1,), generator=gen))]
+        h, w = img.shape[-2:]
+        y = int(torch.randint(h - crop + 1, (1,), generator=gen))
+        x = int(torch.randint(w - crop + 1, (1,), generator=gen))
+        out.append(img[..., y:y + crop, x:x + crop])
+    return torch.cat(out)
+
+
 # --------------------------------------------------------------------------------------------------------- registry
 _TINY = {"width": 1 / 8, "res_blocks": 1, "loss_vgg_weights": None, "vgg_width": 1 / 16, "adapt_steps": 20}
 

@@ -24,7 +24,7 @@ from train import losses as L
 from train.contrastive import ContrastiveTerm, surrogate
 from train.models import register_model
 from train.models.layers import ATTENTION_MODES, attention, cap_tokens, mean_std, mean_variance_norm
-from train.models.neat import ContrastHead, DeltaDecoder, MultiScaleDiscriminator, _pad_to_multiple
+from train.models.neat import STYLE_WEIGHTS, ContrastHead, DeltaDecoder, MultiScaleDiscriminator, _pad_to_multiple
 from train.models.vgg import STYLE_LAYERS, VGG19Encoder, feature_channels
 
 TRANSFORMS = ("sanet", "adain")
@@ -68,6 +68,8 @@ class RASTConfig:
     # --- loss details
     content_layers: tuple[str, ...] = ("relu4_1", "relu5_1")  # taps of L_c (SANet / RAST)
     style_layers: tuple[str, ...] = STYLE_LAYERS  # taps of L_s and of the feature identity loss
+    style_loss: str = "mean_std"  # L_s: "mean_std" (RAST), "gram" or "balanced_gram" (Cheng et al. 2021, in [0, 1])
+    style_loss_scale: float | None = None  # L_s multiplier; None = STYLE_WEIGHTS[style_loss] / STYLE_WEIGHTS["mean_std"]
     style_diff_eps: float = 1e-5  # keeps the inverse style difference finite
     adv_type: str = "lsgan"  # RAST / IEContraAST use least squares; "nsgan" and "hinge" also available
     contrast_tau: float = 0.2  # IEContraAST temperature
@@ -90,6 +92,11 @@ class RASTConfig:
         self.lowres_sizes = tuple(int(s) for s in self.lowres_sizes)
         self.content_layers = tuple(self.content_layers)
         self.style_layers = tuple(self.style_layers)
+        L.style_loss_fn(self.style_loss)  # raises on an unknown name
+        if self.style_loss_scale is None:
+            # RAST's weights are tuned for the moment loss; another style loss is brought to its scale once, so the
+            # inverse style difference and the style terms keep their balance against the content terms
+            self.style_loss_scale = STYLE_WEIGHTS[self.style_loss] / STYLE_WEIGHTS["mean_std"]
 
     def loss_weights(self) -> dict[str, float]:
         """Term name -> weight, the names ``RAST.generator_step`` logs."""
@@ -293,8 +300,10 @@ class RAST(nn.Module):
         def lc(a: dict, b: dict) -> torch.Tensor:
             return L.content_normalized(a, b, cfg.content_layers)
 
+        style_fn, style_scale = L.style_loss_fn(cfg.style_loss), cfg.style_loss_scale
+
         def ls(a: dict, b: dict) -> torch.Tensor:
-            return L.style_mean_std(a, b, cfg.style_layers)
+            return style_scale * style_fn(a, b, cfg.style_layers)
 
         terms: dict[str, torch.Tensor] = {}
         if cfg.w_content:
