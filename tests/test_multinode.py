@@ -28,13 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_multinode_job_writes_a_complete_output_to_s3(s3_endpoint, tmp_path):  # noqa: F811
+def test_multinode_job_writes_a_complete_output_to_s3(s3_endpoint, tmp_path):
     pytest.importorskip("aiohttp_cors")  # ray[default]: the dashboard and its job API
     import fsspec
 
     opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}}
     fs = fsspec.filesystem("s3", skip_instance_cache=True, **opts)
-    fs.mkdir(BUCKET) if not fs.exists(BUCKET) else None
+    if not fs.exists(BUCKET):  # the moto server is shared by the session's S3 tests
+        fs.mkdir(BUCKET)
     ray_cli = Path(sys.executable).parent / "ray"
     ray_cli = str(ray_cli) if ray_cli.exists() else shutil.which("ray")
     root = f"{BUCKET}/multinode/out"

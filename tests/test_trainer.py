@@ -123,10 +123,13 @@ def test_checkpoint_sigkill_resume_matches_an_uninterrupted_run(tmp_path, shard_
     assert latest_checkpoint(str(tmp_path / "killed" / "checkpoints")).endswith("ckpt-00000006.pt")
 
 
-def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, shard_root):
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, shard_root, capsys):
     cfg = _config(tmp_path, shard_root, "empty")
     with pytest.raises(ResumeError, match="no checkpoint in"):
-        main(["--config", str(cfg), "--resume"])
+        main(["--config", str(cfg), "--resume", "--debug"])
+    assert main(["--config", str(cfg), "--resume"]) == 2  # without --debug: one line, exit code 2
+    err = capsys.readouterr().err
+    assert err.startswith("bbst train: error: ") and "no checkpoint in" in err and "Traceback" not in err
 
 
 def test_unknown_config_key_is_an_error(tmp_path, shard_root):
