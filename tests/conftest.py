@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the loopback fault-injection HTTP server and moto's S3 server."""
+"""Shared pytest fixtures: the loopback fault-injection HTTP server, moto's S3 server, one torch thread."""
 
 from __future__ import annotations
 
@@ -39,3 +39,14 @@ def s3_endpoint():
     yield endpoint
     mp.undo()
     server.stop()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny-model tests run on one torch thread: faster on 2 cores than two threads fighting over small ops."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -17,12 +17,7 @@ TINY_NO_GAN = {"test_neat": {"w_adv": 0.0, "w_patch_simple": 0.0, "w_patch_compl
                "test_rast": {"w_adv": 0.0}}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _micro(n: int, b: int = 2, size: int = 32, seed: int = 0) -> list[dict]:

@@ -17,13 +17,7 @@ from train.losses import gram_matrix
 from train.metrics import StyleTransferMetrics, chamfer_colour_distance, match_style, ssim
 from train.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_protocol_round_trips(tmp_path):

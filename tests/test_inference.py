@@ -12,13 +12,7 @@ from curate.synthetic import artwork_like, photo_like
 from train.inference import ControlError, Stylizer, load_image, resize_cover_crop, resize_fit_pad
 from train.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ckpt(path, name):

@@ -13,12 +13,7 @@ from train.models import create_model, load_model_from_checkpoint
 NO_GAN = {"w_adv": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(b: int = 2, size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:

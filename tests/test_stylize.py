@@ -14,13 +14,7 @@ from pipelines.stylize import main
 from train.checkpoint import load_checkpoint
 from train.models import create_model, load_model_from_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

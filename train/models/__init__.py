@@ -18,8 +18,10 @@ for CPU tests. The model object then needs:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +42,16 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         raise ValueError(f"model {name!r} is already registered by {_REGISTRY[name].__module__}")
     _REGISTRY[name] = fn
     return fn
+
+
+def build_from_config(model_cls: Callable[[Any], nn.Module], config_cls: type, label: str, defaults: dict,
+                      overrides: dict) -> nn.Module:
+    """``model_cls(config_cls(**defaults, **overrides))``; an override that is not a config field raises, naming all."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise TypeError(f"unknown {label} config keys {sorted(unknown)}; valid: {sorted(known)}")
+    return model_cls(config_cls(**{**defaults, **overrides}))
 
 
 def _load_model_modules() -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call
 
 from train import losses as L
-from train.models import register_model
+from train.models import build_from_config, register_model
 from train.models.vgg import VGG16_STYLE_LAYERS, build_vgg
 
 STYLE_WEIGHTS = {"gram": 1e4, "balanced_gram": 10.0, "mean_std": 3.0}
@@ -315,11 +315,7 @@ _TINY = {"width": 1 / 8, "res_blocks": 1, "loss_vgg_weights": None, "vgg_width":
 
 
 def _build(defaults: dict, overrides: dict) -> MetaStyle:
-    known = {f.name for f in dataclasses.fields(MetaStyleConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise TypeError(f"unknown MetaStyle config keys {sorted(unknown)}; valid: {sorted(known)}")
-    return MetaStyle(MetaStyleConfig(**{**defaults, **overrides}))
+    return build_from_config(MetaStyle, MetaStyleConfig, "MetaStyle", defaults, overrides)
 
 
 @register_model

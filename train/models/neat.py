@@ -12,7 +12,7 @@ from torchvision.ops import roi_align
 
 from train import losses as L
 from train.contrastive import ContrastiveTerm, surrogate
-from train.models import register_model
+from train.models import build_from_config, register_model
 from train.models.layers import (
     ATTENTION_MODES,
     PAMABlock,
@@ -609,11 +609,7 @@ _TINY = {"vgg_weights": None, "vgg_width": 1 / 16, "decoder_width": 1 / 16, "num
 
 
 def _build(defaults: dict, overrides: dict) -> NeAT:
-    known = {f.name for f in dataclasses.fields(NeATConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise TypeError(f"unknown NeAT config keys {sorted(unknown)}; valid: {sorted(known)}")
-    return NeAT(NeATConfig(**{**defaults, **overrides}))
+    return build_from_config(NeAT, NeATConfig, "NeAT", defaults, overrides)
 
 
 @register_model

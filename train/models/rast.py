@@ -22,7 +22,7 @@ from torch import nn
 
 from train import losses as L
 from train.contrastive import ContrastiveTerm, surrogate
-from train.models import register_model
+from train.models import build_from_config, register_model
 from train.models.layers import ATTENTION_MODES, attention, cap_tokens, mean_std, mean_variance_norm
 from train.models.neat import STYLE_WEIGHTS, ContrastHead, DeltaDecoder, MultiScaleDiscriminator, _pad_to_multiple
 from train.models.vgg import STYLE_LAYERS, VGG19Encoder, feature_channels
@@ -396,11 +396,7 @@ _ADAIN = {"transform": "adain", "content_layers": ("relu4_1",), "style_layers": 
 
 
 def _build(defaults: dict, overrides: dict) -> RAST:
-    known = {f.name for f in dataclasses.fields(RASTConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise TypeError(f"unknown RAST config keys {sorted(unknown)}; valid: {sorted(known)}")
-    return RAST(RASTConfig(**{**defaults, **overrides}))
+    return build_from_config(RAST, RASTConfig, "RAST", defaults, overrides)
 
 
 @register_model

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train import losses as L
-from train.models import register_model
+from train.models import build_from_config, register_model
 from train.models.vgg import build_vgg
 
 # Default style weight per style loss (MSE of C*H*W-normalised Grams is small; the balanced loss lies in [0, 1]).
@@ -280,11 +280,7 @@ _TINY = {"base_channels": 4, "num_down": 2, "bottleneck_blocks": 1, "style_dim":
 
 
 def _build(defaults: dict, overrides: dict) -> VariationalStyleTransfer:
-    known = {f.name for f in dataclasses.fields(VariationalConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise TypeError(f"unknown variational config keys {sorted(unknown)}; valid: {sorted(known)}")
-    return VariationalStyleTransfer(VariationalConfig(**{**defaults, **overrides}))
+    return build_from_config(VariationalStyleTransfer, VariationalConfig, "variational", defaults, overrides)
 
 
 @register_model
