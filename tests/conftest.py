@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
 from http_faults import FaultServer
+
+# Every Ray the tests start (the shared local one, the private multi-node cluster, `ray job submit` clients) is
+# on loopback and lives for one session. Ray >= 2.5x turns on token authentication by default for a new local
+# cluster and keeps the token in ~/.ray/auth_token, shared by every cluster of the user; clusters started in one
+# session then disagree about it. One explicit mode for all of them, inherited by every subprocess, avoids that.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.fixture(scope="session")
