@@ -57,3 +57,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The private multi-node cluster runs before the shared test Ray starts.
+
+    Two live Ray clusters on one host can cross wires in runtime-env set-up (a worker of one asks its GCS for the
+    other's working-dir package); run first, the private cluster is up and torn down while it is the only one.
+    """
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_multinode.py") else 1)

@@ -39,3 +39,23 @@ def ray_local():
             DASHBOARD["why_not"] = "ray[default] (the dashboard and its job API) is not installed"
     yield ray.get_runtime_context().gcs_address
     # no shutdown here: another module may hold the same session-scoped Ray; Ray shuts down at exit
+
+
+def job_working_dir(dest) -> str:
+    """A copy of the project's sources for ``ray job submit --working-dir``, unique to this test run.
+
+    Ray stores an uploaded working dir in the cluster under the hash of its contents and skips the upload when a
+    package of that hash is known; on a machine that has already run these tests, a cluster can then hand its
+    nodes a package reference it never received. A marker file with a fresh id gives every run its own hash.
+    """
+    import shutil
+    import uuid
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    root = Path(dest) / "job-src"
+    for name in ("curate", "classifier", "train", "pipelines"):
+        shutil.copytree(repo / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy2(repo / "pyproject.toml", root / "pyproject.toml")
+    (root / ".bbst-test-run").write_text(uuid.uuid4().hex)
+    return str(root)

@@ -18,12 +18,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from ray_cluster import private_cluster
+from ray_local import job_working_dir
 from test_s3 import BUCKET
 
 from curate import outputs, schema
 from curate.demo import demo_corpus
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.ray
@@ -42,7 +41,7 @@ def test_multinode_job_writes_a_complete_output_to_s3(s3_endpoint, tmp_path):
     with demo_corpus(tmp_path, n_images=12, min_side=64, seed=9) as urls, private_cluster(workers=2) as cluster:
         n_rows = pq.read_table(urls).num_rows
         fs.put(str(urls), f"{BUCKET}/multinode/urls.parquet")
-        cmd = [ray_cli, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(REPO), "--",
+        cmd = [ray_cli, "job", "submit", "--address", cluster["dashboard"], "--working-dir", job_working_dir(tmp_path), "--",
                sys.executable, "pipelines/build_bbst.py", "--urls", f"s3://{BUCKET}/multinode/urls.parquet",
                "--out", f"s3://{root}", "--min-side", "64", "--allow-private-network",
                "--set", f"storage_options={json.dumps(opts)}", "--set", "reader.rows_per_partition=8",

@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ray_local import DASHBOARD, ray_local  # noqa: F401 - fixture
-
-REPO = Path(__file__).resolve().parents[1]
+from ray_local import DASHBOARD, job_working_dir, ray_local  # noqa: F401 - fixture
 
 
 @pytest.mark.ray
@@ -25,7 +23,7 @@ def test_ray_job_submit_runs_the_build_unchanged(ray_local, tmp_path):  # noqa: 
     out = tmp_path / "out"
     # the job's driver runs in a copy of the working dir that Ray uploads (honouring .gitignore) and
     # attaches to this cluster through RAY_ADDRESS; the script is not told it runs as a job
-    cmd = [str(ray_cli), "job", "submit", "--address", DASHBOARD["url"], "--working-dir", str(REPO), "--",
+    cmd = [str(ray_cli), "job", "submit", "--address", DASHBOARD["url"], "--working-dir", job_working_dir(tmp_path), "--",
            sys.executable, "pipelines/build_bbst.py", "--out", str(out), "--demo-images", "6", "--min-side", "96",
            "--set", "progress_interval_s=0", "--set", "report=false"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=480, cwd=tmp_path)
