@@ -36,23 +36,42 @@ def _tmp_name(path: str) -> str:
 
 
 class _HashingWriter:
-    """File wrapper that hashes and counts what passes through (one pass: no re-read to checksum the shard)."""
+    """File wrapper that hashes and counts what passes through (one pass: no re-read to checksum the shard).
+
+    MD5 (the slower hash) runs on a helper thread, one write behind, while SHA-256 and the file write run in the
+    caller: hashlib and file writes release the GIL for large buffers, so a shard's three passes over its bytes
+    overlap. Call :meth:`close` (or read :attr:`md5` after it) before using the digests.
+    """
 
     def __init__(self, f):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.f = f
         self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5()
         self.size = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bbst-md5")
+        self._pending = None
 
     def write(self, data) -> int:
+        data = bytes(data) if not isinstance(data, bytes) else data  # the helper thread needs immutable bytes
+        if self._pending is not None:
+            self._pending.result()  # in order, and at most one buffer held by the helper
+        self._pending = self._pool.submit(self.md5.update, data)
         self.f.write(data)
         self.sha256.update(data)
-        self.md5.update(data)
         self.size += len(data)
         return len(data)
 
     def flush(self) -> None:
         self.f.flush()
+
+    def close(self) -> None:
+        """Wait for the helper thread (the digests are complete afterwards); the file itself stays open."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+        self._pool.shutdown()
 
 
 def atomic_write(url: str, write_fn, fs=None) -> Any:
@@ -146,18 +165,29 @@ def write_shard(url: str, samples: Iterable[Mapping[str, Any] | tuple], fs=None)
 
     def write(f) -> _HashingWriter:
         # the member layout of webdataset's TarWriter (members of a sample in sorted extension order, fixed
-        # owner, mode and mtime), written with the standard library so a fresh worker does not import torch
-        import io
+        # owner, mode and mtime) as tarfile's stream mode ("w|") writes it, byte for byte: each member's header
+        # from the standard library, its data in one write (not tarfile's 10 KiB records), zero padding to
+        # 512-byte blocks, two zero blocks at the end, the archive padded to a whole 10 KiB record
         import tarfile
 
         hashing = _HashingWriter(f)
-        with tarfile.open(fileobj=hashing, mode="w|") as tar:  # the end-of-archive blocks go into ``hashing``
+        try:
+            offset, pad = 0, b""
             for s in ordered:
                 members = {str(s["ext"]): bytes(s["image"]), "json": sample_json(s)}
                 for ext in sorted(members):
+                    data = members[ext]
                     ti = tarfile.TarInfo(f"{s['key']}.{ext}")
-                    ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(members[ext]), TAR_MTIME, 0o444, "bbst", "bbst"
-                    tar.addfile(ti, io.BytesIO(members[ext]))
+                    ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(data), TAR_MTIME, 0o444, "bbst", "bbst"
+                    header = ti.tobuf(tarfile.DEFAULT_FORMAT, tarfile.ENCODING, "surrogateescape")
+                    hashing.write(pad + header)
+                    hashing.write(data)
+                    pad = b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+                    offset += len(header) + len(data) + len(pad)
+            offset += 2 * tarfile.BLOCKSIZE
+            hashing.write(pad + b"\0" * (2 * tarfile.BLOCKSIZE + -offset % tarfile.RECORDSIZE))
+        finally:
+            hashing.close()
         return hashing
 
     hashing = atomic_write(url, write, fs=fs)
