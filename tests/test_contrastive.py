@@ -87,6 +87,7 @@ def _rank_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         g.div_(world)
     if rank == 0:
         torch.save(grads, os.path.join(out_dir, "grads.pt"))
+    dist.barrier()  # neither rank tears gloo down while the other still uses it (that aborts the process)
     dist.destroy_process_group()
 
 
