@@ -217,3 +217,13 @@ def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
     kernel = torch.stack([kx, kx.t()]).unsqueeze(1)
     g = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kernel)
     return (g.pow(2).sum(1, keepdim=True) + 1e-12).sqrt()
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad H and W at the bottom/right up to a multiple (reflect where the image is large enough): encoders
+    that downsample k times need sides divisible by 2**k; callers crop the output back."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+    return x

@@ -19,6 +19,7 @@ from train.models.layers import (
     bilateral_filter,
     cap_tokens,
     gaussian_blur,
+    pad_to_multiple,
     recolour,
     sobel_magnitude,
 )
@@ -274,14 +275,6 @@ class StyleProjector(nn.Module):
         return out
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-    return x
-
-
 # ------------------------------------------------------------------------------------------------------------ model
 class NeAT(nn.Module):
     """NeAT generator, its discriminators and heads, with the trainer-facing step interface."""
@@ -380,7 +373,7 @@ class NeAT(nn.Module):
         h, w = content.shape[-2:]
         if style.shape[0] == 1 and content.shape[0] > 1:
             style = style.expand(content.shape[0], -1, -1, -1)
-        content_p = _pad_to_multiple(content, 8)
+        content_p = pad_to_multiple(content, 8)
         prior = self.make_prior(self.filter_prior(content_p, blur), style)
         fc = self.vgg(content_p, ("relu4_1",))["relu4_1"]
         fs = self.vgg(style, ("relu4_1",))["relu4_1"]

@@ -23,8 +23,8 @@ from torch import nn
 from train import losses as L
 from train.contrastive import ContrastiveTerm, surrogate
 from train.models import build_from_config, register_model
-from train.models.layers import ATTENTION_MODES, attention, cap_tokens, mean_std, mean_variance_norm
-from train.models.neat import STYLE_WEIGHTS, ContrastHead, DeltaDecoder, MultiScaleDiscriminator, _pad_to_multiple
+from train.models.layers import ATTENTION_MODES, attention, cap_tokens, mean_std, mean_variance_norm, pad_to_multiple
+from train.models.neat import STYLE_WEIGHTS, ContrastHead, DeltaDecoder, MultiScaleDiscriminator
 from train.models.vgg import STYLE_LAYERS, VGG19Encoder, feature_channels
 
 TRANSFORMS = ("sanet", "adain")
@@ -221,7 +221,7 @@ class RAST(nn.Module):
         if style.shape[0] == 1 and content.shape[0] > 1:
             style = style.expand(content.shape[0], -1, -1, -1)
         fs = self.encode(style, self._t_layers)
-        x = _pad_to_multiple(content, 16)
+        x = pad_to_multiple(content, 16)
         for _ in range(max(1, steps)):
             fc = self.encode(x, self._t_layers)
             feat = self.transform_features(fc, fs)

@@ -11,6 +11,7 @@ from torch import nn
 
 from train import losses as L
 from train.models import build_from_config, register_model
+from train.models.layers import pad_to_multiple
 from train.models.vgg import build_vgg
 
 # Default style weight per style loss (MSE of C*H*W-normalised Grams is small; the balanced loss lies in [0, 1]).
@@ -162,14 +163,6 @@ class Decoder(nn.Module):
         return torch.sigmoid(self.out(F.relu(torch.cat([h, skips[-1]], 1))))
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-    return x
-
-
 # ------------------------------------------------------------------------------------------------------------ model
 class VariationalStyleTransfer(nn.Module):
     """Content encoder E_c, variational style encoder E_s, decoder D(E_c(c), z) with z ~ N(mu, sigma^2) = E_s(s)."""
@@ -224,7 +217,7 @@ class VariationalStyleTransfer(nn.Module):
         h, w = content.shape[-2:]
         if z.shape[0] == 1 and content.shape[0] > 1:
             z = z.expand(content.shape[0], -1)
-        x = _pad_to_multiple(content, self._multiple)
+        x = pad_to_multiple(content, self._multiple)
         return self.decoder(self.content_encoder(x), z)[..., :h, :w]
 
     @torch.no_grad()
