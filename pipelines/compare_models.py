@@ -187,26 +187,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_args(CompareConfig, args, args.config_flags)
-    from train.evaluation import (
-        RANDOM_METRICS_NOTE,
-        build_metrics,
-        evaluate,
-        override_protocol,
-        protocol_from_inputs,
-        verify_checksums,
-        write_comparison,
-    )
-    from train.inference import resolve_device
+    from train.evaluation import RANDOM_METRICS_NOTE, evaluate, prepare, write_comparison
 
     if not cfg.models:
         raise ConfigError("nothing to compare: give --model NAME=CKPT (repeatable)")
-    protocol, base = protocol_from_inputs(cfg.protocol, cfg.pairs, cfg.content, cfg.style)
-    verify_checksums(protocol, base)
-    override_protocol(protocol, cfg.sizes, cfg.timing_sizes, cfg.timing_repeats, cfg.timing_warmup)
-    device = str(resolve_device(cfg.device))
+    protocol, base, device, metrics = prepare(cfg)
     scorer = deception_scorer(cfg, protocol, base, device)
-    metrics = build_metrics(protocol, device, cfg.random_metrics, cfg.vgg_weights, cfg.lpips_net,
-                            cfg.lpips_backbone, cfg.inception_weights)
     rows = build_rows(cfg, protocol, base, device)
     note = "Every model on the same content-style pairs; MetaStyle adapted to each style first (its own column)."
     if cfg.random_metrics:

@@ -118,24 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_args(EvalConfig, args, args.config_flags)
-    from train.evaluation import (
-        RANDOM_METRICS_NOTE,
-        build_metrics,
-        evaluate,
-        override_protocol,
-        protocol_from_inputs,
-        verify_checksums,
-    )
-    from train.inference import resolve_device
+    from train.evaluation import RANDOM_METRICS_NOTE, evaluate, prepare
 
     if not cfg.models and not cfg.outputs:
         raise ConfigError("nothing to evaluate: give --model NAME=CKPT and/or --outputs NAME=DIR")
-    protocol, base = protocol_from_inputs(cfg.protocol, cfg.pairs, cfg.content, cfg.style)
-    verify_checksums(protocol, base)
-    override_protocol(protocol, cfg.sizes, cfg.timing_sizes, cfg.timing_repeats, cfg.timing_warmup)
-    device = str(resolve_device(cfg.device))
-    metrics = build_metrics(protocol, device, cfg.random_metrics, cfg.vgg_weights, cfg.lpips_net,
-                            cfg.lpips_backbone, cfg.inception_weights)
+    protocol, base, device, metrics = prepare(cfg)
     note = RANDOM_METRICS_NOTE if cfg.random_metrics else ""
     return evaluate(protocol, build_rows(cfg, device), cfg.out, metrics, base_dir=base, timing=not cfg.no_timing,
                     note=note)

@@ -261,6 +261,24 @@ def build_metrics(protocol: Protocol, device: str, random_init: bool = False, vg
 RANDOM_METRICS_NOTE = "Metric backbones are RANDOM (smoke run): the numbers are meaningless."
 
 
+def prepare(cfg: typing.Any) -> tuple[Protocol, Path, str, typing.Any]:
+    """``(protocol, base dir, device, metrics)`` for an evaluation command's config.
+
+    ``cfg`` has the protocol input fields (``protocol``, ``pairs``, ``content``, ``style``), the overrides
+    (``sizes``, ``timing_sizes``, ``timing_repeats``, ``timing_warmup``), ``device`` and the metric weights
+    (``random_metrics``, ``vgg_weights``, ``lpips_net``, ``lpips_backbone``, ``inception_weights``).
+    """
+    from train.inference import resolve_device
+
+    protocol, base = protocol_from_inputs(cfg.protocol, cfg.pairs, cfg.content, cfg.style)
+    verify_checksums(protocol, base)
+    override_protocol(protocol, cfg.sizes, cfg.timing_sizes, cfg.timing_repeats, cfg.timing_warmup)
+    device = str(resolve_device(cfg.device))
+    metrics = build_metrics(protocol, device, cfg.random_metrics, cfg.vgg_weights, cfg.lpips_net,
+                            cfg.lpips_backbone, cfg.inception_weights)
+    return protocol, Path(base), device, metrics
+
+
 # --------------------------------------------------------------------------------------------------------- running
 @dataclass
 class Row:
