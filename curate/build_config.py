@@ -33,7 +33,7 @@ class ShardConfig:
 
     target_bytes: int = 1_000_000_000  # approximate tar size in bytes
     target_samples: int = 5000  # samples per tar
-    num_cpus: float = 0.5  # CPUs reserved per shard-writing task (reading staged bytes, hashing, writing)
+    num_cpus: float = 1.0  # CPUs reserved per shard-writing task (reading staged bytes, hashing, writing)
 
     def __post_init__(self) -> None:
         if self.target_bytes < 1 or self.target_samples < 1 or self.num_cpus <= 0:

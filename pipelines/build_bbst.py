@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ DEFAULT_DEMO_OUT = "./bbst-demo"
 DEDUP_ROWS_PER_OUTPUT = 12_000  # rows per scatter result per bucket (~1 MB: stored in Ray's object store)
 DEDUP_ROWS_PER_BUCKET = 250_000  # rows per dedup bucket (up to ray.dedup_buckets): bounds each task's memory
 DEMO_CLASSIFIER_DIR = "demo-classifier"  # where the demo writes its bootstrapped classifier (local outputs)
+# CPUs of every metadata task (compaction, dedup, finalize, plan, partition metadata, report). A whole CPU: Ray
+# starts one worker process per task running at once, and a new worker costs about a second of CPU (interpreter,
+# Ray, pyarrow) that a fraction of a CPU per task would pay on every node again; with one CPU per task, tasks
+# run on the workers Ray started with the node.
+TASK_CPUS = 1
 
 
 def driver_io_bytes() -> int | None:
@@ -169,8 +175,9 @@ def stage_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> d
         task = _remote(_stage_unit, num_cpus=cpus, memory=memory, max_retries=2)
         submit = (lambda i, u: task.remote(store, cfg.download, cfg.check, u))
         window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1) // cpus))
-    # no CPU reserved: in actor mode the stage actors hold every CPU until the last unit is done
-    compact = _remote(staging.compact_partition, num_cpus=0, max_retries=2)
+    # in actor mode the stage actors hold every CPU until the last unit is done: compaction reserves none there
+    compact = _remote(staging.compact_partition, num_cpus=0 if cfg.ray.stage_mode == "actors" else TASK_CPUS,
+                      max_retries=2)
     compacting: list = []
     inflight: list = []
     kept_bytes = 0
@@ -221,20 +228,20 @@ def dedup_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> N
     per_task = max(1, -(-DEDUP_ROWS_PER_OUTPUT * buckets // max(1, rows // max(1, len(partitions)))))
     parts = sorted(partitions)
     groups = [parts[i:i + per_task] for i in range(0, len(parts), per_task)]
-    scatter = _remote(_dedup_scatter, num_returns=buckets, num_cpus=0.5)
+    scatter = _remote(_dedup_scatter, num_returns=buckets, num_cpus=TASK_CPUS)
     scattered = [scatter.remote(store, g, buckets) for g in groups]
     if buckets == 1:
         scattered = [[r] for r in scattered]
-    reduce = _remote(_dedup_reduce, num_returns=buckets, num_cpus=0.5)
+    reduce = _remote(_dedup_reduce, num_returns=buckets, num_cpus=TASK_CPUS)
     banded = [reduce.remote(store, j, cfg.dedup, buckets, *[s[j] for s in scattered]) for j in range(buckets)]
     if buckets == 1:
         banded = [[r] for r in banded]
     if cfg.dedup.near:
         from curate.dedup import near_edges_of, resolve_to_store
 
-        edges = _remote(near_edges_of, num_cpus=1)
+        edges = _remote(near_edges_of, num_cpus=TASK_CPUS)
         edge_refs = [edges.remote(cfg.dedup.phash_distance, *[b[j] for b in banded]) for j in range(buckets)]
-        near = ray.get(_remote(resolve_to_store, num_cpus=0.5).remote(store, *edge_refs))
+        near = ray.get(_remote(resolve_to_store, num_cpus=TASK_CPUS).remote(store, *edge_refs))
     else:
         ray.get([b[0] for b in banded])
         near = 0
@@ -264,11 +271,14 @@ def score_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> t
         if cfg.score.device:
             kwargs["device"] = cfg.score.device
         cls = ray.remote(num_cpus=cfg.score.num_cpus, num_gpus=cfg.score.num_gpus)(_ScoreActor)
-        pool = ray.util.ActorPool([cls.remote(kwargs) for _ in range(max(1, min(cfg.score.actors, len(todo))))])
+        actors = [cls.remote(kwargs) for _ in range(max(1, min(cfg.score.actors, len(todo))))]
+        pool = ray.util.ActorPool(actors)
         meter = ProgressMeter(total=len(todo), interval_s=cfg.progress_interval_s, label="score", unit="partitions")
         for _ in pool.map_unordered(lambda a, p: a.score.remote(store, p, fingerprint, cfg.score.batch_size), todo):
             meter.add(1)
         meter.close()
+        for actor in actors:  # their CPUs are the next phases' now
+            ray.kill(actor)
     kind = "DEMO classifier" if info["demo"] else "classifier"
     return f"scored with {kind} {info['version']} ({ckpt})", info
 
@@ -280,9 +290,9 @@ def shard_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int], spli
     import ray
 
     parts = sorted(partitions)
-    final = _remote(assemble.finalize_partition, num_cpus=0.5)
+    final = _remote(assemble.finalize_partition, num_cpus=TASK_CPUS)
     ray.get([final.remote(store, p, split) for p in parts])
-    specs = ray.get(_remote(assemble.plan_from_final, num_cpus=0.5).remote(
+    specs = ray.get(_remote(assemble.plan_from_final, num_cpus=TASK_CPUS).remote(
         store, parts, cfg.shards.target_samples, cfg.shards.target_bytes))
     write = _remote(assemble.write_planned_shard, num_cpus=cfg.shards.num_cpus, max_retries=2)
     written = [0]
@@ -297,7 +307,7 @@ def shard_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int], spli
     if reused:
         log.info("resume: %d of %d shards already complete (checksums verified)", reused, len(specs))
     outputs.remove_stale_shards(store, {s["name"] for s in specs}, owned)
-    meta = _remote(assemble.write_partition_meta, num_cpus=0.5)
+    meta = _remote(assemble.write_partition_meta, num_cpus=TASK_CPUS)
     accounts = ray.get([meta.remote(store, p, specs) for p in parts])
     entries = [{k: v for k, v in e.items() if k not in ("keys_digest", "reused")} for e in entries]
     return entries, accounts
@@ -337,7 +347,7 @@ def finish(cfg: BuildConfig, store: Store, record: outputs.RunRecord, partitions
 
         try:
             limits = {"min_side": cfg.check.min_side, "max_aspect_ratio": cfg.check.max_aspect_ratio}
-            ray.get(_remote(assemble.write_report, num_cpus=0.5).remote(store, summary, cfg.report_thumbnails, limits))
+            ray.get(_remote(assemble.write_report, num_cpus=TASK_CPUS).remote(store, summary, cfg.report_thumbnails, limits))
             files.append(schema.REPORT_FILE)
         except Exception:  # the report is a convenience; the dataset is already complete
             log.exception("could not write %s", schema.REPORT_FILE)
@@ -398,9 +408,9 @@ def run_rescore(cfg: BuildConfig, directory: str, startup: float = 0.0) -> dict:
     sources = store.read_json(f"{src_dir}/sources.json")
     partitions = {int(n[5:11]): 0 for n in store.ls(schema.META_DIR) if n.startswith("part-")}
     if not store.exists(STAGING, "partitions.json"):
-        ray.get([_remote(assemble.index_old_shard_to_store, num_cpus=0.5).remote(store, n) for n in sources])
+        ray.get([_remote(assemble.index_old_shard_to_store, num_cpus=TASK_CPUS).remote(store, n) for n in sources])
         rels = [f"{src_dir}/index-{n}.parquet" for n in sources]
-        ray.get([_remote(assemble.rescore_partition, num_cpus=0.5).remote(store, p, rels) for p in sorted(partitions)])
+        ray.get([_remote(assemble.rescore_partition, num_cpus=TASK_CPUS).remote(store, p, rels) for p in sorted(partitions)])
         store.write_json(f"{assemble.DEDUP_DIR}/done.json", {"rescore": True})  # statuses already decided
         store.write_json(f"{STAGING}/partitions.json", partitions)
     summary = finish(cfg, store, record, partitions, t_start, startup, {"rescored_from": len(sources)}, {}, set())
@@ -483,6 +493,20 @@ def check_inputs(cfg: BuildConfig, args: argparse.Namespace) -> None:
         outputs.check_out_path(Store(cfg.out, cfg.storage_options))
 
 
+# modules the driver's first steps import (reading the URL list: pyarrow imports pandas on its first array)
+PRELOAD = ("pandas", "pyarrow.compute", "pyarrow.parquet", "curate.reader")
+
+
+def _preload(modules: tuple[str, ...]) -> None:
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - only a head start: the real import reports any problem
+            return
+
+
 def _init_ray(verbose: bool = False) -> None:
     import ray
 
@@ -493,6 +517,8 @@ def _init_ray(verbose: bool = False) -> None:
 
         warnings.filterwarnings("ignore", module=r"ray(\.|$)")
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray's start-up mostly waits on the processes it launches: import what the first phase needs meanwhile
+    threading.Thread(target=_preload, args=(PRELOAD,), daemon=True).start()
     # attaches to the cluster when RAY_ADDRESS is set (ray job submit), else starts a local Ray
     ray.init(include_dashboard=False, logging_level=logging.INFO if verbose else logging.ERROR,
              log_to_driver=verbose, configure_logging=True)
@@ -615,8 +641,6 @@ def print_summary(summary: dict) -> None:
 
 def _exit_cleanly(code: int) -> None:
     """Exit with ``code`` even if a library left a non-daemon thread behind: a run never hangs after it ends."""
-    import threading
-
     sys.stdout.flush()
     sys.stderr.flush()
     if "ray" in sys.modules:

@@ -206,6 +206,22 @@ def test_phash_is_stable_under_reencoding():
     assert dist[1] >= 12
 
 
+def test_phash_equals_imagehash():
+    """phash_hex is imagehash.phash of the 32x32 shrink, natural, flat and mirrored images alike."""
+    from curate.imagecheck import phash_hex
+
+    rng = np.random.default_rng(0)
+    half = rng.integers(0, 256, (32, 16), dtype=np.uint8)
+    images = [synthetic.artwork_like(96, 64, seed=s) for s in range(6)]
+    images += [synthetic.photo_like(80, 80, seed=s) for s in range(6)]
+    images += [Image.new("L", (32, 32), v) for v in (0, 17, 255)]
+    images += [Image.fromarray(np.concatenate([half, half[:, ::-1]], 1)),
+               Image.fromarray(np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1)))]
+    for img in images:
+        small = img.resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=4.0)
+        assert phash_hex(img) == str(imagehash.phash(small))
+
+
 def test_non_ok_rows_untouched(images):
     batch = {"image": np.array([images["ok.jpg"], None], dtype=object),
              "status": np.array(["ok", "download_error"], dtype=object),
