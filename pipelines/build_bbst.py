@@ -640,7 +640,11 @@ def print_summary(summary: dict) -> None:
 
 
 def _exit_cleanly(code: int) -> None:
-    """Exit with ``code`` even if a library left a non-daemon thread behind: a run never hangs after it ends."""
+    """Exit with ``code`` even if a library left a non-daemon thread behind: a run never hangs after it ends.
+
+    Ray is shut down first: for a local Ray this process started, that stops its processes (the raylet stops
+    its workers and agents; skipping it would leave the agents running).
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     if "ray" in sys.modules:

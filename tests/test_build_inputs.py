@@ -8,11 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import outputs
+from curate import outputs, synthetic
 from curate.build_config import BuildConfig
 from curate.store import Store
 from pipelines import build_bbst
@@ -102,3 +103,48 @@ def test_script_exits_in_seconds_without_traceback(tmp_path, urls, make):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bbst build: error: ") and "Traceback" not in proc.stderr
     assert ("--urls" if make == "missing_urls" else "--out") in lines[0]
+
+
+def test_script_run_leaves_no_ray_process_behind(tmp_path):
+    """A finished command-line build exits, and every process of the local Ray it started goes with it."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        (images / f"{i}.jpg").write_bytes(synthetic.encode(synthetic.photo_like(96, 80, seed=i), "JPEG"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "build_bbst.py"), "--images", str(images),
+                             "--out", str(out), "--min-side", "64", "--set", "report=false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # every descendant seen while it runs (Ray's agents leave the process tree if their raylet is killed,
+    # and rename themselves, so only watching the tree finds them)
+    seen: dict[int, psutil.Process] = {}
+    root = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            for child in root.children(recursive=True):
+                seen.setdefault(child.pid, child)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stdout
+    assert (out / "summary.json").exists() and "ok=3" in stdout
+    assert len(seen) >= 3  # GCS, raylet, workers, agents...
+
+    def alive() -> list[str]:
+        found = []
+        for p in seen.values():
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(f"{p.pid} {p.name()}")
+            except psutil.Error:
+                pass
+        return found
+
+    wait = time.monotonic() + 10
+    while alive() and time.monotonic() < wait:
+        time.sleep(0.2)
+    assert not alive()
