@@ -38,16 +38,15 @@ def _tmp_name(path: str) -> str:
 class _HashingWriter:
     """File wrapper that hashes and counts what passes through (one pass: no re-read to checksum the shard).
 
-    MD5 (the slower hash) runs on a helper thread, one write behind, while SHA-256 and the file write run in the
-    caller: hashlib and file writes release the GIL for large buffers, so a shard's three passes over its bytes
-    overlap. Call :meth:`close` (or read :attr:`md5` after it) before using the digests.
+    The MD5 runs on a helper thread, one write behind, while the file write runs in the caller: hashlib and file
+    writes release the GIL for large buffers, so the two passes over a shard's bytes overlap. Call :meth:`close`
+    (or read :attr:`md5` after it) before using the digest.
     """
 
     def __init__(self, f):
         from concurrent.futures import ThreadPoolExecutor
 
         self.f = f
-        self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5()
         self.size = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="bbst-md5")
@@ -59,7 +58,6 @@ class _HashingWriter:
             self._pending.result()  # in order, and at most one buffer held by the helper
         self._pending = self._pool.submit(self.md5.update, data)
         self.f.write(data)
-        self.sha256.update(data)
         self.size += len(data)
         return len(data)
 
@@ -149,7 +147,7 @@ def write_shard(url: str, samples: Iterable[Mapping[str, Any] | tuple], fs=None)
     Each sample is a mapping with ``key`` (no dots), ``ext`` (``jpg``/``png``), ``image`` (the bytes) and any
     other fields, which go to the ``{key}.json`` member; or a tuple ``(key, ext, image, meta_dict)``. Members are ``{key}.{ext}`` and ``{key}.json``, samples
     sorted by key, with fixed mtime/owner so the same samples always produce the same bytes.
-    Returns ``{"url", "nsamples", "filesize", "sha256", "md5sum"}``.
+    Returns ``{"url", "nsamples", "filesize", "md5sum"}`` (the MD5 is the checksum wids verifies a shard by).
     """
     ordered = sorted((_as_sample(s) for s in samples), key=lambda s: s["key"])
     for s in ordered:
@@ -192,7 +190,7 @@ def write_shard(url: str, samples: Iterable[Mapping[str, Any] | tuple], fs=None)
 
     hashing = atomic_write(url, write, fs=fs)
     return {"url": url, "nsamples": len(ordered), "filesize": hashing.size,
-            "sha256": hashing.sha256.hexdigest(), "md5sum": hashing.md5.hexdigest()}
+            "md5sum": hashing.md5.hexdigest()}
 
 
 def _as_sample(sample: Mapping[str, Any] | tuple) -> Mapping[str, Any]:
@@ -241,7 +239,7 @@ def write_manifest(url: str, shard_entries: Iterable[Mapping[str, Any]], name: s
                    extra: Mapping[str, Any] | None = None, fs=None) -> dict[str, Any]:
     """Write a wids shard index (``wids-shard-index-v1``) listing ``shard_entries`` sorted by url, atomically.
 
-    Entries need ``url``, ``nsamples`` and ``filesize``; other fields (``md5sum``, ``sha256``, ``subset``, ...)
+    Entries need ``url``, ``nsamples`` and ``filesize``; other fields (``md5sum``, ``subset``, ...)
     are kept. wids resolves relative shard urls against the index's own location.
     """
     shardlist = []
