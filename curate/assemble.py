@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import schema
-from curate.staging import INTERNAL_COLUMNS, META_TYPES, REF_COLUMNS, STAGING, read_refs
+from curate.staging import INTERNAL_COLUMNS, META_TYPES, REF_COLUMNS, STAGING, iter_refs
 
 SAMPLE_INTERNAL = INTERNAL_COLUMNS | {"shard"}
 
@@ -223,10 +223,11 @@ def write_planned_shard(store, spec: ShardSpec | dict[str, Any]) -> dict[str, An
         if entry.get("keys_digest") == digest and verify_shard(store, spec.name, entry):
             return {**entry, "reused": True}
     records = rows.to_pylist()
-    datas = read_refs(store, [r["_ref_path"] for r in records], [r["_ref_offset"] for r in records],
+    # in key order, each image read from staging as it is written: one image in memory, whatever the shard size
+    datas = iter_refs(store, [r["_ref_path"] for r in records], [r["_ref_offset"] for r in records],
                       [r["_ref_length"] for r in records])
-    samples = [(r["key"], r["ext"], data, sample_meta(r)) for r, data in zip(records, datas)]
-    entry = write_shard(store.path(schema.SHARDS_DIR, spec.name), samples, fs=store.fs)
+    samples = ((r["key"], r["ext"], data, sample_meta(r)) for r, data in zip(records, datas))
+    entry = write_shard(store.path(schema.SHARDS_DIR, spec.name), samples, fs=store.fs, ordered=True)
     # wids resolves relative urls against the manifest's own location, so the output folder stays movable
     entry = {**entry, "url": f"{schema.SHARDS_DIR}/{spec.name}", "subset": spec.subset, "keys_digest": digest}
     store.write_json(marker, entry)

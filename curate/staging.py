@@ -227,7 +227,11 @@ def compact_partition(store, p: int, units: int) -> int:
 
 def read_refs(store, paths, offsets, lengths) -> list[bytes]:
     """Bytes of each ``(path, offset, length)`` reference (paths relative to the store), one open per file."""
-    out: list[bytes] = []
+    return list(iter_refs(store, paths, offsets, lengths))
+
+
+def iter_refs(store, paths, offsets, lengths) -> Iterator[bytes]:
+    """:func:`read_refs` one reference at a time: only the bytes of the current one are held."""
     handles: dict[str, Any] = {}
     try:
         for p, o, n in zip(paths, offsets, lengths):
@@ -238,11 +242,10 @@ def read_refs(store, paths, offsets, lengths) -> list[bytes]:
             data = f.read(int(n))
             if len(data) != int(n):
                 raise OSError(f"{store.path(p)}: short read at offset {o} ({len(data)} of {n} bytes)")
-            out.append(data)
+            yield data
     finally:
         for f in handles.values():
             f.close()
-    return out
 
 
 def iter_partition_rows(store, partitions: list[int], rel_of=rows_rel, columns: list[str] | None = None,

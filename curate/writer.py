@@ -141,27 +141,23 @@ def sample_json(sample: Mapping[str, Any]) -> bytes:
     return json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def write_shard(url: str, samples: Iterable[Mapping[str, Any] | tuple], fs=None) -> dict[str, Any]:
+def write_shard(url: str, samples: Iterable[Mapping[str, Any] | tuple], fs=None, ordered: bool = False,
+                ) -> dict[str, Any]:
     """Write one tar shard atomically and return its manifest entry.
 
     Each sample is a mapping with ``key`` (no dots), ``ext`` (``jpg``/``png``), ``image`` (the bytes) and any
-    other fields, which go to the ``{key}.json`` member; or a tuple ``(key, ext, image, meta_dict)``. Members are ``{key}.{ext}`` and ``{key}.json``, samples
-    sorted by key, with fixed mtime/owner so the same samples always produce the same bytes.
+    other fields, which go to the ``{key}.json`` member; or a tuple ``(key, ext, image, meta_dict)``. Members
+    are ``{key}.{ext}`` and ``{key}.json``, samples sorted by key, with fixed mtime/owner so the same samples
+    always produce the same bytes. ``samples`` may come in any order (they are sorted here, so all of them are
+    held at once); with ``ordered=True`` they must already be in increasing key order and are written as they
+    come, one in memory at a time (an iterator whose image bytes are read lazily keeps a large shard small).
+    A bad sample raises ``ValueError`` and nothing is written.
     Returns ``{"url", "nsamples", "filesize", "md5sum"}`` (the MD5 is the checksum wids verifies a shard by).
     """
-    ordered = sorted((_as_sample(s) for s in samples), key=lambda s: s["key"])
-    for s in ordered:
-        key, ext = str(s["key"]), str(s.get("ext") or "")
-        if not key or "." in key or "/" in key:
-            raise ValueError(f"sample key {key!r} must be non-empty with no '.' or '/' (WebDataset splits on them)")
-        if ext not in ("jpg", "png"):
-            raise ValueError(f"sample {key}: ext must be 'jpg' or 'png', got {ext!r}")
-        if not isinstance(s.get("image"), (bytes, bytearray, memoryview)) or not len(s["image"]):
-            raise ValueError(f"sample {key}: no image bytes")
-    if len({s["key"] for s in ordered}) != len(ordered):
-        raise ValueError(f"{url}: duplicate sample keys in one shard")
+    if not ordered:
+        samples = sorted((_as_sample(s) for s in samples), key=lambda s: s["key"])
 
-    def write(f) -> _HashingWriter:
+    def write(f) -> tuple[_HashingWriter, int]:
         # the member layout of webdataset's TarWriter (members of a sample in sorted extension order, fixed
         # owner, mode and mtime) as tarfile's stream mode ("w|") writes it, byte for byte: each member's header
         # from the standard library, its data in one write (not tarfile's 10 KiB records), zero padding to
@@ -169,9 +165,12 @@ def write_shard(url: str, samples: Iterable[Mapping[str, Any] | tuple], fs=None)
         import tarfile
 
         hashing = _HashingWriter(f)
+        count, previous = 0, None
         try:
             offset, pad = 0, b""
-            for s in ordered:
+            for s in map(_as_sample, samples):
+                previous = _check_sample(url, s, previous)
+                count += 1
                 members = {str(s["ext"]): bytes(s["image"]), "json": sample_json(s)}
                 for ext in sorted(members):
                     data = members[ext]
@@ -186,11 +185,25 @@ def write_shard(url: str, samples: Iterable[Mapping[str, Any] | tuple], fs=None)
             hashing.write(pad + b"\0" * (2 * tarfile.BLOCKSIZE + -offset % tarfile.RECORDSIZE))
         finally:
             hashing.close()
-        return hashing
+        return hashing, count
 
-    hashing = atomic_write(url, write, fs=fs)
-    return {"url": url, "nsamples": len(ordered), "filesize": hashing.size,
-            "md5sum": hashing.md5.hexdigest()}
+    hashing, count = atomic_write(url, write, fs=fs)
+    return {"url": url, "nsamples": count, "filesize": hashing.size, "md5sum": hashing.md5.hexdigest()}
+
+
+def _check_sample(url: str, s: Mapping[str, Any], previous: str | None) -> str:
+    """Raise ``ValueError`` for a sample that cannot be written after the key ``previous``; returns its key."""
+    key, ext = str(s["key"]), str(s.get("ext") or "")
+    if not key or "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} must be non-empty with no '.' or '/' (WebDataset splits on them)")
+    if ext not in ("jpg", "png"):
+        raise ValueError(f"sample {key}: ext must be 'jpg' or 'png', got {ext!r}")
+    if not isinstance(s.get("image"), (bytes, bytearray, memoryview)) or not len(s["image"]):
+        raise ValueError(f"sample {key}: no image bytes")
+    if previous is not None and key <= previous:
+        raise ValueError(f"{url}: duplicate sample keys in one shard ({key})" if key == previous else
+                         f"{url}: samples out of key order ({key} after {previous})")
+    return key
 
 
 def _as_sample(sample: Mapping[str, Any] | tuple) -> Mapping[str, Any]:

@@ -92,6 +92,26 @@ def test_bad_samples_rejected_before_writing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_ordered_samples_are_streamed(tmp_path):
+    """ordered=True writes from an iterator as it comes (same bytes as the sorted list); order is enforced."""
+    s = samples()
+    pulled: list[str] = []
+
+    def lazily():
+        for x in s:
+            pulled.append(x["key"])
+            yield x
+
+    a = write_shard(str(tmp_path / "list.tar"), list(reversed(s)))
+    b = write_shard(str(tmp_path / "stream.tar"), lazily(), ordered=True)
+    assert (a["md5sum"], a["nsamples"]) == (b["md5sum"], b["nsamples"]) and pulled == [x["key"] for x in s]
+    with pytest.raises(ValueError, match="out of key order"):
+        write_shard(str(tmp_path / "bad.tar"), iter(list(reversed(s))), ordered=True)
+    with pytest.raises(ValueError, match="duplicate"):
+        write_shard(str(tmp_path / "bad.tar"), iter(s[:2] + s[1:2]), ordered=True)
+    assert sorted(os.listdir(tmp_path)) == ["list.tar", "stream.tar"]
+
+
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     from curate import writer
 
