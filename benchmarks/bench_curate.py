@@ -146,9 +146,9 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
     return wall, peak, out, mem.root_io
 
 
-def run_bbst(urls: Path, out: Path, args, mode: str = "tasks") -> dict:
+def run_bbst(urls: Path, out: Path, args) -> dict:
     cmd = [sys.executable, str(REPO / "pipelines" / "build_bbst.py"), "--urls", str(urls), "--out", str(out),
-           "--min-side", str(args.min_side), "--allow-private-network", "--set", f"ray.stage_mode={mode}",
+           "--min-side", str(args.min_side), "--allow-private-network",
            "--set", f"download.threads={args.threads}",
            "--set", f"download.per_host_concurrency={args.threads}", "--set", "report=false",
            "--set", f"reader.rows_per_partition={args.rows_per_partition}", "--set", "progress_interval_s=30"]
@@ -165,7 +165,7 @@ def run_bbst(urls: Path, out: Path, args, mode: str = "tasks") -> dict:
     # img2dataset's processing span starts when its workers begin their first shard (processes already up);
     # the like-for-like figure here leaves out the actor pools' ramp-up (until the first rows came back)
     ramp = (summary.get("phase_seconds") or {}).get("until_first_rows", 0.0)
-    return {"tool": f"build_bbst[{mode}]", "wall_s": wall, "driver_io_bytes": driver_io,
+    return {"tool": "build_bbst", "wall_s": wall, "driver_io_bytes": driver_io,
             "driver_io_run_bytes": summary.get("driver_io_bytes"),
             "driver_io_fraction": driver_io / max(summary["shard_bytes"], 1), "shard_bytes": summary["shard_bytes"], "ok": ok, "startup_s": wall - summary["duration_seconds"],
             "images_per_s_wall": ok / wall, "images_per_s_processing": ok / summary["duration_seconds"],
@@ -297,7 +297,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--i2d", default="/tmp/i2d-venv/bin/img2dataset", help="img2dataset executable ('' to skip)")
     p.add_argument("--memory-rows", type=int, default=0,
                    help="also run build_bbst on a list padded with this many failing URLs (memory vs list length)")
-    p.add_argument("--modes", default="tasks,actors", help="ray.stage_mode values to compare (comma-separated)")
     p.add_argument("--dedup-rows", type=int, default=0,
                    help="only measure the dedup phase over this many synthetic metadata rows (driver peak memory)")
     p.add_argument("--keep", action="store_true", help="keep the working folder (URL list and the runs' logs)")
@@ -343,8 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
         floor = machine_floor(root, [n for n, _, _ in items])
         print(f"floor: {floor['images_per_s']:.1f} images/s ({floor['kept_images']} >= {args.min_side} px)", flush=True)
         for r in range(args.rounds):
-            tools = [(f"build_bbst[{m}]", (lambda u, o, a, m=m: run_bbst(u, o, a, m)))
-                     for m in args.modes.split(",") if m]
+            tools = [("build_bbst", run_bbst)]
             tools += [("img2dataset", run_i2d)] if args.i2d else []
             if r % 2:
                 tools.reverse()  # alternate the order so neither tool always runs on a warmer machine
@@ -389,12 +387,10 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"floor_images_per_s": floor["images_per_s"], "rounds": [
         {k: v for k, v in r.items() if k not in ("kept", "deduped")} for r in results]}
     print("\n== summary (best round per tool) ==")
-    for mode in args.modes.split(","):
-        r = best(f"build_bbst[{mode}]")
-        if r and theirs:
-            print(f"stage_mode={mode}: {r['images_per_s_wall'] / theirs['images_per_s_wall']:.2f}x img2dataset with "
-                  f"start-up, {r['images_per_s_processing'] / theirs['images_per_s_processing']:.2f}x processing; "
-                  f"driver bytes {r['driver_io_fraction']:.2%} of the kept bytes")
+    if ours and theirs:
+        print(f"build_bbst: {ours['images_per_s_wall'] / theirs['images_per_s_wall']:.2f}x img2dataset with "
+              f"start-up, {ours['images_per_s_processing'] / theirs['images_per_s_processing']:.2f}x processing; "
+              f"driver bytes {ours['driver_io_fraction']:.2%} of the kept bytes")
     print(f"floor (read+sha256+full decode, {os.cpu_count()} procs): {floor['images_per_s']:.1f} images/s")
     for r in (ours, theirs):
         if r:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from curate.config import check_range, field_comments
 from curate.dedup import DedupConfig
@@ -46,17 +46,15 @@ class ShardConfig:
 class RayConfig:
     """How the stages are placed on Ray."""
 
-    stage_mode: Literal["tasks", "actors"] = "tasks"  # download+check as Ray tasks or as a pool of actors
     unit_rows: int = 128  # URL rows per download+check call (one staged bytes file and one rows file each)
     stage_num_cpus: float = 1.0  # CPUs reserved per download+check call (downloads overlap the decoding)
-    stage_actors: int = 0  # actors in "actors" mode; 0 = one per stage_num_cpus of the cluster's CPUs
     dedup_buckets: int = 64  # most hash buckets of the dedup shuffle (one per 250k rows: parallel tasks per step)
 
     def __post_init__(self) -> None:
-        if self.unit_rows < 1 or self.stage_num_cpus <= 0 or self.dedup_buckets < 1 or self.stage_actors < 0:
-            raise ValueError(f"unit_rows and dedup_buckets must be >= 1, stage_num_cpus > 0 and stage_actors >= 0, "
+        if self.unit_rows < 1 or self.stage_num_cpus <= 0 or self.dedup_buckets < 1:
+            raise ValueError(f"unit_rows and dedup_buckets must be >= 1 and stage_num_cpus > 0, "
                              f"got unit_rows={self.unit_rows}, dedup_buckets={self.dedup_buckets}, "
-                             f"stage_num_cpus={self.stage_num_cpus}, stage_actors={self.stage_actors}")
+                             f"stage_num_cpus={self.stage_num_cpus}")
 
 
 @dataclass

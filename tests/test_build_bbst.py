@@ -297,19 +297,3 @@ def test_rescore_existing_shards_without_download(smoke_run, tmp_path, fault_ser
     assert "scored with" in summary["scoring"]
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_actor_pool_mode_builds_the_same_output(smoke_run, tmp_path):
-    out, summary, args = smoke_run
-    other = tmp_path / "actors"
-    argv = [a if a != str(out) else str(other) for a in args] + ["--set", "ray.stage_mode=actors"]
-    again = build_bbst.main(argv)
-    check_invariants(other)
-    volatile = {"download_seconds", "elapsed", "fetch_seconds"}
-
-    def rows(path):
-        return [{k: v for k, v in r.items() if k not in volatile} for r in read_meta(path).to_pylist()]
-
-    assert rows(other) == rows(out)
-    assert tar_members(other) == tar_members(out)
-    assert again["counts_by_status"] == summary["counts_by_status"]
