@@ -300,7 +300,50 @@ def make_summary(total: dict[str, Any], entries: list[dict[str, Any]], duration:
     return summary
 
 
+def summary_text(summary: dict[str, Any]) -> str:
+    """What a build prints when it ends: counts, subsets, shards, speed, the top errors and where the output is."""
+    counts = ", ".join(f"{k}={v}" for k, v in summary["counts_by_status"].items() if v)
+    subsets = ", ".join(f"{k}={v}" for k, v in summary["counts_by_subset"].items())
+    lines = [f"\nbbst build: {summary['rows_in']} rows in -> {counts}",
+             f"  subsets: {subsets}; {summary['shards']} shards, {summary['shard_bytes'] / 1e6:.1f} MB",
+             (f"  {summary['duration_seconds']:.1f}s processing (+{summary['startup_seconds']:.1f}s start-up), "
+              f"{summary['images_per_second']} images/s; {summary['scoring']}")]
+    failures = sorted(((c, s) for s, c in summary["counts_by_status"].items() if s != "ok" and c), reverse=True)
+    if failures:
+        lines.append("  top errors:")
+        for count, status in failures[:5]:
+            example = (summary.get("error_examples") or {}).get(status)
+            lines.append(f"    {status} x{count}" + (f": e.g. {example}" if example else ""))
+    lines.append(f"  output: {summary['out']} (report.html, manifest.json, summary.json, meta/, shards/)")
+    if (summary.get("classifier") or {}).get("demo"):
+        lines.append("  note: the scores come from a DEMO classifier (random-init tiny backbones, generated images); "
+                     "see the README for training a real one")
+    return "\n".join(lines)
+
+
+def publish(store, entries: list[dict[str, Any]], accounts: list[dict[str, Any]], partitions: Iterable[int],
+            t_start: float, startup: float, scoring: str, extra: dict | None = None,
+            ) -> tuple[dict[str, Any], list[str]]:
+    """Write the manifest and ``summary.json`` of a build whose shards and metadata are written; returns the
+    summary and the files the build published (for the run record)."""
+    import time
+    from pathlib import PurePosixPath
+
+    from curate.writer import write_manifest
+
+    write_manifest(store.path(schema.MANIFEST_FILE), entries, name=PurePosixPath(store.root).name, fs=store.fs)
+    summary = make_summary(add_accounts(accounts), entries, time.monotonic() - t_start, startup, scoring, store.url,
+                           extra)
+    store.write_json(schema.SUMMARY_FILE, summary)
+    files = [f"{schema.SHARDS_DIR}/{e['url'].rsplit('/', 1)[-1]}" for e in entries]
+    files += [f"{schema.META_DIR}/{schema.meta_name(p)}" for p in partitions]
+    return summary, files + [schema.MANIFEST_FILE, schema.SUMMARY_FILE]
+
+
 # ----------------------------------------------------------------------------------------------------- rescore
+RESCORE_DIR = f"{STAGING}/rescore"  # the old shards and their indexes while a finished output is re-scored
+
+
 def index_old_shard(store, rel: str) -> pa.Table:
     """``key, _ref_path, _ref_offset, _ref_length, ext`` of the image member of every sample of a shard."""
     from curate.shards import index_shard
@@ -459,11 +502,47 @@ def rescore_partition(store, p: int, index_rels: list[str]) -> int:
     return p
 
 
+def rescore_index_rel(name: str) -> str:
+    return f"{RESCORE_DIR}/index-{name}.parquet"
+
+
 def index_old_shard_to_store(store, name: str) -> str:
     """Index old shard ``_staging/rescore/NAME`` into ``_staging/rescore/index-NAME.parquet``."""
-    rel = f"{STAGING}/rescore/{name}"
-    store.write_parquet(f"{STAGING}/rescore/index-{name}.parquet", index_old_shard(store, rel))
+    store.write_parquet(rescore_index_rel(name), index_old_shard(store, f"{RESCORE_DIR}/{name}"))
     return name
+
+
+def begin_rescore(store, directory: str, classifier: str | None, options: dict) -> tuple[Any, list[str],
+                                                                                        dict[int, int]]:
+    """Take a finished output back for re-scoring; returns ``(run record, old shard names, partitions)``.
+
+    The first time, the shards the run recorded are moved to ``_staging/rescore`` (the new plan may reuse their
+    names) and the record says "running" with the new classifier; a rerun after a kill finds them there.
+    """
+    from curate import outputs
+
+    record = outputs.read_record(store)
+    if record is None or (record.state != "complete" and not store.exists(RESCORE_DIR, "sources.json")):
+        raise outputs.InputError(f"--rescore {directory}: not a finished bbst output (no complete "
+                                 f"{outputs.RUN_FILE})")
+    if not store.exists(RESCORE_DIR, "sources.json"):
+        names = sorted(f.rsplit("/", 1)[-1] for f in record.files if f.startswith(schema.SHARDS_DIR + "/"))
+        store.fs.makedirs(store.path(RESCORE_DIR), exist_ok=True)
+        for name in names:
+            if store.exists(schema.SHARDS_DIR, name):
+                store.fs.mv(store.path(schema.SHARDS_DIR, name), store.path(RESCORE_DIR, name))
+        store.write_json(f"{RESCORE_DIR}/sources.json", names)
+        record.fingerprint = {**record.fingerprint, "classifier": {"path": classifier, "options": options}}
+        record.state = "running"
+        store.write_json(outputs.RUN_FILE, record.to_json())
+    partitions = {int(n[5:11]): 0 for n in store.ls(schema.META_DIR) if n.startswith("part-")}
+    return record, store.read_json(f"{RESCORE_DIR}/sources.json"), partitions
+
+
+def mark_rescore_staged(store, partitions: dict[int, int]) -> None:
+    """Every partition's rows are staged from the old shards; their statuses were decided by the first run."""
+    store.write_json(f"{DEDUP_DIR}/done.json", {"rescore": True})
+    store.write_json(f"{STAGING}/partitions.json", partitions)
 
 
 def write_report(store, summary: dict, thumbnails: int, limits: dict | None = None) -> None:

@@ -8,10 +8,13 @@ run is complete, the list of every file the run wrote. bbst deletes or replaces 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from typing import Any
 
 from curate.errors import BbstError
+
+log = logging.getLogger("bbst.build")
 
 RUN_FILE = "bbst-run.json"
 RUN_KIND = "bbst-output-v1"
@@ -198,3 +201,29 @@ def owned_extra(store, record: RunRecord) -> set[str]:
 
     return {f for f in record.files if not f.startswith((schema.SHARDS_DIR + "/", schema.META_DIR + "/"))
             and store.exists(f)}
+
+
+def complete(store, record: RunRecord, files: list[str]) -> None:
+    """Mark the run complete, listing every file it wrote (and the extras it owns that still exist)."""
+    record.state, record.files = "complete", sorted(set(files) | owned_extra(store, record))
+    store.write_json(RUN_FILE, record.to_json())
+
+
+def clear_previous_demo(store, out: str) -> None:
+    """Make ``out`` ready for a new demo build: remove what a previous demo recorded writing, nothing else.
+
+    A folder holding anything but a demo output is refused (:func:`check_out_path`; a real build's output too).
+    """
+    from curate.staging import STAGING
+
+    check_out_path(store)
+    previous = read_record(store)
+    if previous is None:
+        return
+    if not previous.fingerprint.get("demo"):
+        raise OutputError(f"--out {out}: holds a bbst build that is not the demo; pass another --out")
+    log.info("replacing the previous demo output in %s", out)
+    for rel in previous.files:  # only what the previous demo wrote
+        store.rm(rel, recursive=True)
+    store.rm(STAGING, recursive=True)
+    store.rm(RUN_FILE)

@@ -104,6 +104,22 @@ def done_units(store, p: int) -> set[int]:
     return {int(n[:6]) for n in store.ls(STAGING, "units", f"{p:06d}") if n.endswith(".parquet") and n[:6].isdigit()}
 
 
+def plan_units(store, partitions: dict[int, int], rows_per_unit: int,
+               ) -> tuple[list[int], dict[int, int], list[Unit]]:
+    """What staging has left to do (a rerun after a kill redoes only that): ``(partitions not committed yet,
+    units of each of them, their units without a rows file)``."""
+    committed = committed_partitions(store)
+    pending = [p for p in sorted(partitions) if p not in committed]
+    units_per: dict[int, int] = {}
+    todo: list[Unit] = []
+    for p in pending:
+        units = units_of(p, partitions[p], rows_per_unit)
+        units_per[p] = len(units)
+        done = done_units(store, p)
+        todo.extend(u for u in units if u.index not in done)
+    return pending, units_per, todo
+
+
 def to_table(batch: dict[str, Any], drop: frozenset[str] = frozenset()) -> pa.Table:
     """A numpy/list batch as an Arrow table; NaN in object columns is missing, and all-missing columns get their
     schema type so that tables of different batches concatenate."""

@@ -37,7 +37,7 @@ from curate import assemble, outputs, schema, staging
 from curate.build_config import BuildConfig
 from curate.cli import error_boundary
 from curate.config import ConfigError
-from curate.progress import ProgressMeter
+from curate.progress import ProgressMeter, driver_io_bytes
 from curate.staging import STAGING
 from curate.store import Store
 
@@ -52,16 +52,6 @@ DEMO_CLASSIFIER_DIR = "demo-classifier"  # where the demo writes its bootstrappe
 # Ray, pyarrow) that a fraction of a CPU per task would pay on every node again; with one CPU per task, tasks
 # run on the workers Ray started with the node.
 TASK_CPUS = 1
-
-
-def driver_io_bytes() -> int | None:
-    """This process's read + write syscall bytes so far (Linux), to show that the driver moves no image bytes."""
-    try:
-        with open("/proc/self/io") as f:
-            counters = dict(line.split(": ") for line in f.read().splitlines())
-        return int(counters["rchar"]) + int(counters["wchar"])
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def _kill_hook(env: str, count: int) -> None:
@@ -133,17 +123,9 @@ def stage_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> d
     """Phase 1: download, check and stage every pending unit on the workers; commit partitions as they finish."""
     import ray
 
-    committed = staging.committed_partitions(store)
-    pending = [p for p in sorted(partitions) if p not in committed]
-    if committed:
-        log.info("resume: %d of %d partitions already staged", len(committed & set(partitions)), len(partitions))
-    todo: list[staging.Unit] = []
-    units_per: dict[int, int] = {}
-    for p in pending:
-        units = staging.units_of(p, partitions[p], cfg.ray.unit_rows)
-        units_per[p] = len(units)
-        done = staging.done_units(store, p)
-        todo.extend(u for u in units if u.index not in done)
+    pending, units_per, todo = staging.plan_units(store, partitions, cfg.ray.unit_rows)
+    if len(pending) < len(partitions):
+        log.info("resume: %d of %d partitions already staged", len(partitions) - len(pending), len(partitions))
     left = {p: units_per[p] - len(staging.done_units(store, p)) for p in pending}
     meter = ProgressMeter(total=sum(partitions[p] for p in pending), interval_s=cfg.progress_interval_s,
                           label="download")
@@ -296,42 +278,32 @@ def finish(cfg: BuildConfig, store: Store, record: outputs.RunRecord, partitions
            startup: float, extra: dict | None, phases: dict[str, float], owned: set[str],
            io_start: int | None = None) -> dict:
     """Score, split, shards, metadata, manifest, summary, report; then the complete run record."""
-    from curate.writer import write_manifest
-
     t = time.monotonic()
     scoring, classifier = score_phase(cfg, store, partitions)
     split = cfg.split.with_classifier_thresholds(classifier["thresholds"] if classifier else None)
     phases["score"], t = time.monotonic() - t, time.monotonic()
     entries, accounts = shard_phase(cfg, store, partitions, split, owned)
-    phases["shards_meta"], t = time.monotonic() - t, time.monotonic()
-    write_manifest(store.path(schema.MANIFEST_FILE), entries, name=Path(store.root).name, fs=store.fs)
+    phases["shards_meta"] = time.monotonic() - t
     io_now = driver_io_bytes()
     if io_start is not None and io_now is not None:
         # what the driver itself read and wrote during the run (files, sockets, pipes), start-up imports excluded
-        phases_extra = {"driver_io_bytes": io_now - io_start}
-    else:
-        phases_extra = {}
-    extra = {**(extra or {}), **phases_extra, "classifier": classifier,
+        extra = {**(extra or {}), "driver_io_bytes": io_now - io_start}
+    extra = {**(extra or {}), "classifier": classifier,
              "split_thresholds": {"style_min_score": split.style_threshold(),
                                   "content_max_score": split.content_threshold()},
              "phase_seconds": {k: round(v, 3) for k, v in phases.items()}}
-    total = assemble.add_accounts(accounts)
-    summary = assemble.make_summary(total, entries, time.monotonic() - t_start, startup, scoring, store.url, extra)
-    files = [f"{schema.SHARDS_DIR}/{e['url'].rsplit('/', 1)[-1]}" for e in entries]
-    files += [f"{schema.META_DIR}/{schema.meta_name(p)}" for p in partitions]
-    files += [schema.MANIFEST_FILE, schema.SUMMARY_FILE]
-    store.write_json(schema.SUMMARY_FILE, summary)
+    summary, files = assemble.publish(store, entries, accounts, partitions, t_start, startup, scoring, extra)
     if cfg.report:
         import ray
 
         try:
             limits = {"min_side": cfg.check.min_side, "max_aspect_ratio": cfg.check.max_aspect_ratio}
-            ray.get(_remote(assemble.write_report, num_cpus=TASK_CPUS).remote(store, summary, cfg.report_thumbnails, limits))
+            report = _remote(assemble.write_report, num_cpus=TASK_CPUS)
+            ray.get(report.remote(store, summary, cfg.report_thumbnails, limits))
             files.append(schema.REPORT_FILE)
         except Exception:  # the report is a convenience; the dataset is already complete
             log.exception("could not write %s", schema.REPORT_FILE)
-    record.state, record.files = "complete", sorted(set(files) | outputs.owned_extra(store, record))
-    store.write_json(outputs.RUN_FILE, record.to_json())
+    outputs.complete(store, record, files)
     if not cfg.keep_staging:
         store.rm(STAGING, recursive=True)
     return summary
@@ -366,34 +338,15 @@ def run_rescore(cfg: BuildConfig, directory: str, startup: float = 0.0) -> dict:
     import ray
 
     store = Store(directory, cfg.storage_options)
-    record = outputs.read_record(store)
-    if record is None or (record.state != "complete" and not store.exists(STAGING, "rescore", "sources.json")):
-        raise outputs.InputError(f"--rescore {directory}: not a finished bbst output (no complete "
-                                 f"{outputs.RUN_FILE})")
     t_start = time.monotonic()
-    owned_shards = {f.rsplit("/", 1)[-1] for f in record.files if f.startswith(schema.SHARDS_DIR + "/")}
-    src_dir = f"{STAGING}/rescore"
-    if not store.exists(src_dir, "sources.json"):
-        names = sorted(owned_shards)
-        store.fs.makedirs(store.path(src_dir), exist_ok=True)
-        for name in names:  # moved aside first: the new plan may reuse their names
-            if store.exists(schema.SHARDS_DIR, name):
-                store.fs.mv(store.path(schema.SHARDS_DIR, name), store.path(src_dir, name))
-        store.write_json(f"{src_dir}/sources.json", names)
-        record.fingerprint = {**record.fingerprint, "classifier": {"path": cfg.score.classifier,
-                                                                   "options": cfg.score.options}}
-        record.state = "running"
-        store.write_json(outputs.RUN_FILE, record.to_json())
-    sources = store.read_json(f"{src_dir}/sources.json")
-    partitions = {int(n[5:11]): 0 for n in store.ls(schema.META_DIR) if n.startswith("part-")}
+    record, sources, partitions = assemble.begin_rescore(store, directory, cfg.score.classifier, cfg.score.options)
     if not store.exists(STAGING, "partitions.json"):
         ray.get([_remote(assemble.index_old_shard_to_store, num_cpus=TASK_CPUS).remote(store, n) for n in sources])
-        rels = [f"{src_dir}/index-{n}.parquet" for n in sources]
-        ray.get([_remote(assemble.rescore_partition, num_cpus=TASK_CPUS).remote(store, p, rels) for p in sorted(partitions)])
-        store.write_json(f"{assemble.DEDUP_DIR}/done.json", {"rescore": True})  # statuses already decided
-        store.write_json(f"{STAGING}/partitions.json", partitions)
-    summary = finish(cfg, store, record, partitions, t_start, startup, {"rescored_from": len(sources)}, {}, set())
-    return summary
+        rels = [assemble.rescore_index_rel(n) for n in sources]
+        ray.get([_remote(assemble.rescore_partition, num_cpus=TASK_CPUS).remote(store, p, rels)
+                 for p in sorted(partitions)])
+        assemble.mark_rescore_staged(store, partitions)
+    return finish(cfg, store, record, partitions, t_start, startup, {"rescored_from": len(sources)}, {}, set())
 
 
 def build_fingerprint(cfg: BuildConfig, demo: bool = False) -> dict:
@@ -518,7 +471,7 @@ def run(args: argparse.Namespace) -> dict:
         claimed = outputs.claim(store, build_fingerprint(cfg))  # before anything is staged, and before Ray
         _init_ray(args.ray_logs)
         summary = run_build(cfg, startup=time.monotonic() - t0, claimed=claimed)
-    print_summary(summary)
+    print(assemble.summary_text(summary), flush=True)
     return summary
 
 
@@ -539,20 +492,12 @@ def _config_keys(args) -> set[str]:
 
 def run_demo(cfg: BuildConfig, explicit_out: bool, t0: float, ray_logs: bool = False) -> dict:
     """Generate the demo corpus, serve it on loopback and build it into ./bbst-demo (or --out)."""
+    from classifier.demo import train_demo_classifier
     from curate.demo import demo_corpus
 
     out = cfg.out if explicit_out else DEFAULT_DEMO_OUT
     store = Store(out, cfg.storage_options)
-    outputs.check_out_path(store)
-    previous = outputs.read_record(store)
-    if previous is not None:
-        if not previous.fingerprint.get("demo"):
-            raise outputs.OutputError(f"--out {out}: holds a bbst build that is not the demo; pass another --out")
-        log.info("replacing the previous demo output in %s", out)
-        for rel in previous.files:  # only what the previous demo wrote
-            store.rm(rel, recursive=True)
-        store.rm(STAGING, recursive=True)
-        store.rm(outputs.RUN_FILE)
+    outputs.clear_previous_demo(store, out)
     with tempfile.TemporaryDirectory(prefix="bbst-demo-corpus-") as tmp:
         t_setup = time.monotonic()
         log.info("demo: generating %d images (min side %d) and serving them on loopback",
@@ -569,53 +514,11 @@ def run_demo(cfg: BuildConfig, explicit_out: bool, t0: float, ray_logs: bool = F
                 if local:
                     record.files.append(DEMO_CLASSIFIER_DIR)
                     store.write_json(outputs.RUN_FILE, record.to_json())
-                bootstrap_demo_classifier(urls, Path(demo_cfg.score.classifier))
+                train_demo_classifier(urls, Path(demo_cfg.score.classifier))
             setup = time.monotonic() - t_setup  # corpus and demo classifier: the demo's inputs, not start-up
             _init_ray(ray_logs)
             return run_build(demo_cfg, startup=time.monotonic() - t0 - setup, claimed=(record, None),
                              extra={"demo": True, "demo_setup_seconds": round(setup, 3)})
-
-
-def bootstrap_demo_classifier(url_list: Path, out_dir: Path, extra_images: int = 200) -> str:
-    """Train the demo's classifier: random-init tiny backbones, a head fitted on known labels (never a real model).
-
-    The labels are the demo corpus's ground truth (artwork-like vs photo-like images that the pipeline keeps),
-    topped up with ``extra_images`` small images from the same generator so the head sees enough of both kinds.
-    """
-    from classifier.demo import build_demo_classifier
-    from curate import synthetic
-    from curate.demo import known_labels
-
-    labelled = known_labels(url_list)
-    images = [path.read_bytes() for path, _ in labelled]
-    labels = [label for _, label in labelled]
-    extra, extra_labels = synthetic.labelled_batch(extra_images, size=96, seed=1)
-    images += [synthetic.encode(im, "JPEG", quality=90) for im in extra]
-    labels += extra_labels.tolist()
-    t0 = time.monotonic()
-    ckpt = build_demo_classifier(images, labels, str(out_dir))
-    log.info("demo: trained the DEMO classifier on %d labelled images in %.1fs -> %s", len(images),
-             time.monotonic() - t0, out_dir)
-    return ckpt
-
-
-def print_summary(summary: dict) -> None:
-    counts = ", ".join(f"{k}={v}" for k, v in summary["counts_by_status"].items() if v)
-    subsets = ", ".join(f"{k}={v}" for k, v in summary["counts_by_subset"].items())
-    print(f"\nbbst build: {summary['rows_in']} rows in -> {counts}", flush=True)
-    print(f"  subsets: {subsets}; {summary['shards']} shards, {summary['shard_bytes'] / 1e6:.1f} MB", flush=True)
-    print(f"  {summary['duration_seconds']:.1f}s processing (+{summary['startup_seconds']:.1f}s start-up), "
-          f"{summary['images_per_second']} images/s; {summary['scoring']}", flush=True)
-    failures = sorted(((c, s) for s, c in summary["counts_by_status"].items() if s != "ok" and c), reverse=True)
-    if failures:
-        print("  top errors:", flush=True)
-        for count, status in failures[:5]:
-            example = (summary.get("error_examples") or {}).get(status)
-            print(f"    {status} x{count}" + (f": e.g. {example}" if example else ""), flush=True)
-    print(f"  output: {summary['out']} (report.html, manifest.json, summary.json, meta/, shards/)", flush=True)
-    if (summary.get("classifier") or {}).get("demo"):
-        print("  note: the scores come from a DEMO classifier (random-init tiny backbones, generated images); "
-              "see the README for training a real one", flush=True)
 
 
 def _exit_cleanly(code: int) -> None:

@@ -19,6 +19,16 @@ def test_units_cover_a_partition_in_order():
     assert len(staging.units_of(0, 0, 4)) == 1
 
 
+def test_plan_units_leaves_out_what_is_staged(tmp_path):
+    store = Store(str(tmp_path / "out"))
+    parts = {0: 10, 1: 10, 2: 3}
+    store.write_parquet(staging.rows_rel(0), pa.table({"key": ["a"]}))  # partition 0 committed
+    store.write_parquet(staging.unit_rows_rel(1, 1), pa.table({"key": ["b"]}))  # unit 1 of partition 1 staged
+    pending, units_per, todo = staging.plan_units(store, parts, 4)
+    assert pending == [1, 2] and units_per == {1: 3, 2: 1}
+    assert [(u.partition, u.index) for u in todo] == [(1, 0), (1, 2), (2, 0)]
+
+
 def test_stage_list_once_then_from_its_record(tmp_path):
     urls = tmp_path / "urls.parquet"
     pq.write_table(pa.table({"url": [f"http://h/{i}.jpg" for i in range(5)]}), urls)
