@@ -6,7 +6,8 @@ Usage::
 
 img2dataset is not a dependency: install it into its own virtual environment for the benchmark
 (``python -m venv /tmp/i2d-venv && /tmp/i2d-venv/bin/pip install img2dataset``). Both tools get the same total
-download concurrency (build_bbst: ``download_actors x download.threads``; img2dataset: ``processes x threads``).
+download concurrency (build_bbst: one download+check task per CPU x ``download.threads``; img2dataset:
+``processes x threads``).
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def run_bbst(urls: Path, out: Path, args) -> dict:
     deduped = {u for u, s in zip(meta["url"].to_pylist(), statuses) if s in ("duplicate", "near_duplicate")}
     ok = summary["counts_by_status"]["ok"]
     # img2dataset's processing span starts when its workers begin their first shard (processes already up);
-    # the like-for-like figure here leaves out the actor pools' ramp-up (until the first rows came back)
+    # a further figure leaves out the ramp-up until the first units came back (worker imports included)
     ramp = (summary.get("phase_seconds") or {}).get("until_first_rows", 0.0)
     return {"tool": "build_bbst", "wall_s": wall, "driver_io_bytes": driver_io,
             "driver_io_run_bytes": summary.get("driver_io_bytes"),
@@ -290,8 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--min-side", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--processes", type=int, default=2, help="downloader actors / img2dataset processes")
-    p.add_argument("--threads", type=int, default=16, help="threads per actor / process")
+    p.add_argument("--processes", type=int, default=2, help="img2dataset processes (build_bbst runs one task per CPU)")
+    p.add_argument("--threads", type=int, default=16, help="download threads per build_bbst task / img2dataset process")
     p.add_argument("--rows-per-partition", type=int, default=250)
     p.add_argument("--corpus", default=str(Path(tempfile.gettempdir()) / "bbst-bench-corpus"))
     p.add_argument("--i2d", default="/tmp/i2d-venv/bin/img2dataset", help="img2dataset executable ('' to skip)")
@@ -408,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["ratio_after_ramp"] = ours["images_per_s_after_ramp"] / theirs["images_per_s_processing"]
         print(f"ratio build_bbst / img2dataset: {report['ratio_wall']:.2f}x with start-up, "
               f"{report['ratio_processing']:.2f}x without, {report['ratio_after_ramp']:.2f}x without start-up "
-              f"and without the actor pools' ramp-up ({ours['ramp_s']:.1f}s)")
+              f"and without the ramp-up until the first units came back ({ours['ramp_s']:.1f}s)")
     if ours:
         report["fraction_of_floor"] = ours["images_per_s_processing"] / floor["images_per_s"]
         report["fraction_of_floor_after_ramp"] = ours["images_per_s_after_ramp"] / floor["images_per_s"]
