@@ -265,7 +265,8 @@ def browser():
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_browser_session_survives_kill_and_restart(pool_dir, tmp_path, browser):
+def test_browser_session_survives_kill_and_restart(tmp_path, browser):
+    pool_dir = make_folder_pool(tmp_path / "pool", 60)  # room for the decisions below and some left over
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     db = tmp_path / "labels.sqlite"
@@ -317,6 +318,12 @@ def test_browser_session_survives_kill_and_restart(pool_dir, tmp_path, browser):
         dash.wait_for_selector("#rounds-plot circle[data-metric=accuracy]")
         assert dash.locator("#hist-plot rect").count() == 20
         assert "alice" in dash.inner_text("#counts")
+        # items the page leased before the round carry no score: decide until one scored by the new model is
+        # on screen, then decide that one too
+        while not page.inner_text("#score").startswith("score "):
+            assert time.time() < deadline and len(done) < 40, "no item with a score after the first round"
+            decide()
+        decide()
 
         # grid view: bulk-decide a page of thumbnails
         page.keyboard.press("g")
