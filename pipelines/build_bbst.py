@@ -19,6 +19,7 @@ atomically, so a rerun after a SIGKILL at any moment redoes only what is missing
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import logging
 import os
@@ -126,7 +127,8 @@ def stage_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> d
     pending, units_per, todo = staging.plan_units(store, partitions, cfg.ray.unit_rows)
     if len(pending) < len(partitions):
         log.info("resume: %d of %d partitions already staged", len(partitions) - len(pending), len(partitions))
-    left = {p: units_per[p] - len(staging.done_units(store, p)) for p in pending}
+    counts = collections.Counter(u.partition for u in todo)
+    left = {p: counts[p] for p in pending}  # units of each partition still to stage
     meter = ProgressMeter(total=sum(partitions[p] for p in pending), interval_s=cfg.progress_interval_s,
                           label="download")
     meter.add(sum(partitions[p] for p in pending) - sum(u.stop - u.start for u in todo), {})

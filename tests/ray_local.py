@@ -59,3 +59,17 @@ def job_working_dir(dest) -> str:
     shutil.copy2(repo / "pyproject.toml", root / "pyproject.toml")
     (root / ".bbst-test-run").write_text(uuid.uuid4().hex)
     return str(root)
+
+
+def submit_job(cmd: list[str], cwd, timeout: float = 480, tries: int = 20):
+    """Run a ``ray job submit`` command; while the cluster's dashboard agent is still starting (a busy machine),
+    the job API answers "No available agent" and the submission is repeated."""
+    import subprocess
+    import time
+
+    for _ in range(tries):
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+        if "No available agent" not in proc.stderr + proc.stdout:
+            break
+        time.sleep(2)
+    return proc

@@ -9,16 +9,14 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from ray_cluster import private_cluster
-from ray_local import job_working_dir
+from ray_local import job_working_dir, submit_job
 from test_s3 import BUCKET
 
 from curate import outputs, schema
@@ -47,11 +45,7 @@ def test_multinode_job_writes_a_complete_output_to_s3(s3_endpoint, tmp_path):
                "--set", f"storage_options={json.dumps(opts)}", "--set", "reader.rows_per_partition=8",
                "--set", "ray.unit_rows=3", "--set", "shards.target_samples=3", "--set", "progress_interval_s=0",
                "--set", "ray.dedup_buckets=2"]
-        for _ in range(20):  # the head's dashboard agent may still be starting on a busy machine
-            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-            if "No available agent" not in proc.stderr + proc.stdout:
-                break
-            time.sleep(2)
+        proc = submit_job(cmd, cwd=tmp_path, timeout=300)
     log = proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.returncode == 0, log
     assert "succeeded" in log and "bbst build:" in proc.stdout

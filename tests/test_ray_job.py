@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from ray_local import DASHBOARD, job_working_dir, ray_local  # noqa: F401 - fixture
+from ray_local import DASHBOARD, job_working_dir, ray_local, submit_job  # noqa: F401 - fixture
 
 
 @pytest.mark.ray
@@ -26,7 +25,7 @@ def test_ray_job_submit_runs_the_build_unchanged(ray_local, tmp_path):  # noqa: 
     cmd = [str(ray_cli), "job", "submit", "--address", DASHBOARD["url"], "--working-dir", job_working_dir(tmp_path), "--",
            sys.executable, "pipelines/build_bbst.py", "--out", str(out), "--demo-images", "6", "--min-side", "96",
            "--set", "progress_interval_s=0", "--set", "report=false"]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=480, cwd=tmp_path)
+    proc = submit_job(cmd, cwd=tmp_path)
     log = proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.returncode == 0, log
     assert "succeeded" in log
