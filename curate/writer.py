@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -80,15 +81,22 @@ def atomic_write(url: str, write_fn, fs=None) -> Any:
 
     Local and POSIX-like filesystems: write to a hidden temporary name in the same folder, then rename over
     the target. Object stores (s3://, gs://, ...): write the object directly; a PUT/multipart upload becomes
-    visible only when it completes, which is the same guarantee, and a rename there would be a full copy.
+    visible only when it completes, which is the same guarantee, and a rename there would be a full copy. If
+    ``write_fn`` raises, the upload is discarded (fsspec's own ``with`` would complete it with what was written).
     """
     fs, path = (fs, fs._strip_protocol(url)) if fs is not None else _fs(url)
     parent = posixpath.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
     if not _is_local(fs):
-        with fs.open(path, "wb") as f:
-            return write_fn(f)
+        f = fs.open(path, "wb")
+        try:
+            result = write_fn(f)
+        except BaseException:
+            _abandon(f)
+            raise
+        f.close()
+        return result
     tmp = _tmp_name(path)
     try:
         with fs.open(tmp, "wb") as f:
@@ -101,6 +109,13 @@ def atomic_write(url: str, write_fn, fs=None) -> Any:
             fs.rm(tmp)
         raise
     return result
+
+
+def _abandon(f) -> None:
+    """Drop an unfinished object-store upload: uploaded parts are aborted and nothing is committed."""
+    with contextlib.suppress(Exception):  # the write already failed: that error is the one to report
+        f.discard()  # s3fs aborts the multipart upload; a single-PUT file has sent nothing yet
+    f.closed = True  # close() would now flush and commit; a closed file does neither
 
 
 def _fsync(f) -> None:

@@ -6,6 +6,7 @@ import io
 import json
 import tarfile
 
+import fsspec
 import pyarrow.parquet as pq
 import pytest
 from ray_local import ray_local  # noqa: F401 - session fixture
@@ -20,8 +21,6 @@ BUCKET = "bbst-test"
 @pytest.mark.ray
 @pytest.mark.slow
 def test_s3_round_trip(s3_endpoint, tmp_path, ray_local):  # noqa: F811
-    import fsspec
-
     opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}}
     fs = fsspec.filesystem("s3", skip_instance_cache=True, **opts)
     if not fs.exists(BUCKET):  # the moto server is shared by the session's S3 tests
@@ -52,3 +51,25 @@ def test_s3_round_trip(s3_endpoint, tmp_path, ray_local):  # noqa: F811
         with tarfile.open(fileobj=io.BytesIO(data)) as tf:
             samples += sum(1 for m in tf.getmembers() if not m.name.endswith(".json"))
     assert samples == summary["counts_by_status"]["ok"] > 0
+
+
+def test_failed_write_leaves_no_object(s3_endpoint):
+    """A shard whose writing fails part-way leaves no object, small (one PUT) or large (multipart upload)."""
+    from curate import synthetic
+    from curate.writer import write_shard
+
+    opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **opts)
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    image = synthetic.encode(synthetic.photo_like(64, 64, seed=0), "JPEG")
+    for name, blob in (("small", image), ("large", image + b"\0" * (6 << 20))):  # > s3fs's 5 MiB block: parts
+        good = [{"key": f"{i:04d}", "ext": "jpg", "image": blob} for i in range(2)]
+        bad = good + [{"key": "9999", "ext": "gif", "image": image}]  # refused after the others are written
+        with pytest.raises(ValueError, match="ext must be"):
+            write_shard(f"s3://{BUCKET}/failed/{name}.tar", iter(bad), fs=fs, ordered=True)
+        fs.invalidate_cache()
+        assert not fs.exists(f"{BUCKET}/failed/{name}.tar")
+        entry = write_shard(f"s3://{BUCKET}/failed/{name}.tar", iter(good), fs=fs, ordered=True)
+        fs.invalidate_cache()
+        assert fs.size(f"{BUCKET}/failed/{name}.tar") == entry["filesize"]
