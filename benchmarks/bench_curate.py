@@ -391,7 +391,8 @@ def main(argv: list[str] | None = None) -> dict:
     if ours and theirs:
         print(f"build_bbst: {ours['images_per_s_wall'] / theirs['images_per_s_wall']:.2f}x img2dataset with "
               f"start-up, {ours['images_per_s_processing'] / theirs['images_per_s_processing']:.2f}x processing; "
-              f"driver bytes {ours['driver_io_fraction']:.2%} of the kept bytes")
+              f"driver bytes {(ours.get('driver_io_run_bytes') or 0) / max(ours['shard_bytes'], 1):.2%} of the kept "
+              f"bytes during the run ({ours['driver_io_fraction']:.2%} counting the interpreter's start-up)")
     print(f"floor (read+sha256+full decode, {os.cpu_count()} procs): {floor['images_per_s']:.1f} images/s")
     for r in (ours, theirs):
         if r:
