@@ -39,9 +39,9 @@ def _flip_masks(bits: int, radius: int) -> tuple[int, ...]:
                  for positions in itertools.combinations(range(bits), r))
 
 
-def chunk_layout(chunks: int) -> list[tuple[int, int]]:
-    """``(shift, bits)`` of each chunk when 64 bits are cut into ``chunks`` near-equal parts."""
-    base, extra = divmod(64, chunks)
+def chunk_layout(chunks: int, total: int = 64) -> list[tuple[int, int]]:
+    """``(shift, bits)`` of each chunk when a ``total``-bit value is cut into ``chunks`` near-equal parts."""
+    base, extra = divmod(total, chunks)
     layout, shift = [], 0
     for i in range(chunks):
         bits = base + (1 if i < extra else 0)
@@ -304,17 +304,6 @@ def scatter_bands(cand: dict[str, np.ndarray], distance: int, buckets: int) -> l
     return [{c: v[which == b] for c, v in cols.items()} for b in range(max(1, buckets))]
 
 
-def _split_bits(total: int, parts: int) -> list[tuple[int, int]]:
-    """``(shift, bits)`` of ``parts`` near-equal pieces of a ``total``-bit value."""
-    base, extra = divmod(total, parts)
-    out, shift = [], 0
-    for i in range(parts):
-        bits = base + (1 if i < extra else 0)
-        out.append((shift, bits))
-        shift += bits
-    return out
-
-
 def _mask(bits: int) -> np.uint64:
     return np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(_MASK64)
 
@@ -352,7 +341,7 @@ def near_edges(parts: list[dict[str, np.ndarray]], distance: int) -> dict[str, n
         low = h & _mask(shift) if shift else np.zeros(len(h), np.uint64)
         high = h >> np.uint64(shift + bits) if shift + bits < 64 else np.zeros(len(h), np.uint64)
         rest = (high << np.uint64(shift)) | low
-        for sub_shift, sub_bits in _split_bits(64 - bits, len(layout)):
+        for sub_shift, sub_bits in chunk_layout(len(layout), 64 - bits):
             sub = (rest >> np.uint64(sub_shift)) & _mask(sub_bits) if sub_bits else np.zeros(len(h), np.uint64)
             run_key = (v << np.uint64(sub_bits)) | sub  # band value and sub-band value: at most 64 bits together
             order = np.argsort(run_key, kind="stable")
