@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 from http_faults import FaultServer
+from loopback import free_port
 
 # Every Ray the tests start (the shared local one, the private multi-node cluster, `ray job submit` clients) is
 # on loopback and lives for one session. Ray >= 2.5x turns on token authentication by default for a new local
@@ -22,17 +22,11 @@ def fault_server():
         yield server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """moto's S3 server on loopback; yields its endpoint URL (credentials ``testing``/``testing``)."""
     moto_server = pytest.importorskip("moto.server")
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

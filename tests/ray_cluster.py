@@ -9,18 +9,13 @@ shutdown stops exactly the processes it started.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loopback import free_port
 
 
 def _serve(workers: int, cpus_per_worker: int) -> None:
@@ -31,11 +26,11 @@ def _serve(workers: int, cpus_per_worker: int) -> None:
     # reached only through the address it prints
     ray._private.utils.write_ray_address = lambda *a, **k: None
     temp_dir = tempfile.mkdtemp(prefix="bbst-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    dashboard_port = _free_port()
+    dashboard_port = free_port()
 
     def own_ports() -> dict[str, int]:
         # Ray's fixed default ports (agent, metrics, runtime env) would collide with any other Ray on the machine
-        return {name: _free_port() for name in ("dashboard_agent_listen_port", "metrics_agent_port",
+        return {name: free_port() for name in ("dashboard_agent_listen_port", "metrics_agent_port",
                                                  "metrics_export_port", "runtime_env_agent_port", "gcs_server_port",
                                                  "ray_client_server_port")}
 

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 
 import pytest
+from loopback import free_port
 
 # set by ray_local when the shared Ray runs a dashboard (its job-submission API): "http://127.0.0.1:PORT"
 DASHBOARD: dict[str, str | None] = {"url": None, "why_not": None}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +23,7 @@ def ray_local():
         with_dashboard = importlib.util.find_spec("aiohttp_cors") is not None  # a ray[default] dependency
         if with_dashboard:
             ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                           dashboard_port=_free_port(), log_to_driver=False)
+                           dashboard_port=free_port(), log_to_driver=False)
             url = ctx.dashboard_url
             DASHBOARD["url"] = f"http://{url}" if url else None
             if not url:

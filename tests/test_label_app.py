@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from label_pool import make_folder_pool, truth_of_key
+from loopback import free_port
 
 from pipelines import label as label_app
 
@@ -224,12 +225,6 @@ def test_start_from_a_classifier_checkpoint(pool_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ browser session
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(pool: Path, db: Path, port: int) -> subprocess.Popen:
     cmd = [sys.executable, str(REPO / "pipelines" / "label.py"), "--pool", str(pool), "--db", str(db),
            "--model", "test_vit_shared", "--port", str(port), "--retrain-every", "6", "--min-per-class", "2",
@@ -267,7 +262,7 @@ def browser():
 @pytest.mark.slow
 def test_browser_session_survives_kill_and_restart(tmp_path, browser):
     pool_dir = make_folder_pool(tmp_path / "pool", 60)  # room for the decisions below and some left over
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     db = tmp_path / "labels.sqlite"
     proc = _start_server(pool_dir, db, port)
@@ -453,7 +448,6 @@ def test_a_page_on_another_origin_cannot_drive_the_session(pool_dir, tmp_path, b
 
 
 def test_bodies_over_the_limit_are_refused_before_they_are_read(pool_dir, tmp_path):
-    import socket
 
     from label_server import serve
 
