@@ -140,7 +140,7 @@ def stage_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> d
         log.warning("check.max_decode_mb=%s needs %.0f MiB per check, more than the largest node's memory "
                     "(%.0f MiB): declaring that instead", cfg.check.max_decode_mb, memory / 2**20, largest / 2**20)
         memory = int(largest)
-    # plain tasks on the workers Ray started with the node: an actor pool ran the same units 27 % slower
+    # plain tasks on the workers Ray started with the node (an actor pool ran the same units ~20 % slower)
     task = _remote(_stage_unit, num_cpus=cfg.ray.stage_num_cpus, memory=memory, max_retries=2)
     window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1) // cfg.ray.stage_num_cpus))
     compact = _remote(staging.compact_partition, num_cpus=TASK_CPUS, max_retries=2)
