@@ -191,7 +191,8 @@ def test_reads_shards_through_an_fsspec_url(shards):
 def test_exif_orientation_is_applied_on_both_decode_paths(orientation):
     from torchvision.io import decode_jpeg
 
-    from train.data import _EXIF_TRANSPOSE, orient_tensor
+    from train.data import orient_tensor
+    from train.data.decode import _EXIF_TRANSPOSE
 
     rng = np.random.default_rng(orientation)
     # 16 px colour blocks: asymmetric content whose position survives JPEG (4:4:4, quality 95)
@@ -213,7 +214,7 @@ def test_exif_orientation_is_applied_on_both_decode_paths(orientation):
 
 def test_resume_reads_only_the_buffered_and_next_samples(shards, monkeypatch):
     import curate.shards
-    import train.data as data_mod
+    import train.data.read as data_mod  # the stage that reads shards
 
     data, cfg = _cfgs(shards)  # in-process (num_workers=0) so the reads can be counted
     first = ShardPairLoader(data, cfg)
