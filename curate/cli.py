@@ -63,11 +63,65 @@ def examples_epilog(examples: Iterable[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def config_keys(cls: type, where: str = "") -> list[str]:
+    """Every dotted option key of config dataclass ``cls``, sections expanded (``check.min_side``, ...)."""
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key = f"{where}.{f.name}" if where else f.name
+        inner = _unwrap_optional(hints[f.name])
+        keys.extend(config_keys(inner, key) if dataclasses.is_dataclass(inner) else [key])
+    return keys
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, plus a hint for an unknown flag: the nearest flag, or the ``--set KEY=VALUE`` that sets it."""
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            hint = self.unknown_flag_hint(extras)
+            self.print_usage(sys.stderr)
+            self.exit(2, f"{self.prog}: error: {message}\n" + (f"  hint: {hint}\n" if hint else ""))
+        return namespace
+
+    def unknown_flag_hint(self, extras: list[str]) -> str | None:
+        """``did you mean --alpha?`` or ``set it with --set check.min_side=VALUE`` for the first unknown flag."""
+        import difflib
+
+        unknown = next((e for e in extras if e.startswith("--") and len(e) > 2), None)
+        if unknown is None:
+            return None
+        name, _, value = unknown[2:].partition("=")
+        if not value:
+            after = extras[extras.index(unknown) + 1:]
+            value = after[0] if after and not after[0].startswith("-") else "VALUE"
+        flags = sorted(o for o in self._option_string_actions if o.startswith("--"))
+        close = difflib.get_close_matches("--" + name, flags, n=1, cutoff=0.75)
+        if close:
+            return f"did you mean {close[0]}?"
+        config_flags = self._defaults.get("config_flags")
+        if isinstance(config_flags, ConfigFlags) and "--set" in self._option_string_actions:
+            keys = config_keys(config_flags.cls)
+            wanted = name.replace("-", "_")
+            exact = [k for k in keys if k == wanted or k.rsplit(".", 1)[-1] == wanted]
+            near = exact or difflib.get_close_matches(wanted, keys + [k.rsplit(".", 1)[-1] for k in keys], n=1,
+                                                      cutoff=0.75)
+            if near:
+                key = next((k for k in keys if k == near[0] or k.rsplit(".", 1)[-1] == near[0]), near[0])
+                return f"there is no flag for it; set it with --set {key}={value}"
+        close = difflib.get_close_matches("--" + name, flags, n=1, cutoff=0.6)
+        return f"did you mean {close[0]}?" if close else None
+
+
 def make_parser(command: str, description: str, examples: Iterable[tuple[str, str]] = ()) -> argparse.ArgumentParser:
     """Parser for ``bbst <command>`` with the examples as epilog and the common ``--debug`` flag."""
     examples = list(examples)
-    p = argparse.ArgumentParser(prog=f"bbst {command}", description=description, formatter_class=HelpFormatter,
-                                epilog=examples_epilog(examples) if examples else None)
+    p = ArgumentParser(prog=f"bbst {command}", description=description, formatter_class=HelpFormatter,
+                       epilog=examples_epilog(examples) if examples else None)
     p.add_argument("--debug", action="store_true",
                    help=f"show the full traceback of an error instead of one line (default: off; also {DEBUG_ENV}=1)")
     return p
@@ -297,5 +351,5 @@ def exit_with(result: Any) -> None:
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
 
 
-__all__ = ["ConfigError", "ConfigFlags", "HelpFormatter", "add_config_file_flags", "debug_requested",
-           "error_boundary", "examples_epilog", "exit_with", "format_error", "load_args", "make_parser", "version"]
+__all__ = ["ArgumentParser", "ConfigError", "ConfigFlags", "HelpFormatter", "add_config_file_flags", "config_keys",
+           "debug_requested", "error_boundary", "examples_epilog", "exit_with", "format_error", "load_args", "make_parser", "version"]

@@ -44,7 +44,8 @@ def list_identity(urls: str, storage_options: dict | None = None) -> list[dict[s
     except PermissionError as exc:
         raise InputError(f"--urls {urls}: not readable ({exc.strerror or exc})") from None
     except ValueError as exc:
-        raise InputError(f"--urls {urls}: {exc}") from None
+        message = str(exc).removeprefix(f"{urls}: ")  # the reader names the path too
+        raise InputError(f"--urls {urls}: {message}", hint=getattr(exc, "hint", None)) from None
     out = []
     for f in files:
         try:

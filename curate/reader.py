@@ -90,6 +90,11 @@ def list_files(path: str, storage_options: dict | None = None) -> tuple[object, 
             raise ListNotFoundError(f"{path}: URL list not found")
     if not files:
         raise ReaderError(f"{path}: folder holds no URL list files")
+    if all(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+        what = "an image file" if len(files) == 1 and files[0].rstrip("/") == paths[0].rstrip("/") else \
+            f"{len(files)} image files"
+        raise ReaderError(f"{path}: {what}, not a URL list",
+                          hint=f"to build from image files on disk, pass --images {path} instead of --urls")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol not in ("file", "local"):
         files = [f if "://" in f else fs.unstrip_protocol(f) for f in files]

@@ -59,6 +59,21 @@ def test_bad_inputs_name_their_flag(tmp_path, urls, capsys, monkeypatch):
         assert not (tmp_path / name).exists(), "nothing is written for a refused run"
 
 
+def test_a_folder_of_images_given_to_urls_suggests_images(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(build_bbst, "_init_ray", lambda *a: pytest.fail("an input error must be found before Ray"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    synthetic.photo_like(40, 30, seed=1).save(photos / "a.jpg")
+    synthetic.photo_like(40, 30, seed=2).save(photos / "b.png")
+    err = _error(["--urls", str(photos), "--out", str(tmp_path / "o")], capsys)
+    first, hint = err.strip().splitlines()
+    assert first.startswith(f"bbst build: error: --urls {photos}: 2 image files, not a URL list"), err
+    assert hint == f"  hint: to build from image files on disk, pass --images {photos} instead of --urls"
+    err = _error(["--urls", str(photos / "a.jpg"), "--out", str(tmp_path / "o")], capsys)
+    assert "a.jpg: an image file, not a URL list" in err and "--images" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_foreign_folder_is_refused_and_kept(tmp_path, urls, capsys):
     user = tmp_path / "user"
     (user / "shards").mkdir(parents=True)

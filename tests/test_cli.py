@@ -281,3 +281,26 @@ def test_csv_without_url_column_in_a_process_has_no_finalizer_noise(tmp_path):
                  env={"RAY_ADDRESS": "local"}, timeout=300)
     assert proc.returncode == 2, proc.stderr
     _assert_one_line_error(proc.stderr, "build", "--set reader.url_column=link")
+
+
+UNKNOWN_FLAGS = [
+    ("stylize", ["--alpah", "0.5"], "hint: did you mean --alpha?"),
+    ("build", ["--min-sdie", "512"], "hint: did you mean --min-side?"),
+    ("build", ["--url-column", "link"], "hint: there is no flag for it; set it with --set reader.url_column=link"),
+    ("build", ["--phash-distance=3"], "hint: there is no flag for it; set it with --set dedup.phash_distance=3"),
+    ("evaluate", ["--no-such-thing-at-all"], None),
+]
+
+
+@pytest.mark.parametrize(("command", "argv", "hint"), UNKNOWN_FLAGS, ids=[" ".join(c[1]) for c in UNKNOWN_FLAGS])
+def test_unknown_flag_suggests_the_nearest_flag_or_its_set_key(command, argv, hint, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # a flag that parsed by mistake must not build the demo here
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"bbst {command}: error: unrecognized arguments: {' '.join(argv)}" in err, err
+    if hint is None:
+        assert "hint:" not in err
+    else:
+        assert err.rstrip().splitlines()[-1] == "  " + hint, err
