@@ -171,6 +171,46 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+BASE_KEY = "base"  # top-level YAML key naming the config file this one starts from
+
+
+def _base_path(path: str, base: Any) -> str:
+    """``base`` relative to the folder of ``path`` (local or fsspec), unless it is absolute or a URL."""
+    import posixpath
+
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: {BASE_KEY}: expected the path of a config file, got {base!r}", key=BASE_KEY)
+    if "://" in base or Path(base).is_absolute():
+        return base
+    if "://" in str(path):
+        return posixpath.join(posixpath.dirname(str(path)), base)
+    return str(Path(path).parent / base)
+
+
+def read_config_file(path: str | Path, _chain: tuple[str, ...] = ()) -> tuple[dict, list[tuple[str, str]]]:
+    """A config file's mapping with its ``base:`` chain resolved, and (dotted key, file) for every value given.
+
+    ``base: FILE`` (relative to the file that names it) loads FILE first and deep-merges this file over it, so a
+    variant states only what differs from its base: sections merge key by key, a value (lists included) replaces
+    the base's. Bases may have bases; a cycle is an error naming the chain.
+    """
+    path = str(path)
+    if path in _chain:
+        raise ConfigError(f"{path}: {BASE_KEY}: cycle {' -> '.join(_chain + (path,))}", key=BASE_KEY)
+    data = read_yaml(path)
+    if BASE_KEY not in data:
+        return data, [(k, path) for k in _leaf_keys(data)]
+    own = {k: v for k, v in data.items() if k != BASE_KEY}
+    base_path = _base_path(path, data[BASE_KEY])
+    try:
+        base, given = read_config_file(base_path, _chain + (path,))
+    except ConfigError as exc:
+        if str(exc) == f"{base_path}: config file not found":
+            raise ConfigError(f"{path}: {BASE_KEY}: {exc}", key=BASE_KEY) from None
+        raise
+    return merge(base, own), given + [(k, path) for k in _leaf_keys(own)]
+
+
 def parse_overrides(pairs: list[str] | None) -> dict:
     """Turn ``["download.timeout=5", "subsets.style.min_score=0.9"]`` into a nested dict (values parsed as YAML)."""
     out: dict = {}
@@ -219,14 +259,13 @@ def _flag_for(key: str) -> str:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | None = None,
                 sets: list[str] | None = None, origins: dict[str, str] | None = None) -> T:
-    """Config from defaults <- YAML file <- ``overrides`` (dict, e.g. from named CLI flags) <- ``--set`` pairs.
+    """Config from defaults <- YAML file (and its ``base:`` chain) <- ``overrides`` (dict, e.g. from named CLI flags) <- ``--set`` pairs.
 
     An error names where the offending value came from: the ``--set`` pair, the flag (``origins`` maps a dotted key
     of ``overrides`` to what the user typed, e.g. ``{"check.min_side": "--min-side -5"}``; otherwise the flag is
     guessed from the key's last part), or the config file.
     """
-    data = read_yaml(path) if path else {}
-    given: list[tuple[str, str]] = [(k, str(path)) for k in _leaf_keys(data)]  # (dotted key, origin), in order
+    data, given = read_config_file(path) if path else ({}, [])  # given: (dotted key, origin), in order
     if overrides:
         data = merge(data, overrides)
         given += [(k, (origins or {}).get(k) or _flag_for(k)) for k in _leaf_keys(overrides)]

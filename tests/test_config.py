@@ -53,3 +53,27 @@ def test_parse_overrides():
     assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=hello"]) == {"a": {"b": 1, "c": [1, 2]}, "d": "hello"}
     with pytest.raises(ConfigError):
         parse_overrides(["novalue"])
+
+
+def test_base_key_merges_the_variant_over_its_base(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("name: root\ninner:\n  timeout: 3\n  retries: 4\n  hosts: [a, b]\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\ninner:\n  retries: 7\n")
+    (tmp_path / "sub" / "leaf.yaml").write_text("base: mid.yaml\nname: leaf\ninner:\n  hosts: [c]\n")
+    cfg = load_config(Outer, tmp_path / "sub" / "leaf.yaml", sets=["inner.timeout=1"])
+    # sections merge key by key through the chain; a list replaces the base's; --set still wins
+    assert cfg.name == "leaf" and cfg.inner == Inner(timeout=1.0, retries=7, hosts=["c"])
+
+
+def test_base_key_errors_name_the_file_that_holds_the_value(tmp_path):
+    (tmp_path / "root.yaml").write_text("inner:\n  retries: many\n")
+    (tmp_path / "leaf.yaml").write_text("base: root.yaml\nname: leaf\n")
+    with pytest.raises(ConfigError, match=r"root\.yaml.*retries"):
+        load_config(Outer, tmp_path / "leaf.yaml")
+    (tmp_path / "leaf.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"leaf\.yaml: base: .*nowhere\.yaml: config file not found"):
+        load_config(Outer, tmp_path / "leaf.yaml")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(Outer, tmp_path / "a.yaml")
