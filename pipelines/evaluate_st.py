@@ -1,7 +1,7 @@
 """Evaluate style-transfer models on a protocol: a quality table (NeAT Table 1), a speed table (Table 2), a grid.
 
-``python pipelines/evaluate_st.py --protocol protocol.yaml --model NeAT=neat.pt --no-blur-row --no-prior-row
---model RAST=rast.pt --out eval/``
+``python pipelines/evaluate_st.py --protocol protocol.yaml --model NeAT=neat.pt --no-blur-row
+--model "NeAT (no prior deltas)"=neat_no_prior.pt --model RAST=rast.pt --out eval/``
 
 The protocol file (train/evaluation.py, docs/evaluation.md) fixes the content and style images, the pairs, the
 sizes, the metrics and the timing; ``pipelines/make_protocol.py`` builds one from your images. Without
@@ -10,9 +10,10 @@ sizes, the metrics and the timing; ``pipelines/make_protocol.py`` builds one fro
 
 Rows come from checkpoints of any registered model (``--model NAME=CKPT``, stylised here) and/or folders of
 precomputed outputs of other methods (``--outputs NAME=DIR`` holding ``<content>_stylized_<style>.png``, the naming
-of pipelines/stylize.py). ``--no-blur-row`` and ``--no-prior-row`` add NeAT's "no prior blurring" (blur 0) and
-"no prior deltas" (prior weight 0) rows for every checkpoint whose model has those controls. Writes
-``quality.md/.csv``, ``speed.md/.csv``, ``per_pair.csv`` and ``grid.html`` into ``--out``.
+of pipelines/stylize.py). ``--no-blur-row`` adds NeAT's "no prior blurring" row (blur 0) for every checkpoint
+whose model has a blur control; Table 1's "no prior deltas" row is a model trained without them
+(train/configs/neat_no_prior_1024.yaml), a ``--model`` row like any other. Writes ``quality.md/.csv``,
+``speed.md/.csv``, ``per_pair.csv`` and ``grid.html`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ class EvalConfig:
     models: list[str] = field(default_factory=list)  # NAME=CHECKPOINT rows stylised here (any registered model)
     outputs: list[str] = field(default_factory=list)  # NAME=DIR rows of precomputed <content>_stylized_<style>.png
     no_blur_row: bool = False  # add "NAME (no prior blurring)" per checkpoint with a blur control (blur=0), Table 1
-    no_prior_row: bool = False  # add "NAME (no prior deltas)" per checkpoint with a prior_weight control (weight 0)
     alpha: float = 1.0  # style strength for checkpoint rows
     sizes: list[str] = field(default_factory=list)  # override the protocol's quality sizes (WxH, max:N, native)
     timing_sizes: list[str] = field(default_factory=list)  # override the protocol's timing sizes (WxH)
@@ -65,8 +65,9 @@ class EvalConfig:
 
 
 EXAMPLES = (
-    ("bbst evaluate --protocol protocol.yaml --model NeAT=neat.pt --no-blur-row --no-prior-row --out eval/",
-     "NeAT Tables 1 and 2 on a protocol file, with the no-blur and no-prior-deltas rows"),
+    (("bbst evaluate --protocol protocol.yaml --model NeAT=neat.pt --no-blur-row "
+      "--model 'NeAT (no prior deltas)'=neat_no_prior.pt --out eval/"),
+     "NeAT Tables 1 and 2 on a protocol file: the no-blur row, and the model trained without prior deltas"),
     ("bbst evaluate --content photos/ --style styles/ --outputs other=other/ --random-metrics --out smoke/",
      "every content x style pair against another method's saved outputs; random metric nets (a smoke run)"),
 )
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add(p, "outputs", action="append", metavar="NAME=DIR")
     flags.add(p, "sizes", metavar="SIZE")
     flags.add(p, "timing_sizes", metavar="WxH")
-    for name in ("no_blur_row", "no_prior_row", "no_timing", "random_metrics"):
+    for name in ("no_blur_row", "no_timing", "random_metrics"):
         flags.add(p, name, action="store_true")
     flags.add_rest(p)  # every other option, in the dataclass's order
     p.set_defaults(config_flags=flags)
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_rows(cfg: EvalConfig, device: str) -> list[Row]:
-    """Checkpoint rows (with their no-blur / no-prior variants) and precomputed-output rows."""
+    """Checkpoint rows (with their no-blur variants) and precomputed-output rows."""
     from train.evaluation import Row, parse_named
     from train.inference import Stylizer
 
@@ -102,10 +103,6 @@ def build_rows(cfg: EvalConfig, device: str) -> list[Row]:
             no_blur = copy.copy(base)  # shares the loaded model; only the control changes
             no_blur.blur = 0.0
             rows.append(Row(f"{name} (no prior blurring)", no_blur))
-        if cfg.no_prior_row and base.supports("prior_weight"):
-            no_prior = copy.copy(base)
-            no_prior.prior_weight = 0.0
-            rows.append(Row(f"{name} (no prior deltas)", no_prior))
     for name, folder in parse_named(cfg.outputs, "--outputs"):
         if not Path(folder).is_dir():
             raise MissingInputError(f"--outputs {name}={folder}: folder not found")

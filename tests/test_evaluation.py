@@ -123,13 +123,16 @@ def test_evaluate_neat_and_rast_rows_on_a_tiny_protocol(tmp_path):
     from pipelines.evaluate_st import main
 
     proto = write_tiny_protocol(tmp_path / "proto")
-    neat = _checkpoint(tmp_path / "neat.pt", "test_neat")
-    rast = _checkpoint(tmp_path / "rast.pt", "test_rast")
-    res = main(["--protocol", str(proto), "--model", f"NeAT={neat}", "--model", f"RAST={rast}", "--no-blur-row",
-                "--no-prior-row", "--random-metrics", "--device", "cpu", "--out", str(tmp_path / "eval")])
+    neat = _checkpoint(tmp_path / "neat.pt", "neat_tiny")
+    no_prior = _checkpoint(tmp_path / "no_prior.pt", "neat_tiny", prior_deltas=False)
+    rast = _checkpoint(tmp_path / "rast.pt", "rast_tiny")
+    res = main(["--protocol", str(proto), "--model", f"NeAT={neat}", "--model", f"NeAT (no prior deltas)={no_prior}",
+                "--model", f"RAST={rast}", "--no-blur-row", "--random-metrics", "--device", "cpu",
+                "--out", str(tmp_path / "eval")])
     labels = [r[0] for r in res["quality"]]
     main_rows = ["NeAT", "NeAT (no prior blurring)", "NeAT (no prior deltas)", "RAST"]
-    assert labels == main_rows + [f"{x} (48x48)" for x in main_rows]  # RAST has no blur / prior controls
+    # the model trained without prior deltas has no prior to blur, and RAST has no blur control: no extra rows
+    assert labels == main_rows + [f"{x} (48x48)" for x in main_rows]
     assert all(r[1] == "4" for r in res["quality"])  # 2 contents x 2 styles
     assert [r[0] for r in res["speed"]] == main_rows and all(len(r) == 3 for r in res["speed"])
     out = tmp_path / "eval"

@@ -12,6 +12,7 @@ from train.models.layers import (
     bilateral_filter,
     cap_tokens,
     gaussian_blur,
+    pad_to_multiple,
     recolour,
     sobel_magnitude,
 )
@@ -261,3 +262,21 @@ def test_neat_style_loss_switch_and_vgg16_loss_network():
     assert 0.0 <= logs["style"] <= 1.0
     with pytest.raises(ValueError, match="style_loss"):
         create_model("neat_tiny", style_loss="nope")
+
+
+def test_no_prior_deltas_model_decodes_the_image_itself():
+    """Table 1's "no prior deltas": the decoder output is the image; the prior takes no part in it."""
+    torch.manual_seed(0)
+    model = create_model("neat_tiny", prior_deltas=False).eval()
+    c, s = torch.rand(1, 3, 37, 51), torch.rand(1, 3, 40, 40)
+    decoded = model.decoder(model.transform(model.vgg(pad_to_multiple(c, 8), ("relu4_1",))["relu4_1"],
+                                            model.vgg(s, ("relu4_1",))["relu4_1"]))
+    assert torch.equal(model.stylize(c, s), decoded[..., :37, :51].clamp(0, 1))
+    # a delta decoder starts at zero (output = weighted prior); an image decoder must start from a live init
+    assert model.decoder.net[-1].weight.abs().sum() > 0
+    assert create_model("neat_tiny").decoder.net[-1].weight.abs().sum() == 0
+    with pytest.raises(ValueError, match="without prior deltas"):
+        model.stylize(c, s, blur=0.0)
+    assert model.disabled_controls == ("blur", "prior_weight")
+    _, logs, images = model.train().generator_step(_batch())
+    assert "prior" not in images and torch.isfinite(torch.tensor(list(logs.values()))).all()

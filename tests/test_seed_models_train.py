@@ -114,3 +114,17 @@ def test_shipped_configs_load_and_build(name):
     if name == "neat_balanced_vgg16.yaml":
         assert model.loss_vgg is not None and model.cfg.content_layer == "relu3_3"
         assert model.cfg.style_layers == ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+
+def test_every_shipped_training_config_loads_and_no_prior_differs_in_one_key():
+    from curate.config import load_config, to_dict
+    from train.config import TrainConfig
+
+    repo = Path(__file__).resolve().parent.parent
+    configs = sorted((repo / "train" / "configs").rglob("*.yaml"))
+    assert len(configs) > 10
+    loaded = {str(p.relative_to(repo / "train" / "configs")): to_dict(load_config(TrainConfig, p)) for p in configs}
+    for pair in (("neat_1024.yaml", "neat_no_prior_1024.yaml"), ("neat_tiny.yaml", "neat_no_prior_tiny.yaml")):
+        full, ablated = (loaded[name] for name in pair)
+        assert ablated["model"]["kwargs"] == {**full["model"]["kwargs"], "prior_deltas": False}
+        assert {**ablated, "model": full["model"], "logging": full["logging"]} == full

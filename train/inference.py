@@ -144,7 +144,7 @@ class Stylizer:
         wanted = {"alpha": self.alpha if self.alpha != 1.0 else None, "blur": self.blur,
                   "prior_weight": self.prior_weight, "steps": self.steps}
         wanted = {k: v for k, v in wanted.items() if v is not None}
-        accepted = inspect.signature(self.model.stylize).parameters
+        accepted = [c for c in inspect.signature(self.model.stylize).parameters if self.supports(c)]
         missing = sorted(k for k in wanted if k not in accepted)
         if missing:
             have = [c for c in CONTROLS if c in accepted]
@@ -153,7 +153,9 @@ class Stylizer:
         return wanted
 
     def supports(self, control: str) -> bool:
-        return control in inspect.signature(self.model.stylize).parameters
+        """Whether ``model.stylize`` takes ``control`` and this model has something to apply it to."""
+        return (control in inspect.signature(self.model.stylize).parameters
+                and control not in getattr(self.model, "disabled_controls", ()))
 
     @torch.inference_mode()
     def __call__(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

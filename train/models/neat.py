@@ -46,6 +46,9 @@ class NeATConfig:
     max_style_tokens: int = 4096  # style relu4_1 positions kept (area-pooled above this; 4096 = a 512 px style)
     decoder_width: float = 1.0  # channel multiplier of the decoder
     # --- content prior
+    # True (paper): the decoder outputs RGB deltas added to the weighted, filtered, recoloured content prior.
+    # False: it outputs the image itself (no prior; the prior_* fields are unused): Table 1's "no prior deltas".
+    prior_deltas: bool = True
     prior_weight: float = 0.5  # the prior is scaled by this before the deltas are added (paper: 0.5)
     prior_blur_kernel: int = 7  # Gaussian blur kernel in px (paper: 7); 0 = off
     prior_blur_sigma: float = 0.0  # Gaussian sigma; 0 = OpenCV's rule for the kernel size
@@ -288,7 +291,8 @@ class NeAT(nn.Module):
         c4 = ch["relu4_1"]
         # generator
         self.blocks = nn.ModuleList(PAMABlock(c4) for _ in range(cfg.num_blocks))
-        self.decoder = DeltaDecoder(c4, cfg.decoder_width)
+        # deltas start at zero (output = the weighted prior); an image decoder starts from He init like RAST's
+        self.decoder = DeltaDecoder(c4, cfg.decoder_width, zero_init=cfg.prior_deltas)
         self.style_head = ContrastHead(ch["relu3_1"], cfg.proj_dim)
         self.content_head = ContrastHead(ch["relu4_1"], cfg.proj_dim)
         # discriminators (trained by discriminator_step)
@@ -325,8 +329,13 @@ class NeAT(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- generation
     def filter_prior(self, content: torch.Tensor, blur: float | None = None) -> torch.Tensor:
-        """Blur + bilateral-filter the content; ``blur`` scales both window sizes (1 = training, 0 = off)."""
+        """Blur + bilateral-filter the content; ``blur`` scales both window sizes (1 = training, 0 = off).
+
+        A model without prior deltas has no prior: the content passes through (it only gives the output size).
+        """
         cfg, strength = self.cfg, 1.0 if blur is None else float(blur)
+        if not cfg.prior_deltas:
+            return content
         if strength < 0:
             raise ValueError(f"blur strength must be >= 0, got {blur}")
         with torch.no_grad(), torch.autocast(device_type=content.device.type, enabled=False):
@@ -341,7 +350,7 @@ class NeAT(nn.Module):
 
     def make_prior(self, filtered: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """Recolour the filtered content to the style image's colour mean/covariance (if enabled)."""
-        if not self.cfg.prior_recolour:
+        if not (self.cfg.prior_recolour and self.cfg.prior_deltas):
             return filtered
         with torch.no_grad():
             return recolour(filtered, style)
@@ -355,9 +364,17 @@ class NeAT(nn.Module):
         return fcs
 
     def generate(self, fc4: torch.Tensor, fs4: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        """Stylised image = prior_weight * prior + decoded RGB deltas (unclamped, for the losses)."""
-        delta = self.decoder(self.transform(fc4, fs4))
-        return self.cfg.prior_weight * prior + delta[..., :prior.shape[-2], :prior.shape[-1]]
+        """Stylised image = prior_weight * prior + decoded RGB deltas (unclamped, for the losses).
+
+        Without ``prior_deltas`` the decoded image itself (``prior`` only gives the output size).
+        """
+        delta = self.decoder(self.transform(fc4, fs4))[..., :prior.shape[-2], :prior.shape[-1]]
+        return self.cfg.prior_weight * prior + delta if self.cfg.prior_deltas else delta
+
+    @property
+    def disabled_controls(self) -> tuple[str, ...]:
+        """Inference controls ``stylize`` accepts but this instance has nothing to apply them to."""
+        return () if self.cfg.prior_deltas else ("blur", "prior_weight")
 
     @torch.no_grad()
     def stylize(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0,
@@ -367,21 +384,28 @@ class NeAT(nn.Module):
         ``alpha`` interpolates the decoder input between content and stylised features and the prior between the
         original content and the recoloured prior; alpha > 1 extrapolates (stronger style). ``blur`` scales the
         prior filters (None = as trained, 0 = no blur). ``prior_weight`` replaces the trained prior weighting
-        (None = as trained; 0 = the decoded deltas alone, the "no prior deltas" row of the evaluation).
+        (None = as trained; 0 = the decoded deltas alone, an inference-time switch, not a model trained without
+        the prior). A model trained without prior deltas (``prior_deltas=False``) has neither control.
         """
+        given = [name for name, v in (("blur", blur), ("prior_weight", prior_weight)) if v is not None]
+        if not self.cfg.prior_deltas and given:
+            raise ValueError(f"this NeAT was trained without prior deltas: it has no {' or '.join(given)} control")
         pw = self.cfg.prior_weight if prior_weight is None else float(prior_weight)
         h, w = content.shape[-2:]
         if style.shape[0] == 1 and content.shape[0] > 1:
             style = style.expand(content.shape[0], -1, -1, -1)
         content_p = pad_to_multiple(content, 8)
-        prior = self.make_prior(self.filter_prior(content_p, blur), style)
         fc = self.vgg(content_p, ("relu4_1",))["relu4_1"]
         fs = self.vgg(style, ("relu4_1",))["relu4_1"]
         feat = self.transform(fc, fs)
         if alpha != 1.0:
             feat = fc + alpha * (feat - fc)
-            prior = content_p + alpha * (prior - content_p)
-        out = pw * prior + self.decoder(feat)[..., :content_p.shape[-2], :content_p.shape[-1]]
+        out = self.decoder(feat)[..., :content_p.shape[-2], :content_p.shape[-1]]
+        if self.cfg.prior_deltas:
+            prior = self.make_prior(self.filter_prior(content_p, blur), style)
+            if alpha != 1.0:
+                prior = content_p + alpha * (prior - content_p)
+            out = pw * prior + out
         return out[..., :h, :w].clamp(0, 1)
 
     # ------------------------------------------------------------------------------------------ training steps
@@ -511,8 +535,9 @@ class NeAT(nn.Module):
                    "style_nce": cfg.w_style_nce}
         loss = sum(weights[k] * v for k, v in terms.items()) + accumulated
         logs = {k: float(v.detach()) for k, v in terms.items()}
-        images = {"content": content.detach(), "style": style.detach(), "prior": prior[:b].detach().clamp(0, 1),
-                  "output": out[:b].detach().clamp(0, 1)}
+        images = {"content": content.detach(), "style": style.detach(), "output": out[:b].detach().clamp(0, 1)}
+        if cfg.prior_deltas:
+            images["prior"] = prior[:b].detach().clamp(0, 1)
         return loss, logs, images
 
     def _style_nce_generator(self, ofeat: dict, sfeat: dict, style2: torch.Tensor, si: torch.Tensor) -> torch.Tensor:
