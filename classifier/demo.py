@@ -21,10 +21,11 @@ def build_demo_classifier(images: list[bytes], labels: list[int], out_dir: str, 
     Takes a few seconds on a CPU. The checkpoint's ``config.json`` has ``"demo": true`` and a ``demo-`` version,
     and :class:`classifier.scoring.StyleScorer` warns loudly when it loads one. Returns the checkpoint path.
     """
-    from classifier.checkpoint import data_hash, save_classifier
+    from classifier.checkpoint import data_hash
     from classifier.factory import create_model
     from classifier.features import extract_features, sha256_bytes
-    from classifier.head import train_head
+    from classifier.labels import TrainDataError
+    from classifier.training import fit_classifier
 
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -37,21 +38,19 @@ def build_demo_classifier(images: list[bytes], labels: list[int], out_dir: str, 
     shas = [sha256_bytes(b) for b in images]
     # small corpora: keep at least a few validation rows per class so calibration has something to fit
     val_fraction = 0.25 if len(images) >= 16 else 0.5
-    result = None
+    extra = {"demo": True, "note": "demo classifier: random-init tiny backbone, generated images; not for real data"}
     for attempt in range(8):
         # a handful of images can hash into an empty or one-class split; another split seed fixes that
         try:
-            result = train_head(feats, labels_arr, shas, val_fraction=val_fraction, seed=seed + attempt,
-                                hidden=model.cfg.head.hidden, dropout=model.cfg.head.dropout, max_epochs=200)
+            fitted = fit_classifier(model, feats, labels_arr, shas, out_dir, val_fraction=val_fraction,
+                                    seed=seed + attempt, max_epochs=200, extra=extra, source="demo labels",
+                                    training_data_hash=data_hash(zip(shas, labels_arr)))
             break
-        except ValueError as exc:
-            if attempt == 7 or "split" not in str(exc):
+        except TrainDataError:
+            if attempt == 7:
                 raise
-    version = save_classifier(out_dir, model, result, training_data_hash=data_hash(zip(shas, labels_arr)),
-                              extra={"demo": True, "note": "demo classifier: random-init tiny backbone, generated "
-                                     "images; not for real data"})
-    log.warning("built DEMO classifier %s in %s (held-out accuracy %.3f on generated images)", version, out_dir,
-                result.metrics["accuracy"])
+    log.warning("built DEMO classifier %s in %s (held-out accuracy %.3f on generated images)", fitted.version, out_dir,
+                fitted.result.metrics["accuracy"])
     return str(out_dir)
 
 

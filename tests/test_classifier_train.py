@@ -212,10 +212,12 @@ def test_train_classifier_from_folder_csv_and_labeling_db_with_finetuning(tmp_pa
     csv.write_text("\n".join(lines + ["sub/missing.jpg,1,a,999"]) + "\n")
     args = ["--labels", str(csv), "--images", str(tmp_path / "imgs"), "--model", "test_vit_shared",
             "--out", str(tmp_path / "csv"), "--num-threads", "1", "--no-report"]
-    from pipelines.train_classifier import TrainDataError, parse_args, run
+    from classifier.labels import TrainDataError
+    from classifier.training import TrainClassifierConfig, train_classifier
 
     with pytest.raises(TrainDataError, match="sub/missing.jpg"):
-        run(parse_args(args))
+        train_classifier(TrainClassifierConfig(labels=str(csv), images=str(tmp_path / "imgs"), model="test_vit_shared",
+                                               out=str(tmp_path / "csv"), num_threads=1, report=False))
     assert main(args) == 2
     # ... unless skipped explicitly, which lists it
     assert main(args + ["--skip-missing"]) == 0
@@ -230,7 +232,9 @@ def _strict_json(path):
 
 
 def test_held_out_side_without_examples_warns_and_json_has_no_nan(tmp_path, generated, caplog):
-    from pipelines.train_classifier import TrainDataError, main, parse_args, run
+    from classifier.labels import TrainDataError
+    from classifier.training import TrainClassifierConfig, train_classifier
+    from pipelines.train_classifier import main
 
     blobs, labels, keys = generated
     blobs, labels, keys = blobs[:80], labels[:80], keys[:80]
@@ -243,7 +247,7 @@ def test_held_out_side_without_examples_warns_and_json_has_no_nan(tmp_path, gene
                    tmp_path / "labels.parquet")
     argv = ["--labels", str(tmp_path / "labels.parquet"), "--images", str(shards), "--model", "test_vit_shared",
             "--epochs", "30", "--num-threads", "1", "--val-fraction", "0.25", "--out", str(tmp_path / "out")]
-    caplog.set_level("WARNING", logger="train_classifier")
+    caplog.set_level("WARNING", logger="classifier.training")
     assert main(argv) == 0
     summary = _strict_json(tmp_path / "out" / "summary.json")
     assert summary["metrics"]["roc_auc"] is None
@@ -257,4 +261,6 @@ def test_held_out_side_without_examples_warns_and_json_has_no_nan(tmp_path, gene
                              "label": [int(labels[i]) for i in keep if keys[i] not in train_pos]}),
                    tmp_path / "one-class.parquet")
     with pytest.raises(TrainDataError, match="training split has no stylistic examples"):
-        run(parse_args([*argv[:1], str(tmp_path / "one-class.parquet"), *argv[2:]]))
+        train_classifier(TrainClassifierConfig(labels=str(tmp_path / "one-class.parquet"), images=str(shards),
+                                               model="test_vit_shared", epochs=30, num_threads=1, val_fraction=0.25,
+                                               out=str(tmp_path / "out")))

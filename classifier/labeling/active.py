@@ -30,11 +30,9 @@ import numpy as np
 from classifier.labeling.pool import Pool
 from classifier.labeling.sampling import RANDOM
 from classifier.labeling.store import LabelStore
+from classifier.training import MIN_HELD_OUT
 
 log = logging.getLogger(__name__)
-
-# A held-out figure (accuracy, ROC-AUC, ECE) from fewer labels than this is reported with a caveat.
-MIN_HELD_OUT = 20
 
 
 @dataclass
@@ -273,8 +271,8 @@ class ActiveLearner:
 
     def retrain(self) -> int:
         """Train a head on the consensus labels now, save it, rescore the pool, record the round. Returns it."""
-        from classifier.checkpoint import jsonable, save_classifier
-        from classifier.head import train_head
+        from classifier.checkpoint import jsonable
+        from classifier.training import fit_classifier
 
         self.retraining = True
         try:
@@ -289,20 +287,16 @@ class ActiveLearner:
             keys = [k for k, f in zip(keys, found) if f]
             feats = np.asarray(feats)[found]
             y = np.array([cons[k] for k in keys], dtype=np.int64)
-            if len(set(y.tolist())) < 2:
-                raise ValueError("both classes need labelled items with features before a head can be trained")
-            # the head's shape comes from the model config, so the saved checkpoint reloads as the same network
-            head_cfg = self.model.cfg.head
-            head_result = train_head(feats, y, keys, val_fraction=self.cfg.val_fraction, seed=self.cfg.seed,
-                                     target_precision=self.cfg.target_precision, hidden=head_cfg.hidden,
-                                     dropout=head_cfg.dropout)
-            train_seconds = time.perf_counter() - t0
             rnd = self.store.current_round() + 1
             path = self.rounds_dir / f"round-{rnd:04d}.ckpt"
             data_hash = _labels_hash(keys, y)
-            version = save_classifier(path, self.model, head_result, training_data_hash=data_hash,
-                                      extra={"labeling_round": rnd, "labeling_db": str(self.store.path),
-                                             "demo": self.demo})
+            fitted = fit_classifier(self.model, feats, y, keys, path, training_data_hash=data_hash,
+                                    val_fraction=self.cfg.val_fraction, seed=self.cfg.seed,
+                                    target_precision=self.cfg.target_precision, source="labeled items with features",
+                                    extra={"labeling_round": rnd, "labeling_db": str(self.store.path),
+                                           "demo": self.demo})
+            head_result, version = fitted.result, fitted.version
+            train_seconds = time.perf_counter() - t0
             with self._state_lock:
                 self.head_result, self.model_version, self.checkpoint_path = head_result, str(version), path
             n_scored, rescore_seconds = self.rescore_pool()

@@ -31,11 +31,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request  # module level: route annotations are resolved in this module's globals
 
-from classifier.labeling.active import MIN_HELD_OUT
 from classifier.labeling.agreement import agreement_summary
 from classifier.labeling.pool import UnsafePathError
 from classifier.labeling.session import LabelConfig, LabelSession, UnknownKey, build_session
 from classifier.labeling.store import ANNOTATOR_MAX, ANNOTATOR_PATTERN, LabelStoreError, normalize_annotator
+from classifier.training import MIN_HELD_OUT
 
 log = logging.getLogger(__name__)
 

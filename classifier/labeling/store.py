@@ -477,7 +477,7 @@ class LabelStore:
         rows = []
         for i, r in enumerate(table.to_pylist()):
             raw = r.get("label") if r.get("label") not in (None, "") else r.get("y")
-            label = _parse_label(raw)
+            label = parse_label(raw)
             key = r.get("key")
             if label is None or key in (None, "") or len(str(key)) > 512:
                 raise LabelStoreError(f"{path}: row {i + 1}: bad key/label ({key!r}, {raw!r}); "
@@ -527,7 +527,8 @@ class LabelStore:
         return len(rows)
 
 
-def _parse_label(raw) -> str | None:
+def parse_label(raw) -> str | None:
+    """A decision (stylistic, not_stylistic, skip) from its name or from 1/0, true/false; None when neither."""
     if isinstance(raw, str):
         s = raw.strip().lower()
         if s in DECISIONS:
