@@ -29,15 +29,23 @@ EXAMPLES = (
 )
 
 
-@error_boundary("train-classifier")
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     from classifier.training import TrainClassifierConfig
 
     p = make_parser("train-classifier", __doc__.split("\n\n")[0], EXAMPLES)
     add_config_file_flags(p, "TrainClassifierConfig", "val_fraction=0.25")
     flags = ConfigFlags(TrainClassifierConfig)
     flags.add_all(p)  # every option of the dataclass, help from its one-line comment
-    cfg = load_args(TrainClassifierConfig, p.parse_args(argv), flags)
+    p.set_defaults(config_flags=flags)
+    return p
+
+
+@error_boundary("train-classifier")
+def main(argv: list[str] | None = None) -> int:
+    from classifier.training import TrainClassifierConfig
+
+    args = build_parser().parse_args(argv)
+    cfg = load_args(TrainClassifierConfig, args, args.config_flags)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from classifier.training import json_text, train_classifier
 
