@@ -29,23 +29,16 @@ sys.path.insert(0, str(REPO))
 def train_step_seconds(model, crop: int, batch: int, device, steps: int, warmup: int, bf16: bool) -> float:
     import torch
 
-    g_params = [p for p in model.generator_parameters() if p.requires_grad]
-    d_params = [p for p in model.discriminator_parameters() if p.requires_grad]
-    opt_g = torch.optim.Adam(g_params, lr=1e-4)
-    opt_d = torch.optim.Adam(d_params, lr=1e-4, betas=(0.5, 0.999)) if d_params else None
+    from train.config import OptimConfig
+    from train.step import bf16_autocast, make_optimizers, optimizer_step
+
+    opts = make_optimizers(model, OptimConfig())
     gen = torch.Generator().manual_seed(0)
     data = {k: torch.rand(batch, 3, crop, crop, generator=gen).to(device) for k in ("content", "style", "style2")}
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else nullcontext
+    autocast = bf16_autocast(device, bf16)
 
     def step() -> None:
-        with autocast():
-            if opt_d is not None:
-                opt_d.zero_grad(set_to_none=True)
-                model.discriminator_step(data)[0].backward()
-                opt_d.step()
-            opt_g.zero_grad(set_to_none=True)
-            model.generator_step(data)[0].backward()
-            opt_g.step()
+        optimizer_step(model, [data], opts, autocast=autocast)
 
     model.train()
     for _ in range(warmup):

@@ -47,7 +47,9 @@ def one(model_name: str, phase: str, width: int, height: int, batch: int, device
     sys.path.insert(0, str(REPO))
     import torch
 
+    from train.config import OptimConfig
     from train.models import create_model
+    from train.step import bf16_autocast, make_optimizers, optimizer_step
 
     if threads:
         torch.set_num_threads(threads)
@@ -63,22 +65,13 @@ def one(model_name: str, phase: str, width: int, height: int, batch: int, device
     rec = {"model": model_name, "phase": phase, "size": f"{width}x{height}", "device": device}
     if phase == "train":
         model.train()
-        g_params = [p for p in model.generator_parameters() if p.requires_grad]
-        d_params = [p for p in model.discriminator_parameters() if p.requires_grad]
-        opt_g = torch.optim.Adam(g_params, lr=1e-4)
-        opt_d = torch.optim.Adam(d_params, lr=1e-4) if d_params else None
+        opts = make_optimizers(model, OptimConfig())
         b = {k: torch.rand(batch, 3, height, width, generator=gen).to(dev) for k in ("content", "style", "style2")}
         b.update(content_key=[str(i) for i in range(batch)], style_key=[str(i) for i in range(batch)])
+        autocast = bf16_autocast(dev)
 
         def step():
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                if opt_d is not None:
-                    opt_d.zero_grad(set_to_none=True)
-                    model.discriminator_step(b)[0].backward()
-                    opt_d.step()
-                opt_g.zero_grad(set_to_none=True)
-                model.generator_step(b)[0].backward()
-                opt_g.step()
+            optimizer_step(model, [b], opts, autocast=autocast)
 
         rec["seconds"] = _timed(step, repeats, warmup, sync)
         rec["batch"] = batch

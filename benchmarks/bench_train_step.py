@@ -27,7 +27,9 @@ def one(model_name: str, crop: int, batch: int, device: str, steps: int, warmup:
     sys.path.insert(0, str(REPO))
     import torch
 
+    from train.config import OptimConfig
     from train.models import create_model
+    from train.step import bf16_autocast, make_optimizers, optimizer_step
 
     if threads:
         torch.set_num_threads(threads)
@@ -35,26 +37,14 @@ def one(model_name: str, crop: int, batch: int, device: str, steps: int, warmup:
     torch.manual_seed(0)
     kwargs = {"vgg_weights": None}  # random init: weights do not change the cost
     model = create_model(model_name, **kwargs).to(dev).train()
-    g_params = [p for p in model.generator_parameters() if p.requires_grad]
-    d_params = [p for p in model.discriminator_parameters() if p.requires_grad]
-    opt_g = torch.optim.Adam(g_params, lr=1e-4)
-    opt_d = torch.optim.Adam(d_params, lr=1e-4, betas=(0.5, 0.999)) if d_params else None
+    opts = make_optimizers(model, OptimConfig())
     gen = torch.Generator().manual_seed(0)
     batch_t = {k: torch.rand(batch, 3, crop, crop, generator=gen).to(dev) for k in ("content", "style", "style2")}
     batch_t.update(content_key=[str(i) for i in range(batch)], style_key=[str(i) for i in range(batch)])
-    use_bf16 = dev.type == "cuda"
+    autocast = bf16_autocast(dev)
 
     def step() -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            if opt_d is not None:
-                opt_d.zero_grad(set_to_none=True)
-                loss_d, _ = model.discriminator_step(batch_t)
-                loss_d.backward()
-                opt_d.step()
-            opt_g.zero_grad(set_to_none=True)
-            loss_g, _, _ = model.generator_step(batch_t)
-            loss_g.backward()
-            opt_g.step()
+        optimizer_step(model, [batch_t], opts, autocast=autocast)
 
     for _ in range(warmup):
         step()

@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -30,9 +29,9 @@ from train.checkpoint import (
     save_checkpoint,
 )
 from train.config import TrainConfig
-from train.contrastive import accumulated_contrastive_grads
 from train.data import ShardPairLoader
 from train.models import create_model
+from train.step import bf16_autocast, make_optimizers, optimizer_step
 
 log = logging.getLogger("bbst.train")
 IMAGE_ORDER = ("content", "style", "prior", "output")
@@ -111,12 +110,6 @@ def checkpoint_dir(cfg: TrainConfig) -> str:
     return cfg.checkpoint.dir or os.path.join(cfg.logging.dir, "checkpoints")
 
 
-def _clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
-    if max_norm > 0 and params:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return 0.0
-
-
 def _image_grid(images: dict[str, torch.Tensor], n: int) -> torch.Tensor:
     from torchvision.utils import make_grid
 
@@ -156,8 +149,7 @@ def train(cfg: TrainConfig, resume: bool | str = False,
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = dist.device
-    use_bf16 = cfg.optim.bf16 and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    autocast = bf16_autocast(device, cfg.optim.bf16)
     ckpt_dir = checkpoint_dir(cfg)
     if dist.is_main:
         os.makedirs(cfg.logging.dir, exist_ok=True)
@@ -179,12 +171,8 @@ def train(cfg: TrainConfig, resume: bool | str = False,
         raise ConfigError(f"optim.contrastive_batch: model {cfg.model.name!r} has no contrastive terms to accumulate")
 
     # ---------------------------------------------------------------------------------------------- optimizers
-    g_params = [p for p in model.generator_parameters() if p.requires_grad]
-    d_params = [p for p in model.discriminator_parameters() if p.requires_grad]
-    opt_g = torch.optim.Adam(g_params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                             weight_decay=cfg.optim.weight_decay)
-    opt_d = torch.optim.Adam(d_params, lr=cfg.optim.lr_d, betas=tuple(cfg.optim.betas_d),
-                             weight_decay=cfg.optim.weight_decay) if d_params else None
+    opts = make_optimizers(model, cfg.optim)
+    opt_g, opt_d = opts.g, opts.d
 
     # ---------------------------------------------------------------------------------------------- resume
     step = 0
@@ -253,46 +241,13 @@ def train(cfg: TrainConfig, resume: bool | str = False,
             micro = [next(data_iter) for _ in range(n_micro)]
             if cfg.schedule.overfit_batches:
                 fixed = micro  # debugging mode: every step trains on these same micro-batches
-        sums: dict[str, float] = {}
-
-        def add(logs: dict[str, float], sums: dict[str, float] = sums, n: int = len(micro)) -> None:
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / n
-
-        # discriminator first, on the same micro-batches the generator then trains on (detached outputs inside)
-        if opt_d is not None and cfg.schedule.d_every > 0 and step % cfg.schedule.d_every == 0:
+        if opt_d is not None:
             for group in opt_d.param_groups:
                 group["lr"] = lr_d
-            opt_d.zero_grad(set_to_none=True)
-            for batch in micro:
-                with autocast():
-                    loss_d, logs_d = model.discriminator_step(batch)
-                (loss_d / len(micro)).backward()
-                add({"loss_d": float(loss_d.detach()), **{k if "/" in k else f"d/{k}": v for k, v in logs_d.items()}})
-            D.average_gradients(d_params, dist)
-            _clip(d_params, cfg.optim.grad_clip)
-            opt_d.step()
-
-        opt_g.zero_grad(set_to_none=True)
-        images: dict[str, torch.Tensor] = {}
-        c_grads: list[dict[str, torch.Tensor]] = []
-        if accumulate_logits:  # big-batch contrastive gradients first, then re-forward each micro-batch
-            c_grads, c_logs = accumulated_contrastive_grads(model, micro, dist.rank, dist.world_size, autocast)
-            add({f"g/{k}": v * len(micro) for k, v in c_logs.items()})
-        for i, batch in enumerate(micro):
-            with autocast():
-                if accumulate_logits:
-                    loss_g, logs_g, images = model.generator_step(batch, contrastive_grads=c_grads[i])
-                else:
-                    loss_g, logs_g, images = model.generator_step(batch)
-            if not torch.isfinite(loss_g):
-                raise FloatingPointError(f"step {step}: generator loss is {float(loss_g)} "
-                                         f"(content {batch['content_key']}, style {batch['style_key']})")
-            (loss_g / len(micro)).backward()
-            add({"loss_g": float(loss_g.detach()), **{k if "/" in k else f"g/{k}": v for k, v in logs_g.items()}})
-        D.average_gradients(g_params, dist)
-        grad_norm = _clip(g_params, cfg.optim.grad_clip)
-        opt_g.step()
+        result = optimizer_step(model, micro, opts, autocast=autocast, grad_clip=cfg.optim.grad_clip, dist=dist,
+                                train_discriminator=cfg.schedule.d_every > 0 and step % cfg.schedule.d_every == 0,
+                                contrastive=accumulate_logits, step=step)
+        sums, images, grad_norm = result.logs, result.images, result.grad_norm
         step += 1
 
         # ------------------------------------------------------------------------------------------ logging
