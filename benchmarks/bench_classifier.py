@@ -116,7 +116,7 @@ def _end_to_end(name: str, device: torch.device, args) -> float:
     from classifier.factory import create_model
     from classifier.head import HeadResult
     from classifier.scoring import StyleScorer
-    from curate.synthetic import encode, make_image
+    from core.synthetic import encode, make_image
 
     model = create_model(name)
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 def _make_one(args: tuple[int, int, int, str]) -> tuple[str, int, str]:
     import numpy as np
 
-    from curate import synthetic
+    from core import synthetic
 
     i, min_side, seed, root = args
     rng = np.random.default_rng(seed + i)
@@ -230,8 +230,9 @@ def make_dedup_rows(root: Path, rows: int, per_partition: int = 10_000, seed: in
     duplicates (2 bits flipped), random sha256 and phash otherwise. Written one partition at a time."""
     import numpy as np
 
-    from curate import schema, staging
-    from curate.store import Store
+    from core import schema
+    from core.store import Store
+    from curate import staging
 
     store = Store(str(root))
     rng = np.random.default_rng(seed)
@@ -255,7 +256,7 @@ def make_dedup_rows(root: Path, rows: int, per_partition: int = 10_000, seed: in
             "key": [schema.make_key(p, i) for i in range(n)], "status": status, "sha256": sha,
             "phash": [f"{h:016x}" for h in ph]}))
         partitions[p] = n
-    store.write_json(f"{staging.STAGING}/partitions.json", partitions)
+    store.write_json(f"{schema.STAGING}/partitions.json", partitions)
     return partitions
 
 
@@ -265,8 +266,8 @@ def dedup_driver(root: str) -> None:
 
     import ray
 
+    from core.store import Store
     from curate.build_config import BuildConfig
-    from curate.store import Store
     from pipelines import build_bbst
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,

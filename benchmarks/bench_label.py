@@ -35,8 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from curate.schema import SHARDS_DIR, make_key, shard_name
-from curate.synthetic import encode, make_image
+from core.schema import SHARDS_DIR, make_key, shard_name
+from core.synthetic import encode, make_image
 
 
 def build_pool(root: Path, n: int, size: int) -> Path:

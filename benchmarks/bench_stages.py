@@ -24,7 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from curate import synthetic
+from core import synthetic
 from curate.downloader import DownloadConfig, Downloader
 from curate.imagecheck import ImageCheckConfig, ImageChecker
 

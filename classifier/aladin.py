@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curate.errors import BbstError
+from core.errors import BbstError
 
 ALADIN_MEAN = (0.5, 0.5, 0.5)
 ALADIN_STD = (0.5, 0.5, 0.5)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curate.errors import BbstError
+from core.errors import BbstError
 
 FORMAT = "bbst-classifier"
 FORMAT_VERSION = 1

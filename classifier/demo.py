@@ -60,7 +60,7 @@ def train_demo_classifier(url_list: str | Path, out_dir: str | Path, extra_image
     The labels are the demo corpus's ground truth (artwork-like vs photo-like images that the pipeline keeps),
     topped up with ``extra_images`` small images from the same generator so the head sees enough of both kinds.
     """
-    from curate import synthetic
+    from core import synthetic
     from curate.demo import known_labels
 
     labelled = known_labels(url_list)

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from classifier.model import ModelConfig, StyleClassifier
-from curate.config import ConfigError, from_dict, merge
+from core.config import ConfigError, from_dict, merge
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _REGISTRY: dict[str, dict] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from curate.errors import BbstError
+from core.errors import BbstError
 
 
 class TrainDataError(BbstError, ValueError):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from classifier.calibration import calibrated
-from curate.schema import Status
+from core.schema import Status
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 command (:func:`train_classifier`), the labeling session's retrain rounds (``classifier.labeling.active``) and the
 demo classifier (``classifier.demo``) all call it, so all three guard the split with :func:`check_split`.
 
-Images come from WebDataset shards (member names ``<key>.<ext>``, read through ``curate.shards``) or from a folder
+Images come from WebDataset shards (member names ``<key>.<ext>``, read through ``core.shards``) or from a folder
 of image files (by relative ``path`` or by file stem = key). Features are cached under ``<out>/features`` unless
 ``feature_cache`` names another folder; the input folder is never written to. A model of test size (``test_*``)
 gives a checkpoint marked ``demo`` and ``test_size_model``, so every consumer shows it as a demonstration classifier.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from classifier.labels import TrainDataError, read_label_db, read_label_file
-from curate.config import ConfigError, to_dict
+from core.config import ConfigError, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def load_images(root: str | Path, keys: set[str], paths: dict[str, str]) -> dict
     out: dict[str, bytes] = {}
     shards = [root] if root.is_file() and root.suffix == ".tar" else sorted(root.rglob("*.tar")) if root.is_dir() else []
     if shards:
-        from curate.shards import ShardFormatError, index_shard, read_member
+        from core.shards import ShardFormatError, index_shard, read_member
 
         for shard in shards:
             try:

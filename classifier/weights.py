@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curate.errors import BbstError
+from core.errors import BbstError
 
 # What a trunk's weights are called in each cache; filled from the model config's "weights" section.
 HF_FILENAMES = (

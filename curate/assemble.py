@@ -17,8 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import schema
-from curate.staging import INTERNAL_COLUMNS, META_TYPES, REF_COLUMNS, STAGING, iter_refs
+from core import schema
+from core.errors import InputError
+from core.schema import DEDUP_DIR, RESCORE_DIR, STAGING
+from curate.staging import INTERNAL_COLUMNS, META_TYPES, REF_COLUMNS, iter_refs
 
 SAMPLE_INTERNAL = INTERNAL_COLUMNS | {"shard"}
 
@@ -106,12 +108,12 @@ class ShardSpec:
 class ShardPlanner:
     """Packs ok rows into shards in key order per subset, one partition at a time (partitions in key order).
 
-    The same greedy rule as :func:`curate.writer.plan_shards` (close a shard before it passes either target), so
+    The same greedy rule as :func:`core.tarwrite.plan_shards` (close a shard before it passes either target), so
     a plan never needs every row at once: only one open shard per subset.
     """
 
     def __init__(self, max_samples: int, max_bytes: int) -> None:
-        from curate.writer import JSON_ESTIMATE
+        from core.tarwrite import JSON_ESTIMATE
 
         if max_samples < 1 or max_bytes < 1:
             raise ValueError("max_samples and max_bytes must be >= 1")
@@ -121,12 +123,12 @@ class ShardPlanner:
         self.specs: list[ShardSpec] = []
 
     def add_partition(self, p: int, keys: Iterable[str], subsets: Iterable[str | None], sizes: Iterable[int]) -> None:
-        from curate.writer import _padded
+        from core.tarwrite import padded_size
 
         for key, subset, size in sorted(zip(keys, subsets, sizes)):
             if subset is None:
                 continue
-            est = _padded(int(size or 0)) + self.json_estimate
+            est = padded_size(int(size or 0)) + self.json_estimate
             cur = self.open.get(subset)
             if cur and (cur["n"] >= self.max_samples or cur["bytes"] + est > self.max_bytes):
                 self._close(subset)
@@ -210,7 +212,7 @@ def verify_shard(store, name: str, entry: dict[str, Any]) -> bool:
 
 def write_planned_shard(store, spec: ShardSpec | dict[str, Any]) -> dict[str, Any]:
     """Write one planned shard (or keep it when a finished copy with the same members verifies); its entry."""
-    from curate.writer import write_shard
+    from core.tarwrite import write_shard
 
     if isinstance(spec, dict):
         spec = ShardSpec.from_json(spec)
@@ -329,7 +331,7 @@ def publish(store, entries: list[dict[str, Any]], accounts: list[dict[str, Any]]
     import time
     from pathlib import PurePosixPath
 
-    from curate.writer import write_manifest
+    from core.tarwrite import write_manifest
 
     write_manifest(store.path(schema.MANIFEST_FILE), entries, name=PurePosixPath(store.root).name, fs=store.fs)
     summary = make_summary(add_accounts(accounts), entries, time.monotonic() - t_start, startup, scoring, store.url,
@@ -341,12 +343,9 @@ def publish(store, entries: list[dict[str, Any]], accounts: list[dict[str, Any]]
 
 
 # ----------------------------------------------------------------------------------------------------- rescore
-RESCORE_DIR = f"{STAGING}/rescore"  # the old shards and their indexes while a finished output is re-scored
-
-
 def index_old_shard(store, rel: str) -> pa.Table:
     """``key, _ref_path, _ref_offset, _ref_length, ext`` of the image member of every sample of a shard."""
-    from curate.shards import index_shard
+    from core.shards import index_shard
 
     keys, offsets, lengths, exts = [], [], [], []
     for sample in index_shard(store.path(rel), fs=store.fs):
@@ -381,9 +380,6 @@ def rescore_rows(meta: pa.Table, index: pa.Table) -> pa.Table:
 
 
 # ----------------------------------------------------------------------------------------------------- per partition
-DEDUP_DIR = f"{STAGING}/dedup"
-
-
 def dedup_done(store) -> bool:
     return store.exists(DEDUP_DIR, "done.json")
 
@@ -480,7 +476,7 @@ def plan_from_final(store, partitions: list[int], max_samples: int, max_bytes: i
 
 def write_partition_meta(store, p: int, specs: list[dict[str, Any]]) -> dict[str, Any]:
     """``meta/part-P.parquet`` (every input row, every schema column, the shard of each ok row); its account."""
-    from curate.writer import write_meta_parquet
+    from core.tarwrite import write_meta_parquet
 
     rows = store.read_parquet(final_rel(p))
     shard = shard_of_keys(rows["key"].to_pylist(), column(rows, "subset"), column(rows, "status"),
@@ -523,8 +519,8 @@ def begin_rescore(store, directory: str, classifier: str | None, options: dict) 
 
     record = outputs.read_record(store)
     if record is None or (record.state != "complete" and not store.exists(RESCORE_DIR, "sources.json")):
-        raise outputs.InputError(f"--rescore {directory}: not a finished bbst output (no complete "
-                                 f"{outputs.RUN_FILE})")
+        raise InputError(f"--rescore {directory}: not a finished bbst output (no complete "
+                         f"{outputs.RUN_FILE})")
     if not store.exists(RESCORE_DIR, "sources.json"):
         names = sorted(f.rsplit("/", 1)[-1] for f in record.files if f.startswith(schema.SHARDS_DIR + "/"))
         store.fs.makedirs(store.path(RESCORE_DIR), exist_ok=True)
@@ -552,8 +548,8 @@ def write_report(store, summary: dict, thumbnails: int, limits: dict | None = No
     reason with their messages (their bytes are not published). ``limits`` are the check limits drawn on the
     histograms (``min_side``, ``max_aspect_ratio``).
     """
+    from core.shards import index_shard_by_key, read_member
     from curate.report import render_report, select_examples
-    from curate.shards import index_shard_by_key, read_member
     from curate.staging import concat
 
     metas = [n for n in store.ls(schema.META_DIR) if n.endswith(".parquet")]

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from curate.config import check_range, field_comments
+from core.config import check_range, field_comments
 from curate.dedup import DedupConfig
 from curate.downloader import DownloadConfig
 from curate.imagecheck import ImageCheckConfig

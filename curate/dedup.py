@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from curate.schema import Status
+from core.schema import Status
 
 DEFAULT_CHUNKS = 4  # 16-bit chunks: a good layout up to ~100k kept hashes (see choose_chunks)
 MAX_PROBES_PER_CHUNK = 100_000  # refuse layouts whose neighbour enumeration would explode (e.g. 1 chunk, d=6)
@@ -220,7 +220,7 @@ def keys_to_int(keys) -> np.ndarray:
 
 
 def int_to_key(value: int) -> str:
-    from curate.schema import KEY_PARTITION_DIGITS, KEY_ROW_DIGITS
+    from core.schema import KEY_PARTITION_DIGITS, KEY_ROW_DIGITS
 
     return f"{int(value):0{KEY_PARTITION_DIGITS + KEY_ROW_DIGITS}d}"
 
@@ -468,7 +468,7 @@ def reduce_bucket(store, j: int, cfg: DedupConfig, buckets: int, parts: list[dic
     """Exact step of sha256 bucket ``j``: writes its duplicates to the store, returns the candidates by band bucket."""
     import pyarrow as pa
 
-    from curate.assemble import DEDUP_DIR
+    from core.schema import DEDUP_DIR
 
     dups, cand = reduce_exact(parts, exact=cfg.exact)
     store.write_parquet(f"{DEDUP_DIR}/exact-{j:04d}.parquet",
@@ -484,7 +484,7 @@ def resolve_to_store(store, *edges: dict[str, np.ndarray]) -> int:
     """:func:`resolve_near` over every band bucket's pairs; writes the near duplicates, returns their count."""
     import pyarrow as pa
 
-    from curate.assemble import DEDUP_DIR
+    from core.schema import DEDUP_DIR
 
     res = resolve_near(list(edges))
     store.write_parquet(f"{DEDUP_DIR}/near.parquet", pa.table(res))

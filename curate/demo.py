@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import synthetic
+from core import synthetic
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

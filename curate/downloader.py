@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.schema import Status
+from core.schema import Status
 
 READ_CHUNK = 1 << 20  # most bytes one read of a response body returns
 

@@ -12,9 +12,9 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageFile
 
-from curate.config import check_range
+from core.config import check_range
+from core.schema import Status
 from curate.downloader import sniff_mime
-from curate.schema import Status
 
 # Orientation values 5-8 rotate by 90 degrees, so the upright image has width and height swapped.
 _SWAPS_AXES = (5, 6, 7, 8)

@@ -153,7 +153,7 @@ def iter_image_partitions(spec: str, cfg: ReaderConfig,
     """
     import fsspec
 
-    from curate import schema
+    from core import schema
     from curate.reader import ListNotFoundError, ReaderError
 
     fs, _ = fsspec.core.url_to_fs(spec, **(storage_options or {}))

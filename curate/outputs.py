@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-from curate.errors import BbstError
+from core.errors import BbstError, InputError
 
 log = logging.getLogger("bbst.build")
 
@@ -24,10 +24,6 @@ _SPEED_ONLY_DOWNLOAD = ("threads", "per_host_concurrency", "dns_cache_seconds", 
 
 class OutputError(BbstError):
     """An output folder bbst must not write to as asked (foreign files, another run's list)."""
-
-
-class InputError(BbstError):
-    """A command-line input that cannot work (missing file, wrong kind of path, value out of range)."""
 
 
 def list_identity(urls: str, storage_options: dict | None = None) -> list[dict[str, Any]]:
@@ -60,7 +56,7 @@ def list_identity(urls: str, storage_options: dict | None = None) -> list[dict[s
 
 def fingerprint(cfg, identity: list[dict[str, Any]], classifier_digest: str | None = None) -> dict[str, Any]:
     """Every input that changes the result of a build of ``cfg`` (a BuildConfig), as plain data."""
-    from curate.config import to_dict
+    from core.config import to_dict
 
     download = {k: v for k, v in to_dict(cfg.download).items() if k not in _SPEED_ONLY_DOWNLOAD}
     return {
@@ -187,8 +183,8 @@ def file_digest(path: str, storage_options: dict | None = None) -> str:
 
 def remove_stale_shards(store, planned: set[str], owned: set[str]) -> None:
     """Remove shards an earlier plan of this output wrote and this plan does not keep; nothing else."""
-    from curate import schema
-    from curate.staging import STAGING
+    from core import schema
+    from core.schema import STAGING
 
     ours = owned | planned | {n.removesuffix(".json") for n in store.ls(STAGING, "shards")}
     for name in store.ls(schema.SHARDS_DIR):
@@ -198,7 +194,7 @@ def remove_stale_shards(store, planned: set[str], owned: set[str]) -> None:
 
 def owned_extra(store, record: RunRecord) -> set[str]:
     """Recorded files outside shards/ and meta/ that still exist (the demo classifier, the report)."""
-    from curate import schema
+    from core import schema
 
     return {f for f in record.files if not f.startswith((schema.SHARDS_DIR + "/", schema.META_DIR + "/"))
             and store.exists(f)}
@@ -215,7 +211,7 @@ def clear_previous_demo(store, out: str) -> None:
 
     A folder holding anything but a demo output is refused (:func:`check_out_path`; a real build's output too).
     """
-    from curate.staging import STAGING
+    from core.schema import STAGING
 
     check_out_path(store)
     previous = read_record(store)

@@ -12,8 +12,8 @@ from typing import Literal
 
 import pyarrow as pa
 
-from curate import schema
-from curate.errors import BbstError
+from core import schema
+from core.errors import BbstError
 from curate.inputs import DEFAULT_SOURCE_FOLDERS, IMAGE_EXTENSIONS
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")

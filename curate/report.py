@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from curate import schema
+from core import schema
 
 PREVIEW_SIZE = 1024  # long side of the embedded rendition a thumbnail opens to (the grid shows it scaled down)
 
@@ -478,7 +478,7 @@ def report_from_output(directory: str, per_subset: int = 8, storage_options: dic
     import fsspec
     import pyarrow.parquet as pq
 
-    from curate.shards import index_shard_by_key, read_member
+    from core.shards import index_shard_by_key, read_member
 
     fs, root = fsspec.core.url_to_fs(directory, **(storage_options or {}))
     root = root.rstrip("/")
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thumbnails", type=int, default=8, help="kept samples per subset (default: 8)")
     p.add_argument("--min-side", type=int, help="draw this min_side line (default: from summary.json's config)")
     args = p.parse_args(argv)
-    from curate.writer import atomic_write
+    from core.atomic import atomic_write
 
     page = report_from_output(args.directory, per_subset=args.thumbnails, limits={"min_side": args.min_side})
     target = f"{args.directory.rstrip('/')}/{schema.REPORT_FILE}"

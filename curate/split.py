@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from curate.schema import SUBSETS, Status
+from core.schema import SUBSETS, Status
 
 DEFAULT_THRESHOLD = 0.5  # split threshold on P(stylistic) when neither the config nor the classifier gives one
 

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curate import schema
+from core import schema
+from core.schema import STAGING
 
-STAGING = "_staging"
 REF_COLUMNS = ("_ref_path", "_ref_offset", "_ref_length")  # where an ok row's bytes live (staging or a tar)
 INTERNAL_COLUMNS = frozenset(REF_COLUMNS) | {"image", "http_status"}
 

@@ -31,9 +31,9 @@ if __package__ in (None, ""):  # `python pipelines/balanced_loss_analysis.py` pu
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # numpy, torch and the model code are imported inside the functions that use them: `--help` prints before torch
-from curate.cli import HelpFormatter, error_boundary, examples_epilog, exit_with, make_parser
-from curate.config import ConfigError
-from curate.errors import BadInputError, MissingInputError
+from core.cli import HelpFormatter, error_boundary, examples_epilog, exit_with, make_parser
+from core.config import ConfigError
+from core.errors import BadInputError, MissingInputError
 
 log = logging.getLogger("bbst.balanced_loss")
 

@@ -34,13 +34,15 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script (also under `ray job submit`): make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curate import assemble, outputs, schema, staging
+from core import schema
+from core.cli import error_boundary
+from core.config import ConfigError
+from core.errors import InputError
+from core.progress import ProgressMeter, driver_io_bytes
+from core.schema import STAGING
+from core.store import Store
+from curate import assemble, outputs, staging
 from curate.build_config import BuildConfig
-from curate.cli import error_boundary
-from curate.config import ConfigError
-from curate.progress import ProgressMeter, driver_io_bytes
-from curate.staging import STAGING
-from curate.store import Store
 
 log = logging.getLogger("bbst.build")
 
@@ -208,7 +210,7 @@ def dedup_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> N
     else:
         ray.get([b[0] for b in banded])
         near = 0
-    store.write_json(f"{assemble.DEDUP_DIR}/done.json", {"buckets": buckets, "near_duplicates": near})
+    store.write_json(f"{schema.DEDUP_DIR}/done.json", {"buckets": buckets, "near_duplicates": near})
 
 
 def score_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> tuple[str, dict | None]:
@@ -371,7 +373,7 @@ EXAMPLES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from curate.cli import ConfigFlags, add_config_file_flags, make_parser
+    from core.cli import ConfigFlags, add_config_file_flags, make_parser
 
     p = make_parser("build", __doc__.split("\n")[0], EXAMPLES)
     add_config_file_flags(p, "BuildConfig (see pipelines/configs/build_bbst.example.yaml)", "download.timeout=5")
@@ -397,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_cli_config(args: argparse.Namespace) -> BuildConfig:
     """Defaults <- ``--config`` YAML <- named flags <- ``--set`` pairs; unknown keys are errors."""
-    from curate.cli import load_args
+    from core.cli import load_args
 
     extra, origins = None, None
     if args.images is not None:
@@ -414,13 +416,13 @@ def check_inputs(cfg: BuildConfig, args: argparse.Namespace) -> None:
 
         fs, path = fsspec.core.url_to_fs(cfg.score.classifier, **cfg.storage_options)
         if not fs.exists(path):
-            raise outputs.InputError(f"--classifier {cfg.score.classifier}: no such file or folder")
+            raise InputError(f"--classifier {cfg.score.classifier}: no such file or folder")
     if args.rescore:
         store = Store(args.rescore, cfg.storage_options)
         if not store.exists(outputs.RUN_FILE):
-            raise outputs.InputError(f"--rescore {args.rescore}: not a bbst output (no {outputs.RUN_FILE})")
+            raise InputError(f"--rescore {args.rescore}: not a bbst output (no {outputs.RUN_FILE})")
         if not cfg.score.classifier:
-            raise outputs.InputError("--rescore needs a classifier: pass --classifier PATH")
+            raise InputError("--rescore needs a classifier: pass --classifier PATH")
         return
     if cfg.urls is not None:
         outputs.list_identity(cfg.urls, cfg.storage_options)
@@ -486,7 +488,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _config_keys(args) -> set[str]:
-    from curate.config import parse_overrides, read_yaml
+    from core.config import parse_overrides, read_yaml
 
     keys = set(read_yaml(args.config)) if args.config else set()
     return keys | set(parse_overrides(args.sets))

@@ -9,8 +9,8 @@ import sys
 if __package__ in (None, ""):  # `python pipelines/cli.py`: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from curate.cli import DEBUG_ENV, exit_with, format_error, version
-from curate.errors import BbstError
+from core.cli import DEBUG_ENV, exit_with, format_error, version
+from core.errors import BbstError
 
 COMMANDS = {
     "build": ("pipelines.build_bbst", "curate: URL lists -> filtered, deduplicated, scored WebDataset shards"),

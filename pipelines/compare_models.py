@@ -29,9 +29,9 @@ if __package__ in (None, ""):  # `python pipelines/compare_models.py` puts pipel
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
-from curate.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
-from curate.config import ConfigError
-from curate.errors import BadInputError, MissingInputError
+from core.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
+from core.config import ConfigError
+from core.errors import BadInputError, MissingInputError
 
 log = logging.getLogger("bbst.compare")
 

@@ -19,8 +19,8 @@ if __package__ in (None, ""):  # `python pipelines/label.py` puts pipelines/ on 
 
 from classifier.labeling.app import create_app, needs_token
 from classifier.labeling.session import LabelConfig
-from curate.cli import error_boundary, format_error
-from curate.errors import BbstError
+from core.cli import error_boundary, format_error
+from core.errors import BbstError
 
 __all__ = ["LabelConfig", "create_app", "main", "needs_token", "parse_args"]
 
@@ -36,7 +36,7 @@ EXAMPLES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from curate.cli import ConfigFlags, add_config_file_flags, make_parser
+    from core.cli import ConfigFlags, add_config_file_flags, make_parser
 
     p = make_parser("label", __doc__.splitlines()[0], EXAMPLES)
     add_config_file_flags(p, "LabelConfig", "sampling.random_share=0.5")
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> tuple[LabelConfig, argparse.Namespace]:
-    from curate.cli import load_args
+    from core.cli import load_args
 
     args = build_parser().parse_args(argv)
     return load_args(LabelConfig, args, args.config_flags), args

@@ -23,8 +23,8 @@ if __package__ in (None, ""):  # `python pipelines/make_protocol.py` puts pipeli
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # the evaluation code (torch) is imported inside main(): `--help` prints before torch loads
-from curate.cli import error_boundary, exit_with, make_parser
-from curate.config import ConfigError, from_dict, read_yaml
+from core.cli import error_boundary, exit_with, make_parser
+from core.config import ConfigError, from_dict, read_yaml
 
 log = logging.getLogger("bbst.make_protocol")
 

@@ -24,8 +24,8 @@ if __package__ in (None, ""):  # `python pipelines/metastyle.py` puts pipelines/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
-from curate.cli import HelpFormatter, error_boundary, examples_epilog, exit_with, make_parser
-from curate.errors import BadInputError, BbstError
+from core.cli import HelpFormatter, error_boundary, examples_epilog, exit_with, make_parser
+from core.errors import BadInputError, BbstError
 
 log = logging.getLogger("bbst.metastyle")
 

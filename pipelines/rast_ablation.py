@@ -23,8 +23,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/rast_ablation.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curate.cli import error_boundary, exit_with
-from curate.config import ConfigError, load_config
+from core.cli import error_boundary, exit_with
+from core.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bbst.rast_ablation")
@@ -39,7 +39,7 @@ EXAMPLES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from curate.cli import make_parser
+    from core.cli import make_parser
 
     p = make_parser("rast-ablation", __doc__.split("\n")[0], EXAMPLES)
     p.add_argument("--configs", nargs="+", default=None, metavar="YAML",

@@ -22,8 +22,8 @@ if __package__ in (None, ""):  # `python pipelines/stylize.py` puts pipelines/ f
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside main(): `--help` prints before torch loads
-from curate.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
-from curate.config import ConfigError
+from core.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
+from core.config import ConfigError
 
 if TYPE_CHECKING:
     import torch

@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/train_classifier.py` without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curate.cli import ConfigFlags, add_config_file_flags, error_boundary, load_args, make_parser
+from core.cli import ConfigFlags, add_config_file_flags, error_boundary, load_args, make_parser
 
 EXAMPLES = (
     ("bbst train-classifier --labels labels.parquet --images RUN/shards --out runs/clf --weights cache",

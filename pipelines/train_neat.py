@@ -27,8 +27,8 @@ from typing import Any
 if __package__ in (None, ""):  # `python pipelines/train_neat.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curate.cli import error_boundary, exit_with
-from curate.config import ConfigError, from_dict, load_config, to_dict
+from core.cli import error_boundary, exit_with
+from core.config import ConfigError, from_dict, load_config, to_dict
 from train.config import TrainConfig
 
 log = logging.getLogger("bbst.train")
@@ -43,7 +43,7 @@ EXAMPLES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from curate.cli import add_config_file_flags, make_parser
+    from core.cli import add_config_file_flags, make_parser
 
     p = make_parser("train", __doc__.split("\n")[0], EXAMPLES)
     add_config_file_flags(p, "TrainConfig (see train/configs/neat_tiny.yaml, neat_1024.yaml)", "loader.batch_size=8")

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 from PIL import Image
 
-from curate import synthetic
+from core import synthetic
 
 Route = Callable[["_Handler"], None]
 

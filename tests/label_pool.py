@@ -7,8 +7,8 @@ import json
 import tarfile
 from pathlib import Path
 
-from curate.schema import SHARDS_DIR, make_key, shard_name
-from curate.synthetic import ARTWORK, encode, make_image
+from core.schema import SHARDS_DIR, make_key, shard_name
+from core.synthetic import ARTWORK, encode, make_image
 
 
 def kind_of(i: int) -> int:

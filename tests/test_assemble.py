@@ -9,10 +9,11 @@ import tarfile
 import pyarrow as pa
 import pytest
 
-from curate import assemble, schema, staging
+from core import schema
+from core.store import Store
+from core.tarwrite import plan_shards
+from curate import assemble, staging
 from curate.split import SplitConfig
-from curate.store import Store
-from curate.writer import plan_shards
 
 
 def _rows(store: Store, p: int, n: int, subset_of=lambda i: "style") -> pa.Table:
@@ -103,9 +104,9 @@ def test_distributed_dedup_decisions_read_back_per_partition(tmp_path):
     store = Store(str(tmp_path))
     keys = [schema.make_key(0, 0), schema.make_key(0, 1), schema.make_key(1, 0), schema.make_key(1, 1)]
     dups, near = dedup_in_process(keys, ["s1", "s2", "s1", "s3"], ["00" * 8, "ff" * 8, "00" * 8, "ff" * 8 + ""])
-    store.write_parquet(f"{assemble.DEDUP_DIR}/exact-0000.parquet",
+    store.write_parquet(f"{schema.DEDUP_DIR}/exact-0000.parquet",
                         pa.table({"key": pa.array(list(dups), pa.int64()), "dup_of": pa.array(list(dups.values()))}))
-    store.write_parquet(f"{assemble.DEDUP_DIR}/near.parquet",
+    store.write_parquet(f"{schema.DEDUP_DIR}/near.parquet",
                         pa.table({"key": pa.array(list(near), pa.int64()), "dup_of": pa.array(list(near.values()))}))
     d1, n1 = assemble.load_decisions(store, 1)
     assert d1 == {int(keys[2]): int(keys[0])} and n1 == {int(keys[3]): int(keys[1])}

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from curate.synthetic import artwork_like, photo_like
+from core.synthetic import artwork_like, photo_like
 from pipelines.balanced_loss_analysis import main
 from train.style_loss_analysis import linear_fit, over_stylised, pearson, under_stylised
 

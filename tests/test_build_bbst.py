@@ -14,9 +14,9 @@ import pytest
 import yaml
 from ray_local import ray_local  # noqa: F401 - session fixture
 
-from curate import schema, synthetic
+from core import schema, synthetic
+from core.config import ConfigError, load_config
 from curate.build_config import BuildConfig, iter_field_paths
-from curate.config import ConfigError, load_config
 from pipelines import build_bbst
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def check_invariants(out: Path) -> tuple[pa.Table, dict]:
         assert entry["md5sum"] == hashlib.md5(data).hexdigest()
         assert entry["nsamples"] == sum(1 for m in members[name] if not m.endswith(".json"))
     assert sum(summary["counts_by_subset"].values()) == summary["counts_by_status"]["ok"]
-    assert not (out / build_bbst.STAGING).exists()
+    assert not (out / schema.STAGING).exists()
     return meta, summary
 
 

@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import outputs, synthetic
+from core import synthetic
+from core.store import Store
+from curate import outputs
 from curate.build_config import BuildConfig
-from curate.store import Store
 from pipelines import build_bbst
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from classifier.aladin import AladinCheckpointError, AladinStyleBranch, remap_al
 from classifier.factory import create_model, get_model_config, list_models
 from classifier.transforms import ImageDecodeError, ImageTransform, PreprocessConfig
 from classifier.weights import WeightsNotFoundError, WeightsSource, resolve_weights
-from curate.config import ConfigError
-from curate.synthetic import encode, make_image
+from core.config import ConfigError
+from core.synthetic import encode, make_image
 
 torch.set_num_threads(1)
 TEST_MODELS = ["test_vit_shared", "test_vit_2trunk", "test_vit_aladin"]

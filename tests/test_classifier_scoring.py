@@ -19,8 +19,8 @@ from classifier.head import HeadResult, predict_proba
 from classifier.model import FusionHead
 from classifier.scoring import StyleScorer
 from classifier.transforms import ImageTransform
-from curate.schema import Status
-from curate.synthetic import encode, labelled_batch
+from core.schema import Status
+from core.synthetic import encode, labelled_batch
 
 torch.set_num_threads(1)
 

@@ -16,8 +16,8 @@ from classifier.calibration import expected_calibration_error, fit_temperature, 
 from classifier.factory import create_model
 from classifier.features import FeatureCache, cached_features, extract_features, feature_fingerprint, sha256_bytes
 from classifier.head import predict_proba, split_by_key, train_head
-from curate.schema import make_key
-from curate.synthetic import encode, labelled_batch
+from core.schema import make_key
+from core.synthetic import encode, labelled_batch
 
 torch.set_num_threads(1)
 

@@ -16,8 +16,8 @@ from typing import Literal
 import pytest
 from ray_local import ray_local  # noqa: F401 - session fixture
 
-from curate.cli import ConfigFlags, error_boundary, load_args, make_parser
-from curate.config import ConfigError
+from core.cli import ConfigFlags, error_boundary, load_args, make_parser
+from core.config import ConfigError
 from pipelines import cli
 
 ROOT = Path(__file__).resolve().parents[1]

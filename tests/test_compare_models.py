@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.synthetic import artwork_like, photo_like
+from core.synthetic import artwork_like, photo_like
 from pipelines.compare_models import main
 from train.checkpoint import save_model_checkpoint
 from train.evaluation import write_tiny_protocol

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from curate.config import ConfigError, load_config, parse_overrides
+from core.config import ConfigError, load_config, parse_overrides
 
 
 @dataclass

@@ -157,8 +157,8 @@ def test_distributed_steps_decide_exactly_like_dedup_rows():
     """scatter -> exact reduce -> bands -> verified pairs -> key-order resolve == the one-process reference."""
     import random
 
+    from core.schema import make_key
     from curate.dedup import apply_decisions, dedup_in_process
-    from curate.schema import make_key
 
     rng = random.Random(0)
     for _ in range(150):

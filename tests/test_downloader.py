@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import urllib3.util.connection
 
+from core.schema import STATUSES
 from curate.downloader import (
     AddressPolicy,
     DownloadConfig,
@@ -17,7 +18,6 @@ from curate.downloader import (
     robots_opt_out,
     sniff_mime,
 )
-from curate.schema import STATUSES
 
 # The loopback origin is allowed explicitly; everything else non-public (10.x, 169.254.x, ...) stays blocked.
 LOOPBACK = ["127.0.0.0/8"]

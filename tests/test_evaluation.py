@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from curate.config import ConfigError
+from core.config import ConfigError
 from train.evaluation import Protocol, apply_size, load_protocol, save_protocol, write_tiny_protocol
 from train.losses import gram_matrix
 from train.metrics import StyleTransferMetrics, chamfer_colour_distance, match_style, ssim
@@ -39,7 +39,7 @@ def test_protocol_round_trips(tmp_path):
 
 
 def test_make_protocol_picks_records_and_verifies(tmp_path):
-    from curate.synthetic import artwork_like, photo_like
+    from core.synthetic import artwork_like, photo_like
     from pipelines.make_protocol import main
 
     for i in range(5):

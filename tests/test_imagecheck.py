@@ -21,7 +21,7 @@ from http_faults import (
 )
 from PIL import Image, ImageFile
 
-from curate import synthetic
+from core import synthetic
 from curate.downloader import DownloadConfig, Downloader
 from curate.imagecheck import ImageCheckConfig, ImageChecker
 
@@ -240,7 +240,7 @@ def test_config_guards():
 
 def test_mutated_bytes_never_raise(images):
     """Random truncation and byte damage of every sample format: always a schema status, never an exception."""
-    from curate.schema import STATUSES
+    from core.schema import STATUSES
 
     rng = np.random.default_rng(0)
     mutated = []

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.synthetic import artwork_like, photo_like
+from core.synthetic import artwork_like, photo_like
 from train.inference import ControlError, Stylizer, load_image, resize_cover_crop, resize_fit_pad
 from train.models import create_model
 

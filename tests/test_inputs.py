@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ray_local import ray_local  # noqa: F401 - session fixture
 
-from curate import synthetic
+from core import synthetic
 from curate.build_config import BuildConfig
 from curate.downloader import DownloadConfig, Downloader
 from curate.imagecheck import ImageCheckConfig, ImageChecker
@@ -128,7 +128,7 @@ def test_images_flag_on_the_command_line(tree):
     cfg = build_bbst.load_cli_config(args)
     assert cfg.urls == str(tree) and cfg.reader.format == "images"
     assert cfg.download.input_roots == ["/srv/x", str(tree)]
-    from curate.config import ConfigError
+    from core.config import ConfigError
 
     with pytest.raises(ConfigError, match="--images and --urls"):
         build_bbst.load_cli_config(build_bbst.build_parser().parse_args(["--images", str(tree), "--urls", "x.csv"]))
@@ -226,7 +226,7 @@ def test_s3_images_listed_and_read(s3_endpoint):
 def test_build_from_an_images_folder(tmp_path, ray_local):  # noqa: F811
     import pyarrow.parquet as pq
 
-    from curate import schema
+    from core import schema
     from pipelines import build_bbst
 
     root = tmp_path / "datasets"

@@ -104,7 +104,7 @@ def test_seconds_per_image_counts_calls():
 
 
 def test_evaluate_st_writes_quality_and_speed_tables(tmp_path):
-    from curate.synthetic import artwork_like, photo_like
+    from core.synthetic import artwork_like, photo_like
     from pipelines.evaluate_st import main
     from train.models import create_model
 

@@ -19,7 +19,8 @@ from ray_cluster import private_cluster
 from ray_local import job_working_dir, submit_job
 from test_s3 import BUCKET
 
-from curate import outputs, schema
+from core import schema
+from curate import outputs
 from curate.demo import demo_corpus
 
 

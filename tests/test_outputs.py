@@ -8,9 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.errors import InputError
+from core.store import Store
 from curate import outputs
 from curate.build_config import BuildConfig
-from curate.store import Store
 
 
 def _list(path, n=2):
@@ -24,10 +25,10 @@ def _fp(urls, **kw):
 
 
 def test_list_identity_names_the_flag(tmp_path):
-    with pytest.raises(outputs.InputError, match=r"^--urls .*missing.parquet: no such file"):
+    with pytest.raises(InputError, match=r"^--urls .*missing.parquet: no such file"):
         outputs.list_identity(str(tmp_path / "missing.parquet"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(outputs.InputError, match="--urls"):
+    with pytest.raises(InputError, match="--urls"):
         outputs.list_identity(str(tmp_path / "empty"))
     ident = outputs.list_identity(_list(tmp_path / "a.parquet"))
     assert len(ident) == 1 and ident[0]["size"] > 0 and ident[0]["version"]
@@ -79,7 +80,7 @@ def test_foreign_folders_and_files_are_refused_untouched(tmp_path):
     assert not (user / outputs.RUN_FILE).exists()
     afile = tmp_path / "file.txt"
     afile.write_text("x")
-    with pytest.raises(outputs.InputError, match="is a file"):
+    with pytest.raises(InputError, match="is a file"):
         outputs.check_out_path(Store(str(afile)))
     outputs.check_out_path(Store(str(tmp_path / "new")))  # a new folder is fine
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from curate.progress import ProgressMeter
+from core.progress import ProgressMeter
 
 
 class _Tty(io.StringIO):

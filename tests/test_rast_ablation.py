@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from curate.config import load_config
+from core.config import load_config
 from train.config import TrainConfig
 from train.models.rast import RASTConfig
 

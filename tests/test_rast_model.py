@@ -176,7 +176,7 @@ def test_the_training_entry_point_trains_rast_with_logit_accumulation(tmp_path):
     model = load_model_from_checkpoint(result["checkpoint"])
     assert type(model).__name__ == "RAST"
     with pytest.raises(ValueError, match="multiple of"):
-        from curate.config import load_config
+        from core.config import load_config
         from train.config import TrainConfig
         from train.trainer import micro_batches_per_step
 

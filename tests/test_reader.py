@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import schema
-from curate.errors import BbstError
+from core import schema
+from core.errors import BbstError
 from curate.reader import ListNotFoundError, ReaderConfig, ReaderError, detect_format, iter_partitions
 
 ROWS = [{"url": f"http://img.example/{i}.jpg", "source": "flickr" if i % 2 else "behance", "caption": f"c{i}"}

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate import schema, synthetic
+from core import schema, synthetic
 from curate.report import error_pattern, render_report, report_from_output, select_examples
 
 CHROMIUM = "/usr/bin/chromium"

@@ -14,7 +14,7 @@ import pytest
 from ray_local import ray_local  # noqa: F401 - session fixture
 from test_build_bbst import check_invariants, read_meta
 
-from curate import schema
+from core import schema
 from curate.demo import demo_corpus
 from pipelines import build_bbst
 
@@ -72,7 +72,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(corpus, clean_run, tmp_path
     out = tmp_path / "out"
     proc = _run_killed(_args(corpus, out), hook, n, ray_local)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    staging = out / build_bbst.STAGING
+    staging = out / schema.STAGING
     assert not (out / schema.SUMMARY_FILE).exists()
     committed = list((staging / "rows").glob("part-*.parquet"))
     assert len(committed) >= n

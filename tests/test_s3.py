@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from ray_local import ray_local  # noqa: F401 - session fixture
 
-from curate import schema
+from core import schema
 from curate.demo import demo_corpus
 from pipelines import build_bbst
 
@@ -36,7 +36,7 @@ def test_s3_round_trip(s3_endpoint, tmp_path, ray_local):  # noqa: F811
     root = f"{BUCKET}/runs/demo"
     fs.invalidate_cache()
     assert fs.exists(f"{root}/{schema.SUMMARY_FILE}") and fs.exists(f"{root}/{schema.REPORT_FILE}")
-    assert not fs.exists(f"{root}/{build_bbst.STAGING}")
+    assert not fs.exists(f"{root}/{schema.STAGING}")
     on_s3 = json.loads(fs.cat(f"{root}/{schema.SUMMARY_FILE}"))
     assert on_s3["rows_in"] == summary["rows_in"] == sum(summary["counts_by_status"].values())
     metas = fs.ls(f"{root}/{schema.META_DIR}", detail=False)
@@ -55,8 +55,8 @@ def test_s3_round_trip(s3_endpoint, tmp_path, ray_local):  # noqa: F811
 
 def test_failed_write_leaves_no_object(s3_endpoint):
     """A shard whose writing fails part-way leaves no object, small (one PUT) or large (multipart upload)."""
-    from curate import synthetic
-    from curate.writer import write_shard
+    from core import synthetic
+    from core.tarwrite import write_shard
 
     opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}}
     fs = fsspec.filesystem("s3", skip_instance_cache=True, **opts)

@@ -98,7 +98,7 @@ def test_a_few_steps_lower_the_balanced_neat_loss_on_a_fixed_batch():
 
 @pytest.mark.parametrize("name", ["variational.yaml", "metastyle.yaml", "neat_balanced_vgg16.yaml"])
 def test_shipped_configs_load_and_build(name):
-    from curate.config import load_config
+    from core.config import load_config
     from train.config import TrainConfig
     from train.models import create_model
 
@@ -117,7 +117,7 @@ def test_shipped_configs_load_and_build(name):
 
 
 def test_every_shipped_training_config_loads_and_no_prior_differs_in_one_key():
-    from curate.config import load_config, to_dict
+    from core.config import load_config, to_dict
     from train.config import TrainConfig
 
     repo = Path(__file__).resolve().parent.parent

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from curate.errors import BbstError
-from curate.shards import ShardFormatError, index_shard, index_shard_by_key, iter_samples, read_member, read_sample
-from curate.writer import write_shard
+from core.errors import BbstError
+from core.shards import ShardFormatError, index_shard, index_shard_by_key, iter_samples, read_member, read_sample
+from core.tarwrite import write_shard
 
 
 def _shard(tmp_path, n=5):

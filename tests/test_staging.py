@@ -5,11 +5,12 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import schema, staging
+from core import schema
+from core.store import Store
+from curate import staging
 from curate.downloader import DownloadConfig
 from curate.imagecheck import ImageCheckConfig
 from curate.reader import ReaderConfig
-from curate.store import Store
 
 
 def test_units_cover_a_partition_in_order():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.synthetic import artwork_like, photo_like
+from core.synthetic import artwork_like, photo_like
 from pipelines.stylize import main
 from train.checkpoint import load_checkpoint
 from train.models import create_model, load_model_from_checkpoint

@@ -213,7 +213,7 @@ def test_exif_orientation_is_applied_on_both_decode_paths(orientation):
 
 
 def test_resume_reads_only_the_buffered_and_next_samples(shards, monkeypatch):
-    import curate.shards
+    import core.shards
     import train.data.read as data_mod  # the stage that reads shards
 
     data, cfg = _cfgs(shards)  # in-process (num_workers=0) so the reads can be counted
@@ -221,7 +221,7 @@ def test_resume_reads_only_the_buffered_and_next_samples(shards, monkeypatch):
     _stream(first, 8)  # 16 pairs consumed: 32 samples drawn, more read into the buffers
     state = first.state_dict()
     reads = []
-    streamed = curate.shards.iter_samples
+    streamed = core.shards.iter_samples
 
     def counting_stream(*args, **kwargs):
         for item in streamed(*args, **kwargs):
@@ -346,7 +346,7 @@ def _damage(root, shard_name, row, how):
     """Rewrite one sample's image in a shard: ``truncate`` its JPEG or replace it with ``garbage``."""
     import webdataset as wds
 
-    from curate.shards import iter_samples
+    from core.shards import iter_samples
 
     path = f"{root}/shards/{shard_name}"
     samples = [s for _, s in iter_samples(path)]
@@ -473,7 +473,7 @@ def test_the_gpu_decode_path_skips_truncated_jpegs_in_the_worker(tmp_path):
 def test_the_uneven_set_with_a_truncated_and_a_cmyk_jpeg_covers_its_epoch(tmp_path):
     import webdataset as wds
 
-    from curate.shards import iter_samples
+    from core.shards import iter_samples
 
     sizes = [1, 2, 3, 4, 5, 1, 2, 3, 25, 4, 2, 1]  # 12 shards of 1 to 25 samples, 53 in all
     root = write_demo_shards(tmp_path, {"content": sizes, "style": [4, 4]}, size=(64, 64))

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from curate.config import load_config
+from core.config import load_config
 from pipelines.train_neat import main
 from train.checkpoint import latest_checkpoint, load_checkpoint
 from train.config import TrainConfig
@@ -133,7 +133,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, shard_root, caps
 
 
 def test_unknown_config_key_is_an_error(tmp_path, shard_root):
-    from curate.config import ConfigError
+    from core.config import ConfigError
 
     cfg = _config(tmp_path, shard_root, "bad")
     with pytest.raises(ConfigError, match="unknown key"):

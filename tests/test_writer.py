@@ -13,14 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curate import synthetic
-from curate.writer import (
-    plan_shards,
-    read_manifest,
-    write_manifest,
-    write_meta_parquet,
-    write_shard,
-)
+from core import synthetic
+from core.tarwrite import plan_shards, read_manifest, write_manifest, write_meta_parquet, write_shard
 
 
 def samples(n=5):
@@ -56,7 +50,7 @@ def test_shard_bytes_match_the_standard_tar_stream_writer(tmp_path):
     non-ASCII metadata included, and sizes at, below and above a 512-byte block)."""
     import io
 
-    from curate.writer import sample_json
+    from core.tarwrite import sample_json
 
     s = [{"key": "k" * 120, "ext": "jpg", "image": b"\xff" * 512, "note": "caf\u00e9"},
          {"key": "b", "ext": "png", "image": b"p" * 511},
@@ -113,7 +107,7 @@ def test_ordered_samples_are_streamed(tmp_path):
 
 
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
-    from curate import writer
+    from core import tarwrite as writer
 
     def boom(*args, **kwargs):
         raise OSError("disk full")

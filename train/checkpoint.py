@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from curate.errors import BadInputError, MissingInputError
+from core.errors import BadInputError, MissingInputError
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
 CHECKPOINT_FORMAT = "bbst-train-checkpoint-v1"
@@ -77,7 +77,7 @@ def save_model_checkpoint(model: torch.nn.Module, path: str, model_name: str, ex
     """
     from pathlib import Path
 
-    from curate.writer import atomic_write
+    from core.atomic import atomic_write
 
     state = {"format": CHECKPOINT_FORMAT, "model_name": model_name, "model_config": model.model_config(),
              "model": {k: v.cpu() for k, v in model.state_dict().items()}, "step": 0, **(extra or {})}

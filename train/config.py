@@ -1,6 +1,6 @@
 """Typed training configuration: data, loader, model, optimisation, schedule, logging, checkpoints, distribution.
 
-Filled by ``curate.config.load_config(TrainConfig, path, sets=[...])``: a YAML file supplies values, ``--set``
+Filled by ``core.config.load_config(TrainConfig, path, sets=[...])``: a YAML file supplies values, ``--set``
 overrides them, unknown keys are errors. A checkpoint stores ``to_dict(cfg)`` so a run describes itself.
 """
 

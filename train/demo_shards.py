@@ -1,8 +1,8 @@
 """Write small content/style shard sets in the curation output layout, for tests, benchmarks and demos.
 
-Layout as ``curate.schema``: ``DIR/shards/{subset}-NNNNNN.tar`` with ``{key}.jpg`` (or ``.png``) and
+Layout as ``core.schema``: ``DIR/shards/{subset}-NNNNNN.tar`` with ``{key}.jpg`` (or ``.png``) and
 ``{key}.json`` members, plus the wids shard index ``DIR/manifest.json``. Images come from
-``curate.synthetic`` (photo-like for content, artwork-like for style).
+``core.synthetic`` (photo-like for content, artwork-like for style).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.schema import MANIFEST_FILE, SHARDS_DIR, make_key, shard_name
-from curate.synthetic import ARTWORK, PHOTO, encode, make_image
+from core.schema import MANIFEST_FILE, SHARDS_DIR, make_key, shard_name
+from core.synthetic import ARTWORK, PHOTO, encode, make_image
 
 
 def write_demo_shards(root: str | Path, shards: dict[str, list[int]], size: tuple[int, int] = (160, 128),
@@ -40,7 +40,7 @@ def write_demo_shards(root: str | Path, shards: dict[str, list[int]], size: tupl
                 for row in range(count):
                     w, h = size
                     if vary_size:
-                        # multiples of 4: curate.synthetic upsamples its noise/texture 2x/4x and needs them
+                        # multiples of 4: core.synthetic upsamples its noise/texture 2x/4x and needs them
                         w, h = int(w * rng.uniform(0.75, 1.0)) // 4 * 4, int(h * rng.uniform(0.75, 1.0)) // 4 * 4
                     img = make_image(kind, w, h, seed=int(rng.integers(2**31)))
                     key = make_key(subset_index * 1000 + shard_index, row)

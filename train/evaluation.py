@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import yaml
 
-from curate.config import ConfigError, from_dict, to_dict
+from core.config import ConfigError, from_dict, to_dict
 from train.inference import load_image, resize_cover_crop, resize_max_side, save_image
 from train.metrics import METRIC_NAMES, STYLE_MATCH_MODES, seconds_per_image
 
@@ -136,7 +136,7 @@ def load_protocol(path: str | Path) -> tuple[Protocol, Path]:
 
 
 def save_protocol(proto: Protocol, path: str | Path) -> None:
-    from curate.writer import atomic_write
+    from core.atomic import atomic_write
 
     text = yaml.safe_dump(to_dict(proto), sort_keys=False, allow_unicode=True)
     atomic_write(str(path), lambda f: f.write(text.encode()))
@@ -170,7 +170,7 @@ def verify_checksums(proto: Protocol, base: str | Path) -> None:
 
 def write_tiny_protocol(directory: str | Path, n_content: int = 2, n_style: int = 2, seed: int = 0) -> Path:
     """A generated protocol for tests: small synthetic photos and artworks (one style non-square), tiny sizes."""
-    from curate.synthetic import artwork_like, photo_like
+    from core.synthetic import artwork_like, photo_like
 
     d = Path(directory)
     (d / "content").mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,7 @@ def protocol_from_inputs(protocol: str = "", pairs: str = "", content: str = "",
 
     Returns the protocol and the folder its paths are relative to.
     """
-    from curate.errors import BadInputError, MissingInputError
+    from core.errors import BadInputError, MissingInputError
     from train.inference import list_images
 
     if protocol:

@@ -41,7 +41,7 @@ def save_grid(rows: list[list[torch.Tensor | None]], path, cell: int = 256) -> N
     """Write :func:`make_grid` as a PNG (atomically: a killed run leaves no half-written figure)."""
     from pathlib import Path
 
-    from curate.writer import atomic_write
+    from core.atomic import atomic_write
 
     path = Path(path)
     grid = make_grid(rows, cell)[None]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from curate.errors import BadInputError, BbstError, MissingInputError
+from core.errors import BadInputError, BbstError, MissingInputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 CONTROLS = ("alpha", "blur", "prior_weight", "steps")

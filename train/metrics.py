@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curate.errors import MissingInputError
+from core.errors import MissingInputError
 from train.losses import gram_matrix
 from train.models.vgg import STYLE_LAYERS, VGG19Encoder
 

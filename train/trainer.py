@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from curate.config import ConfigError, to_dict
-from curate.errors import BbstError
+from core.config import ConfigError, to_dict
+from core.errors import BbstError
 from train import distributed as D
 from train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -69,7 +69,7 @@ def save_run_config(cfg: TrainConfig) -> str:
     """Write the resolved config to ``{logging.dir}/config.yaml``: ``--resume RUN`` rebuilds the run from it."""
     import yaml
 
-    from curate.writer import atomic_write
+    from core.atomic import atomic_write
 
     path = os.path.join(cfg.logging.dir, CONFIG_FILE)
     saved = json.loads(json.dumps(to_dict(cfg)))

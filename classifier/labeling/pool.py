@@ -4,7 +4,7 @@ A pool is an index from ``key`` to where the bytes live, built once when the poo
 read through that index, so a key sent by a client can name nothing outside the pool (no path traversal). Links
 are checked again at read time: a file is opened component by component from a directory descriptor held since
 the pool was opened, never following a link (``openat`` with ``O_NOFOLLOW``), so a symlink swapped in after start
-is refused rather than followed. Shards are indexed and read through :mod:`curate.shards`. Downscaled JPEG
+is refused rather than followed. Shards are indexed and read through :mod:`core.shards`. Downscaled JPEG
 renditions for thumbnails and the focus view are cached in memory (bounded LRU) and, when ``cache_dir`` is
 given, on disk.
 """
@@ -21,9 +21,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from curate.errors import BbstError
-from curate.schema import SHARDS_DIR
-from curate.shards import MemberRef, ShardFormatError, index_shard, read_member
+from core.errors import BbstError
+from core.schema import SHARDS_DIR
+from core.shards import MemberRef, ShardFormatError, index_shard, read_member
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 

@@ -44,8 +44,8 @@ from classifier.labeling.store import (
     LabelStore,
     normalize_annotator,
 )
-from curate.config import ConfigError
-from curate.errors import BbstError
+from core.config import ConfigError
+from core.errors import BbstError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from curate.errors import BbstError
+from core.errors import BbstError
 
 STYLISTIC = "stylistic"
 NOT_STYLISTIC = "not_stylistic"

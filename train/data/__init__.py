@@ -2,7 +2,7 @@
 
 Reads the shards the curation pipeline writes (``DIR/shards/{subset}-NNNNNN.tar``, members ``{key}.jpg|png``
 and ``{key}.json``; ``DIR/manifest.json`` is a wids shard index with ``nsamples`` per shard) from local paths
-or any fsspec URL, through :mod:`curate.shards`. ``data.root`` may list several such directories, mixed as they
+or any fsspec URL, through :mod:`core.shards`. ``data.root`` may list several such directories, mixed as they
 are or with per-root weights. The loader pairs content with style samples and yields batches of random crops.
 
 The stream is a pure function of (seed, epoch, position), so a checkpoint holds a few integers and resuming

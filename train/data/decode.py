@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from curate.shards import IMAGE_EXTS
+from core.shards import IMAGE_EXTS
 from train.config import DataConfig
 from train.data.errors import DamagedSample, LoaderError
 

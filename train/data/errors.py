@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from curate.errors import BbstError
+from core.errors import BbstError
 
 
 class LoaderError(BbstError, ValueError):

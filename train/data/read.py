@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from curate.schema import MANIFEST_FILE
-from curate.shards import ShardFormatError, index_shard, iter_samples, read_sample
+from core.schema import MANIFEST_FILE
+from core.shards import ShardFormatError, index_shard, iter_samples, read_sample
 from train.data.errors import LoaderError
 from train.data.order import DrawOrder, run_lengths
 from train.data.sources import Shard

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from curate.schema import MANIFEST_FILE, SHARDS_DIR
-from curate.shards import ShardFormatError, index_shard
+from core.schema import MANIFEST_FILE, SHARDS_DIR
+from core.shards import ShardFormatError, index_shard
 from train.config import DataConfig
 from train.data.errors import LoaderError
 

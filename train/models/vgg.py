@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curate.errors import MissingInputError
+from core.errors import MissingInputError
 
 # (name, in_channels, out_channels) of VGG-19's convolutions up to conv5_1, in order; "pool" marks max-pooling.
 _VGG19_LAYOUT: list[tuple[str, int, int] | str] = [

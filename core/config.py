@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from curate.errors import BbstError
+from core.errors import BbstError
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from curate.errors import BbstError
+from core.errors import BbstError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 

@@ -1,14 +1,14 @@
 """Command-line plumbing shared by every entry script: flags from config dataclasses, help, and the error boundary.
 
-* :class:`ConfigFlags` turns fields of a typed config dataclass (``curate/config.py``) into argparse flags whose
+* :class:`ConfigFlags` turns fields of a typed config dataclass (``core/config.py``) into argparse flags whose
   type, choices, help text and shown default come from the field itself (its annotation, default and one-line
   comment), so a flag and its config key can never drift apart.
 * :func:`make_parser` builds a ``bbst <command>`` parser with examples in its epilog and the common ``--debug``.
-* :func:`error_boundary` wraps a script's ``main``: a :class:`~curate.errors.BbstError` becomes one line,
+* :func:`error_boundary` wraps a script's ``main``: a :class:`~core.errors.BbstError` becomes one line,
   ``bbst <command>: error: <message>`` (plus ``hint: ...``), and exit code 2; ``--debug`` (or ``BBST_DEBUG=1``)
   re-raises it with its traceback. Anything else is a bug and keeps its traceback.
 
-This module imports only the standard library and ``curate.config``: ``--help`` must print before torch or Ray
+This module imports only the standard library and ``core.config``: ``--help`` must print before torch or Ray
 is imported.
 """
 
@@ -25,8 +25,8 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from curate.config import ConfigError, field_comments, load_config
-from curate.errors import BbstError
+from core.config import ConfigError, field_comments, load_config
+from core.errors import BbstError
 
 DEBUG_ENV = "BBST_DEBUG"
 # Background threads whose name starts with this only warm up imports; an error exit waits for them, because an
@@ -284,7 +284,7 @@ class ConfigFlags:
 def load_args(cls: type, args: argparse.Namespace, flags: ConfigFlags | None = None,
               extra: dict | None = None, extra_origins: dict[str, str] | None = None):
     """Config ``cls`` from defaults <- ``args.config`` <- named flags (and ``extra``) <- ``args.sets``."""
-    from curate.config import merge
+    from core.config import merge
 
     overrides = flags.overrides(args) if flags else {}
     if extra:

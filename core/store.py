@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.writer import atomic_write
+from core.atomic import atomic_write
 
 
 class Store:

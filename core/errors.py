@@ -21,6 +21,10 @@ class BbstError(Exception):
         return super().__str__()
 
 
+class InputError(BbstError):
+    """A command-line input that cannot work (missing file, wrong kind of path, value out of range)."""
+
+
 class MissingInputError(BbstError, FileNotFoundError):
     """A file or folder the user named (flag, config key or list entry) does not exist; the message names it."""
 

@@ -1,39 +1,21 @@
-"""Write stage: deterministic WebDataset tar shards, a wids shard-index manifest and Parquet metadata, atomically."""
+"""Shard writing: deterministic WebDataset tar shards, a wids shard-index manifest and Parquet metadata, atomically."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import posixpath
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from core.atomic import atomic_write
+
 TAR_MTIME = 0  # fixed member mtime: the same samples always give byte-identical tars
 TAR_HEADER = 512  # bytes per tar member header; data is padded to 512-byte blocks
 JSON_ESTIMATE = 1024  # bytes a sample's .json member takes in plan_shards' size estimate (header + body)
 MANIFEST_KIND = "wids-shard-index-v1"
-
-
-def _fs(url: str):
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path
-
-
-def _is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
-
-
-def _tmp_name(path: str) -> str:
-    head, tail = posixpath.split(path)
-    return posixpath.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:12]}")
 
 
 class _HashingWriter:
@@ -71,60 +53,6 @@ class _HashingWriter:
             self._pending.result()
             self._pending = None
         self._pool.shutdown()
-
-
-def atomic_write(url: str, write_fn, fs=None) -> Any:
-    """Call ``write_fn(fileobj)`` so the file appears at ``url`` only once complete.
-
-    ``fs`` is an fsspec filesystem to use (e.g. one built with S3 endpoint/credential options); without it the
-    filesystem is inferred from the URL.
-
-    Local and POSIX-like filesystems: write to a hidden temporary name in the same folder, then rename over
-    the target. Object stores (s3://, gs://, ...): write the object directly; a PUT/multipart upload becomes
-    visible only when it completes, which is the same guarantee, and a rename there would be a full copy. If
-    ``write_fn`` raises, the upload is discarded (fsspec's own ``with`` would complete it with what was written).
-    """
-    fs, path = (fs, fs._strip_protocol(url)) if fs is not None else _fs(url)
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if not _is_local(fs):
-        f = fs.open(path, "wb")
-        try:
-            result = write_fn(f)
-        except BaseException:
-            _abandon(f)
-            raise
-        f.close()
-        return result
-    tmp = _tmp_name(path)
-    try:
-        with fs.open(tmp, "wb") as f:
-            result = write_fn(f)
-            f.flush()
-            _fsync(f)
-        fs.mv(tmp, path)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-        raise
-    return result
-
-
-def _abandon(f) -> None:
-    """Drop an unfinished object-store upload: uploaded parts are aborted and nothing is committed."""
-    with contextlib.suppress(Exception):  # the write already failed: that error is the one to report
-        f.discard()  # s3fs aborts the multipart upload; a single-PUT file has sent nothing yet
-    f.closed = True  # close() would now flush and commit; a closed file does neither
-
-
-def _fsync(f) -> None:
-    import os
-
-    try:
-        os.fsync(f.fileno())
-    except (AttributeError, OSError, ValueError):
-        pass  # not a real file descriptor
 
 
 def _jsonable(value: Any) -> Any:
@@ -228,7 +156,8 @@ def _as_sample(sample: Mapping[str, Any] | tuple) -> Mapping[str, Any]:
     return {**(meta or {}), "key": key, "ext": ext, "image": image}
 
 
-def _padded(n: int) -> int:
+def padded_size(n: int) -> int:
+    """Bytes an ``n``-byte member takes in a tar: its header plus the data padded to 512-byte blocks."""
     return TAR_HEADER + (n + 511) // 512 * 512
 
 
@@ -252,7 +181,7 @@ def plan_shards(rows: Sequence[Any], max_samples: int, max_bytes: int, size_fiel
     current: list[Any] = []
     current_bytes = 1024  # end-of-archive blocks
     for row in sorted(rows, key=lambda r: key_size(r)[0]):
-        size = _padded(key_size(row)[1]) + JSON_ESTIMATE
+        size = padded_size(key_size(row)[1]) + JSON_ESTIMATE
         if current and (len(current) >= max_samples or current_bytes + size > max_bytes):
             shards.append(current)
             current, current_bytes = [], 1024
@@ -286,7 +215,9 @@ def write_manifest(url: str, shard_entries: Iterable[Mapping[str, Any]], name: s
 
 def read_manifest(url: str, fs=None) -> dict[str, Any]:
     """Read a manifest written by :func:`write_manifest` (checks its kind)."""
-    fs, path = (fs, fs._strip_protocol(url)) if fs is not None else _fs(url)
+    import fsspec
+
+    fs, path = (fs, fs._strip_protocol(url)) if fs is not None else fsspec.core.url_to_fs(url)
     with fs.open(path, "rb") as f:
         index = json.load(f)
     if index.get("__kind__") != MANIFEST_KIND:
