@@ -21,6 +21,11 @@ MODELS = {
     "metastyle_2nd": {"name": "metastyle_tiny", "kwargs": {"second_order": True}},
     "neat_balanced_switch": {"name": "neat_tiny", "style_loss": "balanced_gram",
                              "kwargs": {"w_adv": 0.0, "w_patch_simple": 0.0, "w_patch_complex": 0.0}},
+    # the balanced-loss paper's four baselines, each with one of the two style losses
+    "adain_balanced": {"name": "adain_tiny", "style_loss": "balanced_gram"},
+    "sanet_classic": {"name": "sanet_tiny", "style_loss": "gram"},
+    "linear_transfer_balanced": {"name": "linear_transfer_tiny", "style_loss": "balanced_gram"},
+    "magenta_classic": {"name": "magenta_tiny", "style_loss": "gram"},
 }
 
 

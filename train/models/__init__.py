@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 # Modules whose import registers models. A new model family is a new module here, not a new trainer.
-_MODEL_MODULES = ("train.models.neat", "train.models.rast", "train.models.variational", "train.models.metastyle")
+_MODEL_MODULES = ("train.models.neat", "train.models.rast", "train.models.variational", "train.models.metastyle",
+                  "train.models.ast_baselines")
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 # config key naming a frozen network's weight file -> state-dict prefix of that network inside the model
