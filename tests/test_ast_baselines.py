@@ -102,7 +102,7 @@ def test_linear_transfer_matrix_is_the_product_of_the_style_and_content_matrices
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_each_config_names_a_registered_baseline_with_its_loss(path):
-    from curate.config import load_config
+    from core.config import load_config
     from train.config import TrainConfig
 
     cfg = load_config(TrainConfig, str(path))
