@@ -102,11 +102,28 @@ def save_classifier(path: str | os.PathLike, model, head_result, *, training_dat
     return version
 
 
+def is_torch_file(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.save`` archive (a zip holding ``data.pkl``); read without unpickling."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def read_checkpoint_config(path: str | os.PathLike) -> tuple[Path, dict]:
     """``(folder, config)`` of a checkpoint given its folder or its config.json; checks format and version."""
     path = Path(path)
     folder = path.parent if path.is_file() else path
     cfg_file = folder / CONFIG_FILE
+    if path.is_file() and path.name != CONFIG_FILE and is_torch_file(path):
+        raise CheckpointFormatError(f"{path}: a PyTorch checkpoint file (a style-transfer checkpoint from bbst "
+                                    "train), not a classifier checkpoint",
+                                    hint=f"a classifier checkpoint is a folder holding {CONFIG_FILE} and "
+                                         f"{WEIGHTS_FILE} (bbst train-classifier --out); give this file to "
+                                         "bbst stylize --checkpoint")
     if not cfg_file.is_file():
         raise CheckpointFormatError(f"{path}: not a classifier checkpoint (no {CONFIG_FILE} in {folder})")
     try:

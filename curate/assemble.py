@@ -545,19 +545,28 @@ def write_report(store, summary: dict, thumbnails: int, limits: dict | None = No
     """The HTML report from the published metadata and shards (it reads every row: run it on a worker).
 
     Kept samples spread over each subset's score range are embedded from the shards; rejected rows are shown by
-    reason with their messages (their bytes are not published). ``limits`` are the check limits drawn on the
-    histograms (``min_side``, ``max_aspect_ratio``).
+    reason with their messages, and with their images where the build still holds their bytes in staging
+    (duplicates, near duplicates, score-filtered: the rows that were downloaded and decoded). ``limits`` are the
+    check limits drawn on the histograms (``min_side``, ``max_aspect_ratio``).
     """
     from core.shards import index_shard_by_key, read_member
-    from curate.report import render_report, select_examples
+    from curate.report import PER_REASON, render_report, select_examples
     from curate.staging import concat
 
     metas = [n for n in store.ls(schema.META_DIR) if n.endswith(".parquet")]
     rows = concat([store.read_parquet(f"{schema.META_DIR}/{n}") for n in metas]).sort_by("key")
+    refs = rejected_refs(store, PER_REASON)
+    keys = rows["key"].to_pylist()
+    rows = set_column(rows, "_ref_path", [refs[k][0] if k in refs else None for k in keys])
     thumbs: dict[str, list[tuple[str, bytes]]] = {}
     indexes: dict[str, dict] = {}
-    shard, keys = column(rows, "shard"), rows["key"].to_pylist()
-    for group, picked in select_examples(rows, per_subset=thumbnails, per_reason=0).items():
+    shard = column(rows, "shard")
+    for group, picked in select_examples(rows, per_subset=thumbnails, per_reason=PER_REASON).items():
+        if group not in schema.SUBSETS:  # a rejection: its bytes from staging
+            picked_refs = [refs[keys[i]] for i in picked]
+            datas = iter_refs(store, *zip(*picked_refs))
+            thumbs[group] = [(keys[i], data) for i, data in zip(picked, datas)]
+            continue
         for i in picked:
             url = store.path(schema.SHARDS_DIR, shard[i])
             if url not in indexes:
@@ -565,4 +574,22 @@ def write_report(store, summary: dict, thumbnails: int, limits: dict | None = No
             image = indexes[url][keys[i]].image()
             if image is not None:
                 thumbs.setdefault(group, []).append((keys[i], read_member(image[1], fs=store.fs)))
-    store.write_bytes(schema.REPORT_FILE, render_report(summary, rows, thumbs, limits=limits).encode())
+    page = render_report(summary, rows, thumbs, limits=limits, per_reason=PER_REASON)
+    store.write_bytes(schema.REPORT_FILE, page.encode())
+
+
+def rejected_refs(store, per_status: int) -> dict[str, tuple[str, int, int]]:
+    """``{key: (path, offset, length)}`` of the first ``per_status`` rejected rows of each status (smallest keys)
+    whose bytes are still in staging; empty when staging is gone."""
+    final = f"{STAGING}/final"
+    if not store.exists(final):
+        return {}
+    found: dict[str, list[tuple[str, tuple[str, int, int]]]] = {}
+    for name in sorted(n for n in store.ls(final) if n.endswith(".parquet")):
+        t = store.read_parquet(f"{final}/{name}", columns=["key", "status", *REF_COLUMNS])
+        t = t.filter(pc.and_(pc.not_equal(t["status"], "ok"), pc.is_valid(t["_ref_path"])))
+        for key, status, path, offset, length in zip(*(t[c].to_pylist() for c in t.column_names)):
+            picked = found.setdefault(status, [])
+            if len(picked) < per_status:
+                picked.append((key, (path, int(offset), int(length))))
+    return {key: ref for picked in found.values() for key, ref in picked}

@@ -26,6 +26,9 @@ import pyarrow as pa
 
 from core import schema
 
+PER_REASON = 4  # rejected examples shown per status
+# rejections made after the bytes were downloaded and checked: the build holds their bytes in staging until it ends
+BYTES_DOWNLOADED = ("duplicate", "near_duplicate", "score_error", "score_filtered")
 PREVIEW_SIZE = 1024  # long side of the embedded rendition a thumbnail opens to (the grid shows it scaled down)
 
 _CSS = """
@@ -176,7 +179,7 @@ def is_demo(summary: dict) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------- picking
-def select_examples(meta: pa.Table, per_subset: int = 8, per_reason: int = 4) -> dict[str, list[int]]:
+def select_examples(meta: pa.Table, per_subset: int = 8, per_reason: int = PER_REASON) -> dict[str, list[int]]:
     """Row indices whose image bytes the report embeds: ``{subset or status: [row, ...]}``.
 
     Kept samples are spread evenly over each subset's score range (lowest to highest), so the page shows the
@@ -331,7 +334,10 @@ def _rejected_section(summary: dict, rows: _Rows, images: dict[str, list[tuple[s
                              f"<td class='url'>{html.escape(str(r.get('url') or '-'))}</td><td>{size}</td>"
                              f"<td>{html.escape(str(r.get('error') or ''))}</td></tr>")
             parts.append("</table>")
-            if of_status:
+            if of_status and st in BYTES_DOWNLOADED:
+                parts.append("<p class='note'>No image: these rows were downloaded but are not part of the output; "
+                             "the report a build writes shows them (from its staging), a rebuilt report cannot.</p>")
+            elif of_status:
                 parts.append("<p class='note'>No image: the bytes of these rows were never kept "
                              "(rejected from the header or the download).</p>")
         parts.append("</section>")
@@ -341,7 +347,7 @@ def _rejected_section(summary: dict, rows: _Rows, images: dict[str, list[tuple[s
 
 # --------------------------------------------------------------------------------------------------- page
 def render_report(summary: dict, meta: pa.Table, thumbnails: dict[str, list[tuple[str, bytes]]],
-                  limits: dict | None = None, per_reason: int = 4) -> str:
+                  limits: dict | None = None, per_reason: int = PER_REASON) -> str:
     """HTML for ``summary`` (summary.json), ``meta`` (every row) and ``thumbnails`` ``{group: [(key, bytes)]}``.
 
     A group is a subset (kept samples) or a status (rejected samples whose bytes exist); :func:`select_examples`

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # `python pipelines/stylize.py` puts pipelines/ f
 # torch and the model code are imported inside main(): `--help` prints before torch loads
 from core.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
 from core.config import ConfigError
+from core.errors import BadInputError
 
 if TYPE_CHECKING:
     import torch
@@ -117,10 +118,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
     if not single:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "results.csv", "w", newline="") as f:
+        results = out_dir / "results.csv"
+        with open(results, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+        failed = sum(r["status"] != "ok" for r in rows)
+        if failed == len(rows):
+            raise BadInputError(f"every one of the {len(rows)} content x style pairs failed; nothing was stylised",
+                                hint=f"{results} lists each pair's error")
+        print(f"bbst stylize: {len(rows) - failed} of {len(rows)} pairs stylised into {out_dir}"
+              + (f"; {failed} failed (their errors are in {results})" if failed else ""), file=sys.stderr)
     return rows
 
 

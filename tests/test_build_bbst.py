@@ -215,7 +215,19 @@ def test_demo_runs_in_process_and_matches_expected_statuses(tmp_path, ray_local)
         if r["status"] == "ok" and r["subset"] == "content":
             assert r["source"] == "flickr" and r["score"] <= th["content_max_score"]
     assert summary["counts_by_subset"]["style"] > 0 and summary["counts_by_subset"]["content"] > 0
-    assert (out / schema.REPORT_FILE).stat().st_size > 1000
+    # the report shows rejected rows whose bytes the build downloaded (held in staging until the end) as images
+    page = (out / schema.REPORT_FILE).read_text()
+    for status in ("duplicate", "near_duplicate"):
+        assert summary["counts_by_status"].get(status), status
+        thumbs = page.split(f"id='thumbs-{status}'")[1].split("</div>")[0]
+        assert thumbs.count("<img") >= 1, status
+    too_small = page.split("id='rejected-too_small'")[1].split("</section>")[0]
+    assert "<img" not in too_small and "never kept" in too_small  # rejected from the header: no bytes
+    # a report rebuilt from the finished output has no staging: it says why those images are missing
+    from curate.report import report_from_output
+
+    rebuilt = report_from_output(str(out))
+    assert "id='thumbs-duplicate'" not in rebuilt and "a rebuilt report cannot" in rebuilt
 
 
 def test_unknown_config_key_is_an_error(tmp_path, capsys):

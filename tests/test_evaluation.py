@@ -7,9 +7,11 @@ import csv
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from core.config import ConfigError
 from train.evaluation import Protocol, apply_size, load_protocol, save_protocol, write_tiny_protocol
@@ -119,9 +121,10 @@ def _checkpoint(path, name: str, **kwargs):
     return path
 
 
-def test_evaluate_neat_and_rast_rows_on_a_tiny_protocol(tmp_path):
+def test_evaluate_neat_and_rast_rows_on_a_tiny_protocol(tmp_path, caplog):
     from pipelines.evaluate_st import main
 
+    caplog.set_level("INFO", logger="bbst.progress")
     proto = write_tiny_protocol(tmp_path / "proto")
     neat = _checkpoint(tmp_path / "neat.pt", "neat_tiny")
     no_prior = _checkpoint(tmp_path / "no_prior.pt", "neat_tiny", prior_deltas=False)
@@ -145,6 +148,28 @@ def test_evaluate_neat_and_rast_rows_on_a_tiny_protocol(tmp_path):
     srcs = re.findall(r'src="([^"]+)"', page)
     assert len(srcs) == 4 * (2 + 4)  # 4 grid pairs x (content, style, 4 rows)
     assert all((out / s).is_file() for s in srcs)
+    # progress: one line at the end (a log line every interval in between, a live bar on a terminal)
+    progress = [r.getMessage() for r in caplog.records if r.name == "bbst.progress"]
+    assert progress and progress[-1].startswith("[evaluate] pairs 32/32 (100%)"), progress
+    # grid.png names its columns above the first row: a strip of text over each of the 6 columns
+    with Image.open(out / "grid.png") as img:
+        grid = np.asarray(img.convert("L"))
+    cell, pad = 192, 4
+    assert grid.shape[1] == 6 * (cell + pad) + pad and grid.shape[0] > 4 * (cell + pad) + pad
+    strip = grid[: grid.shape[0] - (4 * (cell + pad) + pad)]
+    for j in range(6):
+        column = strip[:, pad + j * (cell + pad): pad + j * (cell + pad) + cell]
+        assert (column < 128).sum() > 10, f"column {j} has no label"
+
+
+def test_grid_labels_are_cut_to_their_column():
+    from train.image_grid import make_grid
+
+    img = torch.rand(3, 20, 30)
+    plain = make_grid([[img, img]], cell=64)
+    labelled = make_grid([[img, img]], cell=64, labels=["content", "a very long model name indeed (512x512)"])
+    assert labelled.shape[2] == plain.shape[2] and labelled.shape[1] > plain.shape[1]
+    assert torch.equal(labelled[:, -plain.shape[1]:], plain)  # the images are where they were, below the strip
 
 
 def test_grid_renders_in_chromium(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -71,6 +72,52 @@ def test_folders_record_bad_images_as_rows(tmp_path, checkpoint):
     assert (tmp_path / "out" / "a_stylized_y.png").exists()
     with open(tmp_path / "out" / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
+
+
+def test_folder_mode_reports_failures_and_fails_when_every_pair_fails(tmp_path, checkpoint, capsys):
+    cdir, sdir = tmp_path / "content", tmp_path / "style"
+    cdir.mkdir()
+    sdir.mkdir()
+    photo_like(40, 56, seed=3).save(cdir / "a.jpg")
+    (cdir / "broken.jpg").write_bytes(b"not a jpeg")
+    artwork_like(48, 48, seed=4).save(sdir / "x.png")
+    rows = main(["--checkpoint", str(checkpoint), "--content", str(cdir), "--style", str(sdir), "--out",
+                 str(tmp_path / "some")])
+    assert [r["status"] for r in rows] == ["ok", "error"]
+    err = capsys.readouterr().err
+    assert f"bbst stylize: 1 of 2 pairs stylised into {tmp_path / 'some'}; 1 failed" in err, err
+    (cdir / "a.jpg").unlink()
+    assert main(["--checkpoint", str(checkpoint), "--content", str(cdir), "--style", str(sdir), "--out",
+                 str(tmp_path / "none")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-2] == "bbst stylize: error: every one of the 1 content x style pairs failed; nothing was stylised"
+    assert lines[-1] == f"  hint: {tmp_path / 'none' / 'results.csv'} lists each pair's error"
+    with open(tmp_path / "none" / "results.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["error"]
+
+
+def test_a_classifier_and_a_style_checkpoint_are_named_when_swapped(tmp_path, checkpoint, capsys):
+    from classifier.checkpoint import CheckpointFormatError, read_checkpoint_config
+
+    clf = tmp_path / "clf"
+    clf.mkdir()
+    (clf / "config.json").write_text(json.dumps({"format": "bbst-classifier", "format_version": 1}))
+    (clf / "model.safetensors").write_bytes(b"")
+    photo_like(32, 32).save(tmp_path / "c.png")
+    pair = ["--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "c.png"), "--out", str(tmp_path / "o.png")]
+    assert main(["--checkpoint", str(clf), *pair]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bbst stylize: error: {clf}: a stylistic classifier checkpoint, not a style-transfer "
+                          "checkpoint\n  hint: pass it to --classifier"), err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ckpt-00000010.pt").write_bytes(checkpoint.read_bytes())
+    assert main(["--checkpoint", str(run), *pair]) == 2
+    assert f"{run}: a training run folder, not a checkpoint file\n  hint: its newest is {run}/ckpt-00000010.pt" \
+        in capsys.readouterr().err
+    with pytest.raises(CheckpointFormatError, match="a PyTorch checkpoint file .a style-transfer checkpoint") as exc:
+        read_checkpoint_config(checkpoint)
+    assert "bbst stylize --checkpoint" in exc.value.hint
 
 
 def test_clear_errors(tmp_path, checkpoint, capsys):

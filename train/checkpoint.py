@@ -85,10 +85,39 @@ def save_model_checkpoint(model: torch.nn.Module, path: str, model_name: str, ex
     atomic_write(str(path), lambda f: torch.save(state, f))
 
 
+def refuse_other_kinds(path: str) -> None:
+    """One line naming what ``path`` is when it is a folder rather than a style-transfer checkpoint file.
+
+    A classifier checkpoint (``config.json`` + ``model.safetensors``) and a training run's folder are the two
+    folders users pass here by mistake; anything else that is a folder is named as one.
+    """
+    import json
+
+    if "://" in path or not os.path.isdir(path):
+        return
+    config = os.path.join(path, "config.json")
+    if os.path.isfile(config):
+        try:
+            with open(config) as f:
+                fmt = json.load(f).get("format")
+        except (OSError, ValueError, AttributeError):
+            fmt = None
+        if fmt == "bbst-classifier":
+            raise BadInputError(f"{path}: a stylistic classifier checkpoint, not a style-transfer checkpoint",
+                                hint="pass it to --classifier (bbst build, bbst label); style-transfer checkpoints "
+                                     "are the .pt files bbst train writes")
+    latest = latest_checkpoint(path)
+    if latest:
+        raise BadInputError(f"{path}: a training run folder, not a checkpoint file", hint=f"its newest is {latest}")
+    raise BadInputError(f"{path}: a folder, not a style-transfer checkpoint file",
+                        hint="pass a .pt file written by bbst train")
+
+
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (holds Python/NumPy RNG states, so trusted files only)."""
     import fsspec
 
+    refuse_other_kinds(path)
     try:
         with fsspec.open(path, "rb") as f:
             state = torch.load(f, map_location=map_location, weights_only=False)

@@ -50,6 +50,7 @@ import torch
 import yaml
 
 from core.config import ConfigError, from_dict, to_dict
+from core.progress import ProgressMeter
 from train.inference import load_image, resize_cover_crop, resize_max_side, save_image
 from train.metrics import METRIC_NAMES, STYLE_MATCH_MODES, seconds_per_image
 
@@ -361,13 +362,14 @@ def _write_grid(out: Path, title: str, labels: list[str], cells: list[dict],
 
 def _write_grid_png(out: Path, labels: list[str], cells: list[dict], images: dict[str, torch.Tensor],
                     cell_px: int) -> None:
-    """``grid.png``: one row per pair (content, style, every row's output; empty where a pair failed)."""
+    """``grid.png``: one row per pair (content, style, every row's output; empty where a pair failed), columns
+    named above the first row."""
     from train.image_grid import save_grid
 
-    rows = [[images.get(cell.get(key, "")) for key in ["content", "style", *labels]] for cell in cells
-            if "content" in cell]
+    columns = ["content", "style", *labels]
+    rows = [[images.get(cell.get(key, "")) for key in columns] for cell in cells if "content" in cell]
     if rows:
-        save_grid(rows, out / "grid.png", cell=cell_px)
+        save_grid(rows, out / "grid.png", cell=cell_px, labels=columns)
 
 
 def _fmt(value: float | None) -> str:
@@ -376,10 +378,12 @@ def _fmt(value: float | None) -> str:
 
 def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base_dir: str | Path = ".",
              timing: bool = True, note: str = "", scorers: typing.Sequence[Scorer] = (),
-             grid_cell: int = 192) -> dict:
+             grid_cell: int = 192, progress_interval_s: float = 10.0) -> dict:
     """Run every row on every protocol pair at every protocol size; write the tables, per-pair CSV and grids.
 
-    ``metrics`` is a ``train.metrics.StyleTransferMetrics``; each of ``scorers`` adds a quality column. A pair whose
+    ``metrics`` is a ``train.metrics.StyleTransferMetrics``; each of ``scorers`` adds a quality column. Progress
+    (pairs done of all, rate, ETA, failures) is a live bar on a terminal, else a log line every
+    ``progress_interval_s`` seconds and one at the end. A pair whose
     image cannot be read becomes a row with status ``error`` in ``per_pair.csv`` and is left out of the means (the
     count of pairs is in the table). Returns ``{"quality": rows, "speed": rows, "per_pair": records,
     "table": [{"model", "size", "pairs", <metric>..., <scorer key>...}], "timing": [{"model", <size>...,
@@ -415,6 +419,8 @@ def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base
         return got
 
     names = [m for m in METRIC_NAMES if m in protocol.metrics]
+    runs = sum(1 for size_i in range(len(protocol.sizes)) for row in rows if row.outputs is None or size_i == 0)
+    meter = ProgressMeter(total=runs * len(pairs), interval_s=progress_interval_s, label="evaluate", unit="pairs")
     per_pair: list[dict] = []
     quality_rows: list[list[str]] = []
     table: list[dict] = []
@@ -443,6 +449,7 @@ def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base
                     rec.update(status="error", error=str(exc))
                     log.warning("%s: %s", label, exc)
                     per_pair.append(rec)
+                    meter.update(["error"], [str(exc)])
                     continue
                 m = metrics(result, content, resize_max_side(style_full, max(content.shape[-2:])))
                 for k in names:
@@ -460,12 +467,14 @@ def evaluate(protocol: Protocol, rows: list[Row], out: str | Path, metrics, base
                     rel = f"images/{_slug(row.label)}/{ci}_{si}.png"
                     thumbs[rel] = _thumb(result, out / rel)
                     cell[row.label] = rel
+                meter.update(["ok"])
             n = len(scores[names[0]]) if names else 0
             means = {k: float(np.mean(v)) * SCALE.get(k, 1.0) if v else float("nan") for k, v in scores.items()}
             extra = {sc.key: sc.value() for sc in scorers}
             table.append({"model": row.label, "size": size, "pairs": n, **means, **extra})
             quality_rows.append([label, str(n)] + [f"{means[k]:.3f}" for k in names] + [_fmt(v) for v in extra.values()])
 
+    meter.close()
     speed_rows: list[list[str]] = []
     timing_rows: list[dict] = []
     timing_specs = [parse_size(s) for s in protocol.timing_sizes]
