@@ -26,7 +26,7 @@ class OutputError(BbstError):
     """An output folder bbst must not write to as asked (foreign files, another run's list)."""
 
 
-def list_identity(urls: str, storage_options: dict | None = None) -> list[dict[str, Any]]:
+def list_identity(urls: str, storage_options: dict | None = None, url_lists: bool = True) -> list[dict[str, Any]]:
     """Identity of every file of a URL list: path, size and modification time or ETag (whichever the store has).
 
     Raises :class:`InputError` naming ``--urls`` when the list is missing, empty or unreadable.
@@ -34,7 +34,7 @@ def list_identity(urls: str, storage_options: dict | None = None) -> list[dict[s
     from curate.reader import list_files
 
     try:
-        fs, files = list_files(urls, storage_options)
+        fs, files = list_files(urls, storage_options, url_lists=url_lists)
     except FileNotFoundError:
         raise InputError(f"--urls {urls}: no such file or folder") from None
     except PermissionError as exc:

@@ -73,8 +73,12 @@ def _compression(path: str, cfg: ReaderConfig) -> str | None:
     return None
 
 
-def list_files(path: str, storage_options: dict | None = None) -> tuple[object, list[str]]:
-    """Expand a file, a folder (its files, sorted) or a glob into ``(fs, paths)``; protocol kept for fsspec URLs."""
+def list_files(path: str, storage_options: dict | None = None, url_lists: bool = True) -> tuple[object, list[str]]:
+    """Expand a file, a folder (its files, sorted) or a glob into ``(fs, paths)``; protocol kept for fsspec URLs.
+
+    With ``url_lists`` (the files are to be read as URL lists) a path holding only image files is an error whose
+    hint names ``--images``.
+    """
     import fsspec
 
     fs, _, paths = fsspec.get_fs_token_paths(path, storage_options=storage_options or None)
@@ -90,7 +94,7 @@ def list_files(path: str, storage_options: dict | None = None) -> tuple[object, 
             raise ListNotFoundError(f"{path}: URL list not found")
     if not files:
         raise ReaderError(f"{path}: folder holds no URL list files")
-    if all(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+    if url_lists and all(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
         what = "an image file" if len(files) == 1 and files[0].rstrip("/") == paths[0].rstrip("/") else \
             f"{len(files)} image files"
         raise ReaderError(f"{path}: {what}, not a URL list",

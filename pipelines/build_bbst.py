@@ -354,7 +354,7 @@ def run_rescore(cfg: BuildConfig, directory: str, startup: float = 0.0) -> dict:
 
 
 def build_fingerprint(cfg: BuildConfig, demo: bool = False) -> dict:
-    fp = outputs.fingerprint(cfg, outputs.list_identity(cfg.urls, cfg.storage_options))
+    fp = outputs.fingerprint(cfg, outputs.list_identity(cfg.urls, cfg.storage_options, url_lists=cfg.reader.format != "images"))
     return {**fp, "demo": True} if demo else fp
 
 
@@ -425,7 +425,7 @@ def check_inputs(cfg: BuildConfig, args: argparse.Namespace) -> None:
             raise InputError("--rescore needs a classifier: pass --classifier PATH")
         return
     if cfg.urls is not None:
-        outputs.list_identity(cfg.urls, cfg.storage_options)
+        outputs.list_identity(cfg.urls, cfg.storage_options, url_lists=cfg.reader.format != "images")
         outputs.check_out_path(Store(cfg.out, cfg.storage_options))
 
 
