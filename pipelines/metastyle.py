@@ -3,7 +3,7 @@
 ``python pipelines/metastyle.py adapt --checkpoint META.pt --style S.jpg --content photos/ --steps 200
 --out adapted.pt`` runs ``--steps`` Adam updates of the perceptual loss (random ``--crop`` crops of the content
 images, ``--batch`` per step) from the meta-trained parameters and saves the adapted model as a checkpoint that
-``pipelines/stylize.py`` and ``pipelines/evaluate_st.py`` load like any other. The adaptation time and losses are
+``pipelines/stylize.py`` and ``pipelines/evaluate.py`` load like any other. The adaptation time and losses are
 recorded in it (``adaptation``).
 
 ``python pipelines/metastyle.py stylize --checkpoint adapted.pt --content A.jpg --out A_styled.png`` is the

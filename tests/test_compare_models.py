@@ -1,4 +1,4 @@
-"""pipelines/compare_models.py: every model on the same protocol pairs -> one table (MetaStyle adaptation column,
+"""pipelines/compare.py: every model on the same protocol pairs -> one table (MetaStyle adaptation column,
 deception rate), one grid (PNG + HTML), through train/evaluation.py."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from core.synthetic import artwork_like, photo_like
-from pipelines.compare_models import main
+from pipelines.compare import main
 from train.checkpoint import save_model_checkpoint
 from train.evaluation import write_tiny_protocol
 from train.inference import ADAPTATION_HEADER

@@ -65,13 +65,13 @@ def test_two_rank_torchrun_ddp_on_cpu(tmp_path):
     cfg = _config(tmp_path, "ddp")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(REPO / "pipelines" / "train_neat.py"), "--config", str(cfg), "--launcher", "torchrun",
+                           str(REPO / "pipelines" / "train_model.py"), "--config", str(cfg), "--launcher", "torchrun",
                            "--log-level", "WARNING"], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_two_rank_run(tmp_path / "ddp", 4)
 
     # elastic: the two-rank run continues on one process; the rest of its epoch is dealt to the new layout
-    from pipelines.train_neat import main
+    from pipelines.train_model import main
 
     run = tmp_path / "ddp"
     before = _check_epochs(run)
@@ -85,7 +85,7 @@ def test_two_rank_torchrun_ddp_on_cpu(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_train_runs_the_same_training_function(tmp_path, ray_local):  # noqa: F811
-    from pipelines.train_neat import main
+    from pipelines.train_model import main
 
     # one worker keeps Ray's start-up inside the test budget; the two-rank path is covered by torchrun above
     cfg = _config(tmp_path, "ray", distributed={"num_workers": 1, "use_gpu": False}, schedule={"max_steps": 2})

@@ -1,4 +1,4 @@
-"""train/evaluation.py + pipelines/make_protocol.py + pipelines/evaluate_st.py: protocol files round-trip, metrics on
+"""train/evaluation.py + pipelines/make_protocol.py + pipelines/evaluate.py: protocol files round-trip, metrics on
 hand-computed cases (non-square style included), and an evaluation of NeAT and RAST rows on a generated protocol."""
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _checkpoint(path, name: str, **kwargs):
 
 
 def test_evaluate_neat_and_rast_rows_on_a_tiny_protocol(tmp_path, caplog):
-    from pipelines.evaluate_st import main
+    from pipelines.evaluate import main
 
     caplog.set_level("INFO", logger="bbst.progress")
     proto = write_tiny_protocol(tmp_path / "proto")

@@ -103,9 +103,9 @@ def test_seconds_per_image_counts_calls():
     assert len(calls) == 4 and t >= 0
 
 
-def test_evaluate_st_writes_quality_and_speed_tables(tmp_path):
+def test_evaluate_writes_quality_and_speed_tables(tmp_path):
     from core.synthetic import artwork_like, photo_like
-    from pipelines.evaluate_st import main
+    from pipelines.evaluate import main
     from train.models import create_model
 
     torch.manual_seed(0)

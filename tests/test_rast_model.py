@@ -152,7 +152,7 @@ def test_the_training_entry_point_trains_rast_with_logit_accumulation(tmp_path):
 
     import yaml
 
-    from pipelines.train_neat import main
+    from pipelines.train_model import main
     from train.demo_shards import write_demo_shards
 
     root = write_demo_shards(tmp_path / "shards", {"content": [4, 4], "style": [4, 4]}, size=(64, 64))

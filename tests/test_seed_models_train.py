@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines.train_neat import main
+from pipelines.train_model import main
 from train.checkpoint import load_checkpoint
 from train.demo_shards import write_demo_shards
 from train.models import load_model_from_checkpoint

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from core.config import load_config
-from pipelines.train_neat import main
+from pipelines.train_model import main
 from train.checkpoint import latest_checkpoint, load_checkpoint
 from train.config import TrainConfig
 from train.demo_shards import write_demo_shards
@@ -94,7 +94,7 @@ def test_checkpoint_sigkill_resume_matches_an_uninterrupted_run(tmp_path, shard_
     cfg = _config(tmp_path, shard_root, "killed", schedule={"max_steps": 1000})
     ckpt = tmp_path / "killed" / "checkpoints" / "ckpt-00000003.pt"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "train_neat.py"), "--config", str(cfg),
+    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "train_model.py"), "--config", str(cfg),
                              "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -179,7 +179,7 @@ def test_changed_settings_are_refused_in_one_line_without_a_traceback(tmp_path, 
     message = str(info.value)
     assert "\n" not in message and "loader.seed (run: 1, now: 9)" in message and "data.crop_size" in message
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "train_neat.py"), "--resume", str(run),
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "train_model.py"), "--resume", str(run),
                            "--set", "loader.seed=9", "--set", "schedule.max_steps=2"], env=env, capture_output=True,
                           text=True, timeout=120, check=False)
     assert proc.returncode == 2

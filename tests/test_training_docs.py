@@ -15,12 +15,12 @@ DOC = REPO / "docs" / "training.md"
 
 
 def smoke_commands() -> list[list[str]]:
-    """The ``train_neat.py`` lines of the first bash block of docs/training.md (the smoke run)."""
+    """The ``train_model.py`` lines of the first bash block of docs/training.md (the smoke run)."""
     block = re.search(r"```bash\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
     commands = []
     for line in block.splitlines():
         words = shlex.split(line, comments=True)
-        if words[:2] == ["python", "pipelines/train_neat.py"]:
+        if words[:2] == ["python", "pipelines/train_model.py"]:
             commands.append(words[2:])
     return commands
 
@@ -36,7 +36,7 @@ def test_the_smoke_block_is_what_this_test_runs():
 @pytest.mark.ray
 def test_smoke_commands_run_as_written_on_the_demo_output(tmp_path, monkeypatch, ray_local):  # noqa: F811
     from pipelines import build_bbst
-    from pipelines.train_neat import main
+    from pipelines.train_model import main
 
     # the demo's layout (one shard per subset) at a test-sized scale; the commands run from a folder holding it
     build_bbst.main(["--out", str(tmp_path / "bbst-demo"), "--demo-images", "16", "--min-side", "96",

@@ -1,4 +1,4 @@
-"""pipelines/variational_styles.py: prior samples and two-style interpolation grids from a checkpoint."""
+"""pipelines/vst_styles.py: prior samples and two-style interpolation grids from a checkpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.variational_styles import main
+from pipelines.vst_styles import main
 from train.checkpoint import save_model_checkpoint
 from train.models import create_model
 

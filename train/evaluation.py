@@ -7,8 +7,8 @@ pairs, native size up to 1024 px plus the 512 x 512 rows, timing at 256^2, 512^2
 ``pipelines/make_protocol.py`` fills it with images the user supplies; :func:`write_tiny_protocol` generates a tiny
 one for tests.
 
-API for any model family (used by ``pipelines/evaluate_st.py``, ``pipelines/rast_ablation.py`` and
-``pipelines/compare_models.py``)::
+API for any model family (used by ``pipelines/evaluate.py``, ``pipelines/rast_ablation.py`` and
+``pipelines/compare.py``)::
 
     protocol = load_protocol("protocol.yaml")
     rows = [Row("NeAT", Stylizer("neat.pt")), Row("NeAT (no prior blurring)", Stylizer("neat.pt", blur=0.0)),

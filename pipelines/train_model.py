@@ -3,7 +3,7 @@
 One training function (``train.trainer.train``) under three launchers:
 
 * ``--launcher none`` (default): one process, CPU or one GPU.
-* ``--launcher torchrun``: ``torchrun --nproc_per_node 8 pipelines/train_neat.py --config cfg.yaml
+* ``--launcher torchrun``: ``torchrun --nproc_per_node 8 pipelines/train_model.py --config cfg.yaml
   --launcher torchrun``; rank and world size come from torchrun's environment (nccl on GPU, gloo on CPU).
 * ``--launcher ray``: wraps the same function in Ray Train's ``TorchTrainer`` with
   ``ScalingConfig(num_workers=distributed.num_workers, use_gpu=distributed.use_gpu)``; attaches to the cluster
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python pipelines/train_neat.py` puts pipelines/ first on sys.path
+if __package__ in (None, ""):  # `python pipelines/train_model.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.cli import error_boundary, exit_with
@@ -103,7 +103,7 @@ def run_ray(cfg: TrainConfig, resume: bool | str, log_level: str = "INFO") -> An
         _ray_train_loop,
         train_loop_config={"cfg": to_dict(cfg), "resume": resume, "log_level": log_level},
         scaling_config=ScalingConfig(num_workers=cfg.distributed.num_workers, use_gpu=cfg.distributed.use_gpu),
-        run_config=RunConfig(name="train_neat", storage_path=os.path.join(cfg.logging.dir, "ray")),
+        run_config=RunConfig(name="train_model", storage_path=os.path.join(cfg.logging.dir, "ray")),
     )
     return trainer.fit()
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {"metrics": dict(result.metrics or {}), "error": result.error}
     if args.launcher == "torchrun" and "WORLD_SIZE" not in os.environ:
         raise ConfigError("--launcher torchrun: WORLD_SIZE is not set",
-                          hint="start it with torchrun, e.g. torchrun --nproc_per_node 2 pipelines/train_neat.py ...")
+                          hint="start it with torchrun, e.g. torchrun --nproc_per_node 2 pipelines/train_model.py ...")
     from train.trainer import train
 
     return train(cfg, resume=args.resume)

@@ -1,9 +1,9 @@
 """Explore a trained variational style-transfer model's style space: sample new styles, interpolate two styles.
 
-``python pipelines/variational_styles.py sample --checkpoint CKPT --content A.jpg B.jpg --num 8 --out samples.png``
+``python pipelines/vst_styles.py sample --checkpoint CKPT --content A.jpg B.jpg --num 8 --out samples.png``
 draws ``--num`` style codes from the prior N(0, I) and renders every content image with each (one row per content).
 
-``python pipelines/variational_styles.py interpolate --checkpoint CKPT --content A.jpg --style S1.jpg S2.jpg
+``python pipelines/vst_styles.py interpolate --checkpoint CKPT --content A.jpg --style S1.jpg S2.jpg
 --steps 7 --out interp.png`` encodes both styles (their mean codes), renders the content at ``--steps`` evenly spaced
 points of the line between the codes, and writes the row [style 1, t=0 ... t=1, style 2].
 
@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python pipelines/variational_styles.py` puts pipelines/ first on sys.path
+if __package__ in (None, ""):  # `python pipelines/vst_styles.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside the functions that use them: `--help` prints before torch loads

@@ -1,6 +1,6 @@
 """Evaluate style-transfer models on a protocol: a quality table (NeAT Table 1), a speed table (Table 2), a grid.
 
-``python pipelines/evaluate_st.py --protocol protocol.yaml --model NeAT=neat.pt --no-blur-row
+``python pipelines/evaluate.py --protocol protocol.yaml --model NeAT=neat.pt --no-blur-row
 --model "NeAT (no prior deltas)"=neat_no_prior.pt --model RAST=rast.pt --out eval/``
 
 The protocol file (train/evaluation.py, docs/evaluation.md) fixes the content and style images, the pairs, the
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if __package__ in (None, ""):  # `python pipelines/evaluate_st.py` puts pipelines/ first on sys.path
+if __package__ in (None, ""):  # `python pipelines/evaluate.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside the functions that use them: `--help` prints before torch loads

@@ -1,6 +1,6 @@
 """Compare every trained model on the same protocol pairs: one table and one image grid (PNG + HTML).
 
-``python pipelines/compare_models.py --protocol protocol.yaml --model NeAT=neat.pt --model "NeAT balanced"=bal.pt
+``python pipelines/compare.py --protocol protocol.yaml --model NeAT=neat.pt --model "NeAT balanced"=bal.pt
 --model RAST=rast.pt --model Variational=vst.pt --model MetaStyle=meta.pt --out comparison/``
 
 The comparison is the evaluation protocol of ``train/evaluation.py`` (docs/evaluation.md) run on every
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-if __package__ in (None, ""):  # `python pipelines/compare_models.py` puts pipelines/ first on sys.path
+if __package__ in (None, ""):  # `python pipelines/compare.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
