@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.atomic import atomic_write_bytes
 from core.errors import BbstError
 
 FORMAT = "bbst-classifier"
@@ -57,7 +58,7 @@ def save_classifier(path: str | os.PathLike, model, head_result, *, training_dat
     when ``extra["demo"]`` is true), the hash covering the weights, temperature and thresholds, so any
     change to the scoring function changes the version that is written next to every score.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -95,10 +96,10 @@ def save_classifier(path: str | os.PathLike, model, head_result, *, training_dat
         "bbst_version": bbst_version,
         "extra": extra,
     }
-    tmp = path / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION), "version": version})
-    os.replace(tmp, path / WEIGHTS_FILE)
-    (path / CONFIG_FILE).write_text(json.dumps(jsonable(config), indent=2, sort_keys=False))
+    # both files atomically: a labeling session re-saves a checkpoint while the scorer may be reading it
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "version": version}
+    atomic_write_bytes(path / WEIGHTS_FILE, save(state, metadata=metadata))
+    atomic_write_bytes(path / CONFIG_FILE, json.dumps(jsonable(config), indent=2, sort_keys=False).encode())
     return version
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.atomic import atomic_write, atomic_write_bytes
+
 META_FILE = "features.json"
 
 
@@ -128,14 +130,11 @@ class FeatureCache:
             if self.dim is None:
                 self.dim = features.shape[1]
                 meta = {"dim": self.dim, "fingerprint": self.fingerprint}
-                (self.root / META_FILE).write_text(json.dumps(meta))
+                atomic_write_bytes(self.root / META_FILE, json.dumps(meta).encode())
             name = f"part-{uuid.uuid4().hex[:12]}"
             feats, shas = features[keep], np.array([sha256s[i] for i in keep])
             for suffix, arr in ((".npy", feats), (".sha.npy", shas)):  # digests last: they mark the shard complete
-                tmp = self.root / f".{name}{suffix}.tmp"
-                with open(tmp, "wb") as f:
-                    np.save(f, arr)
-                os.replace(tmp, self.root / f"{name}{suffix}")
+                atomic_write(self.root / f"{name}{suffix}", lambda f, arr=arr: np.save(f, arr))
             n = len(self._shards)
             self._shards.append(feats)
             for row, sha in enumerate(shas.tolist()):

@@ -31,7 +31,7 @@ def _tmp_name(path: str) -> str:
     return posixpath.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:12]}")
 
 
-def atomic_write(url: str, write_fn, fs=None) -> Any:
+def atomic_write(url: str | os.PathLike, write_fn, fs=None) -> Any:
     """Call ``write_fn(fileobj)`` so the file appears at ``url`` only once complete.
 
     ``fs`` is an fsspec filesystem to use (e.g. one built with S3 endpoint/credential options); without it the
@@ -42,6 +42,7 @@ def atomic_write(url: str, write_fn, fs=None) -> Any:
     visible only when it completes, which is the same guarantee, and a rename there would be a full copy. If
     ``write_fn`` raises, the upload is discarded (fsspec's own ``with`` would complete it with what was written).
     """
+    url = os.fspath(url)
     fs, path = (fs, fs._strip_protocol(url)) if fs is not None else _fs(url)
     parent = posixpath.dirname(path)
     if parent:
@@ -67,6 +68,11 @@ def atomic_write(url: str, write_fn, fs=None) -> Any:
             fs.rm(tmp)
         raise
     return result
+
+
+def atomic_write_bytes(url: str | os.PathLike, data: bytes, fs=None) -> None:
+    """Write ``data`` to ``url`` atomically (see :func:`atomic_write`)."""
+    atomic_write(url, lambda f: f.write(data), fs=fs)
 
 
 def _abandon(f) -> None:

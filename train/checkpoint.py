@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.atomic import atomic_write
 from core.errors import BadInputError, MissingInputError
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -46,23 +47,15 @@ def latest_checkpoint(directory: str) -> str | None:
 
 
 def save_checkpoint(state: dict, directory: str, step: int, keep: int = 0) -> str:
-    """Write ``state`` as ``ckpt-{step}.pt`` atomically (temp file + rename) and prune to the newest ``keep``.
+    """Write ``state`` as ``ckpt-{step}.pt`` atomically and prune to the newest ``keep``.
 
-    A run killed mid-write leaves only a ``.tmp`` file behind, never a truncated checkpoint that ``--resume``
-    would pick up.
+    A run killed mid-write leaves only a hidden temporary file behind, never a truncated checkpoint that
+    ``--resume`` would pick up.
     """
     fs, path = _fs(directory)
     fs.makedirs(path, exist_ok=True)
     final = f"{path.rstrip('/')}/{checkpoint_name(step)}"
-    tmp = f"{final}.tmp"
-    with fs.open(tmp, "wb") as f:
-        torch.save(state, f)
-    from fsspec.implementations.local import LocalFileSystem
-
-    if isinstance(fs, LocalFileSystem):
-        os.replace(tmp, final)  # atomic on POSIX filesystems
-    else:
-        fs.mv(tmp, final)  # object stores: the object appears whole on completion of the copy
+    atomic_write(final, lambda f: torch.save(state, f), fs=fs)
     if keep > 0:
         for _, old in list_checkpoints(directory)[:-keep]:
             fs.rm(old)
@@ -76,8 +69,6 @@ def save_model_checkpoint(model: torch.nn.Module, path: str, model_name: str, ex
     ``train.models.load_model_from_checkpoint`` like any trainer checkpoint.
     """
     from pathlib import Path
-
-    from core.atomic import atomic_write
 
     state = {"format": CHECKPOINT_FORMAT, "model_name": model_name, "model_config": model.model_config(),
              "model": {k: v.cpu() for k, v in model.state_dict().items()}, "step": 0, **(extra or {})}

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.atomic import atomic_write_bytes
 from core.errors import BbstError
 from core.schema import SHARDS_DIR
 from core.shards import MemberRef, ShardFormatError, index_shard, read_member
@@ -132,10 +133,7 @@ class Pool:
                 return data
         data = _downscale(self.read_bytes(key), max_side, quality)
         if disk is not None:
-            disk.parent.mkdir(parents=True, exist_ok=True)
-            tmp = disk.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, disk)
+            atomic_write_bytes(disk, data)
         self._remember(ck, data)
         return data
 
