@@ -88,6 +88,9 @@ def main(argv=None) -> int:
     s = app.state.session
     print(f"bbst labeling: {len(s.pool)} images from {s.pool.source}, database {cfg.db}, "
           f"{s.store.label_count()} labels, round {s.store.current_round()}", flush=True)
+    for note in (s.model_note, s.pool_note):
+        if note:
+            print(f"note: {note}", flush=True)
     if require:
         print(f"access token: {token}", flush=True)
         print(f"open {url}?token={token}", flush=True)

@@ -589,3 +589,60 @@ def test_page_progress_key_overlay_examples_and_dashboard_at_1366px(pool_dir, tm
         assert lefts == 3  # three columns side by side at 1366 px
         ctx.close()
     session.close()
+
+
+def test_cli_without_a_classifier_says_its_suggestions_are_untrained(pool_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
+    assert label_app.main(["--pool", str(pool_dir), "--db", str(tmp_path / "l.sqlite"), "--model",
+                           "test_vit_shared"]) == 0
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if "untrained model" in ln]
+    assert len(notes) == 1 and notes[0].startswith("note: no --classifier: suggestions come from an untrained "
+                                                   "model"), notes
+
+
+@pytest.mark.browser
+def test_a_demo_sized_pool_reaches_its_first_retrain_round_on_the_page(tmp_path, browser):
+    """The default retrain counts (50 decisions, 10 per class) are fitted to a pool the size of the demo's kept set,
+    so labelling through the page brings the first round; a pool too small for any round says so on the page."""
+    from label_server import serve
+
+    from curate.demo import build_demo_corpus
+
+    kept = sum(r["expect"] == "ok" for r in build_demo_corpus(tmp_path / "corpus", 40, min_side=64))
+    pool = make_folder_pool(tmp_path / "pool", kept)
+    app = label_app.create_app(_cfg(pool, tmp_path))  # default ActiveConfig, background threads on
+    session = app.state.session
+    every = session.learner.cfg.retrain_every
+    assert every < kept
+    with serve(app) as base:
+        page = browser.new_context(bypass_csp=True).new_page()  # wait_for_function evaluates strings
+        page.goto(base + "/")
+        page.wait_for_function("document.getElementById('progress').dataset.left !== undefined")
+        assert page.is_visible("#pool-note")
+        assert page.inner_text("#pool-note").startswith(f"pool of {kept} images: the model is retrained every "
+                                                        f"{every} decisions (not 50)")
+        assert "suggestions from an untrained model" in page.inner_text("#model")
+        page.fill("#annotator", "alice")
+        page.press("#annotator", "Enter")
+        decided = 0
+        while decided < kept and page.evaluate("document.getElementById('model').dataset.round") == "0":
+            page.wait_for_function("document.body.dataset.currentKey")
+            key = page.evaluate("document.body.dataset.currentKey")
+            page.keyboard.press("a" if truth_of_key(key) else "x")
+            decided += 1
+            page.wait_for_function(f"document.getElementById('progress').dataset.labelled === '{decided}'")
+            if decided >= every:  # the round trains in the background; the next answer carries it
+                time.sleep(0.5)
+        assert page.evaluate("document.getElementById('model').dataset.round") == "1", decided
+        assert decided < kept and session.store.rounds()[0]["n_labels"] >= every
+        assert page.inner_text("#model").startswith("round 1 · model ")
+    session.close()
+
+    tiny = make_folder_pool(tmp_path / "tiny", 6)
+    app = label_app.create_app(_cfg(tiny, tmp_path / "t"), start_background=False)
+    with serve(app) as base:
+        page = browser.new_context(bypass_csp=True).new_page()  # wait_for_function evaluates strings
+        page.goto(base + "/")
+        page.wait_for_function("!document.getElementById('pool-note').hidden")
+        assert page.inner_text("#pool-note").startswith("this pool of 6 images is too small for active learning")
+    app.state.session.close()

@@ -84,7 +84,7 @@ def test_progress_and_examples_follow_confirmed_labels(pool_dir, tmp_path):
     try:
         p = s.progress("ann")
         assert p == {"labelled": 0, "pool_size": 40, "left_in_pool": 40, "retrain_every": 10, "round": 0,
-                     "to_next_retrain": 10, "per_class_needed": 3, "labelled_by_you": 0}
+                     "to_next_retrain": 10, "per_class_needed": 3, "model_version": None, "labelled_by_you": 0}
         assert s.examples()["stylistic"] == [] and s.examples()["source"]["stylistic"] == "labels"
         keys = s.pool.keys[:6]
         s.commit("ann", [{"key": k, "label": "stylistic" if truth_of_key(k) else "not_stylistic"} for k in keys])
@@ -102,5 +102,33 @@ def test_progress_and_examples_follow_confirmed_labels(pool_dir, tmp_path):
         assert (s.progress()["labelled"], s.progress()["left_in_pool"]) == (6, 34)
         s.undo("ann")  # ann's vote on that item: nobody has decided it now
         assert (s.progress()["labelled"], s.progress()["left_in_pool"]) == (5, 35)
+    finally:
+        s.close()
+
+
+def test_retrain_counts_fit_the_pool_and_small_pools_say_so():
+    from classifier.labeling.active import ActiveConfig
+    from classifier.labeling.session import fit_active_to_pool
+
+    default = ActiveConfig()
+    assert fit_active_to_pool(default, 1000) == (default, None)  # large pools keep the configured counts
+    fitted, note = fit_active_to_pool(default, 24)  # the demo's kept set is about this size
+    assert (fitted.retrain_every, fitted.min_per_class) == (6, 3)
+    assert note == ("pool of 24 images: the model is retrained every 6 decisions (not 50), the first once both "
+                    "classes have 3 labels (not 10)")
+    small = ActiveConfig(retrain_every=5, min_per_class=2)
+    assert fit_active_to_pool(small, 24) == (small, None)  # counts that already fit are kept
+    kept, note = fit_active_to_pool(default, 6)
+    assert kept is default and note.startswith("this pool of 6 images is too small for active learning")
+
+
+def test_without_a_classifier_the_session_says_its_suggestions_are_untrained(tmp_path):
+    pool = make_folder_pool(tmp_path / "pool", 24)
+    s = build_session(_cfg(pool, tmp_path))
+    try:
+        assert s.model_note.startswith("no --classifier: suggestions come from an untrained model (no head until "
+                                       "the first retrain round, after 6 decisions with 3 of each class)")
+        assert "random-init trunks" in s.model_note and "bbst weights" in s.model_note
+        assert s.learner.cfg.retrain_every == 6 and s.progress()["to_next_retrain"] == 6
     finally:
         s.close()

@@ -337,8 +337,8 @@ def _routes(cfg: LabelConfig, session: LabelSession):
         return {"guideline": cfg.guideline, "examples": session.examples(), "pool_size": len(session.pool),
                 "pool": session.pool.source, "round": session.store.current_round(),
                 "model_version": lr.model_version, "threshold": lr.threshold, "batch_size": cfg.batch_size,
-                "retrain_every": cfg.active.retrain_every, "keymap": session.keymap(),
-                "progress": session.progress()}
+                "retrain_every": lr.cfg.retrain_every, "keymap": session.keymap(),
+                "pool_note": session.pool_note, "model_note": session.model_note, "progress": session.progress()}
 
     @router.get("/api/examples")
     def api_examples():
@@ -415,8 +415,8 @@ def _routes(cfg: LabelConfig, session: LabelSession):
                 "pool_size": len(session.pool), "features_cached": sum(1 for k in session.pool.keys
                                                                        if lr.has_features(k)),
                 "feature_errors": len(lr.feature_errors), "retraining": lr.retraining, "last_error": lr.last_error,
-                "retrain_every": cfg.active.retrain_every, "min_per_class": cfg.active.min_per_class,
-                "min_held_out": MIN_HELD_OUT, "progress": session.progress()}
+                "retrain_every": lr.cfg.retrain_every, "min_per_class": lr.cfg.min_per_class,
+                "pool_note": session.pool_note, "min_held_out": MIN_HELD_OUT, "progress": session.progress()}
 
     @router.post("/api/retrain")
     def api_retrain():

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +110,35 @@ class UnknownKey(BbstError, KeyError):
         return str(self.args[0]) if self.args else "unknown key"
 
 
+# ------------------------------------------------------------------------------------------ retraining vs pool size
+MIN_PER_CLASS_FLOOR = 2  # fewest consensus labels per class a first head is trained from, however small the pool
+MIN_RETRAIN_EVERY = 4  # fewest new decisions between two rounds, however small the pool
+
+
+def fit_active_to_pool(active: ActiveConfig, pool_size: int) -> tuple[ActiveConfig, str | None]:
+    """``active`` with its retrain counts lowered to fit a small pool, and a one-line note saying so (or None).
+
+    A round needs ``2 * min_per_class`` labels and comes every ``retrain_every`` decisions: with the defaults
+    (10, 50) a pool of a few dozen images would never see one. Each count is capped so that a round comes once a
+    quarter of the pool is labelled (``retrain_every <= pool / 4``) from an eighth per class
+    (``min_per_class <= pool / 8``), never below :data:`MIN_RETRAIN_EVERY` and :data:`MIN_PER_CLASS_FLOOR`. A
+    pool too small for even those keeps the counts and the note says no round will come.
+    """
+    if pool_size < 2 * max(MIN_RETRAIN_EVERY, 2 * MIN_PER_CLASS_FLOOR):
+        return active, (f"this pool of {pool_size} images is too small for active learning: a retrain round needs "
+                        f"{2 * MIN_PER_CLASS_FLOOR} labels ({MIN_PER_CLASS_FLOOR} of each class) and the pool should "
+                        f"hold at least {2 * max(MIN_RETRAIN_EVERY, 2 * MIN_PER_CLASS_FLOOR)} images, so no model "
+                        "is trained here; add images to the pool")
+    every = min(active.retrain_every, max(MIN_RETRAIN_EVERY, pool_size // 4))
+    per_class = min(active.min_per_class, max(MIN_PER_CLASS_FLOOR, pool_size // 8))
+    if (every, per_class) == (active.retrain_every, active.min_per_class):
+        return active, None
+    fitted = replace(active, retrain_every=every, min_per_class=per_class)
+    return fitted, (f"pool of {pool_size} images: the model is retrained every {every} decisions (not "
+                    f"{active.retrain_every}), the first once both classes have {per_class} labels (not "
+                    f"{active.min_per_class})")
+
+
 # --------------------------------------------------------------------------------------------- one server per db
 class DatabaseInUse(BbstError, RuntimeError):
     """Another labeling server holds this database."""
@@ -161,8 +190,10 @@ class LabelSession:
     """Everything one labeling server holds: pool, store, learner, sampler state and leases."""
 
     def __init__(self, cfg: LabelConfig, pool: Pool, store: LabelStore, learner: ActiveLearner,
-                 lock: DatabaseLock | None = None):
+                 lock: DatabaseLock | None = None, pool_note: str | None = None, model_note: str | None = None):
         self.cfg, self.pool, self.store, self.learner = cfg, pool, store, learner
+        self.pool_note = pool_note  # how the retrain counts were fitted to the pool's size, or why no round comes
+        self.model_note = model_note  # where the first suggestions come from when no classifier was given
         self._db_lock = lock
         self._leases: dict[str, tuple[str, float]] = {}
         # one handout at a time: reading what is free, choosing, and leasing it form one critical section, so
@@ -334,7 +365,7 @@ class LabelSession:
                "left_in_pool": max(0, len(self.pool) - self.decided_count()),
                "retrain_every": act.retrain_every, "round": self.store.current_round(),
                "to_next_retrain": max(0, act.retrain_every - (labelled - self.store.last_round_labels())),
-               "per_class_needed": 0}
+               "per_class_needed": 0, "model_version": self.learner.model_version}
         if out["round"] == 0:  # before the first head both classes need min_per_class consensus labels
             cons = self.store.consensus()
             pos = sum(cons.values())
@@ -453,7 +484,10 @@ def build_session(cfg: LabelConfig) -> LabelSession:
         pool = open_pool(cfg.pool, cache_dir=db.parent / f"{db.stem}.thumbs")
         store = LabelStore(db)
         store.add_items((it.key, it.sha256, it.ref) for it in (pool.item(k) for k in pool.keys))
-        head_result, version, demo = None, None, False
+        active, pool_note = fit_active_to_pool(cfg.active, len(pool))
+        if pool_note:
+            log.info("%s", pool_note)
+        head_result, version, demo, model_note = None, None, False, None
         if cfg.classifier:
             from classifier.checkpoint import load_classifier
 
@@ -466,18 +500,21 @@ def build_session(cfg: LabelConfig) -> LabelSession:
             # seeded so a backbone without weight files (tiny test variants) is the same network after a restart,
             # which keeps its feature-cache fingerprint valid
             torch.manual_seed(0)
-            if cfg.weights is None and not cfg.model.startswith("test_"):
-                log.warning("model %s has random-init trunks (no --weights): its features and scores are near "
-                            "useless; see docs/classifier.md for where backbone weights go", cfg.model)
+            random_trunks = cfg.weights is None
+            model_note = (f"no --classifier: suggestions come from an untrained model (no head until the first "
+                          f"retrain round, after {active.retrain_every} decisions with {active.min_per_class} of "
+                          f"each class)" + (f"; {cfg.model} has random-init trunks (no --weights), so even later "
+                                            "rounds learn little: `bbst weights` lists the backbone files"
+                                            if random_trunks else ""))
             model = create_model(cfg.model, weights=cfg.weights, style_weights=cfg.style_weights)
         model.eval()
         cache = FeatureCache(cfg.feature_cache or db.parent / f"{db.stem}.features",
                              fingerprint=feature_fingerprint(model))
-        learner = ActiveLearner(store, pool, model, cache, cfg.active, rounds_dir=db.parent / f"{db.stem}.rounds",
+        learner = ActiveLearner(store, pool, model, cache, active, rounds_dir=db.parent / f"{db.stem}.rounds",
                                 head_result=head_result, model_version=version, demo=demo)
         if head_result is not None and not store.rounds():
             learner.checkpoint_path = Path(cfg.classifier)
     except BaseException:
         lock.release()
         raise
-    return LabelSession(cfg, pool, store, learner, lock=lock)
+    return LabelSession(cfg, pool, store, learner, lock=lock, pool_note=pool_note, model_note=model_note)

@@ -60,6 +60,11 @@ function showProgress(p) {
   el.dataset.labelled = p.labelled;
   el.dataset.left = p.left_in_pool;
   el.dataset.toNext = p.to_next_retrain;
+  // the model line follows the rounds as they come
+  const model = $("model");
+  model.textContent = p.model_version ? `round ${p.round} · model ${p.model_version}`
+    : "no model yet: suggestions from an untrained model";
+  model.dataset.round = p.round;
 }
 
 // ------------------------------------------------------------------ key overlay
@@ -380,7 +385,9 @@ async function start() {
   } catch (e) { status(`cannot reach the server: ${e.message}`); return; }
   const s = state.session;
   $("guideline").textContent = s.guideline;
-  $("model").textContent = s.model_version ? `round ${s.round} · model ${s.model_version}` : "no model yet";
+  const note = $("pool-note");
+  note.textContent = s.pool_note || "";
+  note.hidden = !s.pool_note;
   $("annotator").value = state.annotator;
   if (state.annotator) await begin();
   else { showNext(); $("annotator").focus(); }
