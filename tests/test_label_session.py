@@ -112,7 +112,7 @@ def test_retrain_counts_fit_the_pool_and_small_pools_say_so():
 
     default = ActiveConfig()
     assert fit_active_to_pool(default, 1000) == (default, None)  # large pools keep the configured counts
-    fitted, note = fit_active_to_pool(default, 24)  # the demo's kept set is about this size
+    fitted, note = fit_active_to_pool(default, 24)
     assert (fitted.retrain_every, fitted.min_per_class) == (6, 3)
     assert note == ("pool of 24 images: the model is retrained every 6 decisions (not 50), the first once both "
                     "classes have 3 labels (not 10)")
