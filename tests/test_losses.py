@@ -97,32 +97,71 @@ def test_balanced_gram_lies_in_unit_interval_and_is_zero_for_identical_grams():
     # the same Gram matrix from a spatially shuffled map: still exactly zero
     perm = {k: v.flatten(2)[..., torch.randperm(v.shape[2] * v.shape[3])].view_as(v) for k, v in feats.items()}
     assert float(L.balanced_gram_style(perm, feats)) == pytest.approx(0.0, abs=1e-6)
-    for scale in (1e-4, 1.0, 1e4):  # any magnitude of style features: still in [0, 1]
+    for scale in (1e-4, 1.0, 1e4):  # any magnitude of style features: each layer still in [0, 1]
         other = {k: torch.relu(torch.randn_like(v)) * scale for k, v in feats.items()}
-        per = L.balanced_gram_per_sample(other, feats)
+        per = L.balanced_gram_per_sample(other, feats, layers=("a",))
         assert per.shape == (3,) and ((per >= 0) & (per <= 1)).all()
-    zeros = {k: torch.zeros_like(v) for k, v in feats.items()}  # all-black output: the supremum itself, i.e. 1
-    assert float(L.balanced_gram_style(zeros, feats)) == pytest.approx(1.0, abs=1e-6)
+    zeros = {k: torch.zeros_like(v) for k, v in feats.items()}  # all-black output: the supremum itself, 1 per layer
+    assert float(L.balanced_gram_style(zeros, feats)) == pytest.approx(2.0, abs=1e-6)
 
 
-def test_balanced_gram_is_classic_loss_over_its_supremum_without_gradient_through_it():
+def _worked_example() -> tuple[dict, dict]:
+    """Two layers, one sample, worked by hand (G = F F^T / CHW).
+
+    layer a: C=2, H=1, W=2. P = [[1, 1], [0, 2]] -> G(P) = [[2, 2], [2, 4]] / 4; S = [[2, 0], [0, 0]] -> G(S) =
+    [[1, 0], [0, 0]]. ||G(P) - G(S)||^2 = 0.25 + 0.25 + 0.25 + 1 = 1.75, ||G(P)||^2 = 1.75, ||G(S)||^2 = 1:
+    classic (MSE over 4 entries) 0.4375, supremum 2.75 / 4, balanced 1.75 / 2.75 = 7/11.
+    layer b: C=H=W=1. P = 3, S = 1 -> G = 9 and 1: classic 64, supremum 82, balanced 64/82 = 32/41.
+    """
+    p = {"a": torch.tensor([[[[1.0, 1.0]], [[0.0, 2.0]]]]), "b": torch.tensor([[[[3.0]]]])}
+    s = {"a": torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]]), "b": torch.tensor([[[[1.0]]]])}
+    return p, s
+
+
+def test_balanced_and_classic_losses_on_a_hand_worked_example():
+    p, s = _worked_example()
+    assert torch.allclose(L.gram_matrix(p["a"]), torch.tensor([[[0.5, 0.5], [0.5, 1.0]]]))
+    # Eq. 5 sums the layers (w = 1); Eq. 13 divides each layer by its supremum (Eq. 11)
+    assert float(L.gram_style(p, s)) == pytest.approx(0.4375 + 64.0)
+    assert float(L.gram_supremum_per_sample(p, s)[0]) == pytest.approx(2.75 / 4 + 82.0)
+    assert float(L.balanced_gram_style(p, s)) == pytest.approx(7 / 11 + 32 / 41, rel=1e-6)
+    assert float(L.balanced_gram_style(p, s, layer_weights=(1.0, 0.5))) == pytest.approx(7 / 11 + 16 / 41, rel=1e-6)
+    assert float(L.gram_frobenius_style(p, s)) == pytest.approx(1.75 + 64.0)
+    # Eq. 8: the batch loss is the mean of the per-sample losses
+    p2 = {k: torch.cat([v, torch.zeros_like(v)]) for k, v in p.items()}
+    s2 = {k: torch.cat([v, v]) for k, v in s.items()}  # sample 1: an all-black output, balanced loss 1 per layer
+    assert torch.allclose(L.balanced_gram_per_sample(p2, s2), torch.tensor([7 / 11 + 32 / 41, 2.0]))
+    assert float(L.balanced_gram_style(p2, s2)) == pytest.approx((7 / 11 + 32 / 41 + 2.0) / 2, rel=1e-6)
+
+
+def test_balanced_gram_has_no_gradient_through_its_supremum():
     torch.manual_seed(1)
     s = {"x": torch.rand(2, 4, 5, 5)}
     p = {"x": torch.rand(2, 4, 5, 5).requires_grad_()}
-    classic = L.gram_style_per_sample(p, s)
     sup = L.gram_supremum_per_sample(p, s)
-    assert (classic <= sup + 1e-9).all()
-    assert torch.allclose(L.balanced_gram_per_sample(p, s), classic / sup, rtol=1e-4)
-    # gradient equals that of classic / constant(sup): the denominator is detached
     (g_bal,) = torch.autograd.grad(L.balanced_gram_per_sample(p, s).sum(), p["x"])
     (g_ref,) = torch.autograd.grad((L.gram_style_per_sample(p, s) / sup.detach()).sum(), p["x"])
-    assert torch.allclose(g_bal, g_ref, rtol=1e-3, atol=1e-9)
-    # per-sample balancing: scaling one sample's style features by 100 changes its classic loss by orders of
-    # magnitude but leaves the balanced loss of the other sample untouched
-    s2 = {"x": s["x"].clone()}
-    s2["x"][0] *= 100
-    with torch.no_grad():
-        assert float(L.balanced_gram_per_sample(p, s2)[1]) == pytest.approx(float(L.balanced_gram_per_sample(p, s)[1]))
+    (g_through,) = torch.autograd.grad((L.gram_style_per_sample(p, s) / sup).sum(), p["x"])
+    assert torch.allclose(g_bal, g_ref, rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(g_bal, g_through, rtol=1e-2)  # the check above can tell the two apart
+
+
+def test_each_samples_balanced_loss_ignores_its_styles_feature_magnitude_while_the_classic_loss_does_not():
+    # The multi-task view (Section 4.1): a style whose features are 100x larger (and an output at its scale) weighs
+    # 100^4 = 1e8 times more in the classic batch loss; its balanced loss is unchanged.
+    torch.manual_seed(2)
+    s = {"x": torch.rand(2, 4, 5, 5), "y": torch.rand(2, 8, 3, 3)}
+    p = {k: torch.rand_like(v) for k, v in s.items()}
+    s100 = {k: torch.cat([v[:1] * 100, v[1:]]) for k, v in s.items()}
+    p100 = {k: torch.cat([v[:1] * 100, v[1:]]) for k, v in p.items()}
+    classic, classic100 = L.gram_style_per_sample(p, s), L.gram_style_per_sample(p100, s100)
+    balanced, balanced100 = L.balanced_gram_per_sample(p, s), L.balanced_gram_per_sample(p100, s100)
+    assert float(classic100[0] / classic[0]) == pytest.approx(1e8, rel=1e-3)
+    assert float(balanced100[0]) == pytest.approx(float(balanced[0]), rel=1e-5)
+    assert float(classic100[1]) == pytest.approx(float(classic[1]))  # the other sample is untouched either way
+    # so in the batch loss the scaled sample dominates the classic loss and not the balanced one
+    assert float(classic100[0] / classic100.sum()) > 0.999
+    assert float(balanced100[0] / balanced100.sum()) == pytest.approx(float(balanced[0] / balanced.sum()), rel=1e-5)
 
 
 def test_style_loss_switch_names():

@@ -251,15 +251,17 @@ def test_vgg16_encoder_loads_torchvision_weights_and_refuses_vgg19(tmp_path, mon
 
 
 def test_neat_style_loss_switch_and_vgg16_loss_network():
+    from train.models.neat import STYLE_WEIGHTS
+
     torch.manual_seed(0)
     batch = {"content": torch.rand(2, 3, 32, 32), "style": torch.rand(2, 3, 32, 32)}
     no_gan = {"w_adv": 0.0, "w_patch_simple": 0.0, "w_patch_complex": 0.0, "w_style_nce": 0.0}
     model = create_model("neat_tiny", style_loss="balanced_gram", loss_network="vgg16", loss_vgg_weights=None,
                          style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"), content_layer="relu3_3",
                          **no_gan)
-    assert model.cfg.w_style == 10.0 and model.loss_vgg is not None
+    assert model.cfg.w_style == STYLE_WEIGHTS["balanced_gram"] and model.loss_vgg is not None
     _, logs, _ = model.generator_step(batch)
-    assert 0.0 <= logs["style"] <= 1.0
+    assert 0.0 <= logs["style"] <= 4.0  # [0, 1] per layer, four layers
     with pytest.raises(ValueError, match="style_loss"):
         create_model("neat_tiny", style_loss="nope")
 

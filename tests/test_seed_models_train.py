@@ -97,7 +97,7 @@ def test_a_few_steps_lower_the_balanced_neat_loss_on_a_fixed_batch():
         opt.step()
         losses.append(float(loss.detach()))
         styles.append(logs["style"])
-    assert all(0.0 <= s <= 1.0 for s in styles)
+    assert styles[-1] < styles[0], styles
     assert sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses  # identity terms dominate the first steps
 
 
@@ -115,7 +115,8 @@ def test_shipped_configs_load_and_build(name):
     weights = {"vgg_weights": None, "loss_vgg_weights": None, "vgg_width": 1 / 16} if "neat" in name else \
         {"loss_vgg_weights": None, "vgg_width": 1 / 16}
     model = create_model(cfg.model.name, **kwargs, **weights)
-    assert model.model_config()["style_loss"] == (cfg.model.style_loss or model.model_config()["style_loss"])
+    expected = {"variational.yaml": "gram", "metastyle.yaml": "gram", "neat_balanced_vgg16.yaml": "balanced_gram"}
+    assert model.model_config()["style_loss"] == expected[name]
     if name == "neat_balanced_vgg16.yaml":
         assert model.loss_vgg is not None and model.cfg.content_layer == "relu3_3"
         assert model.cfg.style_layers == ("relu1_2", "relu2_2", "relu3_3", "relu4_3")

@@ -48,7 +48,7 @@ def style_mean_std(out_feats: dict[str, torch.Tensor], style_feats: dict[str, to
 @register_loss
 def content_perceptual(out_feat: torch.Tensor, content_feat: torch.Tensor) -> torch.Tensor:
     """NeAT Eq. 3: MSE between conv4_2 (or any single tap) features of output and content."""
-    return F.mse_loss(out_feat.float(), content_feat.float())
+    return F.mse_loss(_at_least_float32(out_feat), _at_least_float32(content_feat))
 
 
 @register_loss
@@ -59,68 +59,103 @@ def content_normalized(out_feats: dict[str, torch.Tensor], target_feats: dict[st
                for n in layers)
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors (autocast) computed in float32; float64 kept (gradient checks run in double)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
     """Gram matrix normalised by C*H*W (MetaStyle/Johnson convention), (B, C, C)."""
     b, c, h, w = feat.shape
-    f = feat.float().reshape(b, c, h * w)
+    f = _at_least_float32(feat).reshape(b, c, h * w)
     return f @ f.transpose(1, 2) / (c * h * w)
+
+
+def _layer_weights(layers: tuple[str, ...], layer_weights: tuple[float, ...] | None) -> tuple[float, ...]:
+    if layer_weights is None:
+        return (1.0,) * len(layers)
+    if len(layer_weights) != len(layers):
+        raise ValueError(f"{len(layer_weights)} layer weights for {len(layers)} layers {layers}")
+    return tuple(layer_weights)
+
+
+def gram_layer_terms(out_feat: torch.Tensor, style_feat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One layer's per-sample Gram terms, each (B,), for output features P and style features S.
+
+    ``classic``: Eq. 3/6 of Cheng et al., the MSE between the two Gram matrices (mean over the C*C entries);
+    ``supremum``: Eq. 11, (||G(S)||^2 + ||G(P)||^2) / N with N = C*C, the same normaliser as ``classic`` (the paper
+    writes N as the spatial size; with any N shared by both, the ratio below is the same and lies in [0, 1]);
+    ``frobenius``: ||G(P) - G(S)||_F^2 (MetaStyle's per-layer style loss).
+    """
+    go, gs = gram_matrix(out_feat), gram_matrix(style_feat)
+    entries = go[0].numel()
+    frob = (go - gs).pow(2).flatten(1).sum(1)
+    sq = go.pow(2).flatten(1).sum(1) + gs.pow(2).flatten(1).sum(1)
+    return {"classic": frob / entries, "supremum": sq / entries, "frobenius": frob}
+
+
+def gram_style_per_sample(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
+                          layers: tuple[str, ...] | None = None,
+                          layer_weights: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Classic Gram style loss of every sample, (B,): Eq. 5, sum over layers of w^l * Gram MSE (w^l = 1)."""
+    layers = layers or tuple(style_feats)
+    weights = _layer_weights(layers, layer_weights)
+    return sum(w * gram_layer_terms(out_feats[n], style_feats[n])["classic"] for n, w in zip(layers, weights))
 
 
 @register_loss
 def gram_style(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
-               layers: tuple[str, ...] | None = None) -> torch.Tensor:
-    """Mean over layers of MSE between Gram matrices (also the evaluation 'Gram distance')."""
+               layers: tuple[str, ...] | None = None, layer_weights: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Classic Gram style loss (Gatys; Cheng et al. Eqs. 5 and 8): sum over layers of the Gram MSE, batch mean."""
+    return gram_style_per_sample(out_feats, style_feats, layers, layer_weights).mean()
+
+
+@register_loss
+def gram_frobenius_style(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
+                         layers: tuple[str, ...] | None = None) -> torch.Tensor:
+    """MetaStyle's style loss: sum over layers of ||G(phi_i(I_s)) - G(phi_i(I_x))||_F^2, G = psi psi^T / CHW;
+    batch mean."""
     layers = layers or tuple(style_feats)
-    return sum(F.mse_loss(gram_matrix(out_feats[n]), gram_matrix(style_feats[n])) for n in layers) / len(layers)
+    return sum(gram_layer_terms(out_feats[n], style_feats[n])["frobenius"] for n in layers).mean()
 
 
 def _balanced_gram_layer(out_feat: torch.Tensor, style_feat: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Per-sample ||G(P) - G(S)||^2 / (||G(P)||^2 + ||G(S)||^2) at one layer, (B,); denominator without gradient."""
-    go, gs = gram_matrix(out_feat), gram_matrix(style_feat)
-    num = (go - gs).pow(2).flatten(1).sum(1)
+    t = gram_layer_terms(out_feat, style_feat)
     # The supremum of the classic loss (Cheng et al. 2021, Eq. 11): Gram entries of ReLU features are >= 0, so
     # <G(P), G(S)> >= 0 and the ratio lies in [0, 1] whatever the Gram scaling. It is a per-sample task weight only:
     # no gradient flows through it (the paper's choice, for stable training).
-    den = (go.pow(2).flatten(1).sum(1) + gs.pow(2).flatten(1).sum(1)).detach()
-    return num / (den + eps)
+    return t["classic"] / (t["supremum"].detach() + eps)
 
 
 def balanced_gram_per_sample(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
-                             layers: tuple[str, ...] | None = None) -> torch.Tensor:
-    """Balanced style loss of every sample, (B,): mean over layers of the supremum-normalised Gram loss."""
+                             layers: tuple[str, ...] | None = None,
+                             layer_weights: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Balanced style loss of every sample, (B,): sum over layers of w^l times the supremum-normalised Gram loss
+    (Eq. 13 in the sum of Eq. 5); in [0, sum of w^l]."""
     layers = layers or tuple(style_feats)
-    return torch.stack([_balanced_gram_layer(out_feats[n], style_feats[n]) for n in layers]).mean(0)
+    weights = _layer_weights(layers, layer_weights)
+    return sum(w * _balanced_gram_layer(out_feats[n], style_feats[n]) for n, w in zip(layers, weights))
 
 
 @register_loss
 def balanced_gram_style(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
-                        layers: tuple[str, ...] | None = None) -> torch.Tensor:
-    """Style-aware normalised ("balanced") Gram loss of Cheng et al. (CVPR 2021), in [0, 1].
+                        layers: tuple[str, ...] | None = None,
+                        layer_weights: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Style-aware normalised ("balanced") Gram loss of Cheng et al. (CVPR 2021).
 
     Each sample's layer loss is divided by its own supremum (||G(S)||^2 + ||G(P)||^2) / N, so every style in a batch
     weighs the same whatever its feature magnitude (the cause of under- and over-stylisation with the classic loss).
-    Averaged over layers and over the batch.
+    Summed over layers (each layer in [0, 1]) and averaged over the batch.
     """
-    return balanced_gram_per_sample(out_feats, style_feats, layers).mean()
-
-
-def gram_style_per_sample(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
-                          layers: tuple[str, ...] | None = None) -> torch.Tensor:
-    """Classic Gram style loss of every sample, (B,) (mean over layers of the Gram MSE)."""
-    layers = layers or tuple(style_feats)
-    per = [(gram_matrix(out_feats[n]) - gram_matrix(style_feats[n])).pow(2).flatten(1).mean(1) for n in layers]
-    return torch.stack(per).mean(0)
+    return balanced_gram_per_sample(out_feats, style_feats, layers, layer_weights).mean()
 
 
 def gram_supremum_per_sample(out_feats: dict[str, torch.Tensor], style_feats: dict[str, torch.Tensor],
                              layers: tuple[str, ...] | None = None) -> torch.Tensor:
-    """Supremum of :func:`gram_style_per_sample` for each sample, (B,): (||G(P)||^2 + ||G(S)||^2) / C^2 per layer."""
+    """Sum over layers of each layer's supremum of the classic loss, (B,) (>= :func:`gram_style_per_sample`)."""
     layers = layers or tuple(style_feats)
-    per = []
-    for n in layers:
-        go, gs = gram_matrix(out_feats[n]), gram_matrix(style_feats[n])
-        per.append((go.pow(2).flatten(1).sum(1) + gs.pow(2).flatten(1).sum(1)) / go[0].numel())
-    return torch.stack(per).mean(0)
+    return sum(gram_layer_terms(out_feats[n], style_feats[n])["supremum"] for n in layers)
 
 
 # The style losses a model config can name in its ``style_loss`` field (TrainConfig ``model.style_loss`` sets it

@@ -25,10 +25,11 @@ from train.models.layers import (
 )
 from train.models.vgg import STYLE_LAYERS, VGG16Encoder, VGG19Encoder, feature_channels
 
-# Default style weight per style loss: 3 for mean/std (SANet/ContraAST); the balanced loss lies in [0, 1] and 10 puts it
-# at the content term's magnitude at the start of training (the balanced-loss paper's rule for its weight); the Gram
-# MSE of C*H*W-normalised Grams is ~1e-4 of the mean/std loss, hence 1e4.
-STYLE_WEIGHTS = {"mean_std": 3.0, "gram": 1e4, "balanced_gram": 10.0}
+# Default style weight per style loss: 3 for mean/std (SANet/ContraAST); the balanced loss lies in [0, 1] per layer
+# and, summed over the five style layers, a weight of 2 puts it at the content term's magnitude at the start of
+# training (the balanced-loss paper's rule for its weight); the Gram MSE of C*H*W-normalised Grams, summed over the
+# layers, is ~5e-4 of the mean/std loss, hence 2e3.
+STYLE_WEIGHTS = {"mean_std": 3.0, "gram": 2e3, "balanced_gram": 2.0}
 
 
 @dataclass

@@ -14,8 +14,9 @@ from train.models import build_from_config, register_model
 from train.models.layers import pad_to_multiple
 from train.models.vgg import build_vgg
 
-# Default style weight per style loss (MSE of C*H*W-normalised Grams is small; the balanced loss lies in [0, 1]).
-STYLE_WEIGHTS = {"gram": 1e4, "balanced_gram": 10.0, "mean_std": 3.0}
+# Default style weight per style loss, for losses summed over the ten style layers (MSE of C*H*W-normalised Grams is
+# small; the balanced loss lies in [0, 1] per layer).
+STYLE_WEIGHTS = {"gram": 1e3, "balanced_gram": 1.0, "mean_std": 3.0}
 # "All layers up to relu4_2" of VGG-19 (the seed's style loss), content at relu4_2.
 VGG19_UP_TO_RELU4_2 = ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3", "relu3_4",
                        "relu4_1", "relu4_2")
