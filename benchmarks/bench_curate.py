@@ -66,8 +66,16 @@ def build_corpus(root: Path, n: int, min_side: int, seed: int = 0) -> list[tuple
     if index.exists():
         return [tuple(x) for x in json.loads(index.read_text())]
     root.mkdir(parents=True, exist_ok=True)
+    # a smaller corpus of the same side and seed holds the first images already (image i depends on i only)
+    known: dict[int, tuple] = {}
+    for other in root.glob(f"index-*-{min_side}-{seed}.json"):
+        for i, item in enumerate(json.loads(other.read_text())):
+            known[i] = tuple(item)
+    todo = [i for i in range(n) if i not in known]
     with mp.Pool(os.cpu_count()) as pool:
-        items = pool.map(_make_one, [(i, min_side, seed, str(root)) for i in range(n)], chunksize=8)
+        for i, item in zip(todo, pool.map(_make_one, [(i, min_side, seed, str(root)) for i in todo], chunksize=16)):
+            known[i] = item
+    items = [known[i] for i in range(n)]
     index.write_text(json.dumps(items))
     return items
 
@@ -90,16 +98,30 @@ class TreeMemory:
     thread runs at the lowest CPU priority so that it takes CPU from neither tool.
     """
 
-    def __init__(self, pid: int, interval: float = 1.0) -> None:
+    def __init__(self, pid: int, interval: float = 1.0, first_file: tuple[Path, str] | None = None) -> None:
         import psutil
 
         self.proc = psutil.Process(pid)
         self.peak = 0
+        self.root_peak_rss = 0  # peak RSS of the root process alone (the driver)
         self.root_io = 0  # read + write syscall bytes of the root process itself (the driver), last sample
         self.interval = interval
+        self.t0 = time.monotonic()
+        self.first_file_s: float | None = None  # seconds until a file matching first_file appeared
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+        self.watcher = None
+        if first_file is not None:
+            self.watcher = threading.Thread(target=self._watch, args=first_file, daemon=True)
+            self.watcher.start()
+
+    def _watch(self, folder: Path, pattern: str) -> None:
+        while not self._stop.is_set():
+            if folder.is_dir() and next(folder.glob(pattern), None) is not None:
+                self.first_file_s = time.monotonic() - self.t0
+                return
+            self._stop.wait(0.2)
 
     def _run(self) -> None:
         import psutil
@@ -110,6 +132,7 @@ class TreeMemory:
             try:
                 io_now = self.proc.io_counters()
                 self.root_io = io_now.read_chars + io_now.write_chars
+                self.root_peak_rss = max(self.root_peak_rss, self.proc.memory_info().rss)
                 procs = [self.proc, *self.proc.children(recursive=True)]
                 total = 0
                 for p in procs:
@@ -126,17 +149,20 @@ class TreeMemory:
     def stop(self) -> int:
         self._stop.set()
         self.thread.join()
+        if self.watcher is not None:
+            self.watcher.join()
         return self.peak
 
 
 def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None,
-                 log_path: Path | None = None) -> tuple[float, int, str, int]:
+                 log_path: Path | None = None, first_file: tuple[Path, str] | None = None,
+                 ) -> tuple[float, int, str, TreeMemory]:
     # Start from a clean page cache writeback state: a tool that leaves its output unsynced (img2dataset does not
     # fsync) would otherwise make the next tool's fsyncs flush its data too (ext4 data=ordered).
     os.sync()
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    mem = TreeMemory(proc.pid)
+    mem = TreeMemory(proc.pid, first_file=first_file)
     out, _ = proc.communicate()
     wall = time.monotonic() - t0
     peak = mem.stop()
@@ -144,7 +170,7 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
         log_path.write_text(out)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{out[-4000:]}")
-    return wall, peak, out, mem.root_io
+    return wall, peak, out, mem
 
 
 def run_bbst(urls: Path, out: Path, args) -> dict:
@@ -153,9 +179,14 @@ def run_bbst(urls: Path, out: Path, args) -> dict:
            "--set", f"download.threads={args.threads}",
            "--set", f"download.per_host_concurrency={args.threads}", "--set", "report=false",
            "--set", f"reader.rows_per_partition={args.rows_per_partition}", "--set", "progress_interval_s=30"]
+    if args.shard_samples:
+        cmd += ["--set", f"shards.target_samples={args.shard_samples}"]
     env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
     env.pop("RAY_ADDRESS", None)
-    wall, peak, _, driver_io = run_measured(cmd, env=env, log_path=out.with_suffix(".log"))
+    # a shard is written under a hidden temporary name and renamed: the first *.tar is a finished shard
+    wall, peak, _, mem = run_measured(cmd, env=env, log_path=out.with_suffix(".log"),
+                                      first_file=(out / "shards", "*.tar"))
+    driver_io = mem.root_io
     summary = json.loads((out / "summary.json").read_text())
     meta = pa.concat_tables([pq.read_table(p) for p in sorted((out / "meta").glob("*.parquet"))])
     statuses = meta["status"].to_pylist()
@@ -171,7 +202,8 @@ def run_bbst(urls: Path, out: Path, args) -> dict:
             "driver_io_fraction": driver_io / max(summary["shard_bytes"], 1), "shard_bytes": summary["shard_bytes"], "ok": ok, "startup_s": wall - summary["duration_seconds"],
             "images_per_s_wall": ok / wall, "images_per_s_processing": ok / summary["duration_seconds"],
             "ramp_s": ramp, "images_per_s_after_ramp": ok / max(summary["duration_seconds"] - ramp, 1e-9),
-            "peak_pss_mb": peak / 2**20, "kept": kept, "deduped": deduped,
+            "peak_pss_mb": peak / 2**20, "driver_peak_rss_mb": mem.root_peak_rss / 2**20,
+            "first_shard_s": mem.first_file_s, "kept": kept, "deduped": deduped,
             "phase_seconds": summary.get("phase_seconds"), "rows": summary["rows_in"]}
 
 
@@ -179,9 +211,11 @@ def run_i2d(urls: Path, out: Path, args) -> dict:
     cmd = [args.i2d, "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
            "--save_additional_columns", "['source']", "--output_format", "webdataset", "--output_folder", str(out),
            "--resize_mode", "no", "--min_image_size", str(args.min_side), "--processes_count", str(args.processes),
-           "--thread_count", str(args.threads), "--number_sample_per_shard", str(args.rows_per_partition),
+           "--thread_count", str(args.threads),
+           "--number_sample_per_shard", str(args.shard_samples or args.rows_per_partition),
            "--enable_wandb", "False", "--distributor", "multiprocessing"]
-    wall, peak, _, _ = run_measured(cmd, log_path=out.with_suffix(".log"))
+    # img2dataset writes a tar in place and its NNNNN_stats.json once the shard is done
+    wall, peak, _, mem = run_measured(cmd, log_path=out.with_suffix(".log"), first_file=(out, "*_stats.json"))
     kept, ok = set(), 0
     starts, ends = [], []
     for p in sorted(out.glob("*.parquet")):
@@ -198,7 +232,8 @@ def run_i2d(urls: Path, out: Path, args) -> dict:
     processing = (max(ends) - min(starts)) if starts else wall
     return {"tool": "img2dataset", "wall_s": wall, "ok": ok, "startup_s": wall - processing,
             "images_per_s_wall": ok / wall, "images_per_s_processing": ok / processing,
-            "peak_pss_mb": peak / 2**20, "kept": kept, "deduped": set()}
+            "peak_pss_mb": peak / 2**20, "driver_peak_rss_mb": mem.root_peak_rss / 2**20,
+            "driver_io_bytes": mem.root_io, "first_shard_s": mem.first_file_s, "kept": kept, "deduped": set()}
 
 
 def _floor_one(path: str) -> int:
@@ -290,7 +325,17 @@ def dedup_driver(root: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=1000)
-    p.add_argument("--min-side", type=int, default=1024)
+    p.add_argument("--rows", type=int, default=0,
+                   help="scale-curve run: this many small generated JPEGs (short side --min-side, 256 by default), "
+                        "no floor, shards of --shard-samples for both tools, the figures written to --json")
+    p.add_argument("--min-side", type=int, default=None, help="short-side floor (default 1024; 256 with --rows)")
+    p.add_argument("--shard-samples", type=int, default=0,
+                   help="samples per shard for both tools (default: the build's own target; --rows: 1000)")
+    p.add_argument("--json", help="write the figures of this run to this JSON file")
+    p.add_argument("--plot", nargs="+", metavar="JSON",
+                   help="only draw the scale curve (throughput and memory against N) from --rows runs' --json files "
+                        "into --png")
+    p.add_argument("--png", default=str(REPO / "docs" / "bench-curate-scale.png"), help="where --plot writes")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--processes", type=int, default=2, help="img2dataset processes (build_bbst runs one task per CPU)")
     p.add_argument("--threads", type=int, default=16, help="download threads per build_bbst task / img2dataset process")
@@ -304,6 +349,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--keep", action="store_true", help="keep the working folder (URL list and the runs' logs)")
     p.add_argument("--dedup-driver", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.plot:
+        plot_scale_curve([json.loads(Path(f).read_text()) for f in args.plot], Path(args.png))
+        return {}
+    if args.rows:
+        args.images = args.rows
+        args.min_side = args.min_side or 256
+        args.shard_samples = args.shard_samples or 1000
+        args.corpus = f"{args.corpus}-small"
+    args.min_side = args.min_side or 1024
     if args.dedup_driver:
         dedup_driver(args.dedup_driver)
         return {}
@@ -340,9 +394,15 @@ def main(argv: list[str] | None = None) -> dict:
     pq.write_table(pa.table({"url": [f"{base}/{n}" for n, _, _ in items], "source": [s for _, _, s in items]}), urls)
 
     results: list[dict] = []
+    load_before = os.getloadavg()
+    t_run = time.time()
     try:
-        floor = machine_floor(root, [n for n, _, _ in items])
-        print(f"floor: {floor['images_per_s']:.1f} images/s ({floor['kept_images']} >= {args.min_side} px)", flush=True)
+        if args.rows:  # the floor of 50,000 small files says little and costs minutes of both cores
+            floor = {"images_per_s": float("nan")}
+        else:
+            floor = machine_floor(root, [n for n, _, _ in items])
+            print(f"floor: {floor['images_per_s']:.1f} images/s ({floor['kept_images']} >= {args.min_side} px)",
+                  flush=True)
         for r in range(args.rounds):
             tools = [("build_bbst", run_bbst)]
             tools += [("img2dataset", run_i2d)] if args.i2d else []
@@ -356,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results.append(res)
                 if res.get("phase_seconds"):
                     print(f"round {r} {name} phases (s): {res['phase_seconds']}", flush=True)
-                if "driver_io_bytes" in res:
+                if "driver_io_run_bytes" in res:
                     run_io = res.get("driver_io_run_bytes") or 0
                     print(f"round {r} {name}: driver read+write {res['driver_io_bytes'] / 2**20:.1f} MiB in all = "
                           f"{res['driver_io_fraction']:.2%} of {res['shard_bytes'] / 2**20:.0f} MiB of shards; "
@@ -364,7 +424,8 @@ def main(argv: list[str] | None = None) -> dict:
                           f"(interpreter and library start-up excluded)", flush=True)
                 print(f"round {r} {name}: wall {res['wall_s']:.1f}s, ok {res['ok']}, start-up {res['startup_s']:.1f}s, "
                       f"{res['images_per_s_wall']:.1f} images/s (wall), {res['images_per_s_processing']:.1f} "
-                      f"images/s (processing), peak PSS {res['peak_pss_mb']:.0f} MiB", flush=True)
+                      f"images/s (processing), peak PSS {res['peak_pss_mb']:.0f} MiB, driver peak RSS "
+                      f"{res['driver_peak_rss_mb']:.0f} MiB, first shard after {res['first_shard_s']}s", flush=True)
         mem = None
         if args.memory_rows:
             padded = work / "urls-padded.parquet"
@@ -420,8 +481,42 @@ def main(argv: list[str] | None = None) -> dict:
     if mem:
         report["memory_check"] = {"rows": args.images + args.memory_rows, "peak_pss_mb": mem["peak_pss_mb"],
                                   "baseline_peak_pss_mb": ours["peak_pss_mb"]}
+    report.update(rows=len(items), corpus_bytes=sum(sizes), min_side=args.min_side, shard_samples=args.shard_samples,
+                  started=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t_run)),
+                  load_average_before=load_before, load_average_after=os.getloadavg())
     print(json.dumps(report, indent=2, default=str))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     return report
+
+
+def plot_scale_curve(runs: list[dict], png: Path) -> None:
+    """Throughput and memory of both tools against the number of rows, from ``--rows`` runs' figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(runs, key=lambda r: r["rows"])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = (("images_per_s_wall", "images/s (wall, start-up included)", 1),
+              ("peak_pss_mb", "peak PSS of the process tree (MiB)", 1),
+              ("driver_peak_rss_mb", "driver peak RSS (MiB)", 1))
+    for ax, (field, title, _) in zip(axes, panels):
+        for tool, style in (("build_bbst", "o-"), ("img2dataset", "s--")):
+            pts = [(r["rows"], rr[field]) for r in runs for rr in r["rounds"]
+                   if rr["tool"] == tool and rr.get(field) is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, label=tool)
+        ax.set_xscale("log")
+        ax.set_xlabel("rows in the URL list")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,14 @@ class StyleScorer:
     checkpoint's version on scored rows, None elsewhere). An undecodable image sets that row's ``status`` to
     ``"score_error"`` with the reason in ``error``; other rows are unaffected. Decoding and resizing run on
     the CPU in ``num_threads`` threads; the forward runs under ``torch.inference_mode()`` (bf16 autocast on CUDA).
+
+    With ``embedding`` (``"content"``, ``"style"`` or ``"features"``, see :func:`curate.semantic.select_embedding`)
+    the batch also gets ``embedding``: that part of the features the score was computed from, L2-normalised,
+    float16 (None where not scored), for the semantic deduplication.
     """
 
     def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 32,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, embedding: str | None = None):
         from classifier.checkpoint import load_classifier
         from classifier.transforms import ImageTransform
 
@@ -37,6 +41,7 @@ class StyleScorer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
         self.num_threads = num_threads or 1
+        self.embedding = embedding
         self.model, self.head_result, self.meta = load_classifier(checkpoint, device=self.device)
         self.version: str = self.meta["version"]
         self.demo = bool(self.meta.get("demo"))
@@ -54,8 +59,15 @@ class StyleScorer:
 
     def score_images(self, images: list) -> tuple[np.ndarray, list[str | None]]:
         """Calibrated scores of image bytes (NaN for undecodable ones) and the per-image decode errors."""
+        scores, errors, _ = self.score_and_embed(images)
+        return scores, errors
+
+    def score_and_embed(self, images: list) -> tuple[np.ndarray, list[str | None], np.ndarray]:
+        """:meth:`score_images` plus the features each score came from, float32 ``(len(images),
+        model.num_features)`` (zeros for undecodable images); the head runs on the same features."""
         scores = np.full(len(images), np.nan, dtype=np.float64)
         errors: list[str | None] = [None] * len(images)
+        features = np.zeros((len(images), self.model.num_features), dtype=np.float32)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             batch, errs = self.transform.batch(chunk, num_threads=self.num_threads)
@@ -66,9 +78,12 @@ class StyleScorer:
                 continue
             x = self.transform.normalize(batch.to(self.device, non_blocking=True))
             with torch.inference_mode(), self._autocast():
-                logits = self.model(x).float().cpu().numpy()
-            scores[[start + i for i in ok]] = calibrated(logits, self.temperature)
-        return scores, errors
+                feats = self.model.forward_features(x)
+                logits = self.model.forward_head(feats).float().cpu().numpy()
+            rows = [start + i for i in ok]
+            scores[rows] = calibrated(logits, self.temperature)
+            features[rows] = feats.float().cpu().numpy()
+        return scores, errors, features
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "image" not in batch:
@@ -81,8 +96,13 @@ class StyleScorer:
         rows = [i for i in range(n) if status[i] == Status.OK.value]
         scores = np.full(n, np.nan, dtype=np.float64)
         versions = np.full(n, None, dtype=object)
+        embeddings = np.full(n, None, dtype=object)  # one float16 vector per scored row
         if rows:
-            row_scores, errors = self.score_images([images[i] for i in rows])
+            row_scores, errors, feats = self.score_and_embed([images[i] for i in rows])
+            if self.embedding:
+                from curate.semantic import select_embedding
+
+                feats = select_embedding(feats, self.model.content_dim, self.embedding)
             for j, i in enumerate(rows):
                 if errors[j] is not None:
                     status[i] = Status.SCORE_ERROR.value
@@ -90,9 +110,12 @@ class StyleScorer:
                 else:
                     scores[i] = row_scores[j]
                     versions[i] = self.version
+                    embeddings[i] = feats[j]
         out = dict(batch)
         out["status"] = status
         out["error"] = error
         out["score"] = scores
         out["classifier_version"] = versions
+        if self.embedding:
+            out["embedding"] = embeddings
         return out

@@ -48,6 +48,7 @@ class Status(str, enum.Enum):
     UNSUPPORTED = "unsupported"  # a mode/format the policy rejects (e.g. animated images)
     DUPLICATE = "duplicate"  # same sha256 as a kept sample with a smaller key
     NEAR_DUPLICATE = "near_duplicate"  # perceptual hash within the configured distance of a kept sample
+    SEMANTIC_DUPLICATE = "semantic_duplicate"  # classifier embedding within the cosine threshold of a kept sample
     SCORE_ERROR = "score_error"  # the classifier could not score the image
     SCORE_FILTERED = "score_filtered"  # score/source put the sample in neither subset
 

@@ -66,7 +66,8 @@ def merge_scores(rows: pa.Table, scores: pa.Table | None) -> pa.Table:
         s = score_col[j]
         score[i] = None if s is None or math.isnan(s) else float(s)
         version[i] = version_col[j]
-        if status_col[j] and status_col[j] != status[i]:
+        # the scorer only changes ok rows (to score_error); a row a later step decided keeps its decision
+        if status[i] == "ok" and status_col[j] and status_col[j] != status[i]:
             status[i], error[i] = status_col[j], error_col[j]
     for name, vals in (("score", score), ("classifier_version", version), ("status", status), ("error", error)):
         rows = set_column(rows, name, vals)
@@ -324,10 +325,11 @@ def summary_text(summary: dict[str, Any]) -> str:
 
 
 def publish(store, entries: list[dict[str, Any]], accounts: list[dict[str, Any]], partitions: Iterable[int],
-            t_start: float, startup: float, scoring: str, extra: dict | None = None,
+            t_start: float, startup: float, scoring: str, extra: dict | None = None, embeddings: bool = False,
             ) -> tuple[dict[str, Any], list[str]]:
     """Write the manifest and ``summary.json`` of a build whose shards and metadata are written; returns the
-    summary and the files the build published (for the run record)."""
+    summary and the files the build published (for the run record; with ``embeddings``, the score stage's
+    ``embeddings/part-P.parquet`` too)."""
     import time
     from pathlib import PurePosixPath
 
@@ -338,7 +340,12 @@ def publish(store, entries: list[dict[str, Any]], accounts: list[dict[str, Any]]
                            extra)
     store.write_json(schema.SUMMARY_FILE, summary)
     files = [f"{schema.SHARDS_DIR}/{e['url'].rsplit('/', 1)[-1]}" for e in entries]
+    partitions = list(partitions)
     files += [f"{schema.META_DIR}/{schema.meta_name(p)}" for p in partitions]
+    if embeddings:
+        from curate.semantic import embeddings_rel
+
+        files += [embeddings_rel(p) for p in partitions]
     return summary, files + [schema.MANIFEST_FILE, schema.SUMMARY_FILE]
 
 
@@ -407,16 +414,19 @@ def load_decisions(store, p: int) -> tuple[dict[int, int], dict[int, int]]:
 
 def decided_rows(store, p: int) -> pa.Table:
     """Partition ``p``'s staged rows with the run-wide dedup decisions applied."""
+    from curate import semantic
     from curate.dedup import apply_decisions
     from curate.staging import rows_rel
 
     rows = store.read_parquet(rows_rel(p))
     dups, near = load_decisions(store, p)
-    status, dup_of, error = apply_decisions(rows["key"].to_pylist(), column(rows, "status"), column(rows, "error"),
-                                            dups, near)
+    keys = rows["key"].to_pylist()
+    status, dup_of, error = apply_decisions(keys, column(rows, "status"), column(rows, "error"), dups, near)
+    dup_of = [d if d is not None else o for d, o in zip(dup_of, column(rows, "duplicate_of"))]
+    # the semantic pass (when it ran) judged the rows the exact and near steps kept
+    status, dup_of, error = semantic.apply_decisions(keys, status, dup_of, error, semantic.load_decisions(store, p))
     rows = set_column(rows, "status", status)
-    rows = set_column(rows, "duplicate_of", [d if d is not None else o for d, o in
-                                             zip(dup_of, column(rows, "duplicate_of"))])
+    rows = set_column(rows, "duplicate_of", dup_of)
     return set_column(rows, "error", error)
 
 
@@ -435,12 +445,17 @@ def scores_fingerprint(store, p: int) -> str | None:
 
 
 def score_partition(store, p: int, scorer, fingerprint: str, batch_size: int) -> dict[str, int]:
-    """Score the ok rows of partition ``p`` with ``scorer`` (a StyleScorer); writes ``scores/part-P.parquet``."""
+    """Score the ok rows of partition ``p`` with ``scorer`` (a StyleScorer); writes ``scores/part-P.parquet``.
+
+    A scorer with an ``embedding`` part set also gives each scored row's embedding: they are published as
+    ``embeddings/part-P.parquet`` before the scores file, which marks the partition done.
+    """
     from curate.staging import concat, read_refs, to_table
 
     rows = decided_rows(store, p)
     ok = rows.filter(pc.equal(rows["status"], "ok"))
     parts = []
+    emb_keys, embs = [], []
     for start in range(0, ok.num_rows, batch_size):
         chunk = ok.slice(start, batch_size)
         images = read_refs(store, *(chunk[c].to_pylist() for c in REF_COLUMNS))
@@ -450,6 +465,16 @@ def score_partition(store, p: int, scorer, fingerprint: str, batch_size: int) ->
                  "image": np.array(images + [None], dtype=object)[:-1]}
         out = scorer(batch)
         parts.append(to_table({k: out[k] for k in ("key", "score", "classifier_version", "status", "error")}))
+        for k, e in zip(out["key"], out.get("embedding", ())):
+            if e is not None:
+                emb_keys.append(k)
+                embs.append(e)
+    if getattr(scorer, "embedding", None):
+        from curate.semantic import embeddings_rel, embeddings_table
+
+        dim = len(embs[0]) if embs else 0
+        store.write_parquet(embeddings_rel(p), embeddings_table(emb_keys, np.stack(embs) if embs else
+                                                                np.zeros((0, dim), np.float16)))
     table = concat(parts) if parts else pa.table({"key": pa.array([], pa.string()), "score": pa.array([], pa.float64())})
     store.write_parquet(scores_rel(p), table.replace_schema_metadata({"fingerprint": fingerprint}))
     return {"partition": p, "scored": ok.num_rows}
@@ -574,7 +599,9 @@ def write_report(store, summary: dict, thumbnails: int, limits: dict | None = No
             image = indexes[url][keys[i]].image()
             if image is not None:
                 thumbs.setdefault(group, []).append((keys[i], read_member(image[1], fs=store.fs)))
-    page = render_report(summary, rows, thumbs, limits=limits, per_reason=PER_REASON)
+    pairs = (summary.get("semantic_dedup") or {}).get("examples") or []
+    pair_images = staged_images(store, [k for ex in pairs for k in (ex["key"], ex["duplicate_of"])])
+    page = render_report(summary, rows, thumbs, limits=limits, per_reason=PER_REASON, pair_images=pair_images)
     store.write_bytes(schema.REPORT_FILE, page.encode())
 
 
@@ -593,3 +620,22 @@ def rejected_refs(store, per_status: int) -> dict[str, tuple[str, int, int]]:
             if len(picked) < per_status:
                 picked.append((key, (path, int(offset), int(length))))
     return {key: ref for picked in found.values() for key, ref in picked}
+
+
+def staged_images(store, keys: list[str]) -> dict[str, bytes]:
+    """``{key: bytes}`` of rows whose bytes are still staged (duplicates included), from the final rows."""
+    from curate.staging import read_refs
+
+    wanted: dict[int, set[str]] = {}
+    for k in keys:
+        wanted.setdefault(schema.split_key(k)[0], set()).add(k)
+    out: dict[str, bytes] = {}
+    for p, ks in sorted(wanted.items()):
+        if not store.exists(final_rel(p)):
+            continue
+        t = store.read_parquet(final_rel(p), columns=["key", *REF_COLUMNS])
+        t = t.filter(pc.and_(pc.is_in(t["key"], pa.array(sorted(ks), pa.string())), pc.is_valid(t["_ref_path"])))
+        if t.num_rows:
+            datas = read_refs(store, *(t[c].to_pylist() for c in REF_COLUMNS))
+            out.update(zip(t["key"].to_pylist(), datas))
+    return out

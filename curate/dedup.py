@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from core.schema import Status
+from curate.semantic import SemanticConfig
 
 DEFAULT_CHUNKS = 4  # 16-bit chunks: a good layout up to ~100k kept hashes (see choose_chunks)
 MAX_PROBES_PER_CHUNK = 100_000  # refuse layouts whose neighbour enumeration would explode (e.g. 1 chunk, d=6)
@@ -20,6 +21,7 @@ class DedupConfig:
     exact: bool = True  # drop rows whose sha256 equals a kept row's (status duplicate)
     near: bool = True  # drop rows whose phash is within phash_distance of a kept row's (status near_duplicate)
     phash_distance: int = 4  # largest Hamming distance (of 64 bits) that counts as a near duplicate
+    semantic: SemanticConfig = dataclasses.field(default_factory=SemanticConfig)  # embeddings (needs a classifier)
 
     def __post_init__(self) -> None:
         if not 0 <= self.phash_distance < 64:

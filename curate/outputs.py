@@ -65,7 +65,8 @@ def fingerprint(cfg, identity: list[dict[str, Any]], classifier_digest: str | No
         "reader": to_dict(cfg.reader),
         "download": download,
         "check": to_dict(cfg.check),
-        "dedup": to_dict(cfg.dedup),
+        # the semantic pass's options matter only when it runs (and outputs built before it existed keep theirs)
+        "dedup": {k: v for k, v in to_dict(cfg.dedup).items() if k != "semantic" or cfg.dedup.semantic.enabled},
         "split": to_dict(cfg.split),
         "shards": {"target_bytes": cfg.shards.target_bytes, "target_samples": cfg.shards.target_samples},
         "classifier": {"path": cfg.score.classifier, "digest": classifier_digest, "options": cfg.score.options},

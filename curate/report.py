@@ -6,6 +6,9 @@ breakdown; the resolution histogram with the ``min_side`` line; aspect-ratio and
 score histogram with the split thresholds; kept samples per subset across their score range; rejected examples by
 reason (images where the build still had the bytes, else the URL and the message); ``summary.json``.
 
+With the semantic pass, a section lists its account and example pairs (both images when the build renders the
+report, while the duplicates' bytes are still staged).
+
 Every figure comes from ``summary.json`` and the metadata rows (``meta/*.parquet``); a column the rows lack
 (``source``, ``score``, ``num_bytes``, ...) drops its figure with a note instead of failing the report.
 ``python -m curate.report DIR`` rebuilds ``DIR/report.html`` of a finished output from those files and the shards.
@@ -345,14 +348,48 @@ def _rejected_section(summary: dict, rows: _Rows, images: dict[str, list[tuple[s
     return parts
 
 
+def _semantic_section(summary: dict, rows: _Rows, images: dict[str, bytes]) -> list[str]:
+    """The semantic pass's account and its example pairs (duplicate beside the image it duplicates)."""
+    sem = summary.get("semantic_dedup")
+    if not sem:
+        return []
+    parts = ["<h2 id='semantic-h'>Semantic duplicates</h2><div id='semantic'>",
+             (f"<p>{sem.get('semantic_duplicates', 0)} images marked <code>semantic_duplicate</code>: their "
+             f"<code>{html.escape(str(sem.get('embedding')))}</code> embedding has a cosine similarity of at least "
+             f"{sem.get('threshold')} with a kept image of smaller key ({sem.get('similar_pairs', 0)} similar pairs "
+             f"within {sem.get('clusters')} clusters, each image compared in its {sem.get('probes')} nearest). "
+             "Example pairs below, least similar first: they show what the threshold lets through.</p>")]
+    examples = sem.get("examples") or []
+    if not examples:
+        parts.append("<p class='note'>No semantic duplicates.</p></div>")
+        return parts
+    for ex in examples:
+        dup, kept = str(ex["key"]), str(ex["duplicate_of"])
+        figs = []
+        for key, role in ((dup, "duplicate"), (kept, "kept")):
+            data = images.get(key)
+            picture = _img(_preview(data), key, "image/jpeg") if data else "<p class='note'>image not kept</p>"
+            figs.append(f"<figure data-key='{html.escape(key)}'>{picture}<figcaption>{role}<br>"
+                        f"{_caption(rows.by_key(key))}</figcaption></figure>")
+        parts.append(f"<div class='thumbs pair' data-similarity='{ex['similarity']}'>{''.join(figs)}"
+                     f"<p>cosine {ex['similarity']:.4f}</p></div>")
+    if not images:
+        parts.append("<p class='note'>Images of the pairs are shown when the build writes the report (the duplicates' "
+                     "bytes are not part of the output).</p>")
+    parts.append("</div>")
+    return parts
+
+
 # --------------------------------------------------------------------------------------------------- page
 def render_report(summary: dict, meta: pa.Table, thumbnails: dict[str, list[tuple[str, bytes]]],
-                  limits: dict | None = None, per_reason: int = PER_REASON) -> str:
+                  limits: dict | None = None, per_reason: int = PER_REASON,
+                  pair_images: dict[str, bytes] | None = None) -> str:
     """HTML for ``summary`` (summary.json), ``meta`` (every row) and ``thumbnails`` ``{group: [(key, bytes)]}``.
 
     A group is a subset (kept samples) or a status (rejected samples whose bytes exist); :func:`select_examples`
     picks them. ``limits`` holds the check limits drawn on the histograms (``min_side``, ``max_aspect_ratio``);
     without it they are read from ``summary["config"]["check"]`` when the build recorded its config there.
+    ``pair_images`` ``{key: bytes}`` holds the images of the semantic-duplicate example pairs.
     """
     rows = _Rows(meta)
     status = rows.status
@@ -374,7 +411,8 @@ def render_report(summary: dict, meta: pa.Table, thumbnails: dict[str, list[tupl
     parts.append("<nav>" + " ".join(f"<a href='#{a}'>{t}</a>" for a, t in (
         ("counts-h", "counts"), ("sources-h", "sources"), ("resolution-h", "resolution"),
         ("aspect-size-h", "aspect & size"), ("scores-h", "scores"), ("samples-h", "kept samples"),
-        ("rejected-h", "rejected"), ("summary-h", "summary.json"))) + "</nav>")
+        ("rejected-h", "rejected"), *((("semantic-h", "semantic duplicates"),) if summary.get("semantic_dedup")
+                                      else ()), ("summary-h", "summary.json"))) + "</nav>")
     ips = summary.get("images_per_second")
     parts.append(f"<p id='intro'>Output <code>{html.escape(str(summary.get('out', '')))}</code>: {total} input rows, "
                  f"{counts.get('ok', 0)} kept ({_pct(counts.get('ok', 0), total)}) in {summary.get('shards', 0)} "
@@ -466,6 +504,7 @@ def render_report(summary: dict, meta: pa.Table, thumbnails: dict[str, list[tupl
 
     parts += _rejected_section({**summary, "counts_by_status": counts, "rows_in": total}, rows, thumbnails,
                                per_reason)
+    parts += _semantic_section(summary, rows, pair_images or {})
 
     parts.append("<h2 id='summary-h'>summary.json</h2><pre id='summary-json'>"
                  + html.escape(json.dumps(summary, indent=2, default=str)) + "</pre>")

@@ -85,6 +85,13 @@ def _dedup_reduce(store, j, cfg, buckets, *parts):
     return bands if buckets > 1 else bands[0]
 
 
+def _semantic_scatter(store, parts, probes, buckets):
+    from curate.semantic import scatter_embeddings
+
+    out = scatter_embeddings(store, parts, probes, buckets)
+    return out if buckets > 1 else out[0]
+
+
 class _ScoreActor:
     def __init__(self, kwargs):
         from classifier.scoring import StyleScorer
@@ -228,11 +235,15 @@ def score_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> t
     info = {"path": str(ckpt), "version": meta["version"], "demo": bool(meta.get("demo")),
             "thresholds": dict(meta["thresholds"])}
     fingerprint = f"{ckpt}:{outputs.file_digest(ckpt)}"
+    if cfg.dedup.semantic.enabled:  # the scores of such a run come with the embeddings
+        fingerprint += f":embedding={cfg.dedup.semantic.embedding}"
     todo = [p for p in sorted(partitions) if assemble.scores_fingerprint(store, p) != fingerprint]
     if len(todo) < len(partitions):
         log.info("resume: %d of %d partitions already scored", len(partitions) - len(todo), len(partitions))
     if todo:
         kwargs = {"checkpoint": ckpt, **cfg.score.options}
+        if cfg.dedup.semantic.enabled:
+            kwargs["embedding"] = cfg.dedup.semantic.embedding
         if cfg.score.device:
             kwargs["device"] = cfg.score.device
         cls = ray.remote(num_cpus=cfg.score.num_cpus, num_gpus=cfg.score.num_gpus)(_ScoreActor)
@@ -246,6 +257,35 @@ def score_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> t
             ray.kill(actor)
     kind = "DEMO classifier" if info["demo"] else "classifier"
     return f"scored with {kind} {info['version']} ({ckpt})", info
+
+
+def semantic_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> dict | None:
+    """Phase 3b: semantic duplicates among the scored rows (``curate/semantic.py``): k-means on a sample, the
+    embeddings scattered to their nearest clusters, similar pairs per bucket of clusters, resolved in key order."""
+    import ray
+
+    from curate import semantic
+
+    sem = cfg.dedup.semantic
+    if not sem.enabled:
+        return None
+    if semantic.semantic_done(store):
+        log.info("resume: semantic duplicates already decided")
+        return store.read_json(semantic.done_rel())
+    parts = sorted(partitions)
+    total = sum(partitions.values())
+    clusters = ray.get(_remote(semantic.train_centroids, num_cpus=TASK_CPUS).remote(store, parts, sem, total))
+    buckets = max(1, min(cfg.ray.dedup_buckets, -(-total // DEDUP_ROWS_PER_BUCKET), clusters))
+    todo = [j for j in range(buckets) if not store.exists(semantic.pairs_rel(j))]  # buckets done before a kill
+    if todo:
+        per_task = max(1, -(-len(parts) * buckets // max(1, total // DEDUP_ROWS_PER_OUTPUT)))
+        scatter = _remote(_semantic_scatter, num_returns=buckets, num_cpus=TASK_CPUS)
+        scattered = [scatter.remote(store, parts[i:i + per_task], sem.probes, buckets)
+                     for i in range(0, len(parts), per_task)]
+        scattered = [[s] for s in scattered] if buckets == 1 else scattered
+        pairs = _remote(semantic.bucket_to_store, num_cpus=TASK_CPUS)
+        ray.get([pairs.remote(store, j, sem.threshold, *[s[j] for s in scattered]) for j in todo])
+    return ray.get(_remote(semantic.resolve_to_store, num_cpus=TASK_CPUS).remote(store, buckets, sem, clusters))
 
 
 def shard_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int], split,
@@ -286,17 +326,21 @@ def finish(cfg: BuildConfig, store: Store, record: outputs.RunRecord, partitions
     scoring, classifier = score_phase(cfg, store, partitions)
     split = cfg.split.with_classifier_thresholds(classifier["thresholds"] if classifier else None)
     phases["score"], t = time.monotonic() - t, time.monotonic()
+    semantic = semantic_phase(cfg, store, partitions) if classifier else None  # compares the scorer's embeddings
+    if semantic is not None:
+        phases["semantic_dedup"], t = time.monotonic() - t, time.monotonic()
     entries, accounts = shard_phase(cfg, store, partitions, split, owned)
     phases["shards_meta"] = time.monotonic() - t
     io_now = driver_io_bytes()
     if io_start is not None and io_now is not None:
         # what the driver itself read and wrote during the run (files, sockets, pipes), start-up imports excluded
         extra = {**(extra or {}), "driver_io_bytes": io_now - io_start}
-    extra = {**(extra or {}), "classifier": classifier,
+    extra = {**(extra or {}), "classifier": classifier, **({"semantic_dedup": semantic} if semantic else {}),
              "split_thresholds": {"style_min_score": split.style_threshold(),
                                   "content_max_score": split.content_threshold()},
              "phase_seconds": {k: round(v, 3) for k, v in phases.items()}}
-    summary, files = assemble.publish(store, entries, accounts, partitions, t_start, startup, scoring, extra)
+    summary, files = assemble.publish(store, entries, accounts, partitions, t_start, startup, scoring, extra,
+                                      embeddings=cfg.dedup.semantic.enabled and classifier is not None)
     if cfg.report:
         import ray
 
@@ -343,6 +387,9 @@ def run_rescore(cfg: BuildConfig, directory: str, startup: float = 0.0) -> dict:
 
     store = Store(directory, cfg.storage_options)
     t_start = time.monotonic()
+    # duplicates stay as the build decided them: the samples left in the shards are re-scored, nothing more
+    cfg = dataclasses.replace(cfg, dedup=dataclasses.replace(cfg.dedup, semantic=dataclasses.replace(
+        cfg.dedup.semantic, enabled=False)))
     record, sources, partitions = assemble.begin_rescore(store, directory, cfg.score.classifier, cfg.score.options)
     if not store.exists(STAGING, "partitions.json"):
         ray.get([_remote(assemble.index_old_shard_to_store, num_cpus=TASK_CPUS).remote(store, n) for n in sources])
@@ -417,6 +464,9 @@ def check_inputs(cfg: BuildConfig, args: argparse.Namespace) -> None:
         fs, path = fsspec.core.url_to_fs(cfg.score.classifier, **cfg.storage_options)
         if not fs.exists(path):
             raise InputError(f"--classifier {cfg.score.classifier}: no such file or folder")
+    elif cfg.dedup.semantic.enabled and cfg.urls is not None:  # the demo bootstraps its own classifier
+        raise InputError("--set dedup.semantic.enabled=true: the semantic pass compares the classifier's "
+                         "embeddings; pass --classifier PATH")
     if args.rescore:
         store = Store(args.rescore, cfg.storage_options)
         if not store.exists(outputs.RUN_FILE):

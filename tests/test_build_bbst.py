@@ -309,3 +309,59 @@ def test_rescore_existing_shards_without_download(smoke_run, tmp_path, fault_ser
     assert "scored with" in summary["scoring"]
 
 
+
+
+def test_semantic_pass_without_a_classifier_is_an_input_error(tmp_path, capsys, monkeypatch):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/a.jpg\n")
+    monkeypatch.setattr(build_bbst, "_init_ray", lambda *a: pytest.fail("an input error must be found before Ray"))
+    code = build_bbst.main(["--urls", str(urls), "--out", str(tmp_path / "out"), "--set", "dedup.semantic.enabled=true"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("bbst build: error: --set dedup.semantic.enabled=true") and "--classifier" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_semantic_pass_marks_variants_publishes_embeddings_and_reports_pairs(tmp_path, fault_server, ray_local):  # noqa: F811
+    """End to end with the tiny demo classifier: its style statistics (spatial means and deviations of each
+    block) barely move when an image is resized or mirrored, so those two are caught at a strict threshold
+    with phash dedup off; two unrelated images stay."""
+    from PIL import ImageOps
+
+    from classifier.demo import build_demo_classifier
+    from curate import semantic
+
+    images, labels = synthetic.labelled_batch(16, size=64, seed=1)
+    ckpt = build_demo_classifier([synthetic.encode(im) for im in images], labels.tolist(), str(tmp_path / "clf"))
+    base = synthetic.artwork_like(192, 144, seed=7)
+    variants = {"orig": base, "resized": base.resize((160, 120)), "mirror": ImageOps.mirror(base),
+                "other-photo": synthetic.photo_like(192, 144, seed=8), "other-art": synthetic.artwork_like(192, 144,
+                                                                                                          seed=9)}
+    urls = [fault_server.add_bytes(f"sem-{name}.jpg", synthetic.encode(im)) for name, im in variants.items()]
+    pq.write_table(pa.table({"url": urls}), tmp_path / "urls.parquet")
+    out = tmp_path / "out"
+    summary = build_bbst.main([
+        "--urls", str(tmp_path / "urls.parquet"), "--out", str(out), "--min-side", "64", "--allow-private-network",
+        "--classifier", ckpt, "--set", "dedup.near=false", "--set", "dedup.semantic.enabled=true",
+        "--set", "dedup.semantic.embedding=style", "--set", "dedup.semantic.threshold=0.985",
+        "--set", "split.style_min_score=0.0", "--set", "reader.rows_per_partition=3", "--set", "progress_interval_s=0"])
+    meta, _ = check_invariants(out)
+    rows = {r["url"].rsplit("/", 1)[-1][4:-4]: r for r in meta.to_pylist()}
+    for name in ("resized", "mirror"):
+        assert rows[name]["status"] == "semantic_duplicate", (name, rows[name]["error"])
+        assert rows[name]["duplicate_of"] == rows["orig"]["key"] and "cosine" in rows[name]["error"]
+    assert [rows[n]["status"] for n in ("orig", "other-photo", "other-art")] == ["ok"] * 3
+    sem = summary["semantic_dedup"]
+    assert summary["counts_by_status"]["semantic_duplicate"] == sem["semantic_duplicates"] == 2
+    assert {(e["key"], e["duplicate_of"]) for e in sem["examples"]} == {
+        (rows[n]["key"], rows["orig"]["key"]) for n in ("resized", "mirror")}
+    # the embeddings of every scored row, beside the metadata, float16, keyed by the sample key; recorded
+    emb = pa.concat_tables([pq.read_table(f) for f in sorted((out / semantic.EMBEDDINGS_DIR).glob("part-*.parquet"))])
+    assert sorted(emb["key"].to_pylist()) == sorted(r["key"] for r in rows.values())
+    assert emb.schema.field("embedding").type.value_type == pa.float16()
+    record = json.loads((out / "bbst-run.json").read_text())
+    assert {f"{semantic.EMBEDDINGS_DIR}/part-{p:06d}.parquet" for p in range(2)} <= set(record["files"])
+    page = (out / schema.REPORT_FILE).read_text()
+    assert "id='semantic-h'" in page and page.count("class='thumbs pair'") == 2
+    assert page.count("data:image/jpeg") >= 4  # both images of each pair, from the staged bytes

@@ -91,6 +91,31 @@ def test_scorer_marks_undecodable_rows_and_scores_the_others(demo):
     assert list(out["classifier_version"][ok]) == [scorer.version] * 6
     assert out["classifier_version"][3] is None and out["classifier_version"][7] is None
     assert list(out["key"]) == list(batch["key"]) and Status.SCORE_ERROR.value == "score_error"
+    assert "embedding" not in out
+
+
+def test_scorer_gives_the_embedding_its_score_came_from(demo):
+    """With ``embedding``, each scored row carries that part of ``forward_features``, unit length, float16."""
+    ckpt, blobs, _ = demo
+    plain = StyleScorer(ckpt, batch_size=4)
+    batch = {"key": np.array(["a", "b", "c", "d"], dtype=object),
+             "image": np.array([blobs[0], b"<html>", blobs[1], blobs[2]], dtype=object),
+             "status": np.array(["ok", "ok", "too_small", "ok"], dtype=object)}
+    expected = plain(dict(batch))
+    model, t = plain.model, plain.transform
+    with torch.inference_mode():
+        feats = model.forward_features(torch.stack([t(b) for b in (blobs[0], blobs[2])])).numpy()
+    for part, cols in (("content", slice(0, model.content_dim)), ("style", slice(model.content_dim, None)),
+                       ("features", slice(None))):
+        out = StyleScorer(ckpt, batch_size=4, embedding=part)(dict(batch))
+        np.testing.assert_array_equal(out["score"], expected["score"])  # same scores, same statuses
+        assert list(out["status"]) == list(expected["status"]) == ["ok", "score_error", "too_small", "ok"]
+        assert out["embedding"][1] is None and out["embedding"][2] is None
+        for row, f in ((0, feats[0]), (3, feats[1])):
+            e = out["embedding"][row]
+            want = f[cols] / np.linalg.norm(f[cols])
+            assert e.dtype == np.float16 and e.shape == want.shape
+            np.testing.assert_allclose(e.astype(np.float32), want, atol=2e-3)
 
 
 def test_wrong_or_unknown_checkpoint_format_is_a_clear_error(demo, tmp_path):

@@ -116,6 +116,28 @@ def test_report_sections_captions_and_rejections():
     assert "no split thresholds" not in page.lower() and "min_side unknown" not in page
 
 
+def test_semantic_duplicates_section_shows_pairs_side_by_side():
+    summary, meta, images = _inputs()
+    keys = meta["key"].to_pylist()
+    summary["semantic_dedup"] = {"threshold": 0.95, "embedding": "content", "clusters": 3, "probes": 2,
+                                 "similar_pairs": 3, "semantic_duplicates": 2, "examples": [
+                                     {"key": keys[12], "duplicate_of": keys[0], "similarity": 0.9512},
+                                     {"key": keys[13], "duplicate_of": keys[1], "similarity": 0.99}]}
+    pair_images = {k: synthetic.encode(synthetic.make_image(0, 200, 150, seed=i)) for i, k in
+                   enumerate((keys[12], keys[0], keys[13]))}  # keys[1]'s bytes are missing
+    page = render_report(summary, meta, images, pair_images=pair_images)
+    section = page.split("id='semantic'")[1].split("id='summary-h'")[0]
+    assert "2 images marked <code>semantic_duplicate</code>" in section and "at least 0.95" in section
+    pairs = section.split("class='thumbs pair'")[1:]
+    assert len(pairs) == 2 and "cosine 0.9512" in pairs[0] and "cosine 0.9900" in pairs[1]
+    assert pairs[0].count("data:image/jpeg") == 2 and pairs[1].count("data:image/jpeg") == 1
+    assert "image not kept" in pairs[1] and f"data-key='{keys[1]}'" in pairs[1]
+    assert "href='#semantic-h'" in page
+    # without the pass there is no section
+    del summary["semantic_dedup"]
+    assert "semantic-h" not in render_report(summary, meta, images)
+
+
 def test_demo_banner_and_graceful_gaps():
     summary, meta, _ = _inputs(with_scores=False, demo=True)
     meta = meta.drop_columns(["source", "num_bytes", "score"])
