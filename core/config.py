@@ -33,6 +33,10 @@ class ConfigError(BbstError, ValueError):
         self.key = key
 
 
+class ConfigFileNotFound(ConfigError, FileNotFoundError):
+    """A ``--config`` / ``--protocol`` / ``--template`` value that is neither a file nor a packaged file's name."""
+
+
 def check_range(cfg: Any, name: str, low: float | None = None, high: float | None = None) -> None:
     """``__post_init__`` check: raise ``ValueError`` naming field ``name`` and its value when out of [low, high]."""
     value = getattr(cfg, name)
@@ -171,6 +175,71 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+# ------------------------------------------------------------------------------------------- packaged files
+# Folders of YAML files that ship inside the installed package, by kind: (package, folder inside it). The packages
+# are located without importing them (find_spec), so core stays below the packages whose data it finds.
+PACKAGED = {
+    "config": (("train", "configs"), ("pipelines", "configs")),
+    "protocol": (("train", "protocols"),),
+}
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def packaged_dirs(kind: str) -> list[Path]:
+    """The installed folders holding packaged files of ``kind`` (``config`` or ``protocol``)."""
+    import importlib.util
+
+    out = []
+    for package, folder in PACKAGED[kind]:
+        spec = importlib.util.find_spec(package)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            if (Path(root) / folder).is_dir():
+                out.append(Path(root) / folder)
+    return out
+
+
+def packaged_names(kind: str) -> list[str]:
+    """Every name :func:`resolve_file` accepts for ``kind``: ``neat_tiny``, ``rast_ablation/full``, ..."""
+    names = set()
+    for folder in packaged_dirs(kind):
+        for f in folder.rglob("*"):
+            if f.suffix in YAML_SUFFIXES and not f.name.endswith(".example" + f.suffix):
+                names.add(f.relative_to(folder).with_suffix("").as_posix())
+    return sorted(names)
+
+
+def resolve_file(value: str | Path, kind: str = "config", flag: str = "--config") -> str:
+    """The file a ``--config`` / ``--protocol`` / ``--template`` value names: a path (local or fsspec URL) when it
+    exists, else the packaged file of that name (``neat_tiny``, ``neat_tiny.yaml``, ``rast_ablation/full``, or a
+    path as written inside a checkout, ``train/configs/neat_tiny.yaml``), so documented commands work from any
+    folder. Neither: one line naming the value and the packaged names.
+    """
+    text = str(value)
+    if "://" in text or Path(text).expanduser().exists():
+        return str(Path(text).expanduser()) if "://" not in text else text
+    if not Path(text).is_absolute():
+        name = text if text.endswith(YAML_SUFFIXES) else text + ".yaml"
+        candidates = [name]
+        for package, folder in PACKAGED[kind]:
+            prefix = f"{package}/{folder}/"
+            if name.startswith(prefix):
+                candidates.append(name[len(prefix):])
+        for folder in packaged_dirs(kind):
+            for candidate in candidates:
+                if (folder / candidate).is_file():
+                    return str(folder / candidate)
+    import difflib
+
+    names = packaged_names(kind)
+    close = difflib.get_close_matches(Path(text).with_suffix("").as_posix() if text.endswith(YAML_SUFFIXES)
+                                      else text, names, n=1)
+    groups = list(dict.fromkeys(n.split("/", 1)[0] + "/*" if "/" in n else n for n in names))
+    hint = (f"did you mean {close[0]}? " if close else "") + (f"packaged {kind}s: {', '.join(groups)}" if names
+                                                              else "")
+    raise ConfigFileNotFound(f"{flag} {text}: not found (no such file, and no packaged {kind} of that name)",
+                             hint=hint or None)
+
+
 BASE_KEY = "base"  # top-level YAML key naming the config file this one starts from
 
 
@@ -265,6 +334,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | 
     of ``overrides`` to what the user typed, e.g. ``{"check.min_side": "--min-side -5"}``; otherwise the flag is
     guessed from the key's last part), or the config file.
     """
+    path = resolve_file(path) if path else path  # a path, or the name of a packaged config (neat_tiny)
     data, given = read_config_file(path) if path else ({}, [])  # given: (dotted key, origin), in order
     if overrides:
         data = merge(data, overrides)

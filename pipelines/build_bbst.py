@@ -538,9 +538,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _config_keys(args) -> set[str]:
-    from core.config import parse_overrides, read_yaml
+    from core.config import parse_overrides, read_yaml, resolve_file
 
-    keys = set(read_yaml(args.config)) if args.config else set()
+    keys = set(read_yaml(resolve_file(args.config))) if args.config else set()
     return keys | set(parse_overrides(args.sets))
 
 

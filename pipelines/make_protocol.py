@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # `python pipelines/make_protocol.py` puts pipeli
 
 # the evaluation code (torch) is imported inside main(): `--help` prints before torch loads
 from core.cli import error_boundary, exit_with, make_parser
-from core.config import ConfigError, from_dict, read_yaml
+from core.config import ConfigError, from_dict, read_yaml, resolve_file
 
 log = logging.getLogger("bbst.make_protocol")
 
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> Path:
     for flag in ("content", "style", "out"):
         if not getattr(args, flag):
             raise ConfigError(f"--{flag} is required (or --tiny DIR)")
-    proto = from_dict(Protocol, read_yaml(args.template), args.template) if args.template else Protocol()
+    template = resolve_file(args.template, "protocol", "--template") if args.template else None
+    proto = from_dict(Protocol, read_yaml(template), template) if template else Protocol()
     if args.n_content is not None:
         proto.n_content = args.n_content
     if args.n_style is not None:

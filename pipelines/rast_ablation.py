@@ -14,7 +14,6 @@ stylisation, ``T(T(c, s), c)`` against ``c`` (the seed's "restoration quality" c
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import math
 import sys
@@ -26,7 +25,6 @@ if __package__ in (None, ""):  # `python pipelines/rast_ablation.py` puts pipeli
 from core.cli import error_boundary, exit_with
 from core.config import ConfigError, load_config
 
-REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bbst.rast_ablation")
 
 
@@ -95,14 +93,16 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
+    from core.config import packaged_names
     from train.config import TrainConfig
     from train.evaluation import Row, evaluate, load_protocol, verify_checksums, write_table
     from train.inference import Stylizer
     from train.metrics import StyleTransferMetrics
     from train.trainer import train
 
-    configs = args.configs or sorted(glob.glob(str(REPO / "train/configs/rast_ablation/*.yaml")),
-                                     key=lambda p: (Path(p).stem != "full", Path(p).stem))
+    # default: the packaged ablation configs by name ('full' first); --configs takes names or paths alike
+    configs = args.configs or sorted((n for n in packaged_names("config") if n.startswith("rast_ablation/")),
+                                     key=lambda n: (Path(n).stem != "full", Path(n).stem))
     if not configs:
         raise ConfigError("--configs: no ablation configs found")
     if args.steps < 1:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import yaml
 
-from core.config import ConfigError, from_dict, to_dict
+from core.config import ConfigError, from_dict, resolve_file, to_dict
 from core.progress import ProgressMeter
 from train.inference import load_image, resize_cover_crop, resize_max_side, save_image
 from train.metrics import METRIC_NAMES, STYLE_MATCH_MODES, seconds_per_image
@@ -124,7 +124,7 @@ def apply_size(img: torch.Tensor, spec: str) -> torch.Tensor:
 
 def load_protocol(path: str | Path) -> tuple[Protocol, Path]:
     """Read a protocol YAML strictly (unknown keys are errors); returns it and the folder paths are relative to."""
-    path = Path(path)
+    path = Path(resolve_file(path, "protocol", "--protocol"))  # a path, or a packaged protocol's name
     if not path.is_file():
         raise ConfigError(f"{path}: protocol file not found")
     with open(path) as f:
