@@ -175,10 +175,9 @@ def load_aladin_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AladinCheckpointError(f"{path}: cannot read as a PyTorch state dict: {exc}") from exc
+    from core.tensorfile import load_tensor_file
+
+    obj = load_tensor_file(str(path), "weight file")
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from core.atomic import atomic_write, atomic_write_bytes
+from core.errors import BadInputError
 
 META_FILE = "features.json"
 
@@ -43,6 +44,19 @@ def _cfg_dict(model) -> dict:
     return cfg
 
 
+def _load_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """A cache shard: plain numbers or strings only. An array of Python objects would need pickle and is refused."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise BadInputError(f"{path}: refused: it holds Python objects, which only pickle loads (and pickle can run "
+                                "code); a feature-cache shard holds numbers and digest strings") from None
+        raise BadInputError(f"{path}: not a feature-cache shard: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise BadInputError(f"{path}: unreadable feature-cache shard: {exc}") from None
+
+
 class FeatureCache:
     """Feature vectors keyed by image sha256, stored as ``.npy`` shards under ``root``.
 
@@ -63,10 +77,15 @@ class FeatureCache:
         self.dim: int | None = None
         meta = self.root / META_FILE
         if meta.is_file():
-            info = json.loads(meta.read_text())
+            try:
+                info = json.loads(meta.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise BadInputError(f"{meta}: not valid JSON: {exc}") from None
+            if not isinstance(info, dict):
+                raise BadInputError(f"{meta}: not a feature-cache record (a JSON object with dim and fingerprint)")
             self.dim = info.get("dim")
             if fingerprint and info.get("fingerprint") and info["fingerprint"] != fingerprint:
-                raise ValueError(f"{self.root}: feature cache was built by model {info['fingerprint']}, not "
+                raise BadInputError(f"{self.root}: feature cache was built by model {info['fingerprint']}, not "
                                  f"{fingerprint}; use a separate folder per model")
             if self.fingerprint is None:
                 self.fingerprint = info.get("fingerprint")
@@ -79,12 +98,15 @@ class FeatureCache:
                 name = sha_file.name[: -len(".sha.npy")]
                 if name in self._loaded:
                     continue
-                feats = np.load(self.root / f"{name}.npy", mmap_mode="r")
-                shas = np.load(sha_file)
+                feats = _load_array(self.root / f"{name}.npy", mmap_mode="r")
+                shas = _load_array(sha_file)
+                if feats.ndim != 2 or shas.ndim != 1 or shas.dtype.kind != "U":
+                    raise BadInputError(f"{sha_file}: not a feature-cache shard (features {feats.shape}, digests "
+                                        f"{shas.shape} {shas.dtype})")
                 if len(feats) != len(shas):
-                    raise ValueError(f"{sha_file}: {len(shas)} digests for {len(feats)} feature rows")
+                    raise BadInputError(f"{sha_file}: {len(shas)} digests for {len(feats)} feature rows")
                 if self.dim is not None and feats.shape[1] != self.dim:
-                    raise ValueError(f"{self.root / name}.npy: dimension {feats.shape[1]}, cache holds {self.dim}")
+                    raise BadInputError(f"{self.root / name}.npy: dimension {feats.shape[1]}, cache holds {self.dim}")
                 self.dim = feats.shape[1]
                 n = len(self._shards)
                 self._shards.append(feats)

@@ -13,6 +13,7 @@ from torch import nn
 
 from classifier.transforms import PreprocessConfig
 from classifier.weights import WeightsSource, resolve_weights
+from core.tensorfile import pickle_refusal, unpickling_error_in
 
 
 @dataclass
@@ -91,6 +92,9 @@ def build_trunk(cfg: TrunkConfig, weights: str | os.PathLike | None, what: str) 
             overlay["num_classes"] = cfg.kwargs["num_classes"]
         return timm.create_model(cfg.arch, pretrained=True, pretrained_cfg_overlay=overlay, **cfg.kwargs)
     except RuntimeError as exc:
+        refused = unpickling_error_in(exc)  # timm reads .pth/.bin files with torch.load(weights_only=True)
+        if refused is not None:
+            raise pickle_refusal(str(path), refused, "weight file") from None
         raise RuntimeError(f"{what}: {path} does not fit architecture {cfg.arch} {cfg.kwargs}: {exc}") from exc
 
 

@@ -24,6 +24,8 @@ COMMANDS = {
     "vst-styles": ("pipelines.vst_styles", "variational model: sample styles from the prior, interpolate"),
     "metastyle": ("pipelines.metastyle", "MetaStyle: adapt to a style, stylise, interpolate adapted models"),
     "compare": ("pipelines.compare", "every model on the same pairs: one table and one image grid"),
+    "convert-checkpoint": ("pipelines.convert_checkpoint",
+                           "rewrite an older bbst checkpoint you trust as one that loads without pickle"),
     "balanced-loss-analysis": ("pipelines.balanced_loss_analysis",
                                "classic vs balanced Gram style loss: correlation and distributions, with plots"),
 }

@@ -234,7 +234,7 @@ def test_released_aladin_checkpoint_layout_loads_as_style_branch(tmp_path):
     sd = _fabricated_aladin_state_dict()
     path = tmp_path / "aladinVIT_tiny.pt"
     torch.save(sd, path)
-    branch = AladinStyleBranch.from_state_dict(torch.load(path), str(path), num_heads=2).eval()
+    branch = AladinStyleBranch.from_state_dict(torch.load(path, weights_only=True), str(path), num_heads=2).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(branch(x), _reference_aladin(sd, x, heads=2), rtol=1e-4, atol=1e-5)

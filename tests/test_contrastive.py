@@ -97,7 +97,7 @@ def test_negatives_are_gathered_from_every_rank(tmp_path):
         port = sock.getsockname()[1]
     mp.start_processes(_rank_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True,
                        start_method="spawn")
-    two_ranks = torch.load(tmp_path / "grads.pt")
+    two_ranks = torch.load(tmp_path / "grads.pt", weights_only=True)
     torch.manual_seed(0)
     model = create_model("test_rast", **TINY_NO_GAN["test_rast"])
     ref = _big_batch_grads(model, _micro(4))

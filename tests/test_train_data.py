@@ -129,7 +129,7 @@ def test_mid_epoch_resume_yields_the_identical_stream(shards, num_workers, stop)
     torch.save(state, buf)  # the state must survive a checkpoint round trip
     buf.seek(0)
     resumed = ShardPairLoader(data, cfg)
-    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
     tail = _stream(resumed, total - stop)
     assert head + tail == full
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import MissingInputError
+from core.tensorfile import load_tensor_file
 from train.losses import gram_matrix
 from train.models.vgg import STYLE_LAYERS, VGG19Encoder
 
@@ -58,7 +59,7 @@ class LPIPSMetric(nn.Module):
         if backbone_weights is not None:
             path = _find_weights(f"LPIPS {net} backbone", backbone_weights, (LPIPS_BACKBONE_FILES[net],),
                                  "BBST_LPIPS_BACKBONE")
-            src = torch.load(path, map_location="cpu", weights_only=True)
+            src = load_tensor_file(str(path), "weight file")
             own = self.model.net.state_dict()
             # lpips slices keep torchvision's layer indices: net.sliceK.<i>.weight <- features.<i>.weight
             mapped = {k: src["features." + k.split(".", 1)[1]] for k in own}
@@ -100,7 +101,7 @@ class SIFIDMetric(nn.Module):
                   "Conv2d_4a_3x3": BasicConv2d(80, 192, kernel_size=3)}
         if weights is not None:
             path = _find_weights("InceptionV3 (SIFID)", weights, INCEPTION_FILES, "BBST_INCEPTION_WEIGHTS")
-            src = torch.load(path, map_location="cpu", weights_only=True)
+            src = load_tensor_file(str(path), "weight file")
             for name in _SIFID_MODULES:
                 prefix = name + "."
                 sub = {k[len(prefix):]: v for k, v in src.items() if k.startswith(prefix)}

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import MissingInputError
+from core.tensorfile import load_tensor_file
 
 # (name, in_channels, out_channels) of VGG-19's convolutions up to conv5_1, in order; "pool" marks max-pooling.
 _VGG19_LAYOUT: list[tuple[str, int, int] | str] = [
@@ -139,7 +140,7 @@ class VGG19Encoder(nn.Module):
         layout = _LAYOUTS[self.arch]
         if weights is not None:
             path = resolve_weights(weights, self.arch)
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            raw = load_tensor_file(str(path), "weight file")
             try:
                 detected, state = _convert_state_dict(raw, self.arch)
             except ValueError as exc:
