@@ -188,7 +188,6 @@ def convert_checkpoint(old: str, new: str, *, trust: bool) -> dict:
     plain = _plain(state)
     from pathlib import Path
 
-
     if "://" not in new:
         Path(new).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(str(new), lambda f: torch.save(plain, f))
