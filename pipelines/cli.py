@@ -27,7 +27,7 @@ COMMANDS = {
     "convert-checkpoint": ("pipelines.convert_checkpoint",
                            "rewrite an older bbst checkpoint you trust as one that loads without pickle"),
     "balanced-loss-analysis": ("pipelines.balanced_loss_analysis",
-                               "classic vs balanced Gram style loss: correlation and distributions, with plots"),
+                               "classic vs balanced Gram style loss: Study III, and Studies I-V from ratings"),
 }
 
 

@@ -1,22 +1,74 @@
-"""The balanced-style-loss paper's analyses: classic Gram loss vs its supremum, and loss distributions by label.
+"""The balanced-style-loss paper's studies of the classic and balanced Gram losses (Cheng et al., CVPR 2021).
 
-Cheng et al. (CVPR 2021) show that the classic Gram style loss L(S, P) is almost linear in its supremum
-sup L = (||G(S)||^2 + ||G(P)||^2) / N over random image pairs (Study III, so the supremum is a fair per-style
-normaliser), and that under-stylised outputs get *lower* classic losses than over-stylised ones while the balanced
-loss orders them the other way (Studies I and IV). These functions compute the numbers; the plots and files are
+* Study III: over random image pairs (S, P), the classic layer loss against its supremum (Eq. 11): Pearson r and
+  the least-squares line per layer (the paper's Figure 4);
+* Studies I and IV: the distributions of the classic (Eq. 7) and balanced (Eq. 13, summed over layers) losses of
+  stylised outputs that people rated under-stylised, good or over-stylised (Figures 2 and 5; the paper's claims:
+  classic under < over, balanced over < under), per layer and aggregated, overall and per rater;
+* Studies II and V: the Pearson correlation of each loss with the human score h (the paper's Good = -1, OK = 0,
+  Bad = 1; an under- or over-stylised rating is "Bad") per layer and aggregated, one row per rater and their average
+  (Tables 2 and 3).
+
+Studies I, II, IV and V need ratings by people: :func:`read_labels` reads them from a CSV. The plots and files are
 written by ``pipelines/balanced_loss_analysis.py``.
 """
 
 from __future__ import annotations
 
+import csv
 import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from train.losses import gram_matrix
-from train.models.layers import recolour
+from core.errors import BadInputError, MissingInputError
+from train.losses import gram_layer_terms
+
+# rating -> the paper's human score h (Study II: "Good" -1, "OK" 0, "Bad" 1; under- and over-stylised are bad)
+RATINGS = {"under": 1.0, "good": -1.0, "ok": 0.0, "over": 1.0}
+LABEL_COLUMNS = ("image", "style", "rating", "rater")
+AGGREGATE = "aggregate"
+
+
+@dataclass(frozen=True)
+class Rating:
+    """One person's rating of one stylised image: ``image`` was stylised with ``style``."""
+
+    image: Path
+    style: Path
+    rating: str  # under, good, ok or over
+    rater: str
+
+
+def read_labels(path: str | os.PathLike) -> list[Rating]:
+    """Ratings from a CSV with ``image``, ``style``, ``rating`` (under/good/ok/over) and ``rater`` columns.
+
+    Relative image paths are relative to the CSV. A missing column or an unknown rating raises, naming the file
+    and the line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MissingInputError(f"{p}: labels file not found")
+    with open(p, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(LABEL_COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise BadInputError(f"{p}: missing column(s) {sorted(missing)}; needs {', '.join(LABEL_COLUMNS)}")
+        out = []
+        for line, row in enumerate(reader, start=2):
+            rating = (row["rating"] or "").strip().lower()
+            if rating not in RATINGS:
+                raise BadInputError(f"{p}:{line}: rating {row['rating']!r} not in {sorted(RATINGS)}")
+            image, style = (Path(row[k].strip()) for k in ("image", "style"))
+            out.append(Rating(image if image.is_absolute() else p.parent / image,
+                              style if style.is_absolute() else p.parent / style, rating, row["rater"].strip()))
+    if not out:
+        raise BadInputError(f"{p}: no ratings")
+    return out
 
 
 def layer_losses(vgg, p: torch.Tensor, s: torch.Tensor, layers: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
@@ -25,16 +77,48 @@ def layer_losses(vgg, p: torch.Tensor, s: torch.Tensor, layers: tuple[str, ...])
         fp, fs = vgg(p, layers), vgg(s, layers)
         out = {}
         for n in layers:
-            gp, gs = gram_matrix(fp[n]), gram_matrix(fs[n])
-            entries = gp[0].numel()
-            classic = (gp - gs).pow(2).flatten(1).sum(1) / entries
-            sup = (gp.pow(2).flatten(1).sum(1) + gs.pow(2).flatten(1).sum(1)) / entries
-            out[n] = {"classic": classic.cpu().double().numpy(), "supremum": sup.cpu().double().numpy(),
-                      "balanced": (classic / sup.clamp_min(1e-30)).cpu().double().numpy()}
+            t = gram_layer_terms(fp[n], fs[n])
+            classic, sup = t["classic"].double(), t["supremum"].double()
+            out[n] = {"classic": classic.cpu().numpy(), "supremum": sup.cpu().numpy(),
+                      "balanced": (classic / sup.clamp_min(1e-30)).cpu().numpy()}
     return out
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
+def sample_losses(vgg, output: torch.Tensor, style: torch.Tensor, layers: tuple[str, ...]) -> dict[str, float]:
+    """One output's losses: ``classic/<layer>``, ``balanced/<layer>`` and the sums over layers (Eq. 5, w = 1)
+    ``classic/aggregate`` and ``balanced/aggregate``."""
+    res = layer_losses(vgg, output, style, layers)
+    row = {}
+    for kind in ("classic", "balanced"):
+        for n in layers:
+            row[f"{kind}/{n}"] = float(res[n][kind][0])
+        row[f"{kind}/{AGGREGATE}"] = sum(row[f"{kind}/{n}"] for n in layers)
+    return row
+
+
+def score_ratings(ratings: list[Rating], vgg, layers: tuple[str, ...],
+                  load: Callable[[Path], torch.Tensor]) -> tuple[list[dict], list[str]]:
+    """Losses of every rated image against its style; ``load(path)`` gives a (1, 3, H, W) image on the VGG's device.
+
+    Returns (rows, skipped): one row per rating (image, style, rating, rater, h, the losses of :func:`sample_losses`);
+    a rating whose image cannot be read is skipped with its reason.
+    """
+    rows, skipped, cache = [], [], {}
+    for r in ratings:
+        key = (r.image, r.style)
+        if key not in cache:
+            try:
+                cache[key] = sample_losses(vgg, load(r.image), load(r.style), layers)
+            except (FileNotFoundError, ValueError) as exc:
+                cache[key] = None
+                skipped.append(f"{r.image}: {exc}")
+        if cache[key] is not None:
+            rows.append({"image": str(r.image), "style": str(r.style), "rating": r.rating, "rater": r.rater,
+                         "h": RATINGS[r.rating], **cache[key]})
+    return rows, skipped
+
+
+def pearson(x, y) -> float:
     """Pearson correlation; NaN when either side is constant or there are fewer than two samples."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 2 or x.std() == 0 or y.std() == 0:
@@ -50,19 +134,6 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
-def under_stylised(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """A synthetic under-stylised output: the content with only the style's colour statistics (the paper's
-    description: "only the dominant color is transferred")."""
-    return recolour(content, style).clamp(0, 1)
-
-
-def over_stylised(content: torch.Tensor, style: torch.Tensor, content_weight: float = 0.15) -> torch.Tensor:
-    """A synthetic over-stylised output: the style image's texture over the content's frame, content barely
-    visible (``content_weight`` of it)."""
-    s = F.interpolate(style, size=content.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
-    return (content_weight * content + (1 - content_weight) * s).clamp(0, 1)
-
-
 def summarise(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     """Count, mean, median and log10-spread of each label's losses."""
     out = {}
@@ -72,4 +143,69 @@ def summarise(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
         out[label] = {"count": int(a.size), "mean": float(a.mean()) if a.size else math.nan,
                       "median": float(np.median(a)) if a.size else math.nan,
                       "log10_range": float(np.log10(pos.max() / pos.min())) if pos.size > 1 else 0.0}
+    return out
+
+
+def loss_columns(layers: tuple[str, ...]) -> list[str]:
+    """The loss columns of a scored row, per layer then aggregated, classic first."""
+    return [f"{kind}/{n}" for kind in ("classic", "balanced") for n in (*layers, AGGREGATE)]
+
+
+def _distributions(rows: list[dict], layers: tuple[str, ...]) -> dict:
+    ratings = [r for r in RATINGS if any(row["rating"] == r for row in rows)]
+    out = {col: summarise({lb: [row[col] for row in rows if row["rating"] == lb] for lb in ratings})
+           for col in loss_columns(layers)}
+    return out
+
+
+def _ordering(dist: dict) -> dict[str, bool | None]:
+    """The paper's claims on medians: classic under < over (Study I), balanced over < under (Study IV)."""
+    def med(col: str, label: str) -> float | None:
+        return dist[col].get(label, {}).get("median")
+
+    out: dict[str, bool | None] = {}
+    for key, col, low, high in (("classic_under_below_over", f"classic/{AGGREGATE}", "under", "over"),
+                                ("balanced_over_below_under", f"balanced/{AGGREGATE}", "over", "under")):
+        a, b = med(col, low), med(col, high)
+        out[key] = None if a is None or b is None else bool(a < b)
+    return out
+
+
+def studies(rows: list[dict], layers: tuple[str, ...]) -> dict:
+    """Studies I/IV (distributions by rating) and II/V (Pearson with h) from scored rows, overall and per rater.
+
+    ``correlation[rater][column]`` is rho(h, loss) for one rater's ratings; ``correlation["average"]`` is the mean
+    over raters (the tables' "Average" row); ``correlation["all"]`` pools every rating.
+    """
+    raters = sorted({r["rater"] for r in rows})
+    cols = loss_columns(layers)
+
+    def corr(sub: list[dict]) -> dict[str, float]:
+        return {c: pearson([r["h"] for r in sub], [r[c] for r in sub]) for c in cols}
+
+    per_rater = {rt: corr([r for r in rows if r["rater"] == rt]) for rt in raters}
+    average = {c: float(np.nanmean([per_rater[rt][c] for rt in raters]))
+               if any(not math.isnan(per_rater[rt][c]) for rt in raters) else math.nan for c in cols}
+    dist = _distributions(rows, layers)
+    return {
+        "samples": len(rows), "raters": raters, "layers": list(layers),
+        "distributions": dist,
+        "distributions_per_rater": {rt: _distributions([r for r in rows if r["rater"] == rt], layers)
+                                    for rt in raters},
+        "paper_ordering": _ordering(dist),
+        "correlation": {**per_rater, "average": average, "all": corr(rows)},
+    }
+
+
+def supremum_study(per_layer: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """Study III per layer from {layer: {"classic": [...], "supremum": [...]}}: Pearson r (linear and log-log), the
+    line of classic on supremum, and the log10 spread of the classic loss."""
+    out = {}
+    for n, v in per_layer.items():
+        x, y = np.asarray(v["supremum"], np.float64), np.asarray(v["classic"], np.float64)
+        slope, intercept = linear_fit(x, y)
+        pos = (x > 0) & (y > 0)
+        out[n] = {"pearson": pearson(x, y), "pearson_log": pearson(np.log(x[pos]), np.log(y[pos])),
+                  "slope": slope, "intercept": intercept,
+                  "classic_log10_range": float(np.log10(y[pos].max() / y[pos].min())) if pos.sum() > 1 else 0.0}
     return out
