@@ -262,7 +262,8 @@ def machine_floor(root: Path, names: list[str]) -> dict:
 # --------------------------------------------------------------------------------------------------- dedup at scale
 def make_dedup_rows(root: Path, rows: int, per_partition: int = 10_000, seed: int = 0) -> dict[int, int]:
     """Staged metadata rows (no images) as a build leaves them before dedup: 90% ok, 1% exact duplicates, 1% near
-    duplicates (2 bits flipped), random sha256 and phash otherwise. Written one partition at a time."""
+    duplicates (2 bits flipped), random sha256 and phash otherwise; a source (half flickr, half behance) and a
+    staged size of 0.3-0.8 MB for the split and the shard plan. Written one partition at a time."""
     import numpy as np
 
     from core import schema
@@ -271,6 +272,7 @@ def make_dedup_rows(root: Path, rows: int, per_partition: int = 10_000, seed: in
 
     store = Store(str(root))
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng(seed + 1)  # the split and plan columns, apart: the hashes stay as they were
     partitions = {}
     pool_sha: list[str] = []
     pool_ph: list[int] = []
@@ -289,14 +291,17 @@ def make_dedup_rows(root: Path, rows: int, per_partition: int = 10_000, seed: in
         status = np.where(rng.random(n) < 0.9, "ok", "too_small").tolist()
         store.write_parquet(staging.rows_rel(p), pa.table({
             "key": [schema.make_key(p, i) for i in range(n)], "status": status, "sha256": sha,
-            "phash": [f"{h:016x}" for h in ph]}))
+            "phash": [f"{h:016x}" for h in ph],
+            "source": np.where(extra.random(n) < 0.5, "flickr", "behance").tolist(),
+            "_ref_length": pa.array(extra.integers(300_000, 800_000, size=n), pa.int64())}))
         partitions[p] = n
     store.write_json(f"{schema.STAGING}/partitions.json", partitions)
     return partitions
 
 
 def dedup_driver(root: str) -> None:
-    """The dedup phase of a build over already staged metadata, on a fresh local Ray; prints the driver's peak RSS."""
+    """The dedup phase of a build over already staged metadata, then its split (finalize) and shard planning, on a
+    fresh local Ray; prints the driver's peak RSS after each."""
     import resource
 
     import ray
@@ -317,9 +322,26 @@ def dedup_driver(root: str) -> None:
     done = store.read_json("_staging/dedup/done.json")
     exact = sum(store.read_parquet(f"_staging/dedup/{n}").num_rows for n in store.ls("_staging", "dedup")
                 if n.startswith("exact-"))
+    # the build's next steps without a classifier: each partition's decisions and split (one task each), then
+    # the shard plan read in key order by one task; the driver holds references and the plan (one entry a shard)
+    from curate import assemble
+
+    cfg = BuildConfig()
+    parts = sorted(partitions)
+    t1 = time.monotonic()
+    final = ray.remote(num_cpus=1)(assemble.finalize_partition)
+    ray.get([final.remote(store, p, cfg.split) for p in parts])
+    t2 = time.monotonic()
+    specs = ray.get(ray.remote(num_cpus=1)(assemble.plan_from_final).remote(
+        store, parts, cfg.shards.target_samples, cfg.shards.target_bytes))
+    t3 = time.monotonic()
+    peak_plan = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"rows": sum(partitions.values()), "dedup_seconds": round(wall, 1),
                       "driver_peak_rss_mb": round(peak / 1024, 1), "driver_rss_before_dedup_mb": round(base / 1024, 1),
-                      "exact_duplicates": exact, "near_duplicates": done.get("near_duplicates")}), flush=True)
+                      "exact_duplicates": exact, "near_duplicates": done.get("near_duplicates"),
+                      "finalize_seconds": round(t2 - t1, 1), "plan_seconds": round(t3 - t2, 1),
+                      "shards_planned": len(specs), "samples_planned": sum(s["nsamples"] for s in specs),
+                      "driver_peak_rss_after_plan_mb": round(peak_plan / 1024, 1)}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -499,15 +521,17 @@ def plot_scale_curve(runs: list[dict], png: Path) -> None:
 
     runs = sorted(runs, key=lambda r: r["rows"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = (("images_per_s_wall", "images/s (wall, start-up included)", 1),
-              ("peak_pss_mb", "peak PSS of the process tree (MiB)", 1),
-              ("driver_peak_rss_mb", "driver peak RSS (MiB)", 1))
-    for ax, (field, title, _) in zip(axes, panels):
-        for tool, style in (("build_bbst", "o-"), ("img2dataset", "s--")):
-            pts = [(r["rows"], rr[field]) for r in runs for rr in r["rounds"]
-                   if rr["tool"] == tool and rr.get(field) is not None]
-            if pts:
-                ax.plot(*zip(*pts), style, label=tool)
+    panels = ((("images_per_s_wall", ""), ("images_per_s_processing", ", processing")),
+              "images/s: wall (start-up included) and processing"), \
+        ((("peak_pss_mb", ""),), "peak PSS of the process tree (MiB)"), \
+        ((("driver_peak_rss_mb", ""),), "driver (root process) peak RSS (MiB)")
+    for ax, (fields, title) in zip(axes, panels):
+        for tool, colour, marker in (("build_bbst", "C0", "o"), ("img2dataset", "C1", "s")):
+            for (field, suffix), line in zip(fields, ("-", ":")):
+                pts = [(r["rows"], rr[field]) for r in runs for rr in r["rounds"]
+                       if rr["tool"] == tool and rr.get(field) is not None]
+                if pts:
+                    ax.plot(*zip(*pts), line, color=colour, marker=marker, label=tool + suffix)
         ax.set_xscale("log")
         ax.set_xlabel("rows in the URL list")
         ax.set_title(title, fontsize=10)

@@ -14,8 +14,9 @@ L2-normalised), in the steps a cluster runs as parallel tasks:
 4. :func:`resolve_pairs`: rows visited in key order; one is a ``semantic_duplicate`` of the smallest kept key
    it is similar to (the rule of the near-duplicate step, :func:`curate.dedup.resolve_near`).
 
-Similarities are computed from the stored float16 values, so the decisions can be checked from the published
-embeddings alone. Clustering only bounds the search: with ``probes`` equal to ``clusters`` every pair is
+Each similarity is computed from the stored float16 values of its pair alone (:func:`pair_similarity`), so the
+decisions can be checked from the published embeddings and a pair's verdict does not depend on the cluster or
+block it was found in. Clustering only bounds the search: with ``probes`` equal to ``clusters`` every pair is
 compared, and the decisions then do not depend on the centroids at all.
 """
 
@@ -34,7 +35,11 @@ from core.schema import STAGING
 EMBEDDINGS_DIR = "embeddings"  # DIR/embeddings/part-PPPPPP.parquet: key, embedding (float16, L2-normalised)
 SEMANTIC_DIR = f"{STAGING}/semantic"  # centroids, pairs per bucket, decisions, done marker
 EMBEDDING_PARTS = ("content", "style", "features")
-BLOCK_ROWS = 2048  # rows of one similarity block (BLOCK_ROWS x cluster size float32 at a time)
+BLOCK_ROWS = 2048  # most rows of one similarity block (block rows x cluster size float32 at a time)
+BLOCK_VALUES = 1 << 25  # most similarities in one block (128 MiB): a large cluster is compared in fewer rows
+# A matrix product's rounding depends on its shape (BLAS blocking), so candidates from it within this margin of
+# the threshold are decided by the pair's own dot product: the same value whatever the cluster or block.
+MARGIN = 1e-3
 
 
 @dataclasses.dataclass
@@ -206,16 +211,28 @@ def scatter_embeddings(store, partitions: list[int], probes: int, buckets: int) 
             for b in range(buckets)]
 
 
+def pair_similarity(x: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Cosine similarity of rows ``i`` and ``j`` of float16 unit vectors ``x``: products exact in float64, summed
+    in a fixed order, so a pair's value does not depend on what else is compared with it."""
+    return (x[i].astype(np.float64) * x[j].astype(np.float64)).sum(axis=1).astype(np.float32)
+
+
 def similar_pairs(keys: np.ndarray, embeddings: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    """Pairs ``a < b`` of ``keys`` whose embeddings' cosine similarity is at least ``threshold``."""
-    x = np.asarray(embeddings, dtype=np.float32)
+    """Pairs ``a < b`` of ``keys`` whose embeddings' cosine similarity (:func:`pair_similarity`) is at least
+    ``threshold``; blocked matrix products find the candidates."""
+    x16 = np.asarray(embeddings, dtype=np.float16)
+    x = x16.astype(np.float32)
     a_out, b_out, s_out = [], [], []
-    for start in range(0, len(x), BLOCK_ROWS):
-        sims = x[start:start + BLOCK_ROWS] @ x.T
-        i, j = np.nonzero(sims >= threshold)
+    rows = max(1, min(BLOCK_ROWS, BLOCK_VALUES // max(1, len(x))))
+    for start in range(0, len(x), rows):
+        sims = x[start:start + rows] @ x.T
+        i, j = np.nonzero(sims >= threshold - MARGIN)
         i_abs = i + start
         upper = j > i_abs  # each pair once, no self pairs
-        i_abs, j, s = i_abs[upper], j[upper], sims[i[upper], j[upper]]
+        i_abs, j = i_abs[upper], j[upper]
+        s = pair_similarity(x16, i_abs, j)
+        close = s >= threshold
+        i_abs, j, s = i_abs[close], j[close], s[close]
         ki, kj = keys[i_abs], keys[j]
         a_out.append(np.minimum(ki, kj))
         b_out.append(np.maximum(ki, kj))

@@ -217,3 +217,15 @@ def test_kmeans_is_seeded_and_its_centroids_are_unit_vectors():
 def test_config_refuses_out_of_range_values(bad):
     with pytest.raises(ValueError):
         SemanticConfig(**bad)
+
+
+def test_blocked_similarities_equal_one_block(monkeypatch):
+    rng = np.random.default_rng(9)
+    emb = semantic.select_embedding(groups_of_variants(30, 3, rng), DIM, "features")
+    keys = np.arange(len(emb), dtype=np.int64) * 7
+    whole = semantic.similar_pairs(keys, emb, 0.9)
+    monkeypatch.setattr(semantic, "BLOCK_VALUES", 5 * len(emb))  # blocks of 5 rows
+    blocked = semantic.similar_pairs(keys, emb, 0.9)
+    assert len(whole["a"]) >= 30
+    for c in ("a", "b", "similarity"):
+        np.testing.assert_array_equal(np.sort(blocked[c]), np.sort(whole[c]))
