@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import io
 import json
 import math
 from collections.abc import Callable
@@ -77,16 +76,10 @@ def _plots(out: Path, probs_uncalibrated, probs, labels, thresholds) -> list[str
 
 
 def _thumbnail(data: bytes, side: int = 160) -> bytes | None:
-    from PIL import Image
+    from core.images import thumbnail
 
     try:
-        img = Image.open(io.BytesIO(data))
-        img.draft("RGB", (side, side))
-        img = img.convert("RGB")
-        img.thumbnail((side, side))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
-        return buf.getvalue()
+        return thumbnail(data, side)
     except Exception:  # noqa: BLE001 - a thumbnail is decoration; the mistake is still listed without it
         return None
 

@@ -23,12 +23,12 @@ import numpy as np
 
 from classifier.labels import TrainDataError, read_label_db, read_label_file
 from core.config import ConfigError, to_dict
+from core.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 # A held-out figure (accuracy, ROC-AUC, ECE) from fewer labels than this is reported with a caveat.
 MIN_HELD_OUT = 20
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @dataclass
@@ -182,8 +182,7 @@ def load_images(root: str | Path, keys: set[str], paths: dict[str, str]) -> dict
                 for sample in index_shard(str(shard)):
                     if sample.key not in keys or sample.key in out:
                         continue
-                    image = sample.image() or next(((e, r) for e, r in sample.members.items()
-                                                    if "." + e in IMAGE_EXTS), None)
+                    image = sample.image()
                     if image is not None:
                         out[sample.key] = read_member(image[1])
             except ShardFormatError as exc:
@@ -198,7 +197,7 @@ def load_images(root: str | Path, keys: set[str], paths: dict[str, str]) -> dict
                 out[key] = p.read_bytes()
             continue
         if by_stem is None:
-            by_stem = {f.stem: f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file()}
+            by_stem = {f.stem: f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()}
         if key in by_stem:
             out[key] = by_stem[key].read_bytes()
     return out

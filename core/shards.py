@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from core.errors import BbstError
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+from core.images import MEMBER_EXTENSIONS
 
 
 class ShardFormatError(BbstError, ValueError):
@@ -42,7 +41,7 @@ class SampleIndex:
 
     def image(self) -> tuple[str, MemberRef] | None:
         """``(ext, ref)`` of the sample's image member, or None when it has none."""
-        for ext in IMAGE_EXTS:
+        for ext in MEMBER_EXTENSIONS:
             if ext in self.members:
                 return ext, self.members[ext]
         return None

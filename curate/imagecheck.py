@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -13,14 +12,10 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from core.config import check_range
+from core.images import SWAPS_AXES, TRANSPOSE, cmyk_to_rgb, has_alpha, orientation, to_8bit
 from core.schema import Status
 from curate.downloader import sniff_mime
 
-# Orientation values 5-8 rotate by 90 degrees, so the upright image has width and height swapped.
-_SWAPS_AXES = (5, 6, 7, 8)
-_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}
 _EXT = {"image/jpeg": "jpg", "image/png": "png"}
 # PIL's own hard limit (it raises DecompressionBombError above twice MAX_IMAGE_PIXELS while opening).
 PIL_PIXEL_LIMIT = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 178_956_970
@@ -69,24 +64,6 @@ class _Reject(Exception):
     def __init__(self, status: Status, error: str):
         super().__init__(error)
         self.status, self.error = status, error
-
-
-def orientation(img: Image.Image) -> int:
-    """EXIF orientation (1-8) read from the header only (never triggers a pixel decode)."""
-    try:
-        if img.format == "TIFF":
-            value = img.tag_v2.get(0x0112, 1)
-        else:
-            raw = img.info.get("exif")
-            if not raw:
-                return 1
-            exif = Image.Exif()
-            exif.load(raw)
-            value = exif.get(0x0112, 1)
-        value = int(value)
-    except Exception:  # noqa: BLE001 - a damaged EXIF block means "no orientation", not a broken image
-        return 1
-    return value if 1 <= value <= 8 else 1
 
 
 def png_bit_depth(data: bytes) -> int | None:
@@ -231,17 +208,13 @@ def phash_hex(img: Image.Image, orient: int = 1, reducing_gap: float = 4.0) -> s
     zero by symmetry (flat or mirrored images) are exactly zero, as imagehash's FFT gives them.
     """
     if img.mode not in ("L", "RGB", "RGBA", "LA"):
-        img = img.convert("RGBA" if _has_alpha(img) else "L")  # resize needs a plain mode; phash uses luminance
+        img = img.convert("RGBA" if has_alpha(img) else "L")  # resize needs a plain mode; phash uses luminance
     small = img.resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
-    if orient in _TRANSPOSE:
-        small = small.transpose(_TRANSPOSE[orient])
+    if orient in TRANSPOSE:
+        small = small.transpose(TRANSPOSE[orient])
     pixels = np.asarray(small.convert("L"), dtype=np.float64)
     low = np.round(_PHASH_DCT @ pixels @ _PHASH_DCT.T, 6)
     return np.packbits(low > np.median(low)).tobytes().hex()
-
-
-def _has_alpha(img: Image.Image) -> bool:
-    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
 
 
 def _encode(img: Image.Image, fmt: str, quality: int, exif: bytes | None = None) -> bytes:
@@ -254,18 +227,6 @@ def _encode(img: Image.Image, fmt: str, quality: int, exif: bytes | None = None)
     else:
         img.save(buf, "PNG", compress_level=6)
     return buf.getvalue()
-
-
-def _cmyk_to_rgb(img: Image.Image, to_srgb: bool) -> Image.Image:
-    icc = img.info.get("icc_profile")
-    if to_srgb and icc:
-        # a broken or unusable profile falls back to the plain conversion below
-        with contextlib.suppress(Exception):
-            from PIL import ImageCms
-
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
-    return img.convert("RGB")
 
 
 class ImageChecker:
@@ -344,7 +305,7 @@ class ImageChecker:
         cfg = self.cfg
         orient = orientation(img)
         w, h = img.size
-        ow, oh = (h, w) if orient in _SWAPS_AXES else (w, h)
+        ow, oh = (h, w) if orient in SWAPS_AXES else (w, h)
         sizes = {"original_width": ow, "original_height": oh, "width": ow, "height": oh}
         short, long_ = min(ow, oh), max(ow, oh)
         if short < min_side:
@@ -400,16 +361,16 @@ class ImageChecker:
         cfg = self.cfg
         out_bytes, out_img, stored_orient = data, img, orient
         if fmt == "JPEG" and img.mode == "CMYK":
-            out_img = _cmyk_to_rgb(img, cfg.cmyk_to_srgb)
+            out_img = cmyk_to_rgb(img, cfg.cmyk_to_srgb)
             out_bytes = _encode(out_img, "JPEG", cfg.reencode_quality, img.info.get("exif"))
         elif fmt == "PNG" and png_bit_depth(data) == 16 and not animated:
-            out_img = _to_8bit(img)
-            if orient in _TRANSPOSE:
-                out_img, stored_orient = out_img.transpose(_TRANSPOSE[orient]), 1
+            out_img = to_8bit(img)
+            if orient in TRANSPOSE:
+                out_img, stored_orient = out_img.transpose(TRANSPOSE[orient]), 1
             out_bytes = _encode(out_img, "PNG", cfg.reencode_quality)
         elif fmt in ("JPEG", "PNG") and not animated:
             if img.mode not in ("RGB", "L", "RGBA", "LA", "P", "1", "I", "I;16"):
-                out_img = img.convert("RGBA" if _has_alpha(img) else "RGB")
+                out_img = img.convert("RGBA" if has_alpha(img) else "RGB")
                 out_bytes = _encode(out_img, "PNG" if fmt == "PNG" else "JPEG", cfg.reencode_quality)
         else:
             # WebP, TIFF, BMP, GIF and first frames of animations: upright pixels in a format every reader has.
@@ -418,33 +379,19 @@ class ImageChecker:
                 target = "PNG"  # palette graphics stay lossless
                 if frame.mode not in ("P", "L", "RGB", "RGBA"):
                     frame = frame.convert("RGBA")
-            elif _has_alpha(frame):
+            elif has_alpha(frame):
                 target, frame = "PNG", frame.convert("RGBA")
             else:
                 target, frame = "JPEG", frame.convert("RGB") if frame.mode not in ("RGB", "L") else frame
-            if orient in _TRANSPOSE:
-                frame = frame.transpose(_TRANSPOSE[orient])  # re-encoded files carry no EXIF, so apply it
+            if orient in TRANSPOSE:
+                frame = frame.transpose(TRANSPOSE[orient])  # re-encoded files carry no EXIF, so apply it
             out_img, stored_orient = frame, 1
             out_bytes = _encode(frame, target, cfg.reencode_quality)
         out_mime = sniff_mime(out_bytes)
-        sizes["width"], sizes["height"] = (out_img.height, out_img.width) if stored_orient in _SWAPS_AXES \
+        sizes["width"], sizes["height"] = (out_img.height, out_img.width) if stored_orient in SWAPS_AXES \
             else out_img.size
         return {**sizes, "image": out_bytes, "mime": out_mime, "ext": _EXT[out_mime],
                 "phash": phash_hex(out_img, stored_orient, cfg.phash_reducing_gap)}
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit PNG pixels to 8 bits by keeping the high byte (PIL's own I;16 -> L conversion clips instead)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # in bands of rows: a whole-image uint32 copy would need 2-4x the decoded raster on top of it
-        w, h = img.size
-        out = np.empty((h, w), dtype=np.uint8)
-        step = max(1, (1 << 22) // max(w, 1))
-        for top in range(0, h, step):
-            band = np.asarray(img.crop((0, top, w, min(h, top + step))))
-            out[top:top + step] = (band.astype(np.uint32) >> 8).clip(0, 255)
-        return Image.fromarray(out)
-    return img.convert("RGBA" if _has_alpha(img) else "RGB") if img.mode not in ("RGB", "RGBA", "L", "LA") else img
 
 
 class _RejectSized(_Reject):

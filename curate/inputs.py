@@ -1,4 +1,4 @@
-"""Inputs beyond http: which local paths and fsspec URLs a run may read, and the URL list of a folder of images.
+"""Inputs beyond http: which local paths and fsspec URLs a run may read, and where an image folder's source comes from.
 
 A row of a URL list is an ``http(s)://`` URL, an absolute local path, a ``file://`` URL or any other fsspec URL
 (``s3://bucket/a.jpg``, ``gs://...``). Rows that are not http(s) are read through fsspec, and only when they lie
@@ -12,15 +12,8 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-import pyarrow as pa
-
-if TYPE_CHECKING:
-    from curate.reader import ReaderConfig
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic")
 # Folder names that identify a known source when a folder of images is listed (matched case-insensitively).
 DEFAULT_SOURCE_FOLDERS = {
     "wikiart": "wikiart",
@@ -29,7 +22,7 @@ DEFAULT_SOURCE_FOLDERS = {
     "train2017": "coco", "val2017": "coco", "test2017": "coco", "unlabeled2017": "coco",
 }
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://")
-_GLOB_CHARS = re.compile(r"[*?\[]")
+GLOB_CHARS = re.compile(r"[*?\[]")
 
 UrlKind = Literal["http", "local", "fsspec", "relative", "other"]
 
@@ -101,7 +94,7 @@ def image_root(spec: str) -> str:
     """The folder an ``--images`` folder or glob lists from: the spec itself, or its part before the first
     wildcard (``/data/art/*/*.jpg`` -> ``/data/art``)."""
     text = spec.strip()
-    m = _GLOB_CHARS.search(text)
+    m = GLOB_CHARS.search(text)
     if not m:
         return text.rstrip("/") or "/"
     head = text[:m.start()]
@@ -122,66 +115,3 @@ def source_for(path: str, root: str, folders: dict[str, str]) -> str | None:
             return lowered[part.lower()]
     below = path[len(root.rstrip("/")) + 1:].split("/") if path.startswith(root.rstrip("/") + "/") else []
     return below[0] if len(below) > 1 else None
-
-
-def iter_image_paths(fs, spec: str, extensions: tuple[str, ...]) -> Iterator[str]:
-    """Image files of a folder tree (walked in sorted order, streaming), of a glob, or one image file, as paths
-    of ``fs``."""
-    exts = tuple(e.lower() for e in extensions)
-    stripped = fs._strip_protocol(spec)
-    if _GLOB_CHARS.search(spec):
-        paths = sorted(p for p in fs.glob(stripped) if p.lower().endswith(exts))
-        yield from (p for p in paths if fs.isfile(p))
-        return
-    if not fs.isdir(stripped):
-        if fs.isfile(stripped) and stripped.lower().endswith(exts):
-            yield stripped  # a single image file
-        return
-    for base, dirs, files in fs.walk(stripped, topdown=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # walk recurses into this list: sorted order
-        for name in sorted(files):
-            if not name.startswith(".") and name.lower().endswith(exts):
-                yield f"{base.rstrip('/')}/{name}"
-
-
-def iter_image_partitions(spec: str, cfg: ReaderConfig,
-                          storage_options: dict | None = None) -> Iterator[tuple[int, pa.Table]]:
-    """``(partition, table)`` over the image files of a folder tree or glob, like a URL list of their paths.
-
-    Each row's ``url`` is the file's absolute path (local) or full fsspec URL, and ``source`` comes from
-    :func:`source_for`. Keys follow the sorted listing, so the same tree always gets the same keys.
-    """
-    import fsspec
-
-    from core import schema
-    from curate.reader import ListNotFoundError, ReaderError
-
-    fs, _ = fsspec.core.url_to_fs(spec, **(storage_options or {}))
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    local = protocol in ("file", "local")
-    if local:
-        import os
-
-        spec = os.path.abspath(spec.removeprefix("file://"))
-    root = fs._strip_protocol(image_root(spec))
-    if not fs.exists(root):
-        raise ListNotFoundError(f"{spec}: --images folder not found")
-    urls: list[str] = []
-    sources: list[str | None] = []
-    partition = 0
-
-    def table() -> pa.Table:
-        keys = [schema.make_key(partition, r) for r in range(len(urls))]
-        return pa.table({"key": pa.array(keys, pa.string()), "url": pa.array(urls, pa.string()),
-                         "source": pa.array(sources, pa.string())})
-
-    for path in iter_image_paths(fs, spec, tuple(cfg.image_extensions)):
-        urls.append(path if local else fs.unstrip_protocol(path))
-        sources.append(source_for(path, root, cfg.source_folders))
-        if len(urls) == cfg.rows_per_partition:
-            yield partition, table()
-            urls, sources, partition = [], [], partition + 1
-    if urls:
-        yield partition, table()
-    elif partition == 0:
-        raise ReaderError(f"{spec}: no image files (looked for {', '.join(cfg.image_extensions)})")

@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from core import schema
 from core.errors import BbstError
-from curate.inputs import DEFAULT_SOURCE_FOLDERS, IMAGE_EXTENSIONS
+from core.images import IMAGE_EXTENSIONS
+from curate.inputs import DEFAULT_SOURCE_FOLDERS, GLOB_CHARS, image_root, source_for
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
 
@@ -329,15 +330,13 @@ def iter_partitions(path: str, cfg: ReaderConfig | None = None,
     """Yield ``(partition, table)`` with columns ``key``, ``url``, ``source`` and every pass-through column.
 
     ``path`` is a file, a folder or a glob, local or any fsspec URL (with ``format: images``, a folder tree or glob
-    of image files, see :func:`curate.inputs.iter_image_partitions`). Files are read in sorted order and
+    of image files, see :func:`iter_image_partitions`). Files are read in sorted order and
     partitions are numbered consecutively across them (a partition never spans two files), so keys are a pure
     function of the list. Only one partition (plus one read block) is held in memory at a time.
     ``storage_options`` go to fsspec (e.g. ``{"client_kwargs": {"endpoint_url": ...}}`` for an S3 endpoint).
     """
     cfg = cfg or ReaderConfig()
     if cfg.format == "images":
-        from curate.inputs import iter_image_partitions
-
         yield from iter_image_partitions(path, cfg, storage_options)
         return
     fs, files = list_files(path, storage_options)
@@ -349,3 +348,63 @@ def iter_partitions(path: str, cfg: ReaderConfig | None = None,
             first_row += table.num_rows
             partition += 1
 
+
+# ------------------------------------------------------------------------------------------------ --images
+def iter_image_paths(fs, spec: str, extensions: tuple[str, ...]) -> Iterator[str]:
+    """Image files of a folder tree (walked in sorted order, streaming), of a glob, or one image file, as paths
+    of ``fs``."""
+    exts = tuple(e.lower() for e in extensions)
+    stripped = fs._strip_protocol(spec)
+    if GLOB_CHARS.search(spec):
+        paths = sorted(p for p in fs.glob(stripped) if p.lower().endswith(exts))
+        yield from (p for p in paths if fs.isfile(p))
+        return
+    if not fs.isdir(stripped):
+        if fs.isfile(stripped) and stripped.lower().endswith(exts):
+            yield stripped  # a single image file
+        return
+    for base, dirs, files in fs.walk(stripped, topdown=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # walk recurses into this list: sorted order
+        for name in sorted(files):
+            if not name.startswith(".") and name.lower().endswith(exts):
+                yield f"{base.rstrip('/')}/{name}"
+
+
+def iter_image_partitions(spec: str, cfg: ReaderConfig,
+                          storage_options: dict | None = None) -> Iterator[tuple[int, pa.Table]]:
+    """``(partition, table)`` over the image files of a folder tree or glob, like a URL list of their paths.
+
+    Each row's ``url`` is the file's absolute path (local) or full fsspec URL, and ``source`` comes from
+    :func:`source_for`. Keys follow the sorted listing, so the same tree always gets the same keys.
+    """
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(spec, **(storage_options or {}))
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    local = protocol in ("file", "local")
+    if local:
+        import os
+
+        spec = os.path.abspath(spec.removeprefix("file://"))
+    root = fs._strip_protocol(image_root(spec))
+    if not fs.exists(root):
+        raise ListNotFoundError(f"{spec}: --images folder not found")
+    urls: list[str] = []
+    sources: list[str | None] = []
+    partition = 0
+
+    def table() -> pa.Table:
+        keys = [schema.make_key(partition, r) for r in range(len(urls))]
+        return pa.table({"key": pa.array(keys, pa.string()), "url": pa.array(urls, pa.string()),
+                         "source": pa.array(sources, pa.string())})
+
+    for path in iter_image_paths(fs, spec, tuple(cfg.image_extensions)):
+        urls.append(path if local else fs.unstrip_protocol(path))
+        sources.append(source_for(path, root, cfg.source_folders))
+        if len(urls) == cfg.rows_per_partition:
+            yield partition, table()
+            urls, sources, partition = [], [], partition + 1
+    if urls:
+        yield partition, table()
+    elif partition == 0:
+        raise ReaderError(f"{spec}: no image files (looked for {', '.join(cfg.image_extensions)})")

@@ -125,18 +125,13 @@ def _histogram_png(series: dict[str, list[float]], title: str, xlabel: str, bins
 
 def _preview(data: bytes, size: int = PREVIEW_SIZE) -> str | None:
     """Embedded JPEG rendition (long side <= ``size``) of an image's bytes; None when they do not decode."""
-    from PIL import Image
+    from core.images import thumbnail
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, cheap even for large images
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=82)
+        jpeg = thumbnail(data, size, quality=82)
     except Exception:  # noqa: BLE001 - a sample that fails to render must not break the report
         return None
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(jpeg).decode()
 
 
 def _img(b64: str | None, alt: str, mime: str = "image/png", cls: str = "") -> str:

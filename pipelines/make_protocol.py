@@ -31,12 +31,12 @@ log = logging.getLogger("bbst.make_protocol")
 
 def gather(source: str) -> list[str]:
     """Images of a folder (sorted), one image, or the lines of a text file (paths or URLs)."""
-    from train.inference import IMAGE_SUFFIXES
+    from core.images import is_image_name
 
     p = Path(source)
     if p.is_dir():
-        return [str(f) for f in sorted(p.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+        return [str(f) for f in sorted(p.iterdir()) if is_image_name(f.name)]
+    if p.is_file() and is_image_name(p.name):
         return [str(p)]
     if p.is_file():
         base = p.parent

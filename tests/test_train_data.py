@@ -191,8 +191,8 @@ def test_reads_shards_through_an_fsspec_url(shards):
 def test_exif_orientation_is_applied_on_both_decode_paths(orientation):
     from torchvision.io import decode_jpeg
 
+    from core.images import TRANSPOSE
     from train.data import orient_tensor
-    from train.data.decode import _EXIF_TRANSPOSE
 
     rng = np.random.default_rng(orientation)
     # 16 px colour blocks: asymmetric content whose position survives JPEG (4:4:4, quality 95)
@@ -202,7 +202,7 @@ def test_exif_orientation_is_applied_on_both_decode_paths(orientation):
     buf = io.BytesIO()
     stored.save(buf, "JPEG", quality=95, subsampling=0, exif=exif.tobytes())
     data = buf.getvalue()
-    upright = stored.transpose(_EXIF_TRANSPOSE[orientation]) if orientation in _EXIF_TRANSPOSE else stored
+    upright = stored.transpose(TRANSPOSE[orientation]) if orientation in TRANSPOSE else stored
     crop = decode_crops(data, [CropSpec(10_000, 0.0, 0.0, False)], 64)[0]  # top-left of the upright image
     ref = np.asarray(upright)[:64, :64]
     assert np.abs(crop.astype(float) - ref.astype(float)).mean() < 6

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
 from core.errors import BadInputError, BbstError, MissingInputError
+from core.images import IMAGE_EXTENSIONS, is_image_name, open_image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 CONTROLS = ("alpha", "blur", "prior_weight", "steps")
 ADAPTATION_HEADER = "adaptation (s/style) ↓"  # AdaptingStylizer's speed-table column
 
@@ -32,7 +32,7 @@ class ControlError(BbstError, ValueError):
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """Image file or fsspec URL -> (1, 3, H, W) float in [0, 1]; EXIF orientation applied, alpha on white."""
+    """Image file or fsspec URL -> (1, 3, H, W) float in [0, 1], upright RGB by the core.images colour rule."""
     try:
         if "://" in str(path):
             import fsspec
@@ -41,13 +41,7 @@ def load_image(path: str | Path) -> torch.Tensor:
                 source: io.BytesIO | str | Path = io.BytesIO(f.read())
         else:
             source = path
-        with Image.open(source) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                img = Image.new("RGB", rgba.size, (255, 255, 255))
-                img.paste(rgba, mask=rgba.getchannel("A"))
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        arr = np.asarray(open_image(source), dtype=np.uint8)
     except FileNotFoundError:
         raise MissingInputError(f"{path}: no such image") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -101,9 +95,9 @@ def list_images(path: str | Path) -> list[Path]:
     """The image files of a folder (sorted), or the one file given."""
     p = Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(f for f in p.iterdir() if is_image_name(f.name))
         if not files:
-            raise MissingInputError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise MissingInputError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         return files
     if not p.exists():
         raise MissingInputError(f"{p}: no such file or folder")

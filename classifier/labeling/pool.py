@@ -12,7 +12,6 @@ given, on disk.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import stat
@@ -23,10 +22,9 @@ from pathlib import Path
 
 from core.atomic import atomic_write_bytes
 from core.errors import BbstError
+from core.images import is_image_name, thumbnail
 from core.schema import SHARDS_DIR
 from core.shards import MemberRef, ShardFormatError, index_shard, read_member
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 class PoolError(BbstError, ValueError):
@@ -131,7 +129,7 @@ class Pool:
                 data = disk.read_bytes()
                 self._remember(ck, data)
                 return data
-        data = _downscale(self.read_bytes(key), max_side, quality)
+        data = thumbnail(self.read_bytes(key), max_side, quality)
         if disk is not None:
             atomic_write_bytes(disk, data)
         self._remember(ck, data)
@@ -146,20 +144,6 @@ class Pool:
             while self._mem_bytes > self._mem_limit and self._mem:
                 _, old = self._mem.popitem(last=False)
                 self._mem_bytes -= len(old)
-
-
-def _downscale(data: bytes, max_side: int, quality: int) -> bytes:
-    from PIL import Image, ImageOps
-
-    with Image.open(io.BytesIO(data)) as im:
-        # draft() lets libjpeg decode at 1/2, 1/4, 1/8 scale: a 4000 px original decodes in a fraction of the time
-        im.draft("RGB", (max_side, max_side))
-        im = ImageOps.exif_transpose(im)
-        im = im.convert("RGB")
-        im.thumbnail((max_side, max_side), Image.BILINEAR)
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=quality)
-        return buf.getvalue()
 
 
 def _index_tar(tar_path: Path) -> list[PoolItem]:
@@ -211,7 +195,7 @@ def _index_folder(root: Path) -> list[PoolItem]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fn in sorted(filenames):
-            if fn.startswith(".") or Path(fn).suffix.lower() not in IMAGE_SUFFIXES:
+            if fn.startswith(".") or not is_image_name(fn):
                 continue
             p = Path(dirpath) / fn
             real = p.resolve()

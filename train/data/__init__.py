@@ -46,7 +46,7 @@ The stages, one module each, composed in this order (as webdataset composes a pi
 ``decode_cuda`` finishes ``loader.decode="cuda"`` batches in the training process; ``errors`` holds the two errors.
 """
 
-from train.data.decode import CropSpec, crop_box, decode_crops, sample_crop, to_rgb
+from train.data.decode import CropSpec, crop_box, decode_crops, sample_crop
 from train.data.decode_cuda import decode_on_device, orient_tensor
 from train.data.errors import DamagedSample, LoaderError
 from train.data.loader import STATE_VERSION, ShardPairLoader
@@ -69,5 +69,5 @@ __all__ = [
     "STATE_VERSION", "CropSpec", "CyclingReader", "DamagedSample", "DrawOrder", "Layout", "LoaderError", "PairStream",
     "Planner", "Position", "Shard", "ShardPairLoader", "Source", "SpanReader", "compress_runs", "crop_box",
     "cut_runs", "decode_crops", "decode_on_device", "epoch_order", "expand_runs", "flat_shards", "list_shards",
-    "orient_tensor", "run_lengths", "sample_crop", "subset_sources", "to_rgb",
+    "orient_tensor", "run_lengths", "sample_crop", "subset_sources",
 ]

@@ -10,20 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.shards import IMAGE_EXTS
+from core.images import MEMBER_EXTENSIONS, orientation, to_rgb, upright, upright_size
 from train.config import DataConfig
 from train.data.errors import DamagedSample, LoaderError
-
-# EXIF orientation tag value -> PIL transpose that makes the image upright (as PIL.ImageOps.exif_transpose)
-_EXIF_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 @dataclass(frozen=True)
@@ -54,21 +43,16 @@ def crop_box(width: int, height: int, spec: CropSpec, crop: int) -> tuple[float,
 def _header(data: bytes, where: str) -> tuple[Image.Image, int]:
     try:
         im = Image.open(io.BytesIO(data))
-        orientation = int(im.getexif().get(0x0112, 1) or 1)
+        orient = orientation(im)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is reported with the sample's name
         raise LoaderError(f"{where}: cannot read the image header: {exc}") from None
-    return im, orientation
-
-
-def _upright_size(im: Image.Image, orientation: int) -> tuple[int, int]:
-    w, h = im.size
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    return im, orient
 
 
 def decode_crops(data: bytes, specs: list[CropSpec], crop: int, where: str = "<image>") -> list[np.ndarray]:
     """Decode ``data`` once, at the smallest size that covers every crop, and return uint8 HxWx3 crops."""
-    im, orientation = _header(data, where)
-    width, height = _upright_size(im, orientation)
+    im, orient = _header(data, where)
+    width, height = upright_size(im, orient)
     boxes = [crop_box(width, height, s, crop) for s in specs]
     ratio = max(b[4] for b in boxes)  # the finest crop decides the decode scale
     raw_w, raw_h = im.size
@@ -89,8 +73,7 @@ def decode_crops(data: bytes, specs: list[CropSpec], crop: int, where: str = "<i
         raise
     except Exception as exc:  # noqa: BLE001
         raise LoaderError(f"{where}: cannot decode the image: {exc}") from None
-    if orientation in _EXIF_TRANSPOSE:
-        img = img.transpose(_EXIF_TRANSPOSE[orientation])
+    img = upright(img, orient)
     # decoded pixels per original pixel (per axis: DCT scaling rounds each dimension up separately)
     dw, dh = img.size
     sx, sy = dw / width, dh / height
@@ -104,21 +87,8 @@ def decode_crops(data: bytes, specs: list[CropSpec], crop: int, where: str = "<i
     return out
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """8-bit RGB of any mode the curation policy keeps: CMYK through its ICC profile, 16-bit by its high byte."""
-    from curate.imagecheck import _cmyk_to_rgb, _to_8bit
-
-    if im.mode == "CMYK":
-        return _cmyk_to_rgb(im, to_srgb=True)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return _to_8bit(im).convert("RGB")
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    return im.convert("RGB")
-
-
 def _image_of(sample: dict) -> tuple[str, bytes]:
-    for ext in IMAGE_EXTS:
+    for ext in MEMBER_EXTENSIONS:
         if ext in sample:
             return ext, sample[ext]
     raise LoaderError(f"{sample['__url__']}: sample {sample['__key__']} has no image member "
@@ -140,12 +110,12 @@ def sample_crops(sample: dict, specs: list[CropSpec], crop: int, decode: str = "
     ext, data = _image_of(sample)
     where = f"{sample['__url__']}: sample {sample['__key__']}.{ext}"
     if decode == "cuda" and _is_jpeg(data):
-        im, orientation = _header(data, where)
+        im, orient = _header(data, where)
         if im.mode in ("RGB", "L"):  # nvJPEG decodes these; CMYK and the like decode on the CPU below
             if not _jpeg_is_complete(data):
                 raise DamagedSample(f"{where}: truncated JPEG (no end-of-image marker)")
-            w, h = _upright_size(im, orientation)
-            return {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8), "orientation": orientation,
+            w, h = upright_size(im, orient)
+            return {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8), "orientation": orient,
                     "boxes": [crop_box(w, h, sp, crop)[:4] for sp in specs], "flips": [sp.flip for sp in specs],
                     "where": where, "specs": specs}
     return [torch.from_numpy(a.copy()).permute(2, 0, 1) for a in decode_crops(data, specs, crop, where)]
