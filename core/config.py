@@ -9,6 +9,7 @@ applies command-line overrides on top.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -157,6 +158,18 @@ def from_dict(cls: type[T], data: dict | None, source: str = "<config>") -> T:
         raise ConfigError(f"{source}: {exc}", hint=exc.hint, key=exc.key) from None
 
 
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: what is wrong and where (PyYAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    tag = re.search(r"tag:yaml\.org,2002:(python/\S*?)'", problem)
+    if isinstance(exc, yaml.constructor.ConstructorError) and tag:
+        return (f"refused: tag !!{tag.group(1)}{where} asks to build a Python object; bbst reads YAML with the "
+                "safe loader (plain values only)")
+    return f"not valid YAML: {problem}{where}"
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping from a local path or any fsspec URL."""
     import fsspec
@@ -167,7 +180,7 @@ def read_yaml(path: str | Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: {yaml_error_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

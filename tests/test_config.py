@@ -77,3 +77,40 @@ def test_base_key_errors_name_the_file_that_holds_the_value(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(Outer, tmp_path / "a.yaml")
+
+
+def _python_tag_yaml(tmp_path, marker) -> str:
+    """A YAML file whose tag would make a full (unsafe) loader call os.system."""
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    return str(path)
+
+
+def test_python_object_tag_is_refused_in_one_line(tmp_path):
+    marker = tmp_path / "ran"
+    path = _python_tag_yaml(tmp_path, marker)
+    with pytest.raises(ConfigError) as exc:
+        load_config(Outer, path)
+    text = str(exc.value)
+    assert "\n" not in text and text.startswith(f"{path}: refused: tag !!python/object/apply:os.system (line 1")
+    assert not marker.exists()
+    # a --set value with the tag is only ever a string
+    assert load_config(Outer, None, sets=[f"name=!!python/object/apply:os.system ['touch {marker}']"]).name.startswith(
+        "!!python")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("argv", [["build", "--config", "{y}", "--out", "{d}/o"],
+                                  ["train", "--config", "{y}"],
+                                  ["stylize", "--config", "{y}"],
+                                  ["evaluate", "--protocol", "{y}", "--outputs", "x={d}", "--random-metrics", "--out", "{d}/o"]])
+def test_python_object_tag_through_commands(tmp_path, argv, capsys):
+    from pipelines import cli
+
+    marker = tmp_path / "ran"
+    path = _python_tag_yaml(tmp_path, marker)
+    argv = [a.format(y=path, d=tmp_path) for a in argv]
+    assert cli.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bbst {argv[0]}: error: {path}: refused: tag"), lines
+    assert not marker.exists()

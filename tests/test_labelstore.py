@@ -1,5 +1,7 @@
 """Label store: WAL durability, undo/edit window, consensus, import/export round trip, concurrent annotators."""
 
+import os
+import pickle
 import re
 import signal
 import sqlite3
@@ -126,6 +128,30 @@ def test_import_errors_name_file_and_row(tmp_path):
     ok.write_text("key,y\n0001,1\n0002,0\n")
     assert store.import_labels(ok, default_annotator="legacy") == 2
     assert store.consensus() == {"0001": 1, "0002": 0}
+
+
+class _WritesMarker:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_import_of_a_parquet_with_pickled_extension_metadata_runs_nothing(tmp_path):
+    """A Parquet column may claim a Python extension type whose metadata is a pickle; the import reads plain values."""
+    import pyarrow as pa
+
+    marker = tmp_path / "ran"
+    meta = {b"ARROW:extension:name": b"arrow.py_extension_type",
+            b"ARROW:extension:metadata": pickle.dumps(_WritesMarker(marker))}
+    schema = pa.schema([pa.field("key", pa.string(), metadata=meta), pa.field("label", pa.string())])
+    path = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"key": ["0001", "0002"], "label": ["stylistic", "skip"]}, schema=schema), path)
+    assert pq.read_schema(path).field("key").metadata[b"ARROW:extension:name"] == b"arrow.py_extension_type"
+    store = LabelStore(tmp_path / "l.sqlite")
+    assert store.import_labels(path) == 2
+    assert [r["key"] for r in store.labels()] == ["0001", "0002"] and not marker.exists()
 
 
 def test_concurrent_annotators_two_connections(tmp_path):

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import yaml
 
-from core.config import ConfigError, from_dict, resolve_file, to_dict
+from core.config import ConfigError, from_dict, read_yaml, resolve_file, to_dict
 from core.progress import ProgressMeter
 from train.inference import load_image, resize_cover_crop, resize_max_side, save_image
 from train.metrics import METRIC_NAMES, STYLE_MATCH_MODES, seconds_per_image
@@ -127,9 +127,7 @@ def load_protocol(path: str | Path) -> tuple[Protocol, Path]:
     path = Path(resolve_file(path, "protocol", "--protocol"))  # a path, or a packaged protocol's name
     if not path.is_file():
         raise ConfigError(f"{path}: protocol file not found")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    proto = from_dict(Protocol, data, str(path))
+    proto = from_dict(Protocol, read_yaml(path), str(path))
     if not proto.contents or not proto.styles:
         raise ConfigError(f"{path}: protocol lists no {'contents' if not proto.contents else 'styles'}",
                           hint="build one from your images: python pipelines/make_protocol.py --help")
