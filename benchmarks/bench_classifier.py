@@ -58,7 +58,7 @@ def _plain_open_clip(name: str | None, device: torch.device, tiny_like=None):
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="vitb16")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--batches", type=int, default=3, help="timed rounds (one batch per model per round)")
     p.add_argument("--warmup", type=int, default=1)
@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     from classifier.factory import create_model
+    from core.device import resolve_device
 
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     configs, clip_name, overrides = SIZES[args.size]
     models = {name: create_model(name, **overrides).to(device).eval() for name in configs}
     # the shared trunk's own timm forward without the style branch: separates the cost of the statistics from

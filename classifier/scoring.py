@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from classifier.calibration import calibrated
+from core.device import resolve_device
 from core.schema import Status
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class StyleScorer:
 
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self.num_threads = num_threads or 1
         self.embedding = embedding

@@ -23,6 +23,7 @@ import numpy as np
 
 from classifier.labels import TrainDataError, read_label_db, read_label_file
 from core.config import ConfigError, to_dict
+from core.device import resolve_device
 from core.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ def train_classifier(cfg: TrainClassifierConfig) -> dict:
     torch.manual_seed(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 

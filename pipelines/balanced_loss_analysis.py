@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.command == "studies" and not args.labels:
         raise ConfigError("studies: cannot run without --labels CSV (image, style, rating, rater): Studies I, II, "
                           "IV and V need people's ratings of stylised images")
-    from train.inference import resolve_device
+    from core.device import resolve_device
     from train.models.vgg import VGG16_STYLE_LAYERS, VGG16Encoder
 
     device = resolve_device(args.device)

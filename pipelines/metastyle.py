@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     import torch
 
+    from core.device import resolve_device
     from train.checkpoint import save_model_checkpoint
-    from train.inference import list_images, load_image, resize_max_side, resolve_device, save_image
+    from train.inference import list_images, load_image, resize_max_side, save_image
     from train.models.metastyle import random_crops
 
     device = resolve_device(args.device)

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # `python pipelines/rast_ablation.py` puts pipeli
 
 from core.cli import error_boundary, exit_with
 from core.config import ConfigError, load_config
+from core.device import resolve_device
 
 log = logging.getLogger("bbst.rast_ablation")
 
@@ -91,7 +92,6 @@ def _restoration(stylizer, protocol, base: Path) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
 
     from core.config import packaged_names
     from train.config import TrainConfig
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     protocol, base = load_protocol(args.protocol)
     verify_checksums(protocol, base)
     out = Path(args.out)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if args.device == "auto" else args.device)
+    device = str(resolve_device(args.device))
 
     rows: list[Row] = []
     for path in configs:

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
 def _run(args: argparse.Namespace) -> dict:
     import torch
 
-    from train.inference import load_image, resize_max_side, resolve_device
+    from core.device import resolve_device
+    from train.inference import load_image, resize_max_side
 
     device = resolve_device(args.device)
     model = _load(args.checkpoint, device)

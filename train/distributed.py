@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from core.device import resolve_device
 from train.config import DistributedConfig
 
 
@@ -29,28 +30,18 @@ class DistInfo:
 
 def setup(cfg: DistributedConfig) -> DistInfo:
     """Join the process group: reuse one that exists (Ray Train creates it), else init from torchrun's env."""
-    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    if want_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"distributed.device={cfg.device!r} but no CUDA device is visible")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    # auto and a bare "cuda" mean this process's GPU; an explicit one (e.g. "cuda:3" from Ray Train) is kept
+    device = resolve_device(cfg.device, local_rank=local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     owns = False
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if want_cuda else "gloo")
-        if want_cuda:
-            torch.cuda.set_device(local_rank)
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
         owns = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    if cfg.device not in ("auto", "cuda", "cpu"):  # an explicit device, e.g. "cuda:3" from Ray Train
-        device = torch.device(cfg.device)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    elif want_cuda:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     return DistInfo(rank, world, local_rank, device, owns)
 
 

@@ -267,7 +267,7 @@ def prepare(cfg: typing.Any) -> tuple[Protocol, Path, str, typing.Any]:
     (``sizes``, ``timing_sizes``, ``timing_repeats``, ``timing_warmup``), ``device`` and the metric weights
     (``random_metrics``, ``vgg_weights``, ``lpips_net``, ``lpips_backbone``, ``inception_weights``).
     """
-    from train.inference import resolve_device
+    from core.device import resolve_device
 
     protocol, base = protocol_from_inputs(cfg.protocol, cfg.pairs, cfg.content, cfg.style)
     verify_checksums(protocol, base)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from core.device import resolve_device
 from core.errors import BadInputError, BbstError, MissingInputError
 from core.images import IMAGE_EXTENSIONS, is_image_name, open_image
 
@@ -102,12 +103,6 @@ def list_images(path: str | Path) -> list[Path]:
     if not p.exists():
         raise MissingInputError(f"{p}: no such file or folder")
     return [p]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Stylizer:
