@@ -2,7 +2,11 @@
 example panels from confirmed labels."""
 
 import os
+import subprocess
+import sys
 import threading
+from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,8 +15,11 @@ from label_server import serve
 
 from classifier.labeling.app import create_app
 from classifier.labeling.sampling import SamplingConfig
-from classifier.labeling.session import DatabaseInUse, LabelConfig, build_session
+from classifier.labeling.session import DatabaseInUse, DatabaseLock, LabelConfig, build_session
+from classifier.labeling.store import LabelStore
 from pipelines import label as label_script
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +82,68 @@ def test_second_server_on_the_same_database_is_refused_naming_the_holder(pool_di
         first.close()
     again = build_session(cfg)  # released on close (and by the kernel if the holder dies)
     again.close()
+
+
+def test_a_symlink_or_hard_link_to_a_served_database_is_refused(pool_dir, tmp_path):
+    """The lock is on the file: any other name for the same database meets it, and the refusal names the holder."""
+    cfg = _cfg(pool_dir, tmp_path)
+    first = build_session(cfg)
+    db = tmp_path / "labels.sqlite"
+    (tmp_path / "elsewhere").mkdir()
+    symlink, hardlink = tmp_path / "elsewhere" / "link.sqlite", tmp_path / "elsewhere" / "hard.sqlite"
+    symlink.symlink_to(db)
+    os.link(db, hardlink)
+    try:
+        first.store.add_label(first.pool.keys[0], "stylistic", "ann")
+        for other in (symlink, hardlink):
+            with pytest.raises(DatabaseInUse) as exc:
+                build_session(replace(cfg, db=str(other)))
+            message = str(exc.value)
+            assert message.startswith(f"{other}: the label database is in use by another labeling server")
+            assert f"pid {os.getpid()}" in message and f"opened as {db}" in message
+    finally:
+        first.close()
+    again = build_session(replace(cfg, db=str(hardlink)))  # the same database, its labels included
+    try:
+        assert len(again.store.labels()) == 1
+    finally:
+        again.close()
+
+
+def test_a_server_in_another_process_is_named_through_a_hard_link(tmp_path):
+    """Across processes the flock on the file decides; the holder is read from the database; SIGKILL frees it."""
+    db, hardlink = tmp_path / "labels.sqlite", tmp_path / "hard.sqlite"
+    code = ("import json, sys, time\n"
+            "from classifier.labeling.session import DatabaseLock, SERVER_META\n"
+            "from classifier.labeling.store import LabelStore\n"
+            "lock = DatabaseLock(sys.argv[1], {'pid': __import__('os').getpid(), 'url': 'http://127.0.0.1:9/'})\n"
+            "store = LabelStore(sys.argv[1])\n"
+            "store.set_meta(SERVER_META, json.dumps(lock.holder))\n"
+            "store.checkpoint()\n"
+            "store.add_label('0001', 'stylistic', 'ann')\n"  # in the write-ahead log of labels.sqlite only
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        os.link(db, hardlink)
+        with pytest.raises(DatabaseInUse) as exc:
+            DatabaseLock(hardlink, {"pid": os.getpid()})
+        assert f"pid {proc.pid}" in str(exc.value) and f"opened as {db}" in str(exc.value)
+        assert "http://127.0.0.1:9/" in str(exc.value)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    # the kernel dropped the killed holder's lock; the hard link opens through the name whose log holds the label
+    lock = DatabaseLock(hardlink, {"pid": os.getpid()})
+    try:
+        assert lock.path == db
+        store = LabelStore(lock.path)
+        assert [r["key"] for r in store.labels()] == ["0001"]
+        store.close()
+    finally:
+        lock.release()
 
 
 def test_progress_and_examples_follow_confirmed_labels(pool_dir, tmp_path):

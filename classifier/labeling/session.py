@@ -144,39 +144,104 @@ class DatabaseInUse(BbstError, RuntimeError):
     """Another labeling server holds this database."""
 
 
-class DatabaseLock:
-    """An exclusive lock on ``<db>.lock`` naming its holder (pid, host, address, start time).
+SERVER_META = "server"  # meta row of the label database: who serves it now (pid, host, address, start, name)
 
+# identities (st_dev, st_ino) of the databases this process serves: a second lock in the same process is refused
+# from here, without opening the file again (closing any descriptor of a file drops every POSIX lock the process
+# holds on it, SQLite's included)
+_HELD: dict[tuple[int, int], dict] = {}
+_HELD_GUARD = threading.Lock()
+
+
+class DatabaseLock:
+    """An exclusive ``flock`` on the database file itself, held for as long as a server uses it.
+
+    The lock belongs to the file, not to a name: a symlink, a hard link or another spelling of the path opens the
+    same inode and meets the same lock, so a second server on the same database under any name is refused, naming
+    the holder (pid, host, address, start time and the name it opened, from the database's ``meta`` table).
+
+    SQLite keeps its write-ahead log next to the name it was opened by, so one database must always be opened by
+    one name: :attr:`path` is the name the last server recorded when that is still this same file (a hard link
+    elsewhere opens through it, and sees what a killed server left in the log), else this name resolved.
     ``flock`` locks belong to the open file, so the kernel drops this one when the holder exits, even by SIGKILL:
-    a stale lock file never blocks a restart. A second server on the same database is refused with the holder's
-    details. (``flock`` is advisory and per machine: it does not protect a database on a network share.)
+    nothing stale ever blocks a restart. (``flock`` is advisory and per machine: it does not protect a database on a
+    network share; SQLite's own locks are POSIX locks, which ``flock`` does not touch on Linux.)
     """
 
     def __init__(self, db: str | Path, holder: dict):
         import fcntl
 
-        self.path = Path(f"{db}.lock")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        real = Path(os.path.realpath(db))
+        real.parent.mkdir(parents=True, exist_ok=True)
+        with _HELD_GUARD:
             try:
-                info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-            except ValueError:
-                info = {}
-            os.close(fd)
-            who = ", ".join(f"{k} {info[k]}" for k in ("pid", "host", "url", "started") if info.get(k)) or "unknown"
-            raise DatabaseInUse(f"{db}: the label database is in use by another labeling server ({who}); stop that "
-                                "server, or open it in the browser, or use another --db") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+                st = real.stat()
+                held = _HELD.get((st.st_dev, st.st_ino))
+            except FileNotFoundError:
+                held = None
+            if held is not None:
+                raise _in_use(db, held)
+            # an empty file is an empty SQLite database: creating it here puts the lock on it before anything else
+            fd = os.open(real, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # no SQLite connection of this process is open on it (see _HELD)
+                raise _in_use(db, _read_holder(real)) from None
+            st = os.fstat(fd)
+            self.identity = (st.st_dev, st.st_ino)
+            self.path = _home_name(real, _read_holder(real).get("db"))
+            self.holder = {**holder, "db": str(self.path)}
+            _HELD[self.identity] = self.holder
         self._fd: int | None = fd
 
     def release(self) -> None:
+        """Drop the lock; call it after the database's connections are closed."""
         if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
+            with _HELD_GUARD:
+                _HELD.pop(self.identity, None)
+                os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+
+
+def _home_name(real: Path, recorded: str | None) -> Path:
+    """``recorded`` (the name the database's last server used) when it still names the file ``real``, else ``real``."""
+    if recorded and recorded != str(real):
+        try:
+            if os.path.samefile(recorded, real):
+                return Path(recorded)
+        except OSError:
+            pass  # gone or unreadable: this name becomes the database's name
+    return real
+
+
+def _read_holder(db: Path) -> dict:
+    """The last server's record from the database file (read-only; ``immutable`` reads the file alone, creating no
+    log or index files next to this name); ``{}`` when it has none yet."""
+    import sqlite3
+    from urllib.parse import quote
+
+    if not db.is_file() or db.stat().st_size == 0:
+        return {}
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(db))}?mode=ro&immutable=1", uri=True, timeout=2)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE name = ?", (SERVER_META,)).fetchone()
+        finally:
+            conn.close()
+        info = json.loads(row[0]) if row and row[0] else {}
+    except (sqlite3.Error, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _in_use(db: str | Path, info: dict) -> DatabaseInUse:
+    who = ", ".join(f"{k} {info[k]}" for k in ("pid", "host", "url", "started") if info.get(k)) or "unknown"
+    other = info.get("db")
+    if other and os.path.abspath(str(other)) != os.path.abspath(str(db)):
+        who += f", opened as {other}"  # the same file under another name: a symlink or a hard link
+    return DatabaseInUse(f"{db}: the label database is in use by another labeling server ({who}); stop that "
+                         "server, or open it in the browser, or use another --db")
 
 
 def holder_info(cfg: LabelConfig) -> dict:
@@ -478,11 +543,16 @@ def build_session(cfg: LabelConfig) -> LabelSession:
     if not cfg.pool:
         raise ConfigError("--pool is required (a curation run dir, shards, an image folder or a Parquet list)")
     torch.set_num_threads(max(1, cfg.torch_threads))
-    db = Path(cfg.db)
-    lock = DatabaseLock(db, holder_info(cfg))
+    lock = DatabaseLock(cfg.db, holder_info(cfg))
+    cfg = replace(cfg, db=str(lock.path))  # the database's one name (see DatabaseLock), for SQLite and its folders
+    db = lock.path
     try:
         pool = open_pool(cfg.pool, cache_dir=db.parent / f"{db.stem}.thumbs")
         store = LabelStore(db)
+        # read by a second server to name this one, and by the next one to open the same name: written through to
+        # the database file at once, where every name of the file sees it
+        store.set_meta(SERVER_META, json.dumps(lock.holder))
+        store.checkpoint()
         store.add_items((it.key, it.sha256, it.ref) for it in (pool.item(k) for k in pool.keys))
         active, pool_note = fit_active_to_pool(cfg.active, len(pool))
         if pool_note:

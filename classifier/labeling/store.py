@@ -202,6 +202,11 @@ class LabelStore:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file (what any reader of the file alone then sees)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def get_meta(self, name: str, default: str | None = None) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
         return rows[0]["value"] if rows else default
