@@ -3,7 +3,8 @@
 * :class:`ConfigFlags` turns fields of a typed config dataclass (``core/config.py``) into argparse flags whose
   type, choices, help text and shown default come from the field itself (its annotation, default and one-line
   comment), so a flag and its config key can never drift apart.
-* :func:`make_parser` builds a ``bbst <command>`` parser with examples in its epilog and the common ``--debug``.
+* :func:`make_parser` builds a ``bbst <command>`` parser with examples in its epilog and the common ``--debug`` and
+  ``--log-level``; :func:`setup_logging` is the one logging set-up.
 * :func:`error_boundary` wraps a script's ``main``: a :class:`~core.errors.BbstError` becomes one line,
   ``bbst <command>: error: <message>`` (plus ``hint: ...``), and exit code 2; ``--debug`` (or ``BBST_DEBUG=1``)
   re-raises it with its traceback. Anything else is a bug and keeps its traceback.
@@ -29,6 +30,8 @@ from core.config import ConfigError, field_comments, load_config
 from core.errors import BbstError
 
 DEBUG_ENV = "BBST_DEBUG"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Background threads whose name starts with this only warm up imports; an error exit waits for them, because an
 # interpreter torn down while a thread is half-way through `import torch` prints torch's finalizer tracebacks.
 PREWARM_THREAD_PREFIX = "bbst-prewarm"
@@ -124,7 +127,16 @@ def make_parser(command: str, description: str, examples: Iterable[tuple[str, st
                        epilog=examples_epilog(examples) if examples else None)
     p.add_argument("--debug", action="store_true",
                    help=f"show the full traceback of an error instead of one line (default: off; also {DEBUG_ENV}=1)")
+    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, type=str.upper,
+                   help="logging level, any case (default: INFO)")
     return p
+
+
+def setup_logging(level: str = "INFO", handlers: list | None = None) -> None:
+    """The one logging set-up of every command: ``time LEVEL logger: message`` lines at ``level`` (``--log-level``)."""
+    import logging
+
+    logging.basicConfig(level=str(level).upper(), format=LOG_FORMAT, handlers=handlers)
 
 
 def add_config_file_flags(parser: argparse.ArgumentParser, what: str, set_example: str) -> None:
@@ -352,4 +364,5 @@ def exit_with(result: Any) -> None:
 
 
 __all__ = ["ArgumentParser", "ConfigError", "ConfigFlags", "HelpFormatter", "add_config_file_flags", "config_keys",
-           "debug_requested", "error_boundary", "examples_epilog", "exit_with", "format_error", "load_args", "make_parser", "version"]
+           "debug_requested", "error_boundary", "examples_epilog", "exit_with", "format_error", "load_args", "make_parser",
+           "setup_logging", "version"]

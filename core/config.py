@@ -398,11 +398,15 @@ def field_comments(cls: type) -> dict[str, str]:
     """``{field: comment}`` from the ``name: type = default  # comment`` lines of a dataclass's source.
 
     The comments on config dataclasses are their documentation: the example YAML and the ``--help`` of the
-    entry scripts are generated from them.
+    entry scripts are generated from them. A field declared in a base dataclass keeps its comment there; a subclass
+    that declares it again (to change its default) may give a new one.
     """
     import re
 
     comments: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            comments.update(field_comments(base))
     names = {f.name for f in dataclasses.fields(cls)}
     current = None
     for line in _class_source(cls):

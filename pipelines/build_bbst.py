@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script (also under `ray job submit`): 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import schema
-from core.cli import error_boundary
+from core.cli import error_boundary, setup_logging
 from core.config import ConfigError
 from core.errors import InputError
 from core.progress import ProgressMeter, driver_io_bytes
@@ -438,8 +438,6 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add(p, "demo_images", metavar="N")
     p.add_argument("--ray-logs", action="store_true",
                    help="show Ray's own log lines, warnings and worker output (default: off)")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
-                   help="logging level (default: INFO)")
     p.set_defaults(config_flags=flags)
     return p
 
@@ -532,8 +530,7 @@ def run(args: argparse.Namespace) -> dict:
 @error_boundary("build")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     return run(args)
 
 

@@ -29,25 +29,26 @@ if __package__ in (None, ""):  # `python pipelines/compare.py` puts pipelines/ f
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
-from core.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
+from core.cli import (
+    ConfigFlags,
+    add_config_file_flags,
+    error_boundary,
+    exit_with,
+    load_args,
+    make_parser,
+    setup_logging,
+)
 from core.config import ConfigError
 from core.errors import BadInputError, MissingInputError
+from train.config import EvalConfig
 
 log = logging.getLogger("bbst.compare")
 
 
 @dataclass
-class CompareConfig:
-    protocol: str = ""  # protocol YAML (train/protocols/, bbst make-protocol); or --pairs / --content+--style
-    pairs: str = ""  # CSV with content,style columns (paths relative to the CSV allowed)
-    content: str = ""  # or: folder of content images (every content x style pair)
-    style: str = ""  # folder (or file) of style images, with --content
-    models: list[str] = field(default_factory=list)  # NAME=CHECKPOINT rows, any registered model (repeatable)
-    sizes: list[str] = field(default_factory=list)  # override the protocol's quality sizes (WxH, max:N, native)
+class CompareConfig(EvalConfig):
     timing_sizes: list[str] = field(default_factory=lambda: ["512x512", "1920x1080"])  # seconds-per-image columns
-    timing_repeats: int = 0  # override the protocol's timed calls per size (0 = protocol's)
-    timing_warmup: int = -1  # override the protocol's warm-up calls per size (-1 = protocol's)
-    no_timing: bool = False  # skip the seconds-per-image columns
+    out: str = "comparison"  # output folder
     adapt_steps: int | None = None  # MetaStyle adaptation steps per style (None = the model's adapt_steps)
     adapt_content: str = ""  # MetaStyle adaptation content folder (empty = the protocol's content images)
     adapt_crop: int = 256  # MetaStyle adaptation crop size in pixels
@@ -59,13 +60,6 @@ class CompareConfig:
     deception_mode: Literal["classify", "nearest"] = "classify"  # arg-max artist, or artist of the nearest style
     artist_input_size: int = 224  # square input size of the artist model
     grid_cell: int = 192  # grid.png cell size in pixels
-    vgg_weights: str = "auto"  # VGG-19 for the Gram distance ("auto" = local torch cache / $BBST_VGG19_WEIGHTS)
-    lpips_net: str = "alex"  # LPIPS backbone: "alex" (LPIPS default) or "vgg"
-    lpips_backbone: str = "auto"  # LPIPS backbone weights file ("auto" = torch hub checkpoints dir)
-    inception_weights: str = "auto"  # InceptionV3 weights for SIFID ("auto" = torch hub checkpoints dir)
-    random_metrics: bool = False  # random-init metric backbones: smoke tests only, numbers are meaningless
-    device: str = "auto"  # "auto", "cpu", "cuda"...
-    out: str = "comparison"  # output folder
 
     def __post_init__(self):
         if self.adapt_crop < 1 or self.adapt_batch < 1:
@@ -185,8 +179,8 @@ def deception_scorer(cfg: CompareConfig, protocol, base: Path, device: str):
 @error_boundary("compare")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_args(CompareConfig, args, args.config_flags)
+    setup_logging(args.log_level)
     from train.evaluation import RANDOM_METRICS_NOTE, evaluate, prepare, write_comparison
 
     if not cfg.models:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,38 +29,27 @@ if __package__ in (None, ""):  # `python pipelines/evaluate.py` puts pipelines/ 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
-from core.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
+from core.cli import (
+    ConfigFlags,
+    add_config_file_flags,
+    error_boundary,
+    exit_with,
+    load_args,
+    make_parser,
+    setup_logging,
+)
 from core.config import ConfigError
 from core.errors import MissingInputError
+from train.config import EvalConfig
 
 if TYPE_CHECKING:
     from train.evaluation import Row
 
-log = logging.getLogger("bbst.evaluate")
-
-
 @dataclass
-class EvalConfig:
-    protocol: str = ""  # protocol YAML (train/protocols/, pipelines/make_protocol.py); or --pairs / --content+--style
-    pairs: str = ""  # CSV with content,style columns (paths relative to the CSV allowed)
-    content: str = ""  # or: folder of content images (every content x style pair)
-    style: str = ""  # folder (or file) of style images, with --content
-    models: list[str] = field(default_factory=list)  # NAME=CHECKPOINT rows stylised here (any registered model)
+class EvaluateConfig(EvalConfig):
     outputs: list[str] = field(default_factory=list)  # NAME=DIR rows of precomputed <content>_stylized_<style>.png
     no_blur_row: bool = False  # add "NAME (no prior blurring)" per checkpoint with a blur control (blur=0), Table 1
     alpha: float = 1.0  # style strength for checkpoint rows
-    sizes: list[str] = field(default_factory=list)  # override the protocol's quality sizes (WxH, max:N, native)
-    timing_sizes: list[str] = field(default_factory=list)  # override the protocol's timing sizes (WxH)
-    timing_repeats: int = 0  # override the protocol's timed calls per size (0 = protocol's)
-    timing_warmup: int = -1  # override the protocol's warm-up calls per size (-1 = protocol's)
-    no_timing: bool = False  # skip the speed table
-    vgg_weights: str = "auto"  # VGG-19 for the Gram distance ("auto" = local torch cache / $BBST_VGG19_WEIGHTS)
-    lpips_net: str = "alex"  # LPIPS backbone: "alex" (LPIPS default) or "vgg"
-    lpips_backbone: str = "auto"  # LPIPS backbone weights file ("auto" = torch hub checkpoints dir)
-    inception_weights: str = "auto"  # InceptionV3 weights for SIFID ("auto" = torch hub checkpoints dir)
-    random_metrics: bool = False  # random-init metric backbones: smoke tests only, numbers are meaningless
-    device: str = "auto"  # "auto", "cpu", "cuda"...
-    out: str = "eval"  # output folder
 
 
 EXAMPLES = (
@@ -75,8 +63,8 @@ EXAMPLES = (
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("evaluate", __doc__.split("\n")[0], EXAMPLES)
-    add_config_file_flags(p, "EvalConfig", "timing_repeats=5")
-    flags = ConfigFlags(EvalConfig)  # the dataclass comments are the option docs
+    add_config_file_flags(p, "EvaluateConfig", "timing_repeats=5")
+    flags = ConfigFlags(EvaluateConfig)  # the dataclass comments are the option docs
     for name in ("protocol", "pairs", "content", "style"):
         flags.add(p, name, metavar="PATH")
     flags.add(p, "models", "--model", action="append", metavar="NAME=CKPT")
@@ -90,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_rows(cfg: EvalConfig, device: str) -> list[Row]:
+def build_rows(cfg: EvaluateConfig, device: str) -> list[Row]:
     """Checkpoint rows (with their no-blur variants) and precomputed-output rows."""
     from train.evaluation import Row, parse_named
     from train.inference import Stylizer
@@ -113,8 +101,8 @@ def build_rows(cfg: EvalConfig, device: str) -> list[Row]:
 @error_boundary("evaluate")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
-    cfg = load_args(EvalConfig, args, args.config_flags)
+    cfg = load_args(EvaluateConfig, args, args.config_flags)
+    setup_logging(args.log_level)
     from train.evaluation import RANDOM_METRICS_NOTE, evaluate, prepare
 
     if not cfg.models and not cfg.outputs:

@@ -9,7 +9,6 @@ any other address needs the access token printed at start. The app itself is ``c
 from __future__ import annotations
 
 import argparse
-import logging
 import secrets
 import sys
 from pathlib import Path
@@ -19,11 +18,8 @@ if __package__ in (None, ""):  # `python pipelines/label.py` puts pipelines/ on 
 
 from classifier.labeling.app import create_app, needs_token
 from classifier.labeling.session import LabelConfig
-from core.cli import error_boundary, format_error
+from core.cli import error_boundary, format_error, setup_logging
 from core.errors import BbstError
-
-__all__ = ["LabelConfig", "create_app", "main", "needs_token", "parse_args"]
-
 
 EXAMPLES = (
     ("bbst label --pool bbst-demo --db labels.sqlite --classifier bbst-demo/demo-classifier",
@@ -52,8 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add(p, "server.token", metavar="TOKEN")
     flags.add(p, "active.retrain_every")
     flags.add(p, "active.min_per_class")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), type=str.lower,
-                   help="server logging level; info logs every retrain round (default: info)")
     p.set_defaults(config_flags=flags)
     return p
 
@@ -68,7 +62,7 @@ def parse_args(argv=None) -> tuple[LabelConfig, argparse.Namespace]:
 @error_boundary("label")
 def main(argv=None) -> int:
     cfg, args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     import uvicorn
 
     # hand the GIL over sooner (default 5 ms): a request thread waiting behind the feature worker is latency

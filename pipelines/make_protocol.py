@@ -12,46 +12,40 @@ evaluation out.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python pipelines/make_protocol.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # the evaluation code (torch) is imported inside main(): `--help` prints before torch loads
-from core.cli import error_boundary, exit_with, make_parser
-from core.config import ConfigError, from_dict, read_yaml, resolve_file
+from core.cli import (
+    ConfigFlags,
+    add_config_file_flags,
+    error_boundary,
+    exit_with,
+    load_args,
+    make_parser,
+    setup_logging,
+)
+from core.config import ConfigError
 
 log = logging.getLogger("bbst.make_protocol")
 
 
-def gather(source: str) -> list[str]:
-    """Images of a folder (sorted), one image, or the lines of a text file (paths or URLs)."""
-    from core.images import is_image_name
-
-    p = Path(source)
-    if p.is_dir():
-        return [str(f) for f in sorted(p.iterdir()) if is_image_name(f.name)]
-    if p.is_file() and is_image_name(p.name):
-        return [str(p)]
-    if p.is_file():
-        base = p.parent
-        items = [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
-        return [i if "://" in i or os.path.isabs(i) else str(base / i) for i in items]
-    raise ConfigError(f"{source}: no such folder, image or list file")
-
-
-def pick(items: list[str], n: int, rng: random.Random, what: str) -> list[str]:
-    if n <= 0:
-        return items
-    if len(items) < n:
-        raise ConfigError(f"--{what}: {n} images wanted, only {len(items)} found",
-                          hint=f"add images or pass --n-{what} {len(items)}")
-    return sorted(rng.sample(items, n))
+@dataclass
+class MakeProtocolConfig:
+    template: str | None = None  # protocol YAML (or packaged name, e.g. neat_paper) whose settings are kept
+    content: str | None = None  # folder, image or list file of content images
+    style: str | None = None  # folder, image or list file of style images
+    n_content: int | None = None  # content images to pick (none = the template's, else all)
+    n_style: int | None = None  # style images to pick (none = the template's, else all)
+    seed: int | None = None  # seed of the random pick (none = the template's, else 0)
+    name: str | None = None  # protocol name written into the tables (none = the template's)
+    out: str | None = None  # protocol file to write
+    tiny: str | None = None  # instead: write a tiny generated protocol (and its images) in this folder
 
 
 EXAMPLES = (
@@ -61,66 +55,37 @@ EXAMPLES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     p = make_parser("make-protocol", __doc__.split("\n")[0], EXAMPLES)
-    p.add_argument("--template", metavar="FILE",
-                   help="protocol YAML whose settings are kept, e.g. train/protocols/neat_paper.yaml "
-                        "(default: none, the built-in protocol settings)")
-    p.add_argument("--content", metavar="PATH", help="folder, image or list file of content images (required)")
-    p.add_argument("--style", metavar="PATH", help="folder, image or list file of style images (required)")
-    p.add_argument("--n-content", type=int, default=None, metavar="N",
-                   help="content images to pick (default: the template's, else all)")
-    p.add_argument("--n-style", type=int, default=None, metavar="N",
-                   help="style images to pick (default: the template's, else all)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the random pick (default: the template's, else 0)")
-    p.add_argument("--name", default=None, help="protocol name written into the tables (default: the template's)")
-    p.add_argument("--out", metavar="FILE", help="protocol file to write (required)")
-    p.add_argument("--tiny", metavar="DIR",
-                   help="instead: write a tiny generated protocol (and its images) in DIR (default: off)")
+    add_config_file_flags(p, "MakeProtocolConfig", "n_style=20")
+    flags = ConfigFlags(MakeProtocolConfig)
+    flags.add(p, "template", metavar="FILE")
+    for name in ("content", "style", "out"):
+        flags.add(p, name, metavar="PATH", required=True)
+    flags.add(p, "tiny", metavar="DIR")
+    flags.add_rest(p)
+    p.set_defaults(config_flags=flags)
     return p
 
 
 @error_boundary("make-protocol")
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
-    from train.evaluation import Protocol, save_protocol, sha256_of, write_tiny_protocol
+    cfg = load_args(MakeProtocolConfig, args, args.config_flags)
+    setup_logging(args.log_level)
+    from train.evaluation import make_protocol, write_tiny_protocol
 
-    if args.tiny:
-        path = write_tiny_protocol(args.tiny)
+    if cfg.tiny:
+        path = write_tiny_protocol(cfg.tiny)
         log.info("wrote %s", path)
         return path
     for flag in ("content", "style", "out"):
-        if not getattr(args, flag):
+        if not getattr(cfg, flag):
             raise ConfigError(f"--{flag} is required (or --tiny DIR)")
-    template = resolve_file(args.template, "protocol", "--template") if args.template else None
-    proto = from_dict(Protocol, read_yaml(template), template) if template else Protocol()
-    if args.n_content is not None:
-        proto.n_content = args.n_content
-    if args.n_style is not None:
-        proto.n_style = args.n_style
-    if args.seed is not None:
-        proto.seed = args.seed
-    rng = random.Random(proto.seed)
-    contents = pick(gather(args.content), proto.n_content, rng, "content")
-    styles = pick(gather(args.style), proto.n_style, rng, "style")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    here = out.parent.resolve()
-
-    def relative(item: str) -> str:
-        return item if "://" in item else os.path.relpath(Path(item).resolve(), here)
-
-    proto.contents = [relative(c) for c in contents]
-    proto.styles = [relative(s) for s in styles]
-    proto.pairs = []
-    proto.name = args.name or (proto.name if proto.name != "custom" else out.stem)
-    proto.sha256 = {relative(i): sha256_of(i) for i in contents + styles if "://" not in i}
-    proto.__post_init__()
-    save_protocol(proto, out)
-    log.info("wrote %s: %d contents x %d styles = %d pairs", out, len(contents), len(styles),
-             len(contents) * len(styles))
-    return out
+    proto = make_protocol(cfg.content, cfg.style, cfg.out, cfg.template, cfg.n_content, cfg.n_style, cfg.seed, cfg.name)
+    log.info("wrote %s: %d contents x %d styles = %d pairs", cfg.out, len(proto.contents), len(proto.styles),
+             len(proto.pair_list()))
+    return Path(cfg.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,15 @@ if __package__ in (None, ""):  # `python pipelines/stylize.py` puts pipelines/ f
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside main(): `--help` prints before torch loads
-from core.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
+from core.cli import (
+    ConfigFlags,
+    add_config_file_flags,
+    error_boundary,
+    exit_with,
+    load_args,
+    make_parser,
+    setup_logging,
+)
 from core.config import ConfigError
 from core.errors import BadInputError
 
@@ -73,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 @error_boundary("stylize")
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging(args.log_level)
     cfg = load_args(StylizeConfig, args, args.config_flags)
     for field_name in REQUIRED:
         if not getattr(cfg, field_name):

@@ -10,14 +10,13 @@ folder of image files. The work is ``classifier.training.train_classifier``; thi
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python pipelines/train_classifier.py` without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.cli import ConfigFlags, add_config_file_flags, error_boundary, load_args, make_parser
+from core.cli import ConfigFlags, add_config_file_flags, error_boundary, load_args, make_parser, setup_logging
 
 EXAMPLES = (
     ("bbst train-classifier --labels labels.parquet --images RUN/shards --out runs/clf --weights cache",
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     cfg = load_args(TrainClassifierConfig, args, args.config_flags)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(args.log_level)
     from classifier.training import json_text, train_classifier
 
     summary = train_classifier(cfg)

@@ -27,8 +27,8 @@ from typing import Any
 if __package__ in (None, ""):  # `python pipelines/train_model.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.cli import error_boundary, exit_with
-from core.config import ConfigError, from_dict, load_config, to_dict
+from core.cli import error_boundary, exit_with, setup_logging
+from core.config import ConfigError, from_dict, to_dict
 from train.config import TrainConfig
 
 log = logging.getLogger("bbst.train")
@@ -52,8 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "or nothing (the newest checkpoint of --config's run) (default: start afresh)")
     p.add_argument("--launcher", choices=("none", "torchrun", "ray"), default="none",
                    help="how ranks are started: one process, torchrun's environment, or Ray Train (default: none)")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
-                   help="logging level (default: INFO)")
     return p
 
 
@@ -74,7 +72,7 @@ def _ray_train_loop(config: dict) -> None:
 
     from train.trainer import train
 
-    logging.basicConfig(level=config.get("log_level", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging(config.get("log_level", "INFO"))
     cfg = from_dict(TrainConfig, config["cfg"], "<ray train config>")
     os.environ.setdefault("LOCAL_RANK", str(ray.train.get_context().get_local_rank()))
     if cfg.distributed.use_gpu:  # Ray decides which of the visible GPUs is this worker's
@@ -117,45 +115,22 @@ class _ConsoleFormatter(logging.Formatter):
         return f"{record.levelname} {record.name}: {record.getMessage()}"
 
 
-def resolve_run(config: str | None, sets: list[str], resume: bool | str) -> tuple[TrainConfig, bool | str]:
-    """The config and checkpoint to start from: ``--resume RUN`` reads ``RUN/config.yaml`` (unless ``--config``)."""
-    from train.trainer import CONFIG_FILE, ResumeError
-
-    if isinstance(resume, str) and os.path.isdir(resume):
-        run_config = os.path.join(resume, CONFIG_FILE)
-        if not os.path.exists(run_config):
-            raise ResumeError(f"--resume {resume}: not a run folder (no {CONFIG_FILE}); pass a run folder, a "
-                              "checkpoint file, or --config with a bare --resume")
-        cfg = load_config(TrainConfig, config or run_config, sets=sets)
-        cfg.logging.dir = resume  # the folder the user named is the run, wherever it was started from
-        return cfg, True
-    if resume is True and not config:
-        raise ResumeError("--resume without a run folder needs --config (or use --resume RUN)")
-    if isinstance(resume, str) and not config:  # a checkpoint file describes its own run
-        from train.checkpoint import load_checkpoint
-
-        saved = load_checkpoint(resume)["config"]
-        return load_config(TrainConfig, None, overrides=saved, sets=sets), resume
-    return load_config(TrainConfig, config, sets=sets), resume
-
-
 @error_boundary("train")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(_ConsoleFormatter())
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), handlers=[handler])
+    setup_logging(args.log_level, handlers=[handler])
+    from train.trainer import resolve_run, train
+
     cfg, resume = resolve_run(args.config, args.sets, args.resume)
-    args.resume = resume
     if args.launcher == "ray":
-        result = run_ray(cfg, args.resume, args.log_level.upper())
+        result = run_ray(cfg, resume, args.log_level)
         return {"metrics": dict(result.metrics or {}), "error": result.error}
     if args.launcher == "torchrun" and "WORLD_SIZE" not in os.environ:
         raise ConfigError("--launcher torchrun: WORLD_SIZE is not set",
                           hint="start it with torchrun, e.g. torchrun --nproc_per_node 2 pipelines/train_model.py ...")
-    from train.trainer import train
-
-    return train(cfg, resume=args.resume)
+    return train(cfg, resume=resume)
 
 
 if __name__ == "__main__":

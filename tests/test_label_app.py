@@ -16,6 +16,8 @@ import pytest
 from label_pool import make_folder_pool, truth_of_key
 from loopback import free_port
 
+from classifier.labeling.app import create_app, needs_token
+from classifier.labeling.session import LabelConfig
 from pipelines import label as label_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,15 +37,15 @@ def _client(app, base: str = "http://127.0.0.1", **kw):
 
 
 def _cfg(pool_dir, tmp_path, **kw):
-    return label_app.LabelConfig(pool=str(pool_dir), db=str(tmp_path / "labels.sqlite"), model="test_vit_shared",
+    return LabelConfig(pool=str(pool_dir), db=str(tmp_path / "labels.sqlite"), model="test_vit_shared",
                                  **kw)
 
 
 def test_token_decision_by_bind_address():
     for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
-        assert not label_app.needs_token(host), host
+        assert not needs_token(host), host
     for host in ("0.0.0.0", "::", "192.168.1.5", "example.org"):
-        assert label_app.needs_token(host), host
+        assert needs_token(host), host
 
 
 def test_cli_off_loopback_requires_token_on_every_request(pool_dir, tmp_path, monkeypatch, capsys):
@@ -110,7 +112,7 @@ def test_cli_bad_pool_is_one_clear_line(tmp_path, capsys):
 
 def test_validation_traversal_and_json_errors(pool_dir, tmp_path):
 
-    app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
+    app = create_app(_cfg(pool_dir, tmp_path), start_background=False)
     c = _client(app, raise_server_exceptions=False)
     for key in ("../pool/img00001.jpg", "/etc/passwd", "img00001.jpg/../../x", "..%2F..%2Fetc%2Fpasswd"):
         r = c.get("/api/image", params={"key": key, "size": "full"})
@@ -142,7 +144,7 @@ def test_validation_traversal_and_json_errors(pool_dir, tmp_path):
 
 def test_export_import_over_http(pool_dir, tmp_path):
 
-    app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
+    app = create_app(_cfg(pool_dir, tmp_path), start_background=False)
     c = _client(app)
     items = c.post("/api/next", json={"annotator": "ann", "n": 5}).json()["items"]
     assert len(items) == 5
@@ -152,7 +154,7 @@ def test_export_import_over_http(pool_dir, tmp_path):
     exported = c.get("/api/export", params={"format": "csv"}).text
     assert len(list(csv.DictReader(io.StringIO(exported)))) == 5
     parquet = c.get("/api/export", params={"format": "parquet"}).content
-    other = label_app.create_app(_cfg(pool_dir, tmp_path / "other"), start_background=False)
+    other = create_app(_cfg(pool_dir, tmp_path / "other"), start_background=False)
     c2 = _client(other)
     r = c2.post("/api/import", params={"format": "parquet"}, content=parquet,
                 headers={"content-type": "application/vnd.apache.parquet"})
@@ -169,7 +171,7 @@ def test_second_annotator_is_asked_for_agreement_and_kappa_reported(pool_dir, tm
 
     cfg = _cfg(pool_dir, tmp_path, sampling=SamplingConfig(uncertainty_share=0.0, random_share=0.5,
                                                            agreement_share=0.5))
-    c = _client(label_app.create_app(cfg, start_background=False))
+    c = _client(create_app(cfg, start_background=False))
     first = c.post("/api/next", json={"annotator": "ann", "n": 10}).json()["items"]
     for it in first:
         c.post("/api/label", json={"annotator": "ann", "key": it["key"], "label": "stylistic"
@@ -204,7 +206,7 @@ def test_start_from_a_classifier_checkpoint(pool_dir, tmp_path):
     ckpt = build_demo_classifier([(pool_dir / k).read_bytes() for k in keys], [truth_of_key(k) for k in keys],
                                  str(tmp_path / "ckpt"), model_name="test_vit_shared")
     cfg = _cfg(pool_dir, tmp_path, classifier=ckpt)
-    app = label_app.create_app(cfg, start_background=False)
+    app = create_app(cfg, start_background=False)
     learner = app.state.session.learner
     assert learner.threshold == 0.5 and learner.model_version.startswith("demo-")
     learner.compute_features(list(app.state.session.pool.keys))  # what the background worker does
@@ -357,7 +359,7 @@ SIMPLE_TYPES = ["text/plain", "application/x-www-form-urlencoded", "multipart/fo
 
 
 def test_cross_site_requests_are_refused_and_same_origin_succeeds(pool_dir, tmp_path):
-    app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
+    app = create_app(_cfg(pool_dir, tmp_path), start_background=False)
     session = app.state.session
     started = []
     session.retrain_in_background = lambda: started.append(1) or True
@@ -400,7 +402,7 @@ def test_a_page_on_another_origin_cannot_drive_the_session(pool_dir, tmp_path, b
 
     from label_server import serve
 
-    app = label_app.create_app(_cfg(pool_dir, tmp_path), start_background=False)
+    app = create_app(_cfg(pool_dir, tmp_path), start_background=False)
     session = app.state.session
     started = []
     session.retrain_in_background = lambda: started.append(1) or True
@@ -451,7 +453,7 @@ def test_bodies_over_the_limit_are_refused_before_they_are_read(pool_dir, tmp_pa
 
     from label_server import serve
 
-    app = label_app.create_app(_cfg(pool_dir, tmp_path, max_json_kb=64, max_upload_mb=1), start_background=False)
+    app = create_app(_cfg(pool_dir, tmp_path, max_json_kb=64, max_upload_mb=1), start_background=False)
     with serve(app) as base:
         port = int(base.rsplit(":", 1)[1])
         for path, declared in (("/api/label", 300 << 20), ("/api/import?format=csv", 300 << 20)):
@@ -484,7 +486,7 @@ def test_names_import_values_assignments_and_swapped_links_over_http(pool_dir, t
 
     pool = tmp_path / "pool"
     shutil.copytree(pool_dir, pool)
-    app = label_app.create_app(_cfg(pool, tmp_path), start_background=False)
+    app = create_app(_cfg(pool, tmp_path), start_background=False)
     c = _client(app, raise_server_exceptions=False)
     for i, name in enumerate(("bob", "BOB", "bob ", "ｂob")):
         assert c.post("/api/label", json={"annotator": name, "key": f"img0000{i}.jpg", "label": "stylistic"}
@@ -521,7 +523,7 @@ def test_page_progress_key_overlay_examples_and_dashboard_at_1366px(pool_dir, tm
     from classifier.labeling.active import ActiveConfig
 
     cfg = _cfg(pool_dir, tmp_path, active=ActiveConfig(retrain_every=10, min_per_class=2, val_fraction=0.3))
-    app = label_app.create_app(cfg, start_background=False)
+    app = create_app(cfg, start_background=False)
     session = app.state.session
     no_overflow = "document.documentElement.scrollWidth <= window.innerWidth"
     with serve(app) as base:

@@ -1,4 +1,5 @@
-"""Typed training configuration: data, loader, model, optimisation, schedule, logging, checkpoints, distribution.
+"""Typed configuration: training (data, loader, model, optimisation, schedule, logging, checkpoints,
+distribution) and the evaluation settings every style-transfer evaluation command shares.
 
 Filled by ``core.config.load_config(TrainConfig, path, sets=[...])``: a YAML file supplies values, ``--set``
 overrides them, unknown keys are errors. A checkpoint stores ``to_dict(cfg)`` so a run describes itself.
@@ -136,3 +137,27 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     seed: int = 0  # model initialisation and training randomness (the loader has its own seed)
     threads: int = 0  # torch CPU threads per process (0 = leave torch's default)
+
+
+@dataclass
+class EvalConfig:
+    """What a style-transfer evaluation runs on and how it measures: ``bbst evaluate`` and ``bbst compare`` extend it,
+    ``train.evaluation.prepare`` reads it."""
+
+    protocol: str = ""  # protocol YAML (train/protocols/, bbst make-protocol); or --pairs / --content+--style
+    pairs: str = ""  # CSV with content,style columns (paths relative to the CSV allowed)
+    content: str = ""  # or: folder of content images (every content x style pair)
+    style: str = ""  # folder (or file) of style images, with --content
+    models: list[str] = field(default_factory=list)  # NAME=CHECKPOINT rows stylised here (any registered model)
+    sizes: list[str] = field(default_factory=list)  # override the protocol's quality sizes (WxH, max:N, native)
+    timing_sizes: list[str] = field(default_factory=list)  # override the protocol's timing sizes (WxH)
+    timing_repeats: int = 0  # override the protocol's timed calls per size (0 = protocol's)
+    timing_warmup: int = -1  # override the protocol's warm-up calls per size (-1 = protocol's)
+    no_timing: bool = False  # skip the speed table
+    vgg_weights: str = "auto"  # VGG-19 for the Gram distance ("auto" = local torch cache / $BBST_VGG19_WEIGHTS)
+    lpips_net: str = "alex"  # LPIPS backbone: "alex" (LPIPS default) or "vgg"
+    lpips_backbone: str = "auto"  # LPIPS backbone weights file ("auto" = torch hub checkpoints dir)
+    inception_weights: str = "auto"  # InceptionV3 weights for SIFID ("auto" = torch hub checkpoints dir)
+    random_metrics: bool = False  # random-init metric backbones: smoke tests only, numbers are meaningless
+    device: str = "auto"  # "auto", "cpu", "cuda"...
+    out: str = "eval"  # output folder

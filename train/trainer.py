@@ -85,6 +85,30 @@ def save_run_config(cfg: TrainConfig) -> str:
     return path
 
 
+def resolve_run(config: str | None, sets: list[str], resume: bool | str) -> tuple[TrainConfig, bool | str]:
+    """The config and the ``resume`` argument of :func:`train` for a command's ``--config``, ``--set``, ``--resume``.
+
+    ``resume`` is a run folder (its ``config.yaml`` unless ``config`` is given, and its newest checkpoint), a
+    checkpoint file (which describes its own run), True (the newest checkpoint of ``config``'s run) or False.
+    """
+    from core.config import load_config
+
+    if isinstance(resume, str) and os.path.isdir(resume):
+        run_config = os.path.join(resume, CONFIG_FILE)
+        if not os.path.exists(run_config):
+            raise ResumeError(f"--resume {resume}: not a run folder (no {CONFIG_FILE}); pass a run folder, a "
+                              "checkpoint file, or --config with a bare --resume")
+        cfg = load_config(TrainConfig, config or run_config, sets=sets)
+        cfg.logging.dir = resume  # the folder the user named is the run, wherever it was started from
+        return cfg, True
+    if resume is True and not config:
+        raise ResumeError("--resume without a run folder needs --config (or use --resume RUN)")
+    if isinstance(resume, str) and not config:
+        saved = load_checkpoint(resume)["config"]
+        return load_config(TrainConfig, None, overrides=saved, sets=sets), resume
+    return load_config(TrainConfig, config, sets=sets), resume
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     h, rest = divmod(seconds, 3600)

@@ -213,6 +213,15 @@ class VariationalStyleTransfer(nn.Module):
         dev = self.steps_done.device
         return torch.randn(n, self.cfg.style_dim, generator=generator, device="cpu").to(dev)
 
+    def interpolate_styles(self, style_a: torch.Tensor, style_b: torch.Tensor,
+                           steps: int) -> tuple[list[float], list[torch.Tensor]]:
+        """``(t, codes)`` at ``steps`` evenly spaced points from style A's mean code to style B's, ends included."""
+        if steps < 2:
+            raise ValueError(f"steps={steps}: an interpolation needs both ends (>= 2)")
+        za, zb = self.encode_style(style_a)[0], self.encode_style(style_b)[0]
+        ts = torch.linspace(0, 1, steps).tolist()
+        return ts, [za + t * (zb - za) for t in ts]
+
     def decode(self, content: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Stylise content (B, 3, H, W) in [0, 1] with style codes z (B or 1, style_dim); any H, W."""
         h, w = content.shape[-2:]
