@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
 def render(cfg: VstStylesConfig, command: str) -> dict:
     import torch
 
-    from train.image_grid import save_grid
     from core.device import resolve_device
+    from train.image_grid import save_grid
     from train.inference import load_image, resize_max_side
     from train.models import load_model_from_checkpoint
     from train.models.variational import VariationalStyleTransfer
