@@ -6,13 +6,15 @@
 The comparison is the evaluation protocol of ``train/evaluation.py`` (docs/evaluation.md) run on every
 ``--model NAME=CKPT``: any trainer checkpoint (NeAT, RAST, the balanced-loss variants, the variational model,
 MetaStyle). A meta-trained MetaStyle checkpoint is first adapted to each style of the protocol
-(``--adapt-steps`` Adam steps on ``--adapt-crop`` crops of ``--adapt-content``, default: the protocol's content
-images); its mean adaptation time per style is its own column and its speed columns time the adapted network.
+(``--adapt-steps`` update steps on ``--adapt-crop`` crops of ``--adapt-content``: content images of its training
+set, as in the paper; never the protocol's own test images, which the comparison refuses); its mean adaptation
+time per style is its own column and its speed columns time the adapted network.
 Without ``--protocol``, pairs come from ``--pairs CSV`` or every ``--content DIR`` x ``--style DIR`` pair.
 
 Writes ``comparison.md``/``.csv`` (LPIPS, SIFID, Chamfer, SSIM, Gram x 10^3 means over the pairs; seconds per image
 at each ``--timing-sizes``; adaptation seconds per style; the deception rate when ``--artist-model`` and
-``--artists`` are given), and, as ``bbst evaluate`` does, ``quality``/``speed`` tables, ``per_pair.csv`` (a pair
+``--artists`` are given: by default the balanced-loss paper's ``nearest`` protocol over the reference paintings of
+``--deception-references``), and, as ``bbst evaluate`` does, ``quality``/``speed`` tables, ``per_pair.csv`` (a pair
 whose image cannot be read has status ``error`` and is left out of the means), ``grid.png`` and ``grid.html``.
 """
 
@@ -50,14 +52,16 @@ class CompareConfig(EvalConfig):
     timing_sizes: list[str] = field(default_factory=lambda: ["512x512", "1920x1080"])  # seconds-per-image columns
     out: str = "comparison"  # output folder
     adapt_steps: int | None = None  # MetaStyle adaptation steps per style (None = the model's adapt_steps)
-    adapt_content: str = ""  # MetaStyle adaptation content folder (empty = the protocol's content images)
+    adapt_content: str = ""  # MetaStyle adaptation content folder: training-set images, not the protocol's
     adapt_crop: int = 256  # MetaStyle adaptation crop size in pixels
     adapt_batch: int = 4  # MetaStyle adaptation crops per step
     adapt_seed: int = 0  # seed of the adaptation crops
     artist_model: str = ""  # artist classifier for the deception rate (torch.export .pt2 or TorchScript file)
-    artists: str = ""  # CSV style,artist: the artist of each style image (with --artist-model)
+    artists: str = ""  # CSV style,artist: the artist of each style image (nearest: default from the references)
     artist_names: str = ""  # text file, one artist per line in the model's logit order (classify mode)
-    deception_mode: Literal["classify", "nearest"] = "classify"  # arg-max artist, or artist of the nearest style
+    deception_mode: Literal["classify", "nearest"] = "nearest"  # artist of the nearest reference painting, or arg-max
+    deception_references: str = ""  # nearest: held-out artists' paintings, ARTIST/ subfolders or image,artist CSV
+    deception_min_paintings: int = 30  # nearest mode: keep artists with at least this many references (paper: 30)
     artist_input_size: int = 224  # square input size of the artist model
     grid_cell: int = 192  # grid.png cell size in pixels
 
@@ -68,7 +72,8 @@ class CompareConfig(EvalConfig):
 
 EXAMPLES = (
     (("bbst compare --protocol protocol.yaml --model NeAT=neat.pt --model RAST=rast.pt --model MetaStyle=meta.pt "
-     "--out comparison/"), "every model on a protocol's pairs: one table (MetaStyle adapted per style) and one grid"),
+     "--adapt-content train-photos/ --out comparison/"),
+     "every model on a protocol's pairs: one table (MetaStyle adapted per style) and one grid"),
     (("bbst compare --protocol eval-tiny/protocol.yaml --model tiny=ckpt.pt --random-metrics --timing-sizes 64x64 "
      "--adapt-steps 5 --adapt-crop 32 --out comparison-tiny/"), "a smoke run: tiny protocol, random metric nets"),
 )
@@ -91,19 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def adaptation_contents(cfg: CompareConfig, protocol, base: Path) -> list:
-    """Content images for MetaStyle's adaptation: ``--adapt-content`` or the protocol's contents (unreadable skipped)."""
+    """Content images for MetaStyle's adaptation from ``--adapt-content`` (training-set images; unreadable ones
+    skipped). The protocol's content images are refused: the comparison must not see them before it scores them."""
     from train.evaluation import resolve
-    from train.inference import list_images, load_image
-    from train.models.metastyle import fit_for_crops
+    from train.inference import list_images
+    from train.models.metastyle import load_adaptation_contents
 
-    paths = list_images(cfg.adapt_content) if cfg.adapt_content else [resolve(base, c) for c in protocol.contents]
-    images = []
-    for path in paths:
-        try:
-            images.append(fit_for_crops(load_image(path), cfg.adapt_crop))  # decoded once, kept small
-        except (FileNotFoundError, ValueError) as exc:
-            log.warning("adaptation content: skipping %s", exc)
-    return images
+    if not cfg.adapt_content:
+        raise ConfigError("MetaStyle adapts on content images of its training set: give --adapt-content DIR "
+                          "(not the protocol's test images)")
+    try:
+        return load_adaptation_contents(list_images(cfg.adapt_content), cfg.adapt_crop,
+                                        held_out=[resolve(base, c) for c in protocol.contents])
+    except ValueError as exc:
+        raise BadInputError(f"--adapt-content {cfg.adapt_content}: {exc}") from None
 
 
 def build_rows(cfg: CompareConfig, protocol, base: Path, device: str) -> list:
@@ -134,24 +140,55 @@ def deception_scorer(cfg: CompareConfig, protocol, base: Path, device: str):
     """The deception-rate column when ``--artist-model`` is given (None otherwise)."""
     if not cfg.artist_model:
         return None
-    import torch
-
-    from train.deception import DeceptionScorer, load_artist_model, read_artist_csv
+    from train.deception import (
+        DeceptionScorer,
+        keep_artists_with,
+        load_artist_model,
+        read_artist_csv,
+        read_reference_set,
+        reference_batches,
+    )
     from train.evaluation import resolve
     from train.inference import load_image
 
-    if not cfg.artists:
-        raise ConfigError("--artist-model needs --artists CSV (style,artist columns)")
-    try:
-        style_artist = read_artist_csv(cfg.artists)
-    except FileNotFoundError as exc:
-        raise MissingInputError(f"--artists {exc}") from None
-    except ValueError as exc:
-        raise BadInputError(f"--artists {exc}") from None
     styles = [resolve(base, s) for s in protocol.styles]
+    refs, ref_artists = None, None
+    if cfg.deception_mode == "nearest":
+        if not cfg.deception_references:
+            raise ConfigError("--deception-mode nearest needs --deception-references: held-out artists' paintings "
+                              "(a folder of ARTIST/ subfolders or an image,artist CSV)")
+        try:
+            reference_set = read_reference_set(cfg.deception_references)
+        except FileNotFoundError as exc:
+            raise MissingInputError(f"--deception-references {exc}") from None
+        except ValueError as exc:
+            raise BadInputError(f"--deception-references {exc}") from None
+        kept = keep_artists_with(reference_set, cfg.deception_min_paintings)
+        if not kept:
+            raise BadInputError(f"--deception-references {cfg.deception_references}: no artist has "
+                                f"{cfg.deception_min_paintings} paintings (--deception-min-paintings)")
+        ref_paths, ref_artists = [p for p, _ in kept], [a for _, a in kept]
+        refs = reference_batches(ref_paths, load_image, cfg.artist_input_size)
+    style_artist = {}
+    if cfg.artists:
+        try:
+            style_artist = read_artist_csv(cfg.artists)
+        except FileNotFoundError as exc:
+            raise MissingInputError(f"--artists {exc}") from None
+        except ValueError as exc:
+            raise BadInputError(f"--artists {exc}") from None
+    elif cfg.deception_mode == "nearest":  # a style drawn from the reference set: its artist is known there
+        style_artist = {p.stem: a for p, a in reference_set}
+    else:
+        raise ConfigError("--artist-model needs --artists CSV (style,artist columns)")
     missing = sorted({Path(s).stem for s in styles} - set(style_artist))
     if missing:
-        raise BadInputError(f"--artists {cfg.artists}: no artist for style(s) {missing[:5]}")
+        raise BadInputError(f"no artist for style(s) {missing[:5]}: give them in --artists or the references")
+    if ref_artists is not None:
+        absent = sorted({style_artist[Path(s).stem] for s in styles} - set(ref_artists))
+        if absent:
+            raise BadInputError(f"--deception-references {cfg.deception_references}: no reference paintings by "
+                                f"{absent[:5]}, the artists of some styles")
     names = None
     if cfg.deception_mode == "classify":
         if not cfg.artist_names:
@@ -163,12 +200,6 @@ def deception_scorer(cfg: CompareConfig, protocol, base: Path, device: str):
         model = load_artist_model(cfg.artist_model, device)
     except FileNotFoundError as exc:
         raise MissingInputError(f"--artist-model {exc}") from None
-    refs, ref_artists = None, None
-    if cfg.deception_mode == "nearest":  # references: the protocol's style images, squared to the input size
-        size = (cfg.artist_input_size, cfg.artist_input_size)
-        refs = torch.cat([torch.nn.functional.interpolate(load_image(s), size=size, mode="bilinear", antialias=True)
-                          for s in styles])
-        ref_artists = [style_artist[Path(s).stem] for s in styles]
     try:
         return DeceptionScorer(model, style_artist, cfg.deception_mode, names, cfg.artist_input_size, device,
                                refs, ref_artists)

@@ -76,3 +76,31 @@ def test_clear_errors(tmp_path, model_file):
     csv_path = tmp_path / "artists.csv"
     csv_path.write_text("style,artist\nstyles/s1.jpg,monet\n")
     assert read_artist_csv(csv_path) == {"s1": "monet"}
+
+
+def test_reference_set_from_a_folder_or_a_list_and_the_thirty_painting_rule(tmp_path, model_file):
+    from PIL import Image
+
+    from train.deception import keep_artists_with, read_reference_set, reference_batches
+    from train.inference import load_image
+
+    for artist, n in (("monet", 3), ("kahlo", 1)):
+        (tmp_path / "refs" / artist).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (12, 10), (200, 10 * i, 10) if artist == "monet" else (10, 10, 200)).save(
+                tmp_path / "refs" / artist / f"{artist}{i}.png")
+    refs = read_reference_set(tmp_path / "refs")
+    assert sorted(a for _, a in refs) == ["kahlo", "monet", "monet", "monet"]
+    listed = tmp_path / "refs.csv"
+    listed.write_text("image,artist\nrefs/monet/monet0.png,monet\n" + f"{tmp_path}/refs/kahlo/kahlo0.png,kahlo\n")
+    assert read_reference_set(listed) == [(tmp_path / "refs/monet/monet0.png", "monet"),
+                                          (tmp_path / "refs/kahlo/kahlo0.png", "kahlo")]
+    assert {a for _, a in keep_artists_with(refs, 2)} == {"monet"}  # the paper keeps artists with >= 30
+    with pytest.raises(FileNotFoundError, match="reference set not found"):
+        read_reference_set(tmp_path / "nope")
+    # features of a set larger than one batch, computed batch by batch
+    rate = DeceptionRate(load_artist_model(model_file), input_size=8, mean=(0, 0, 0), std=(1, 1, 1))
+    assert rate.mode == "nearest"
+    rate.set_references(reference_batches([p for p, _ in refs], load_image, 8, batch=3), [a for _, a in refs])
+    assert rate.ref_feats.shape[0] == 4
+    assert rate.add(torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8), ["kahlo"]) == [True]

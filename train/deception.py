@@ -5,17 +5,23 @@ program (``torch.export.save``, ``.pt2``; export it with a dynamic batch dimensi
 
 * ``classify`` (Sanakoyeu et al. 2018): the model returns artist logits; a stylised image deceives when the
   arg-max artist is the artist of its style image.
-* ``nearest`` (Cheng et al. 2021, with the Painter-by-Numbers winner's 2048-d features): the model returns
-  features; a stylised image deceives when its nearest reference style image (L2) is by the same artist.
+* ``nearest`` (Cheng et al. 2021, Section 5.3, with the Painter-by-Numbers winner's 2048-d features): the model
+  returns features; a stylised image deceives when its nearest painting (L2) in a reference set is by the artist
+  of its style image. The paper's reference set is every test painting by artists unseen in training with at least
+  30 paintings (1,798 paintings of 34 artists), from which the style images are drawn: :func:`read_reference_set`
+  reads such a set (a folder of ``ARTIST/`` subfolders or an ``image,artist`` CSV) and
+  :func:`keep_artists_with` applies the 30-painting rule.
 
 The rate is reported over all images and as the mean of per-artist rates (Sanakoyeu's averaging).
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import zipfile
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -59,7 +65,7 @@ class DeceptionRate:
     images and their artists with :meth:`set_references` first.
     """
 
-    def __init__(self, model: torch.nn.Module, mode: str = "classify", artists: list[str] | None = None,
+    def __init__(self, model: torch.nn.Module, mode: str = "nearest", artists: list[str] | None = None,
                  input_size: int = 224, mean: tuple[float, ...] = _IMAGENET_MEAN,
                  std: tuple[float, ...] = _IMAGENET_STD, device: str | torch.device = "cpu"):
         if mode not in MODES:
@@ -80,11 +86,14 @@ class DeceptionRate:
                           mode="bilinear", antialias=True, align_corners=False)
         return self.model((x - self.mean) / self.std).float().flatten(1)
 
-    def set_references(self, styles: torch.Tensor, artists: list[str]) -> None:
-        """Reference style images (N, 3, H, W) and their artists for the ``nearest`` protocol."""
-        if len(artists) != styles.shape[0]:
-            raise ValueError("one artist per reference style image")
-        self.ref_feats = self._run(styles)
+    def set_references(self, styles: torch.Tensor | Iterable[torch.Tensor], artists: list[str]) -> None:
+        """Reference paintings and their artists for the ``nearest`` protocol: one (N, 3, H, W) tensor or an
+        iterable of batches (features are computed batch by batch, so a large set never sits in memory whole)."""
+        batches = [styles] if isinstance(styles, torch.Tensor) else styles
+        feats = torch.cat([self._run(b) for b in batches])
+        if len(artists) != feats.shape[0]:
+            raise ValueError(f"{len(artists)} artists for {feats.shape[0]} reference paintings")
+        self.ref_feats = feats
         self.ref_artists = list(artists)
 
     def predict(self, stylised: torch.Tensor) -> list[str]:
@@ -131,20 +140,60 @@ def read_artist_csv(path: str | os.PathLike) -> dict[str, str]:
         return {Path(r["style"]).stem: r["artist"] for r in reader}
 
 
+def read_reference_set(source: str | os.PathLike) -> list[tuple[Path, str]]:
+    """(painting, artist) pairs of a reference set: a folder with one subfolder per artist holding that artist's
+    paintings, or a CSV file with ``image`` and ``artist`` columns (paths relative to the CSV allowed)."""
+    from train.inference import list_images
+
+    p = Path(source)
+    if p.is_dir():
+        out = [(img, sub.name) for sub in sorted(q for q in p.iterdir() if q.is_dir()) for img in list_images(sub)]
+        if not out:
+            raise ValueError(f"{p}: no paintings in artist subfolders (expected {p}/ARTIST/painting.jpg)")
+        return out
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: reference set not found (a folder of ARTIST/ subfolders or an image,artist CSV)")
+    with open(p, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"image", "artist"} <= set(reader.fieldnames):
+            raise ValueError(f"{p}: needs 'image' and 'artist' columns, has {reader.fieldnames}")
+        out = [(Path(r["image"]) if Path(r["image"]).is_absolute() else p.parent / r["image"], r["artist"])
+               for r in reader]
+    if not out:
+        raise ValueError(f"{p}: no paintings")
+    return out
+
+
+def keep_artists_with(refs: list[tuple[Path, str]], min_paintings: int) -> list[tuple[Path, str]]:
+    """The paintings of artists with at least ``min_paintings`` paintings in the set (the paper: 30)."""
+    counts = Counter(a for _, a in refs)
+    return [(p, a) for p, a in refs if counts[a] >= min_paintings]
+
+
+def reference_batches(paths: list[Path], load: Callable[[Path], torch.Tensor], size: int,
+                      batch: int = 32) -> Iterator[torch.Tensor]:
+    """The reference paintings as (n, 3, size, size) batches, each image loaded by ``load`` and resized."""
+    for start in range(0, len(paths), batch):
+        yield torch.cat([F.interpolate(load(p), size=(size, size), mode="bilinear", antialias=True)
+                         for p in paths[start:start + batch]])
+
+
 class DeceptionScorer:
     """The deception rate as a column of an evaluation (a ``train.evaluation.Scorer``).
 
     ``model`` is loaded once; each quality row gets a fresh :class:`DeceptionRate`. ``style_artist`` maps a style
-    image's file stem to its artist (:func:`read_artist_csv`); in ``nearest`` mode ``references`` are the reference
-    style images (N, 3, H, W) with ``reference_artists``.
+    image's file stem to its artist (:func:`read_artist_csv`); in ``nearest`` mode (the default, the balanced-loss
+    paper's) ``references`` are the reference paintings (a tensor or batches, see :func:`reference_batches`) with
+    ``reference_artists``; there is no default reference set.
     """
 
     key = "deceived"
     header = "deception ↑"
 
-    def __init__(self, model: torch.nn.Module, style_artist: dict[str, str], mode: str = "classify",
+    def __init__(self, model: torch.nn.Module, style_artist: dict[str, str], mode: str = "nearest",
                  artists: list[str] | None = None, input_size: int = 224, device: str | torch.device = "cpu",
-                 references: torch.Tensor | None = None, reference_artists: list[str] | None = None):
+                 references: torch.Tensor | Iterable[torch.Tensor] | None = None,
+                 reference_artists: list[str] | None = None):
         self.style_artist = style_artist
         self._make = lambda: DeceptionRate(model, mode, artists, input_size=input_size, device=device)
         self.rate = self._make()
