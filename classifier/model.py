@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from classifier.transforms import PreprocessConfig
-from classifier.weights import WeightsSource, resolve_weights
 from core.tensorfile import pickle_refusal, unpickling_error_in
+from core.weights import WeightsSource, find_weights
 
 
 @dataclass
@@ -69,7 +69,7 @@ class ModelConfig:
 
 def build_trunk(cfg: TrunkConfig, weights: str | os.PathLike | None, what: str) -> nn.Module:
     """Create a trunk, random-init or from a local weight file (never downloaded)."""
-    path = resolve_weights(weights, cfg.weights, what)
+    path = find_weights(weights, cfg.weights, what)
     if cfg.arch == "aladin_vit":
         from classifier.aladin import AladinStyleBranch, load_aladin_checkpoint
 

@@ -14,9 +14,9 @@ from PIL import Image
 from classifier.aladin import AladinCheckpointError, AladinStyleBranch, remap_aladin_state_dict
 from classifier.factory import create_model, get_model_config, list_models
 from classifier.transforms import ImageDecodeError, ImageTransform, PreprocessConfig
-from classifier.weights import WeightsNotFoundError, WeightsSource, resolve_weights
 from core.config import ConfigError
 from core.synthetic import encode, make_image
+from core.weights import WeightsNotFoundError, WeightsSource, find_weights
 
 torch.set_num_threads(1)
 TEST_MODELS = ["test_vit_shared", "test_vit_2trunk", "test_vit_aladin"]
@@ -123,7 +123,7 @@ def test_missing_weight_file_is_a_clear_error(tmp_path, monkeypatch):
     src = WeightsSource(hf_repo="timm/vit_base_patch16_clip_224.openai", hub_filenames=["aladinVIT_bamfg_64.47.pt"],
                         open_clip_filenames=["ViT-B-16.pt"], note="Get it from the release page.")
     with pytest.raises(WeightsNotFoundError) as err:
-        resolve_weights("cache", src, "style trunk")
+        find_weights("cache", src, "style trunk")
     msg = str(err.value)
     for expected in (str(tmp_path / "torch" / "hub" / "checkpoints" / "aladinVIT_bamfg_64.47.pt"),
                      str(tmp_path / "hf" / "hub" / "models--timm--vit_base_patch16_clip_224.openai"),
@@ -135,8 +135,8 @@ def test_missing_weight_file_is_a_clear_error(tmp_path, monkeypatch):
     (snap / "open_clip_pytorch_model.bin").write_bytes(b"x")
     (snap.parent.parent / "refs").mkdir()
     (snap.parent.parent / "refs" / "main").write_text("abc123")
-    assert resolve_weights("cache", src, "content") == snap / "open_clip_pytorch_model.bin"
-    assert resolve_weights(None, src, "content") is None
+    assert find_weights("cache", src, "content") == snap / "open_clip_pytorch_model.bin"
+    assert find_weights(None, src, "content") is None
 
 
 def test_trunk_loads_a_local_timm_file(tmp_path):

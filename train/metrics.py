@@ -5,36 +5,19 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import MissingInputError
 from core.tensorfile import load_tensor_file
+from core.weights import find_weights
 from train.losses import gram_matrix
 from train.models.vgg import STYLE_LAYERS, VGG19Encoder
 
-LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
-INCEPTION_FILES = ("inception_v3_google-0cc3c7bd.pth", "pt_inception-2015-12-05-6726825d.pth")
+LPIPS_NETS = ("alex", "vgg")  # backbones lpips_alex / lpips_vgg of core.weights.BACKBONES
 _SIFID_MODULES = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")
-
-
-def _find_weights(what: str, explicit: str | os.PathLike | None, names: tuple[str, ...], env: str) -> Path:
-    """Resolve ``"auto"``/a path to an existing file or raise naming every place looked at."""
-    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    if explicit not in (None, "auto"):
-        candidates = [Path(explicit)]
-    else:
-        candidates = ([Path(os.environ[env])] if os.environ.get(env) else []) + [ckpt_dir / n for n in names]
-    for path in candidates:
-        if path.is_file():
-            return path
-    looked = "\n  ".join(str(p) for p in candidates)
-    raise MissingInputError(f"{what} weights not found. Looked in:\n  {looked}\nCopy {' or '.join(names)} into "
-                            f"{ckpt_dir}, set ${env}, or pass the path explicitly (nothing is downloaded).")
 
 
 # ------------------------------------------------------------------------------------------------------------ LPIPS
@@ -51,14 +34,13 @@ class LPIPSMetric(nn.Module):
             import lpips
         except ImportError as exc:
             raise ImportError("LPIPS needs the lpips package: pip install lpips") from exc
-        if net not in LPIPS_BACKBONE_FILES:
-            raise ValueError(f"LPIPS net {net!r} not in {sorted(LPIPS_BACKBONE_FILES)}")
+        if net not in LPIPS_NETS:
+            raise ValueError(f"LPIPS net {net!r} not in {sorted(LPIPS_NETS)}")
         with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
             warnings.simplefilter("ignore")
             self.model = lpips.LPIPS(pretrained=lin, net=net, pnet_rand=True, verbose=False)
         if backbone_weights is not None:
-            path = _find_weights(f"LPIPS {net} backbone", backbone_weights, (LPIPS_BACKBONE_FILES[net],),
-                                 "BBST_LPIPS_BACKBONE")
+            path = find_weights(backbone_weights, f"lpips_{net}")
             src = load_tensor_file(str(path), "weight file")
             own = self.model.net.state_dict()
             # lpips slices keep torchvision's layer indices: net.sliceK.<i>.weight <- features.<i>.weight
@@ -100,7 +82,7 @@ class SIFIDMetric(nn.Module):
                   "Conv2d_3b_1x1": BasicConv2d(64, 80, kernel_size=1),
                   "Conv2d_4a_3x3": BasicConv2d(80, 192, kernel_size=3)}
         if weights is not None:
-            path = _find_weights("InceptionV3 (SIFID)", weights, INCEPTION_FILES, "BBST_INCEPTION_WEIGHTS")
+            path = find_weights(weights, "inception_v3")
             src = load_tensor_file(str(path), "weight file")
             for name in _SIFID_MODULES:
                 prefix = name + "."

@@ -339,10 +339,9 @@ class InceptionMixed6e(nn.Module):
 
         net = inception_v3(weights=None, aux_logits=False, init_weights=weights is None)
         if weights is not None:
-            from train.metrics import INCEPTION_FILES, _find_weights
+            from core.weights import find_weights
 
-            path = _find_weights("InceptionV3 (Magenta style prediction)", weights, INCEPTION_FILES[:1],
-                                 "BBST_INCEPTION_WEIGHTS")
+            path = find_weights(weights, "inception_v3_torchvision")
             state = torch.load(path, map_location="cpu", weights_only=True)
             net.load_state_dict({k: v for k, v in state.items() if not k.startswith("AuxLogits.")}, strict=False)
         names = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",

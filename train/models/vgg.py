@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import MissingInputError
 from core.tensorfile import load_tensor_file
+from core.weights import find_weights
 
 # (name, in_channels, out_channels) of VGG-19's convolutions up to conv5_1, in order; "pool" marks max-pooling.
 _VGG19_LAYOUT: list[tuple[str, int, int] | str] = [
@@ -39,11 +38,6 @@ VGG16_CONTENT_LAYER = "relu3_3"
 FEATURE_NAMES = tuple(["relu" + n[4:] for n in CONV_NAMES] + ["conv4_2"])
 VGG16_FEATURE_NAMES = tuple(["relu" + n[4:] for n in VGG16_CONV_NAMES] + ["conv4_2"])
 
-TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
-NORMALISED_FILE = "vgg_normalised.pth"
-WEIGHTS_ENV = "BBST_VGG19_WEIGHTS"
-VGG16_TORCHVISION_FILE = "vgg16-397923af.pth"
-VGG16_WEIGHTS_ENV = "BBST_VGG16_WEIGHTS"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -60,39 +54,6 @@ def feature_channels(width: float = 1.0, arch: str = "vgg19") -> dict[str, int]:
         if name == "conv4_2":
             out["conv4_2"] = c
     return out
-
-
-def default_weight_paths(arch: str = "vgg19") -> list[Path]:
-    """Where ``weights="auto"`` looks, in order: $BBST_VGG19_WEIGHTS (or $BBST_VGG16_WEIGHTS), then the torch hub
-    checkpoints directory."""
-    env = VGG16_WEIGHTS_ENV if arch == "vgg16" else WEIGHTS_ENV
-    paths = []
-    if os.environ.get(env):
-        paths.append(Path(os.environ[env]))
-    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    files = [VGG16_TORCHVISION_FILE] if arch == "vgg16" else [TORCHVISION_FILE, NORMALISED_FILE]
-    return paths + [ckpt_dir / f for f in files]
-
-
-def resolve_weights(weights: str | os.PathLike, arch: str = "vgg19") -> Path:
-    """Turn ``"auto"`` or a path into an existing weight file, or raise naming every place looked at."""
-    candidates = default_weight_paths(arch) if str(weights) == "auto" else [Path(weights)]
-    for path in candidates:
-        if path.is_file():
-            return path
-    looked = "\n  ".join(str(p) for p in candidates)
-    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    if arch == "vgg16":
-        raise MissingInputError(
-            f"VGG-16 weights not found. Looked in:\n  {looked}\n"
-            f"Supply them without a download at run time: copy torchvision's {VGG16_TORCHVISION_FILE} (ImageNet "
-            f"VGG-16) into {ckpt_dir}, or set ${VGG16_WEIGHTS_ENV} (or the model's loss_vgg_weights option) to the file.")
-    raise MissingInputError(
-        f"VGG-19 weights not found. Looked in:\n  {looked}\n"
-        f"Supply them without a download at run time: copy torchvision's {TORCHVISION_FILE} (ImageNet VGG-19) or the "
-        f"AdaIN/PAMA {NORMALISED_FILE} into {ckpt_dir}, or set ${WEIGHTS_ENV} "
-        "(or the model's vgg_weights option) to the file."
-    )
 
 
 def _convert_state_dict(sd: dict[str, torch.Tensor], arch: str = "vgg19") -> tuple[str, dict[str, torch.Tensor]]:
@@ -139,7 +100,7 @@ class VGG19Encoder(nn.Module):
         state = None
         layout = _LAYOUTS[self.arch]
         if weights is not None:
-            path = resolve_weights(weights, self.arch)
+            path = find_weights(weights, self.arch)
             raw = load_tensor_file(str(path), "weight file")
             try:
                 detected, state = _convert_state_dict(raw, self.arch)
