@@ -38,6 +38,7 @@ class Status(str, enum.Enum):
     OK = "ok"  # kept: in exactly one tar shard
     INVALID_URL = "invalid_url"  # malformed URL, relative path or unsupported scheme
     BLOCKED_ADDRESS = "blocked_address"  # resolves to loopback/private/link-local; a path outside input_roots
+    OUTSIDE_ROOT = "outside_root"  # a file under input_roots whose symlinks lead out of every root
     DOWNLOAD_ERROR = "download_error"  # HTTP error status, timeout, reset, too many redirects (after retries)
     OPTED_OUT = "opted_out"  # X-Robots-Tag directive forbids use (body never read)
     NOT_IMAGE = "not_image"  # body is not a decodable image (HTML, empty, wrong type)

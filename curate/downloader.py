@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from core.paths import resolve_within
 from core.schema import Status
 
 READ_CHUNK = 1 << 20  # most bytes one read of a response body returns
@@ -527,6 +528,10 @@ class Downloader:
             fs, path, protocol = self._filesystem(url)
         except (ImportError, ValueError) as exc:
             raise _Fail(Status.INVALID_URL, f"cannot read {url[:80]}: {_short(exc)}") from None
+        if protocol in ("file", "local"):
+            path, outside = resolve_within(path, self.inputs.local_roots())  # read the real path, checked once
+            if outside:
+                raise _Fail(Status.OUTSIDE_ROOT, outside)
         # per_host_concurrency counts per bucket (or host) of a remote filesystem, and once for local files
         bucket = "" if protocol in ("file", "local") else path.split("/", 1)[0]
         with self._slot(f"{protocol}://{bucket}"):

@@ -4,8 +4,9 @@ A row of a URL list is an ``http(s)://`` URL, an absolute local path, a ``file:/
 (``s3://bucket/a.jpg``, ``gs://...``). Rows that are not http(s) are read through fsspec, and only when they lie
 under one of the roots the user named (``download.input_roots``, which ``--images`` fills with its own folder):
 a URL list, wherever it came from, cannot make a run read ``/etc/passwd`` or a bucket the user did not name.
-The check is lexical, on the normalised path (``..`` cannot climb out of a root); symbolic links inside a root
-are followed, as the user who made them meant.
+The check is first lexical, on the normalised path (``..`` cannot climb out of a root); then, for local files, on
+the real path (:func:`core.paths.resolve_within`): a symbolic link may point anywhere inside the roots, and one that
+leads out of every root is refused (``outside_root``) unless the user names the folder it leads into as a root too.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class InputPolicy:
 
     def __init__(self, roots: list[str]):
         self.roots = [canonical(r) for r in roots]
+
+    def local_roots(self) -> list[str]:
+        """The roots that are folders on this machine, as paths."""
+        return [r[len("file://"):] for r in self.roots if r.startswith("file://")]
 
     def refusal(self, url: str) -> str | None:
         """Why ``url`` may not be read (a short message), or None when it may."""

@@ -154,6 +154,32 @@ def test_local_rows_statuses(tree, tmp_path):
     assert all(out["image"][i] is None for i in range(2, len(urls)))
 
 
+def test_a_link_out_of_the_images_folder_is_refused_unless_its_folder_is_named(tree, tmp_path):
+    """Listing --images DIR follows links, reading does not leave DIR: outside_root rows, nothing read."""
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "me.jpg").write_bytes(jpeg(seed=7))
+    inside = tree / "wikiart" / "Baroque" / "a.jpg"
+    (tree / "wikiart" / "stolen.jpg").symlink_to(private / "me.jpg")
+    (tree / "wikiart" / "host.jpg").symlink_to("/etc/hostname")
+    (tree / "wikiart" / "again.jpg").symlink_to(inside)  # a link that stays inside the folder is read
+    (tree / "elsewhere").symlink_to(private, target_is_directory=True)
+    parts = list(iter_partitions(str(tree), ReaderConfig(format="images", rows_per_partition=100)))
+    listed = [u for _, batch in parts for u in batch.column("url").to_pylist()]
+    for name in ("wikiart/stolen.jpg", "wikiart/host.jpg"):  # listed (a linked folder is not walked)
+        assert str(tree / name) in listed, listed
+    urls = [str(tree / "wikiart/stolen.jpg"), str(tree / "wikiart/host.jpg"), str(tree / "elsewhere/me.jpg"),
+            str(tree / "wikiart/again.jpg")]
+    out = fetch(DownloadConfig(input_roots=[str(tree)], retries=0), urls)
+    assert list(out["status"]) == ["outside_root"] * 3 + ["ok"], list(out["error"])
+    assert out["image"][0] is None and out["image"][1] is None and out["image"][2] is None
+    assert f"leads to {private / 'me.jpg'}, outside {tree}" in out["error"][0]
+    assert out["image"][3] == inside.read_bytes()
+    # naming the folder the links lead into lets them be read
+    out = fetch(DownloadConfig(input_roots=[str(tree), str(private)], retries=0), urls[:1] + urls[2:3])
+    assert list(out["status"]) == ["ok", "ok"] and out["image"][0] == (private / "me.jpg").read_bytes()
+
+
 def test_a_url_list_alone_reads_no_local_file(tmp_path):
     (tmp_path / "a.jpg").write_bytes(jpeg())
     out = fetch(DownloadConfig(retries=0), [str(tmp_path / "a.jpg"), "/etc/passwd", f"file://{tmp_path}/a.jpg"])

@@ -38,6 +38,24 @@ def test_folder_pool_rejects_traversal_and_symlink_escape(tmp_path):
         assert bad not in pool
 
 
+def test_folder_pool_link_out_is_a_refused_row_unless_its_folder_is_named(tmp_path):
+    """The rule every reader of a user's folder follows (core.paths): outside_root rows, or named roots."""
+    root = make_folder_pool(tmp_path / "pool", 2)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "art.jpg").write_bytes((root / "img00000.jpg").read_bytes())
+    os.symlink(shared / "art.jpg", root / "linked.jpg")
+    os.symlink("/etc/hostname", root / "host.jpg")
+    pool = open_pool(root)
+    assert sorted(pool.keys) == ["img00000.jpg", "img00001.jpg"]
+    assert [(r["path"], r["status"]) for r in pool.refused] == [(str(root / "host.jpg"), "outside_root"),
+                                                              (str(root / "linked.jpg"), "outside_root")]
+    assert f"leads to {shared / 'art.jpg'}, outside" in pool.refused[1]["error"]
+    named = open_pool(root, roots=[str(shared)])
+    assert "linked.jpg" in named and named.read_bytes("linked.jpg") == (shared / "art.jpg").read_bytes()
+    assert [r["path"] for r in named.refused] == [str(root / "host.jpg")]
+
+
 def test_parquet_pool_relative_paths(tmp_path):
     root = make_folder_pool(tmp_path / "imgs", 3)
     pq.write_table(pa.table({"path": [f"imgs/img0000{i}.jpg" for i in range(3)], "key": ["a", "b", "c"]}),

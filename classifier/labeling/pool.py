@@ -4,7 +4,10 @@ A pool is an index from ``key`` to where the bytes live, built once when the poo
 read through that index, so a key sent by a client can name nothing outside the pool (no path traversal). Links
 are checked again at read time: a file is opened component by component from a directory descriptor held since
 the pool was opened, never following a link (``openat`` with ``O_NOFOLLOW``), so a symlink swapped in after start
-is refused rather than followed. Shards are indexed and read through :mod:`core.shards`. Downscaled JPEG
+is refused rather than followed. A folder pool follows the rule of every reader of a user's folder
+(:func:`core.paths.resolve_within`): a file whose links lead out of the pool folder is not part of the pool but a
+refused row (``Pool.refused``, status ``outside_root``), unless the user names the folder it leads into as well
+(``roots``). Shards are indexed and read through :mod:`core.shards`. Downscaled JPEG
 renditions for thumbnails and the focus view are cached in memory (bounded LRU) and, when ``cache_dir`` is
 given, on disk.
 """
@@ -17,12 +20,14 @@ import os
 import stat
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.atomic import atomic_write_bytes
 from core.errors import BbstError
 from core.images import is_image_name, thumbnail
+from core.paths import OUTSIDE_ROOT, resolve_within
 from core.schema import SHARDS_DIR
 from core.shards import MemberRef, ShardFormatError, index_shard, read_member
 
@@ -56,9 +61,13 @@ class Pool:
     """Read-only key -> image bytes lookup over one of the supported layouts."""
 
     def __init__(self, items: list[PoolItem], source: str, cache_dir: str | Path | None = None,
-                 memory_cache_bytes: int = 128 << 20, root: str | Path | None = None):
+                 memory_cache_bytes: int = 128 << 20, root: str | Path | None = None,
+                 refused: list[dict] | None = None):
+        # files found but not part of the pool: {"path", "status", "error"} rows (status outside_root)
+        self.refused: list[dict] = list(refused or [])
         if not items:
-            raise PoolError(f"{source}: the pool holds no images")
+            more = f" ({len(self.refused)} files refused, e.g. {self.refused[0]['error']})" if self.refused else ""
+            raise PoolError(f"{source}: the pool holds no images{more}")
         self.source = source
         # folder pools keep a descriptor of their root: later reads walk down from it, so neither a link swapped
         # in below the root nor a rename of the root itself can redirect them
@@ -189,20 +198,29 @@ def _read_refs(url: str, refs: dict[str, MemberRef]) -> dict[str, bytes]:
     return out
 
 
-def _index_folder(root: Path) -> list[PoolItem]:
+def _index_folder(root: Path, roots: Sequence[str] = ()) -> tuple[list[PoolItem], list[dict]]:
+    """Items of a folder pool, and the refused rows of files whose links lead out of ``root`` and ``roots``."""
     root = root.resolve()
-    items = []
+    items, refused = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fn in sorted(filenames):
             if fn.startswith(".") or not is_image_name(fn):
                 continue
             p = Path(dirpath) / fn
-            real = p.resolve()
-            if not real.is_relative_to(root) or not real.is_file():  # a link out of the pool is not part of it
+            resolved, outside = resolve_within(p, [root, *roots])
+            real = Path(resolved)
+            if outside:
+                refused.append({"path": str(p), "status": OUTSIDE_ROOT, "error": outside})
                 continue
-            items.append(PoolItem(p.relative_to(root).as_posix(), str(real), rel=real.relative_to(root).as_posix()))
-    return items
+            if not real.is_file():
+                continue
+            key = p.relative_to(root).as_posix()
+            if real.is_relative_to(root):
+                items.append(PoolItem(key, str(real), rel=real.relative_to(root).as_posix()))
+            else:  # inside another folder the user named: opened by its resolved path, links refused there too
+                items.append(PoolItem(key, str(real)))
+    return items, refused
 
 
 def _index_parquet(path: Path) -> list[PoolItem]:
@@ -274,9 +292,11 @@ def _check_regular(path: str) -> None:
         raise UnsafePathError(f"{path}: the shard was replaced by a link or special file; refused")
 
 
-def open_pool(spec: str | Path, cache_dir: str | Path | None = None) -> Pool:
+def open_pool(spec: str | Path, cache_dir: str | Path | None = None, roots: Sequence[str] = ()) -> Pool:
     """Open ``spec``: a curation run dir (``spec/shards/*.tar``), a dir of ``.tar`` shards, a single ``.tar``,
-    a ``.parquet`` list of image paths (``path`` column, optional ``key``/``sha256``), or a folder of images."""
+    a ``.parquet`` list of image paths (``path`` column, optional ``key``/``sha256``), or a folder of images.
+
+    ``roots``: other folders a folder pool's links may lead into (by default only the pool folder itself)."""
     p = Path(spec)
     if not p.exists():
         raise PoolError(f"{p}: pool not found (expected a curation run dir, shards, a folder or a .parquet list)")
@@ -293,5 +313,6 @@ def open_pool(spec: str | Path, cache_dir: str | Path | None = None) -> Pool:
         if tars:
             items = [it for t in tars for it in _index_tar(t)]
         else:
-            return Pool(_index_folder(p), str(p), cache_dir=cache_dir, root=p.resolve())
+            items, refused = _index_folder(p, roots)
+            return Pool(items, str(p), cache_dir=cache_dir, root=p.resolve(), refused=refused)
     return Pool(items, str(p), cache_dir=cache_dir)

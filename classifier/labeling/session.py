@@ -46,6 +46,7 @@ from classifier.labeling.store import (
 )
 from core.config import ConfigError
 from core.errors import BbstError
+from core.paths import OUTSIDE_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class ServerConfig:
 @dataclass
 class LabelConfig:
     pool: str = ""  # curation run dir / shards dir / image folder / Parquet list of paths
+    pool_roots: list[str] = field(default_factory=list)  # other folders an image folder pool's links may lead into
     db: str = "labels.sqlite"  # SQLite label database (created if missing; a restart resumes it)
     classifier: str | None = None  # starting classifier checkpoint (backbone + head); None = start from scratch
     model: str = "bbst_vitb16_2trunk"  # backbone to build when no --classifier is given (see classifier.factory)
@@ -547,7 +549,10 @@ def build_session(cfg: LabelConfig) -> LabelSession:
     cfg = replace(cfg, db=str(lock.path))  # the database's one name (see DatabaseLock), for SQLite and its folders
     db = lock.path
     try:
-        pool = open_pool(cfg.pool, cache_dir=db.parent / f"{db.stem}.thumbs")
+        pool = open_pool(cfg.pool, cache_dir=db.parent / f"{db.stem}.thumbs", roots=cfg.pool_roots)
+        if pool.refused:
+            log.warning("%d file(s) of the pool refused (%s), e.g. %s", len(pool.refused), OUTSIDE_ROOT,
+                        pool.refused[0]["error"])
         store = LabelStore(db)
         # read by a second server to name this one, and by the next one to open the same name: written through to
         # the database file at once, where every name of the file sees it
