@@ -9,6 +9,10 @@ restorations each (RAST, WACV 2023; weights of its public code, docs/rast.md):
 and the enhancements of "Enhancing methods for RAST" (seed 000), each behind a weight or a switch: an idempotency
 loss ||T(T(c, s), s) - T(c, s)||^2, multi-restoration at low resolutions, an LPIPS loss and a simplified
 transformation. Transformation modules: SANet attention at relu4_1 + relu5_1 (RAST's default) or AdaIN.
+
+The seed's objective L = l_c L_c + l_s L_s + l_r L_r + l_a L_a + l_id L_id + l_mr L_mr + l_LPIPS L_LPIPS maps onto
+the logged terms as ``LOSS_GROUPS`` says; ``rast_enhanced`` trains all of them (``SEED_OBJECTIVE``), and each row
+of the seed's Table 1 sets exactly one group's weights to 0 (train/configs/rast_ablation/, docs/rast.md).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class RASTConfig:
     # --- loss weights: RAST's public code (IEAST backbone, "replaced" strategy); 0 switches a term off
     w_content: float = 0.0  # L_c(out1, c) + L_c(out2, s); 0 in RAST ("replaced"), 0.25 in the "combined" variant
     w_style: float = 0.0  # L_s(out1, s) + L_s(out2, c); 0 in RAST ("replaced"), 0.25 in the "combined" variant
+    # (the restoration terms below restore content and style; "replaced" trains the stylisation through them alone)
     w_content_transitive: float = 2.0  # L_c(rc1, c) + L_c(rs2, s)
     w_style_transitive: float = 2.0  # L_s(rs1, s) + L_s(rc2, c)
     w_style_diff: float = 2.0  # inverse style difference 1/L_s(out1, c) + 1/L_s(out2, s)
@@ -60,8 +65,8 @@ class RASTConfig:
     w_adv: float = 5.0  # two LSGAN discriminators: styles vs out1, contents vs out2
     # --- seed 000's enhancements (off by default: the seed gives no weights)
     w_idempotency: float = 0.0  # ||T(T(c, s), s) - T(c, s)||^2
-    w_lowres: float = 0.0  # low-resolution multi-restoration: sum over sizes of ||T(T(c_r, s_r), c_r) - c_r||^2
-    lowres_sizes: tuple[int, ...] = (256, 128, 64)  # square sizes of the low-resolution restoration (multiples of 16)
+    w_lowres: float = 0.0  # seed's L_mr: sum over sizes r of ||T(S_r(T(c, s)), S_r(c)) - S_r(c)||^2
+    lowres_sizes: tuple[int, ...] = (256, 128, 64)  # the sizes r of L_mr, squares (multiples of 16; seed Table 2)
     w_lpips: float = 0.0  # LPIPS(out1, c) + LPIPS(rs1, s): stylisation vs its content, restored style vs the style
     lpips_net: str = "alex"  # LPIPS backbone ("alex" or "vgg"), as in train.metrics.LPIPSMetric
     lpips_backbone: str | None = "auto"  # LPIPS backbone weights: "auto" (local cache), a path, None = random init
@@ -109,6 +114,27 @@ class RASTConfig:
                 "idempotency": c.w_idempotency, "lowres_restoration": c.w_lowres, "lpips": c.w_lpips}
 
 
+# The seed's loss names -> the logged terms (weights ``w_*``) that make each up. Content and style act on the
+# stylisations (out1 = T(c, s), out2 = T(s, c)); the inverse style difference is a style term (it pushes the
+# stylisation's style statistics away from its content's). Restoration is RAST's: the images restored from the
+# stylisations against the originals (transitive) and the two restorations against each other (consistency).
+# The IEContraAST backbone's identity and contrastive terms belong to no seed loss and stay in every row.
+LOSS_GROUPS: dict[str, tuple[str, ...]] = {
+    "content": ("content",),
+    "style": ("style", "style_diff"),
+    "restoration": ("content_transitive", "style_transitive", "content_restoration", "style_restoration"),
+    "adversarial": ("adv",),
+    "idempotency": ("idempotency",),
+    "lowres_restoration": ("lowres_restoration",),
+    "lpips": ("lpips",),
+}
+BACKBONE_TERMS = ("identity_pixel", "identity_feature", "contrast_style", "contrast_content")
+# The seed's full objective over RAST's public weights: the direct content and style terms at the weights of RAST's
+# "combined" strategy (the "replaced" default has none, so a "no content loss" row would remove nothing), and the
+# three enhancements at 1 (the seed gives no weights).
+SEED_OBJECTIVE = {"w_content": 0.25, "w_style": 0.25, "w_idempotency": 1.0, "w_lowres": 1.0, "w_lpips": 1.0}
+
+
 # ------------------------------------------------------------------------------------------------ transformations
 class SANet(nn.Module):
     """Style-attentional block (Park & Lee 2019): attention of normalised content over normalised style, residual."""
@@ -135,6 +161,13 @@ def adain(fc: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
     mc, sc = mean_std(fc)
     ms, ss = mean_std(fs)
     return (fc - mc) / sc * ss + ms
+
+
+def scale_to(img: torch.Tensor, size: int) -> torch.Tensor:
+    """S_r of seed 000's L_mr: ``img`` resized to ``size`` x ``size`` (bilinear, antialiased; as is at that size)."""
+    if tuple(img.shape[-2:]) == (size, size):
+        return img
+    return F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 class SANetTransform(nn.Module):
@@ -282,8 +315,10 @@ class RAST(nn.Module):
 
     def generator_step(self, batch: dict[str, torch.Tensor],
                        contrastive_grads: dict[str, torch.Tensor] | None = None):
-        """All RAST losses of one micro-batch; ``contrastive_grads`` = big-batch gradients (train/contrastive.py)."""
+        """The weighted RAST losses of one micro-batch; ``contrastive_grads`` = big-batch gradients
+        (train/contrastive.py). Only terms with a non-zero weight are computed and logged."""
         cfg = self.cfg
+        w = self.loss_weights()
         ci, si = self._pairs(batch)
         c, s = batch["content"][ci], batch["style"][si]
         with torch.no_grad():
@@ -293,9 +328,6 @@ class RAST(nn.Module):
         f1 = self.encode(out1)
         out2 = t(fs, fc)
         f2 = self.encode(out2)
-        rc1, rs1 = t(f1, fc), t(fs, f1)  # restore the content / the style from the right direction
-        rc2, rs2 = t(fc, f2), t(f2, fs)  # and from the left direction
-        frc1, frs1, frc2, frs2 = (self.encode(x) for x in (rc1, rs1, rc2, rs2))
 
         def lc(a: dict, b: dict) -> torch.Tensor:
             return L.content_normalized(a, b, cfg.content_layers)
@@ -305,45 +337,64 @@ class RAST(nn.Module):
         def ls(a: dict, b: dict) -> torch.Tensor:
             return style_scale * style_fn(a, b, cfg.style_layers)
 
+        restored: dict[str, torch.Tensor] = {}
+        feats: dict[str, dict] = {}
+
+        def rf(name: str) -> dict:
+            """Features of a restoration, computed once: rc1 = T(out1, c), rs1 = T(s, out1), rc2, rs2 alike."""
+            if name not in feats:
+                x, y = {"rc1": (f1, fc), "rs1": (fs, f1), "rc2": (fc, f2), "rs2": (f2, fs)}[name]
+                restored[name] = t(x, y)
+                feats[name] = self.encode(restored[name])
+            return feats[name]
+
         terms: dict[str, torch.Tensor] = {}
-        if cfg.w_content:
+        if w["content"]:
             terms["content"] = lc(f1, fc) + lc(f2, fs)
-        if cfg.w_style:
+        if w["style"]:
             terms["style"] = ls(f1, fs) + ls(f2, fc)
-        terms["content_transitive"] = lc(frc1, fc) + lc(frs2, fs)
-        terms["style_transitive"] = ls(frs1, fs) + ls(frc2, fc)
-        if cfg.w_style_diff:
+        if w["style_diff"]:
             eps = cfg.style_diff_eps
             terms["style_diff"] = 1.0 / (ls(f1, fc) + eps) + 1.0 / (ls(f2, fs) + eps)
-        terms["content_restoration"] = lc(frc1, frc2) + lc(frs1, frs2)
-        terms["style_restoration"] = ls(frc1, frc2) + ls(frs1, frs2)
-        if cfg.w_identity_pixel or cfg.w_identity_feature:
+        if w["content_transitive"]:
+            terms["content_transitive"] = lc(rf("rc1"), fc) + lc(rf("rs2"), fs)
+        if w["style_transitive"]:
+            terms["style_transitive"] = ls(rf("rs1"), fs) + ls(rf("rc2"), fc)
+        if w["content_restoration"]:
+            terms["content_restoration"] = lc(rf("rc1"), rf("rc2")) + lc(rf("rs1"), rf("rs2"))
+        if w["style_restoration"]:
+            terms["style_restoration"] = ls(rf("rc1"), rf("rc2")) + ls(rf("rs1"), rf("rs2"))
+        if w["identity_pixel"] or w["identity_feature"]:
             i_cc, i_ss = t(fc, fc), t(fs, fs)
-            terms["identity_pixel"] = L.identity_pixel(i_cc, c) + L.identity_pixel(i_ss, s)
-            fcc, fss = self.encode(i_cc, cfg.style_layers), self.encode(i_ss, cfg.style_layers)
-            terms["identity_feature"] = (L.identity_feature(fcc, {k: fc[k] for k in cfg.style_layers})
-                                         + L.identity_feature(fss, {k: fs[k] for k in cfg.style_layers}))
-        if cfg.w_adv:
+            if w["identity_pixel"]:
+                terms["identity_pixel"] = L.identity_pixel(i_cc, c) + L.identity_pixel(i_ss, s)
+            if w["identity_feature"]:
+                fcc, fss = self.encode(i_cc, cfg.style_layers), self.encode(i_ss, cfg.style_layers)
+                terms["identity_feature"] = (L.identity_feature(fcc, {k: fc[k] for k in cfg.style_layers})
+                                             + L.identity_feature(fss, {k: fs[k] for k in cfg.style_layers}))
+        if w["adv"]:
             terms["adv"] = (L.adversarial_g(self.disc_style(out1), cfg.adv_type)
                             + L.adversarial_g(self.disc_content(out2), cfg.adv_type))
-        if cfg.w_idempotency:
+        if w["idempotency"]:
             terms["idempotency"] = self.idempotency_loss(out1, fs, f1)
-        if cfg.w_lowres:
-            terms["lowres_restoration"] = self.lowres_restoration_loss(c, s)
-        if cfg.w_lpips:
-            terms["lpips"] = self.lpips.distance(out1, c).mean() + self.lpips.distance(rs1, s).mean()
+        if w["lowres_restoration"]:
+            terms["lowres_restoration"] = self.lowres_restoration_loss(out1, c)
+        if w["lpips"]:
+            rf("rs1")
+            terms["lpips"] = self.lpips.distance(out1, c).mean() + self.lpips.distance(restored["rs1"], s).mean()
         accumulated = 0.0
         for name, term in self._contrastive_terms(f1, ci, si).items():
             if contrastive_grads is None:
                 terms[name] = term.loss()
             elif name in contrastive_grads:
                 accumulated = accumulated + surrogate(term, contrastive_grads[name])
-        weights = self.loss_weights()
-        loss = sum(weights[k] * v for k, v in terms.items()) + accumulated
+        loss = sum(w[k] * v for k, v in terms.items()) + accumulated
         logs = {k: float(v.detach()) for k, v in terms.items()}
         b = batch["content"].shape[0]
-        images = {"content": c[:b].detach(), "style": s[:b].detach(), "output": out1[:b].detach().clamp(0, 1),
-                  "restored_content": rc1[:b].detach().clamp(0, 1), "restored_style": rs1[:b].detach().clamp(0, 1)}
+        images = {"content": c[:b].detach(), "style": s[:b].detach(), "output": out1[:b].detach().clamp(0, 1)}
+        for key, name in (("restored_content", "rc1"), ("restored_style", "rs1")):
+            if name in restored:
+                images[key] = restored[name][:b].detach().clamp(0, 1)
         return loss, logs, images
 
     def loss_weights(self) -> dict[str, float]:
@@ -355,16 +406,22 @@ class RAST(nn.Module):
         f_out = f_out if f_out is not None else self.encode(out, self._t_layers)
         return F.mse_loss(self.transfer(f_out, fs).float(), out.float())
 
-    def lowres_restoration_loss(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """Seed 000's L_mr = sum over sizes r of ||R(S_r(T(c, s))) - c_r||^2 with R = T(., c_r), S_r = resize to r."""
+    def lowres_restoration_loss(self, stylised: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        """Seed 000's multi-restoration loss for low resolutions, in this order (section 3.3):
+
+            L_mr = sum over r in lowres_sizes of mean( (R_r(S_r(T(c, s))) - S_r(c))^2 ),   R_r(x) = T(x, S_r(c))
+
+        ``stylised`` = T(c, s) at the training size (with its gradient). S_r resizes to r x r (bilinear,
+        antialiased): the stylisation is scaled down *after* stylising, then restored by RAST's restoration (the
+        transfer with the content as the style reference) given the content at the same size, and compared with
+        that scaled content: the seed's I_c, at the size R's output has.
+        """
         total = 0.0
         for size in self.cfg.lowres_sizes:
-            c_r = F.interpolate(content, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            s_r = F.interpolate(style, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            fc_r = self.encode(c_r, self._t_layers)
-            out_r = self.transfer(fc_r, self.encode(s_r, self._t_layers))
-            rc_r = self.transfer(self.encode(out_r, self._t_layers), fc_r)
-            total = total + F.mse_loss(rc_r.float(), c_r.float())
+            c_r = scale_to(content, size)
+            restored = self.transfer(self.encode(scale_to(stylised, size), self._t_layers),
+                                     self.encode(c_r, self._t_layers))
+            total = total + F.mse_loss(restored.float(), c_r.float())
         return total
 
     def discriminator_step(self, batch: dict[str, torch.Tensor]):
@@ -419,8 +476,9 @@ def rast_simple(**kwargs) -> RAST:
 
 @register_model
 def rast_enhanced(**kwargs) -> RAST:
-    """RAST + seed 000's idempotency, low-resolution multi-restoration and LPIPS losses (weights 1, 1, 1)."""
-    return _build({"w_idempotency": 1.0, "w_lowres": 1.0, "w_lpips": 1.0}, kwargs)
+    """Seed 000's full objective (``SEED_OBJECTIVE``): RAST with direct content and style terms, idempotency,
+    low-resolution multi-restoration and LPIPS."""
+    return _build(SEED_OBJECTIVE, kwargs)
 
 
 @register_model
