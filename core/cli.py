@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import functools
 import os
+import re
 import sys
 import threading
 import types
@@ -312,9 +313,26 @@ def debug_requested(argv: Iterable[str] | None = None) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+# torch's DataLoader re-raises a worker's exception as the same type with the worker's whole traceback as message
+_WORKER_ERROR = re.compile(r"\ACaught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def user_message(exc: BaseException) -> str:
+    """The message of a user error; for one raised in a DataLoader worker, the worker's own message without the
+    ~25 lines of worker traceback torch wraps it in (``--debug`` still shows everything)."""
+    text = str(exc)
+    m = _WORKER_ERROR.match(text)
+    if m:
+        # the traceback ends with "package.module.Name: message" (the message may span lines)
+        last = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(m.group(1))}: ", text, re.MULTILINE))
+        if last:
+            return text[last[-1].end():].rstrip()
+    return text
+
+
 def format_error(command: str, exc: BaseException) -> str:
     """``bbst <command>: error: <message>`` plus ``  hint: <hint>`` on a second line when there is one."""
-    text = f"bbst {command}: error: {exc}"
+    text = f"bbst {command}: error: {user_message(exc)}"
     hint = getattr(exc, "hint", None)
     if hint:
         text += f"\n  hint: {hint}"

@@ -185,3 +185,21 @@ def test_changed_settings_are_refused_in_one_line_without_a_traceback(tmp_path, 
     assert proc.returncode == 2
     assert proc.stderr.startswith("bbst train: error: ") and "Traceback" not in proc.stderr
     assert "loader.seed (run: 1, now: 9)" in proc.stderr.splitlines()[0]
+
+
+def test_a_damaged_shard_read_in_a_loader_worker_is_one_line(tmp_path, shard_root, capsys):
+    """The worker's error reaches the command line as its own message, not wrapped in the worker's traceback."""
+    import shutil
+
+    from pipelines import cli
+
+    root = tmp_path / "damaged"
+    shutil.copytree(shard_root, root)
+    tar = root / "shards" / "content-000000.tar"
+    tar.write_bytes(tar.read_bytes()[:tar.stat().st_size // 3])  # cut short: fewer samples than the manifest says
+    path = _config(tmp_path, str(root), "damaged", loader={"num_workers": 2})
+    assert cli.main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(f"bbst train: error: {tar}: "), err
+    assert "Traceback" not in err and "DataLoader worker" not in err and "File " not in err, err
