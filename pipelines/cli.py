@@ -28,6 +28,7 @@ COMMANDS = {
                            "rewrite an older bbst checkpoint you trust as one that loads without pickle"),
     "balanced-loss-analysis": ("pipelines.balanced_loss_analysis",
                                "classic vs balanced Gram style loss: Study III, and Studies I-V from ratings"),
+    "reproduce": ("pipelines.reproduce", "one named experiment end to end: train each model, evaluate, compare"),
 }
 
 

@@ -115,6 +115,7 @@ class CheckpointConfig:
     dir: str = ""  # checkpoint directory ("" = {logging.dir}/checkpoints)
     every: int = 1000  # write a checkpoint every N steps (and at the end)
     keep: int = 3  # newest checkpoints kept (0 = keep all)
+    at_start: bool = False  # also write the untrained model as the step-0 checkpoint (a fresh run's baseline)
 
 
 @dataclass

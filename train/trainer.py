@@ -247,12 +247,41 @@ def train(cfg: TrainConfig, resume: bool | str = False,
                  "(continue with --resume %s)", cfg.logging.dir, config_path, metrics_path, ckpt_dir,
                  cfg.logging.dir)
 
+    # ---------------------------------------------------------------------------------------------- checkpoints
+    def write_checkpoint(step: int) -> str | None:
+        """Every rank's loader and RNG state, and (rank 0) the checkpoint file; returns its path on rank 0."""
+        loader_states = D.all_gather_object(loader.state_dict(), dist)
+        rng_states = D.all_gather_object(capture_rng_state(), dist)
+        path = None
+        if dist.is_main:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "model_name": cfg.model.name,
+                "model_config": model.model_config(),
+                "model": model.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict() if opt_d is not None else None,
+                "loader": loader_states,
+                "rng": rng_states,
+                "step": step,
+                "config": to_dict(cfg),
+                "world_size": dist.world_size,
+                "versions": {"torch": torch.__version__},
+            }
+            path = save_checkpoint(state, ckpt_dir, step, keep=cfg.checkpoint.keep)
+            writer.flush()
+        D.barrier(dist)
+        return path
+
+    last_ckpt = None
+    if cfg.checkpoint.at_start and step == 0:  # the untrained model: the baseline a comparison starts from
+        last_ckpt = write_checkpoint(0)
+
     # ---------------------------------------------------------------------------------------------- loop
     t_start, step_start = time.perf_counter(), step
     model.train()
     data_iter = iter(loader)
     last_logs: dict[str, float] = {}
-    last_ckpt = None
     fixed: list[dict] = []
     t0 = time.perf_counter()
     while step < cfg.schedule.max_steps:
@@ -306,26 +335,7 @@ def train(cfg: TrainConfig, resume: bool | str = False,
 
         # ------------------------------------------------------------------------------------------ checkpoint
         if step % cfg.checkpoint.every == 0 or step == cfg.schedule.max_steps:
-            loader_states = D.all_gather_object(loader.state_dict(), dist)
-            rng_states = D.all_gather_object(capture_rng_state(), dist)
-            if dist.is_main:
-                state = {
-                    "format": CHECKPOINT_FORMAT,
-                    "model_name": cfg.model.name,
-                    "model_config": model.model_config(),
-                    "model": model.state_dict(),
-                    "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict() if opt_d is not None else None,
-                    "loader": loader_states,
-                    "rng": rng_states,
-                    "step": step,
-                    "config": to_dict(cfg),
-                    "world_size": dist.world_size,
-                    "versions": {"torch": torch.__version__},
-                }
-                last_ckpt = save_checkpoint(state, ckpt_dir, step, keep=cfg.checkpoint.keep)
-                writer.flush()
-            D.barrier(dist)
+            last_ckpt = write_checkpoint(step)
 
     if writer is not None:
         writer.close()
