@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,24 +51,3 @@ def build_demo_classifier(images: list[bytes], labels: list[int], out_dir: str, 
                 fitted.result.metrics["accuracy"])
     return str(out_dir)
 
-
-def train_demo_classifier(url_list: str | Path, out_dir: str | Path, extra_images: int = 200) -> str:
-    """The demo build's classifier: random-init tiny backbones, a head fitted on known labels (never a real model).
-
-    The labels are the demo corpus's ground truth (artwork-like vs photo-like images that the pipeline keeps),
-    topped up with ``extra_images`` small images from the same generator so the head sees enough of both kinds.
-    """
-    from core import synthetic
-    from curate.demo import known_labels
-
-    labelled = known_labels(url_list)
-    images = [path.read_bytes() for path, _ in labelled]
-    labels = [label for _, label in labelled]
-    extra, extra_labels = synthetic.labelled_batch(extra_images, size=96, seed=1)
-    images += [synthetic.encode(im, "JPEG", quality=90) for im in extra]
-    labels += extra_labels.tolist()
-    t0 = time.monotonic()
-    ckpt = build_demo_classifier(images, labels, str(out_dir))
-    log.info("demo: trained the DEMO classifier on %d labelled images in %.1fs -> %s", len(images),
-             time.monotonic() - t0, out_dir)
-    return ckpt

@@ -454,6 +454,24 @@ def dedup_in_process(keys, sha256s, phashes, cfg: DedupConfig | None = None, buc
 
 
 # --------------------------------------------------------------------------------------------------- on a store
+# Sizing of the distributed passes (exact/near here, semantic in curate/semantic.py).
+ROWS_PER_SCATTER_OUTPUT = 12_000  # rows per scatter result per bucket (~1 MB: kept in Ray's object store)
+ROWS_PER_BUCKET = 250_000  # rows per bucket (up to ray.dedup_buckets): bounds each reduce task's memory
+
+
+def bucket_count(rows: int, max_buckets: int, cap: int | None = None) -> int:
+    """Buckets a duplicate search over ``rows`` rows uses: about :data:`ROWS_PER_BUCKET` rows each, at most
+    ``max_buckets`` (and ``cap``), at least one."""
+    return max(1, min(max_buckets, -(-rows // ROWS_PER_BUCKET), cap if cap is not None else max_buckets))
+
+
+def partitions_per_scatter(rows: int, partitions: int, buckets: int) -> int:
+    """Partitions one scatter task reads, so that each of its ``buckets`` results holds about
+    :data:`ROWS_PER_SCATTER_OUTPUT` rows: Ray keeps small task results in the memory of their owner, the driver,
+    and large ones in the object store."""
+    return max(1, -(-ROWS_PER_SCATTER_OUTPUT * buckets // max(1, rows // max(1, partitions))))
+
+
 def scatter_partitions(store, partitions: list[int], buckets: int) -> list[dict[str, np.ndarray]]:
     """:func:`scatter_exact` over the ok rows of staged partitions (read from ``store``)."""
     import pyarrow.compute as pc

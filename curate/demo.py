@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import http.server
 import io
+import logging
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core import synthetic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = "./bbst-demo"  # the demo's output folder unless --out (or the config) names one
+CLASSIFIER_DIR = "demo-classifier"  # the bootstrapped DEMO classifier, beside a local demo output
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -142,3 +151,45 @@ def demo_corpus(root: str | Path, n_images: int = 40, min_side: int = 1024, seed
     rows = build_demo_corpus(root / "images", n_images=n_images, min_side=min_side, seed=seed)
     with CorpusServer(root / "images") as server:
         yield write_url_list(root / "urls.parquet", server.base_url, rows)
+
+
+def classifier_examples(url_list: str | Path, extra_images: int = 200) -> tuple[list[bytes], list[int]]:
+    """Images and labels the DEMO classifier is fitted on: the corpus's known labels, topped up with ``extra_images``
+    small images from the same generator so the head sees enough of both kinds."""
+    labelled = known_labels(url_list)
+    extra, extra_labels = synthetic.labelled_batch(extra_images, size=96, seed=1)
+    images = [path.read_bytes() for path, _ in labelled] + [synthetic.encode(im, "JPEG", quality=90) for im in extra]
+    return images, [label for _, label in labelled] + extra_labels.tolist()
+
+
+@contextlib.contextmanager
+def demo_build(cfg, explicit_out: bool) -> Iterator[tuple[Any, Any, bool]]:
+    """The demo's inputs to a build of ``cfg`` (a ``BuildConfig``): yields ``(config, run record, fit_classifier)``.
+
+    Clears a previous demo output (any other output is refused), generates the corpus and serves it on loopback for
+    as long as the block runs, points the config at it and claims the output folder. Unless ``cfg`` names a
+    classifier (or ``demo_classifier`` is off), ``fit_classifier`` is true and the config's classifier is
+    :data:`CLASSIFIER_DIR`: beside a local output (recorded as the run's file, so ``--rescore`` and the label app
+    can reuse it), else in the temporary folder.
+    """
+    from core.store import Store
+    from curate import outputs
+
+    out = cfg.out if explicit_out else DEFAULT_OUT
+    store = Store(out, cfg.storage_options)
+    outputs.clear_previous_demo(store, out)
+    with tempfile.TemporaryDirectory(prefix="bbst-demo-corpus-") as tmp:
+        log.info("demo: generating %d images (min side %d) and serving them on loopback",
+                 cfg.demo_images, cfg.check.min_side)
+        with demo_corpus(tmp, n_images=cfg.demo_images, min_side=cfg.check.min_side) as urls:
+            demo_cfg = dataclasses.replace(cfg, urls=str(urls), out=out, allow_private_network=True)
+            local = "://" not in out
+            fit = bool(cfg.demo_classifier and not cfg.score.classifier)
+            if fit:
+                where = Path(out if local else tmp) / CLASSIFIER_DIR
+                demo_cfg = dataclasses.replace(demo_cfg, score=dataclasses.replace(cfg.score, classifier=str(where)))
+            record, _ = outputs.claim(store, outputs.build_fingerprint(demo_cfg, demo=True))
+            if fit and local:
+                record.files.append(CLASSIFIER_DIR)
+                store.write_json(outputs.RUN_FILE, record.to_json())
+            yield demo_cfg, record, fit

@@ -225,3 +225,34 @@ def clear_previous_demo(store, out: str) -> None:
         store.rm(rel, recursive=True)
     store.rm(STAGING, recursive=True)
     store.rm(RUN_FILE)
+
+
+def build_fingerprint(cfg, demo: bool = False) -> dict[str, Any]:
+    """The fingerprint of a build of ``cfg`` (a ``BuildConfig``): its URL list's identity and its settings."""
+    fp = fingerprint(cfg, list_identity(cfg.urls, cfg.storage_options, url_lists=cfg.reader.format != "images"))
+    return {**fp, "demo": True} if demo else fp
+
+
+def check_inputs(cfg, rescore: str | None = None) -> None:
+    """Every input error a build of ``cfg`` (or a ``rescore`` of that output folder) could hit, found before any
+    work starts; each names its flag."""
+    from core.store import Store
+
+    if cfg.score.classifier:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(cfg.score.classifier, **cfg.storage_options)
+        if not fs.exists(path):
+            raise InputError(f"--classifier {cfg.score.classifier}: no such file or folder")
+    elif cfg.dedup.semantic.enabled and cfg.urls is not None:  # the demo bootstraps its own classifier
+        raise InputError("--set dedup.semantic.enabled=true: the semantic pass compares the classifier's "
+                         "embeddings; pass --classifier PATH")
+    if rescore:
+        if not Store(rescore, cfg.storage_options).exists(RUN_FILE):
+            raise InputError(f"--rescore {rescore}: not a bbst output (no {RUN_FILE})")
+        if not cfg.score.classifier:
+            raise InputError("--rescore needs a classifier: pass --classifier PATH")
+        return
+    if cfg.urls is not None:
+        list_identity(cfg.urls, cfg.storage_options, url_lists=cfg.reader.format != "images")
+        check_out_path(Store(cfg.out, cfg.storage_options))

@@ -25,9 +25,9 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +37,14 @@ if __package__ in (None, ""):  # run as a script (also under `ray job submit`): 
 from core import schema
 from core.cli import error_boundary, setup_logging
 from core.config import ConfigError
-from core.errors import InputError
 from core.progress import ProgressMeter, driver_io_bytes
 from core.schema import STAGING
 from core.store import Store
-from curate import assemble, outputs, staging
+from curate import assemble, dedup, demo, outputs, staging
 from curate.build_config import BuildConfig
 
 log = logging.getLogger("bbst.build")
 
-DEFAULT_DEMO_OUT = "./bbst-demo"
-DEDUP_ROWS_PER_OUTPUT = 12_000  # rows per scatter result per bucket (~1 MB: stored in Ray's object store)
-DEDUP_ROWS_PER_BUCKET = 250_000  # rows per dedup bucket (up to ray.dedup_buckets): bounds each task's memory
-DEMO_CLASSIFIER_DIR = "demo-classifier"  # where the demo writes its bootstrapped classifier (local outputs)
 # CPUs of every metadata task (compaction, dedup, finalize, plan, partition metadata, report). A whole CPU: Ray
 # starts one worker process per task running at once, and a new worker costs about a second of CPU (interpreter,
 # Ray, pyarrow) that a fraction of a CPU per task would pay on every node again; with one CPU per task, tasks
@@ -57,15 +52,59 @@ DEMO_CLASSIFIER_DIR = "demo-classifier"  # where the demo writes its bootstrappe
 TASK_CPUS = 1
 
 
+# --------------------------------------------------------------------------------------------------- test hook
 def _kill_hook(env: str, count: int) -> None:
-    """Test hook: SIGKILL this process once ``count`` reaches the number in environment variable ``env``."""
+    """TEST ONLY (tests/test_resume.py): SIGKILL this process once ``count`` reaches the number in ``env``.
+
+    Unset in every real run; the resume tests set ``BBST_KILL_AFTER_PARTITIONS`` or ``BBST_KILL_AFTER_SHARDS``
+    to kill the driver at a known point and check that a rerun finishes the same dataset.
+    """
     limit = os.environ.get(env)
     if limit and count >= int(limit):
         log.warning("%s=%s reached: killing the run to test resume", env, limit)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+# --------------------------------------------------------------------------------------------------- scheduling
+_END = object()
+
+
+def as_completed(submit: Callable[[Any], Any], items: Iterable, window: int = 0,
+                 urgent: list | None = None) -> Iterator[tuple[Any, Any]]:
+    """Submit ``submit(item)`` (a Ray task) for every item, at most ``window`` in flight (0 = all at once), and yield
+    ``(item, result)`` as each finishes: the one scheduling loop of every phase.
+
+    Items the caller appends to ``urgent`` while iterating (follow-up work such as a partition's commit) are
+    submitted next, ahead of the remaining ``items``.
+    """
+    import ray
+
+    items, urgent = iter(items), urgent if urgent is not None else []
+    inflight: dict = {}
+    more = True
+    while True:
+        while urgent:
+            item = urgent.pop(0)
+            inflight[submit(item)] = item
+        while more and (not window or len(inflight) < window):
+            item = next(items, _END)
+            if item is _END:
+                more = False
+            else:
+                inflight[submit(item)] = item
+        if not inflight:
+            return
+        (ref,), _ = ray.wait(list(inflight), num_returns=1)
+        yield inflight.pop(ref), ray.get(ref)
+
+
 # --------------------------------------------------------------------------------------------------- Ray work
+def _remote(fn, **options):
+    import ray
+
+    return ray.remote(**options)(fn)
+
+
 # Thin wrappers: each runs one Ray-free function of curate/ on a worker; only small results come back.
 def _stage_unit(store, download_cfg, check_cfg, unit):
     return staging.cached_processor(store, download_cfg, check_cfg)(unit)
@@ -102,32 +141,6 @@ class _ScoreActor:
         return assemble.score_partition(store, p, self.scorer, fingerprint, batch_size)
 
 
-def _remote(fn, **options):
-    import ray
-
-    return ray.remote(**options)(fn)
-
-
-def _run_all(refs: list, meter: ProgressMeter | None = None, on_result=None) -> list:
-    """Wait for ``refs`` as they finish (so progress and kill hooks see each one); results in input order."""
-    import ray
-
-    index = {r: i for i, r in enumerate(refs)}
-    out: list = [None] * len(refs)
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        for r in done:
-            out[index[r]] = value = ray.get(r)
-            if meter is not None:
-                meter.add(1)
-            if on_result is not None:
-                on_result(value)
-    if meter is not None:
-        meter.close()
-    return out
-
-
 # --------------------------------------------------------------------------------------------------- phases
 def stage_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> dict[str, Any]:
     """Phase 1: download, check and stage every pending unit on the workers; commit partitions as they finish."""
@@ -136,8 +149,7 @@ def stage_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> d
     pending, units_per, todo = staging.plan_units(store, partitions, cfg.ray.unit_rows)
     if len(pending) < len(partitions):
         log.info("resume: %d of %d partitions already staged", len(partitions) - len(pending), len(partitions))
-    counts = collections.Counter(u.partition for u in todo)
-    left = {p: counts[p] for p in pending}  # units of each partition still to stage
+    left = collections.Counter(u.partition for u in todo)  # units of each pending partition still to stage
     meter = ProgressMeter(total=sum(partitions[p] for p in pending), interval_s=cfg.progress_interval_s,
                           label="download")
     meter.add(sum(partitions[p] for p in pending) - sum(u.stop - u.start for u in todo), {})
@@ -150,38 +162,28 @@ def stage_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> d
                     "(%.0f MiB): declaring that instead", cfg.check.max_decode_mb, memory / 2**20, largest / 2**20)
         memory = int(largest)
     # plain tasks on the workers Ray started with the node (an actor pool ran the same units ~20 % slower)
-    task = _remote(_stage_unit, num_cpus=cfg.ray.stage_num_cpus, memory=memory, max_retries=2)
+    stage = _remote(_stage_unit, num_cpus=cfg.ray.stage_num_cpus, memory=memory, max_retries=2)
+    commit = _remote(staging.compact_partition, num_cpus=TASK_CPUS, max_retries=2)
     window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1) // cfg.ray.stage_num_cpus))
-    compact = _remote(staging.compact_partition, num_cpus=TASK_CPUS, max_retries=2)
-    compacting: list = []
-    inflight: list = []
-    kept_bytes = 0
-    first_result = None
-    for p in pending:
-        if left[p] == 0:  # every unit staged before a kill, only the merge is missing
-            compacting.append(compact.remote(store, p, units_per[p]))
-    i = 0
-    commits = 0
-    while inflight or compacting or i < len(todo):
-        while i < len(todo) and len(inflight) < window:
-            inflight.append(task.remote(store, cfg.download, cfg.check, todo[i]))
-            i += 1
-        done, _ = ray.wait(inflight + compacting, num_returns=1)
-        ref = done[0]
-        result = ray.get(ref)
-        if ref in compacting:
-            compacting.remove(ref)
-            commits += 1
-            _kill_hook("BBST_KILL_AFTER_PARTITIONS", commits)
+
+    def submit(item):  # a unit to stage, or a partition (its number) whose units are all staged: commit it
+        if isinstance(item, int):
+            return commit.remote(store, item, units_per[item])
+        return stage.remote(store, cfg.download, cfg.check, item)
+
+    commits = [p for p in pending if left[p] == 0]  # every unit staged before a kill, only the merge is missing
+    kept_bytes, first_result, committed = 0, None, 0
+    for item, result in as_completed(submit, todo, window, urgent=commits):
+        if isinstance(item, int):
+            committed += 1
+            _kill_hook("BBST_KILL_AFTER_PARTITIONS", committed)
             continue
-        inflight.remove(ref)
         first_result = first_result or time.monotonic()
-        p = result["unit"][0]
         kept_bytes += result["kept_bytes"]
         meter.add(result["rows"], result["statuses"], result["examples"])
-        left[p] -= 1
-        if left[p] == 0:
-            compacting.append(compact.remote(store, p, units_per[p]))
+        left[item.partition] -= 1
+        if left[item.partition] == 0:
+            commits.append(item.partition)
     meter.close()
     return {"first_result": first_result, "kept_bytes": kept_bytes}
 
@@ -193,27 +195,19 @@ def dedup_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> N
     if assemble.dedup_done(store):
         log.info("resume: dedup decisions already made")
         return
-    rows = sum(partitions.values())
-    buckets = max(1, min(cfg.ray.dedup_buckets, -(-rows // DEDUP_ROWS_PER_BUCKET)))
-    # Each scatter task reads enough partitions that every bucket it returns is large (about a megabyte): Ray
-    # keeps small task results in the memory of their owner, the driver, and large ones in the object store.
-    per_task = max(1, -(-DEDUP_ROWS_PER_OUTPUT * buckets // max(1, rows // max(1, len(partitions)))))
-    parts = sorted(partitions)
-    groups = [parts[i:i + per_task] for i in range(0, len(parts), per_task)]
+    rows, parts = sum(partitions.values()), sorted(partitions)
+    buckets = dedup.bucket_count(rows, cfg.ray.dedup_buckets)
+    per_task = dedup.partitions_per_scatter(rows, len(parts), buckets)
     scatter = _remote(_dedup_scatter, num_returns=buckets, num_cpus=TASK_CPUS)
-    scattered = [scatter.remote(store, g, buckets) for g in groups]
-    if buckets == 1:
-        scattered = [[r] for r in scattered]
+    scattered = [scatter.remote(store, parts[i:i + per_task], buckets) for i in range(0, len(parts), per_task)]
+    scattered = [[r] for r in scattered] if buckets == 1 else scattered
     reduce = _remote(_dedup_reduce, num_returns=buckets, num_cpus=TASK_CPUS)
     banded = [reduce.remote(store, j, cfg.dedup, buckets, *[s[j] for s in scattered]) for j in range(buckets)]
-    if buckets == 1:
-        banded = [[r] for r in banded]
+    banded = [[r] for r in banded] if buckets == 1 else banded
     if cfg.dedup.near:
-        from curate.dedup import near_edges_of, resolve_to_store
-
-        edges = _remote(near_edges_of, num_cpus=TASK_CPUS)
+        edges = _remote(dedup.near_edges_of, num_cpus=TASK_CPUS)
         edge_refs = [edges.remote(cfg.dedup.phash_distance, *[b[j] for b in banded]) for j in range(buckets)]
-        near = ray.get(_remote(resolve_to_store, num_cpus=TASK_CPUS).remote(store, *edge_refs))
+        near = ray.get(_remote(dedup.resolve_to_store, num_cpus=TASK_CPUS).remote(store, *edge_refs))
     else:
         ray.get([b[0] for b in banded])
         near = 0
@@ -247,10 +241,16 @@ def score_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> t
         if cfg.score.device:
             kwargs["device"] = cfg.score.device
         cls = ray.remote(num_cpus=cfg.score.num_cpus, num_gpus=cfg.score.num_gpus)(_ScoreActor)
-        actors = [cls.remote(kwargs) for _ in range(max(1, min(cfg.score.actors, len(todo))))]
-        pool = ray.util.ActorPool(actors)
+        idle = [cls.remote(kwargs) for _ in range(max(1, min(cfg.score.actors, len(todo))))]
+        actors, busy = list(idle), {}
+
+        def submit(p):  # one partition per idle actor: the window is the number of actors
+            busy[p] = idle.pop()
+            return busy[p].score.remote(store, p, fingerprint, cfg.score.batch_size)
+
         meter = ProgressMeter(total=len(todo), interval_s=cfg.progress_interval_s, label="score", unit="partitions")
-        for _ in pool.map_unordered(lambda a, p: a.score.remote(store, p, fingerprint, cfg.score.batch_size), todo):
+        for p, _ in as_completed(submit, todo, window=len(actors)):
+            idle.append(busy.pop(p))
             meter.add(1)
         meter.close()
         for actor in actors:  # their CPUs are the next phases' now
@@ -272,13 +272,12 @@ def semantic_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -
     if semantic.semantic_done(store):
         log.info("resume: semantic duplicates already decided")
         return store.read_json(semantic.done_rel())
-    parts = sorted(partitions)
-    total = sum(partitions.values())
+    parts, total = sorted(partitions), sum(partitions.values())
     clusters = ray.get(_remote(semantic.train_centroids, num_cpus=TASK_CPUS).remote(store, parts, sem, total))
-    buckets = max(1, min(cfg.ray.dedup_buckets, -(-total // DEDUP_ROWS_PER_BUCKET), clusters))
+    buckets = dedup.bucket_count(total, cfg.ray.dedup_buckets, cap=clusters)
     todo = [j for j in range(buckets) if not store.exists(semantic.pairs_rel(j))]  # buckets done before a kill
     if todo:
-        per_task = max(1, -(-len(parts) * buckets // max(1, total // DEDUP_ROWS_PER_OUTPUT)))
+        per_task = dedup.partitions_per_scatter(total, len(parts), buckets)
         scatter = _remote(_semantic_scatter, num_returns=buckets, num_cpus=TASK_CPUS)
         scattered = [scatter.remote(store, parts[i:i + per_task], sem.probes, buckets)
                      for i in range(0, len(parts), per_task)]
@@ -290,7 +289,7 @@ def semantic_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -
 
 def shard_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int], split,
                 owned: set[str]) -> tuple[list[dict], list[dict]]:
-    """Phase 3b-d: split each partition, plan shards by key order, write them in parallel tasks, then the
+    """Phase 3c: split each partition, plan shards by key order, write them in parallel tasks, then the
     per-partition metadata; returns ``(manifest entries, partition accounts)``."""
     import ray
 
@@ -300,14 +299,15 @@ def shard_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int], spli
     specs = ray.get(_remote(assemble.plan_from_final, num_cpus=TASK_CPUS).remote(
         store, parts, cfg.shards.target_samples, cfg.shards.target_bytes))
     write = _remote(assemble.write_planned_shard, num_cpus=cfg.shards.num_cpus, max_retries=2)
-    written = [0]
-
-    def on_shard(entry):
-        written[0] += 0 if entry.get("reused") else 1
-        _kill_hook("BBST_KILL_AFTER_SHARDS", written[0])
-
     meter = ProgressMeter(total=len(specs), interval_s=cfg.progress_interval_s, label="shards", unit="shards")
-    entries = _run_all([write.remote(store, s) for s in specs], meter, on_shard)
+    entries: list = [None] * len(specs)
+    written = 0
+    for (i, _), entry in as_completed(lambda item: write.remote(store, item[1]), enumerate(specs)):
+        entries[i] = entry
+        meter.add(1)
+        written += 0 if entry.get("reused") else 1
+        _kill_hook("BBST_KILL_AFTER_SHARDS", written)
+    meter.close()
     reused = sum(1 for e in entries if e.get("reused"))
     if reused:
         log.info("resume: %d of %d shards already complete (checksums verified)", reused, len(specs))
@@ -362,7 +362,7 @@ def run_build(cfg: BuildConfig, startup: float = 0.0, extra: dict | None = None,
               claimed: tuple[outputs.RunRecord, outputs.RunRecord | None] | None = None) -> dict:
     """The whole build for ``cfg`` (inputs checked, output claimed) on the already initialised Ray."""
     store = Store(cfg.out, cfg.storage_options)
-    record, previous = claimed or outputs.claim(store, build_fingerprint(cfg))
+    record, previous = claimed or outputs.claim(store, outputs.build_fingerprint(cfg))
     if previous is not None and previous.state == "complete" and store.exists(schema.SUMMARY_FILE):
         log.info("%s already holds this build (same URL list and settings): nothing to do", cfg.out)
         return store.read_json(schema.SUMMARY_FILE)
@@ -400,9 +400,20 @@ def run_rescore(cfg: BuildConfig, directory: str, startup: float = 0.0) -> dict:
     return finish(cfg, store, record, partitions, t_start, startup, {"rescored_from": len(sources)}, {}, set())
 
 
-def build_fingerprint(cfg: BuildConfig, demo: bool = False) -> dict:
-    fp = outputs.fingerprint(cfg, outputs.list_identity(cfg.urls, cfg.storage_options, url_lists=cfg.reader.format != "images"))
-    return {**fp, "demo": True} if demo else fp
+def run_demo(cfg: BuildConfig, explicit_out: bool, t0: float, ray_logs: bool = False) -> dict:
+    """The built-in demo (``curate/demo.py``): a generated corpus served on loopback, a DEMO classifier fitted on
+    its known labels, then the build into ./bbst-demo (or --out)."""
+    from classifier.demo import build_demo_classifier
+
+    t_setup = time.monotonic()
+    with demo.demo_build(cfg, explicit_out) as (demo_cfg, record, fit_classifier):
+        if fit_classifier:
+            images, labels = demo.classifier_examples(demo_cfg.urls)
+            build_demo_classifier(images, labels, demo_cfg.score.classifier)
+        setup = time.monotonic() - t_setup  # corpus and demo classifier: the demo's inputs, not start-up
+        _init_ray(ray_logs)
+        return run_build(demo_cfg, startup=time.monotonic() - t0 - setup, claimed=(record, None),
+                         extra={"demo": True, "demo_setup_seconds": round(setup, 3)})
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -454,27 +465,11 @@ def load_cli_config(args: argparse.Namespace) -> BuildConfig:
     return load_args(BuildConfig, args, args.config_flags, extra=extra, extra_origins=origins)
 
 
-def check_inputs(cfg: BuildConfig, args: argparse.Namespace) -> None:
-    """Every input error a run could hit, found before Ray starts (each names its flag)."""
-    if cfg.score.classifier:
-        import fsspec
+def _config_keys(args) -> set[str]:
+    from core.config import parse_overrides, read_yaml, resolve_file
 
-        fs, path = fsspec.core.url_to_fs(cfg.score.classifier, **cfg.storage_options)
-        if not fs.exists(path):
-            raise InputError(f"--classifier {cfg.score.classifier}: no such file or folder")
-    elif cfg.dedup.semantic.enabled and cfg.urls is not None:  # the demo bootstraps its own classifier
-        raise InputError("--set dedup.semantic.enabled=true: the semantic pass compares the classifier's "
-                         "embeddings; pass --classifier PATH")
-    if args.rescore:
-        store = Store(args.rescore, cfg.storage_options)
-        if not store.exists(outputs.RUN_FILE):
-            raise InputError(f"--rescore {args.rescore}: not a bbst output (no {outputs.RUN_FILE})")
-        if not cfg.score.classifier:
-            raise InputError("--rescore needs a classifier: pass --classifier PATH")
-        return
-    if cfg.urls is not None:
-        outputs.list_identity(cfg.urls, cfg.storage_options, url_lists=cfg.reader.format != "images")
-        outputs.check_out_path(Store(cfg.out, cfg.storage_options))
+    keys = set(read_yaml(resolve_file(args.config))) if args.config else set()
+    return keys | set(parse_overrides(args.sets))
 
 
 # modules the driver's first steps import (reading the URL list: pyarrow imports pandas on its first array)
@@ -511,7 +506,7 @@ def _init_ray(verbose: bool = False) -> None:
 def run(args: argparse.Namespace) -> dict:
     t0 = time.monotonic()
     cfg = load_cli_config(args)
-    check_inputs(cfg, args)
+    outputs.check_inputs(cfg, args.rescore)  # every input error before Ray starts
     if args.rescore:
         _init_ray(args.ray_logs)
         summary = run_rescore(cfg, args.rescore, startup=time.monotonic() - t0)
@@ -520,7 +515,7 @@ def run(args: argparse.Namespace) -> dict:
                            ray_logs=args.ray_logs)
     else:
         store = Store(cfg.out, cfg.storage_options)
-        claimed = outputs.claim(store, build_fingerprint(cfg))  # before anything is staged, and before Ray
+        claimed = outputs.claim(store, outputs.build_fingerprint(cfg))  # before anything is staged, and before Ray
         _init_ray(args.ray_logs)
         summary = run_build(cfg, startup=time.monotonic() - t0, claimed=claimed)
     print(assemble.summary_text(summary), flush=True)
@@ -532,44 +527,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     return run(args)
-
-
-def _config_keys(args) -> set[str]:
-    from core.config import parse_overrides, read_yaml, resolve_file
-
-    keys = set(read_yaml(resolve_file(args.config))) if args.config else set()
-    return keys | set(parse_overrides(args.sets))
-
-
-def run_demo(cfg: BuildConfig, explicit_out: bool, t0: float, ray_logs: bool = False) -> dict:
-    """Generate the demo corpus, serve it on loopback and build it into ./bbst-demo (or --out)."""
-    from classifier.demo import train_demo_classifier
-    from curate.demo import demo_corpus
-
-    out = cfg.out if explicit_out else DEFAULT_DEMO_OUT
-    store = Store(out, cfg.storage_options)
-    outputs.clear_previous_demo(store, out)
-    with tempfile.TemporaryDirectory(prefix="bbst-demo-corpus-") as tmp:
-        t_setup = time.monotonic()
-        log.info("demo: generating %d images (min side %d) and serving them on loopback",
-                 cfg.demo_images, cfg.check.min_side)
-        with demo_corpus(tmp, n_images=cfg.demo_images, min_side=cfg.check.min_side) as urls:
-            demo_cfg = dataclasses.replace(cfg, urls=str(urls), out=out, allow_private_network=True)
-            local = "://" not in out
-            if cfg.demo_classifier and not cfg.score.classifier:
-                # kept beside the demo output when that is local, so `--rescore` and the label app can reuse it
-                where = Path(out if local else tmp) / DEMO_CLASSIFIER_DIR
-                demo_cfg = dataclasses.replace(demo_cfg, score=dataclasses.replace(cfg.score, classifier=str(where)))
-            record, _ = outputs.claim(store, build_fingerprint(demo_cfg, demo=True))
-            if demo_cfg.score.classifier and not cfg.score.classifier:
-                if local:
-                    record.files.append(DEMO_CLASSIFIER_DIR)
-                    store.write_json(outputs.RUN_FILE, record.to_json())
-                train_demo_classifier(urls, Path(demo_cfg.score.classifier))
-            setup = time.monotonic() - t_setup  # corpus and demo classifier: the demo's inputs, not start-up
-            _init_ray(ray_logs)
-            return run_build(demo_cfg, startup=time.monotonic() - t0 - setup, claimed=(record, None),
-                             extra={"demo": True, "demo_setup_seconds": round(setup, 3)})
 
 
 def _exit_cleanly(code: int) -> None:

@@ -17,6 +17,7 @@ from ray_local import ray_local  # noqa: F401 - session fixture
 from core import schema, synthetic
 from core.config import ConfigError, load_config
 from curate.build_config import BuildConfig, iter_field_paths
+from curate.demo import CLASSIFIER_DIR
 from pipelines import build_bbst
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ def test_demo_runs_in_process_and_matches_expected_statuses(tmp_path, ray_local)
     # the demo bootstraps a DEMO classifier and runs the score stage of a normal build with it
     clf = summary["classifier"]
     assert clf["demo"] is True and clf["version"].startswith("demo-") and "DEMO classifier" in summary["scoring"]
-    assert (out / build_bbst.DEMO_CLASSIFIER_DIR / "config.json").is_file()
+    assert (out / CLASSIFIER_DIR / "config.json").is_file()
     # the split uses the checkpoint's thresholds (chosen for a target precision) when the config sets none
     th = summary["split_thresholds"]
     assert th == {"style_min_score": clf["thresholds"]["style"], "content_max_score": clf["thresholds"]["content"]}

@@ -91,7 +91,7 @@ def test_foreign_folder_is_refused_and_kept(tmp_path, urls, capsys):
 def test_resume_after_the_list_changed_is_refused(tmp_path, urls, capsys):
     out = tmp_path / "out"
     cfg = BuildConfig(urls=str(urls), out=str(out))
-    outputs.claim(Store(str(out)), build_bbst.build_fingerprint(cfg))  # what a killed run leaves behind
+    outputs.claim(Store(str(out)), outputs.build_fingerprint(cfg))  # what a killed run leaves behind
     pq.write_table(pa.table({"url": ["http://127.0.0.1:9/b.jpg", "http://127.0.0.1:9/c.jpg"]}), urls)
     err = _error(["--urls", str(urls), "--out", str(out)], capsys)
     assert "unfinished build" in err and "urls.parquet" in err and "changed" in err
