@@ -71,6 +71,7 @@ class Experiment:
     train_sets: list[str] = field(default_factory=list)  # KEY=VALUE overrides of every model's training config
     random_metrics: bool = False  # random-init metric backbones (no weight files needed; see the module docstring)
     metric_seed: int = 0  # seed of the random metric backbones
+    restoration_scales: list[int] = field(default_factory=list)  # RAST restoration SSIM/PSNR at these sizes ([] = off)
     adapt_steps: int = 0  # MetaStyle adaptation steps per style (0 = the model's adapt_steps)
     adapt_batch: int = 4  # MetaStyle adaptation crops per step
     adapt_images: int = 8  # training content crops MetaStyle adapts on
@@ -298,6 +299,8 @@ def run_experiment(exp: Experiment, out: str | Path, base: str | Path = ".") -> 
     t_done = time.perf_counter()
 
     table = comparison_rows(result, meta, protocol.sizes[0])
+    if exp.restoration_scales:
+        add_restoration(table, rows, exp.restoration_scales, protocol, proto_base)
     seconds = {"train": t_trained - t_start, "evaluate": t_done - t_trained, "total": t_done - t_start}
     not_improved = [m for m, d in gram_change(table).items() if d["last_step"] > 0 and not d["dropped"]]
     write_comparison(exp, table, result, out, seconds, device, not_improved)
@@ -327,6 +330,22 @@ def comparison_rows(result: dict, meta: list[dict], main_size: str) -> list[dict
                "backbone": m["backbone"], "train_seconds": round(m["train_seconds"], 1)}
         rows.append(row)
     return rows
+
+
+def add_restoration(table: list[dict], rows: list, scales: list[int], protocol, base: Path) -> None:
+    """Seed 000's restoration quality (``train.rast_ablation``) as ``restoration_ssim_<r>`` / ``restoration_psnr_<r>``
+    columns: contents stylised at the largest scale, scaled to each, restored; empty for models that cannot restore."""
+    from train.rast_ablation import restoration_table
+
+    scales = sorted(scales, reverse=True)
+    stylizers = [(row.label, row.stylize) for row in rows if hasattr(row.stylize, "model")]
+    _, cells = restoration_table(stylizers, protocol, base, size=scales[0], scales=tuple(scales))
+    for entry in table:
+        values = cells.get(f"{entry['model']} @ {entry['step']}", ["n/a"] * 2 * len(scales))
+        for i, r in enumerate(scales):
+            ssim, psnr = values[i], values[len(scales) + i]
+            entry[f"restoration_ssim_{r}"] = None if ssim == "n/a" else float(ssim)
+            entry[f"restoration_psnr_{r}"] = None if psnr == "n/a" else float(psnr)
 
 
 def gram_change(rows: list[dict]) -> dict[str, dict]:
@@ -363,7 +382,10 @@ def write_comparison(exp: Experiment, rows: list[dict], result: dict, out: Path,
         w.writerows(rows)
     heads = {**result["headers"], "gram": "Gram ↓ (×10³)"}
     quality = [k for k in QUALITY_COLUMNS if k in columns]
-    quality += [k for k in columns if k.startswith("seconds_") and any(r.get(k) is not None for r in rows)]
+    quality += [k for k in columns if k.startswith(("seconds_", "restoration_")) and any(r.get(k) is not None
+                                                                                          for r in rows)]
+    heads.update({k: f"restoration {k.split('_')[1].upper()} {k.split('_')[2]} ↑" for k in quality
+                  if k.startswith("restoration_")})
     heads.update({k: f"{k.removeprefix('seconds_')} s/image ↓" for k in quality if k.startswith("seconds_")})
     header = ["Model", "step"] + [heads.get(k, k) for k in quality] + ["Gram change", "backbone"]
     change = gram_change(rows)
