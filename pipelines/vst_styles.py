@@ -53,7 +53,7 @@ class VstStylesConfig:
     temperature: float = 1.0  # sample: scale of the prior's standard deviation
     style: list[str] = field(default_factory=list)  # interpolate: the two style images
     steps: int = 7  # interpolate: points from style A to style B, ends included
-    style_size: int = 512  # interpolate: style long side fed to the style encoder
+    style_size: int = 512  # interpolate: style long side loaded (the model encodes it at its own style_size)
 
 
 EXAMPLES = (

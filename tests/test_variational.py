@@ -40,20 +40,42 @@ def test_model_codes_prior_sampling_and_any_size():
         model.stylize(content, style, blur=1.0)
 
 
-def test_kl_warmup_and_a_few_steps_lower_the_loss_on_a_fixed_batch():
+def test_kl_warmup_counts_optimiser_steps_and_a_few_steps_lower_the_loss():
+    """Three micro-batches per update (gradient accumulation): the warm-up advances once per update."""
+    from train.config import OptimConfig
+    from train.step import make_optimizers, optimizer_step
+
     torch.manual_seed(0)
     model = create_model("variational_tiny", kl_warmup_start=2, kl_warmup_steps=4)
-    batch = {"content": torch.rand(2, 3, 32, 32), "style": torch.rand(2, 3, 32, 32)}
-    opt = torch.optim.Adam(model.generator_parameters(), lr=3e-3)
+    micro = [{"content": torch.rand(2, 3, 32, 32), "style": torch.rand(2, 3, 32, 32)} for _ in range(3)]
+    opts = make_optimizers(model, OptimConfig(lr=3e-3))
     losses, kl_w = [], []
     for _ in range(12):
-        loss, logs, images = model.generator_step(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        kl_w.append(logs["kl_weight"])
+        logs = optimizer_step(model, micro, opts).logs
+        losses.append(logs["loss_g"])
+        kl_w.append(logs["g/kl_weight"])
+    # updates 0-2 at weight 0, then w_kl * (step - 2) / 4 until the ramp ends at update 6
     assert kl_w[:3] == [0.0, 0.0, 0.0] and kl_w[4] == pytest.approx(0.5e-3) and kl_w[-1] == pytest.approx(1e-3)
     assert int(model.steps_done) == 12  # buffer: checkpoints carry the warm-up position
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
-    assert set(images) == {"content", "style", "output"}
+
+
+def test_style_encoder_is_the_content_encoder_with_adaptive_pooling():
+    model = create_model("variational_tiny")
+    content_layers = [type(m) for m in model.content_encoder.modules()]
+    style_layers = [type(m) for m in model.style_encoder.encoder.modules()]
+    assert style_layers == content_layers and torch.nn.InstanceNorm2d in style_layers
+    assert isinstance(model.style_encoder.head, torch.nn.Conv2d) and model.style_encoder.head.kernel_size == (1, 1)
+
+
+def test_styles_are_encoded_at_the_training_scale():
+    """``style_size`` (the training crop): a style given at 64 px is encoded as the same style at 32 px."""
+    torch.manual_seed(0)
+    model = create_model("variational_tiny").eval()
+    assert model.cfg.style_size == 32
+    big = torch.rand(1, 3, 64, 96)
+    small = torch.nn.functional.interpolate(big, size=(32, 48), mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(model.encode_style_image(big), model.encode_style(small))
+    content = torch.rand(1, 3, 40, 40)
+    torch.testing.assert_close(model.stylize(content, big), model.stylize(content, small))
+    assert not torch.allclose(model.encode_style(big)[0], model.encode_style(small)[0])

@@ -112,4 +112,6 @@ def optimizer_step(model: torch.nn.Module, micro: Sequence[dict], opts: Optimize
         D.average_gradients(opts.g_params, dist)
     grad_norm = _clip(opts.g_params, grad_clip)
     opts.g.step()
+    if hasattr(model, "after_optimizer_step"):  # models that schedule by update count (the variational KL warm-up)
+        model.after_optimizer_step()
     return StepResult(sums, images, grad_norm)

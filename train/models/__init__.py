@@ -10,6 +10,8 @@ for CPU tests. The model object then needs:
   ``model_config() -> dict`` (stored in checkpoints; ``create_model(name, **model_config())`` rebuilds the model);
   ``batch`` holds ``content``/``style`` (B,3,H,W) in [0,1] (+ ``style2``, keys, epoch);
 * for contrastive terms over a large batch (optional, ``optim.contrastive_batch``): see ``train.contrastive``;
+* optional ``after_optimizer_step()``, called after each generator update (schedules counted in optimiser steps,
+  not micro-batches: the variational model's KL warm-up);
 * for inference (``train.inference.Stylizer``, ``pipelines/stylize.py``, ``pipelines/evaluate.py``):
   ``stylize(content, style, **controls) -> image`` under no_grad, content at any size, output in [0,1] at the
   content's size. Controls the Stylizer passes only when the user sets them: ``alpha`` (style strength), ``blur``

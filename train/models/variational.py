@@ -42,8 +42,12 @@ class VariationalConfig:
     w_content: float = 1.0  # perceptual content loss
     w_style: float | None = None  # style loss weight; None = STYLE_WEIGHTS[style_loss]
     w_kl: float = 1e-3  # KL(q(z|s) || N(0, I)) after warm-up
-    kl_warmup_start: int = 0  # generator steps with KL weight 0 (the decoder first learns to use the code)
-    kl_warmup_steps: int = 10_000  # linear ramp of the KL weight to w_kl over this many steps
+    kl_warmup_start: int = 0  # optimiser steps with KL weight 0 (the decoder first learns to use the code)
+    kl_warmup_steps: int = 10_000  # linear ramp of the KL weight to w_kl over this many optimiser steps
+    # --- inference
+    # Styles are encoded at the scale the style encoder was trained on: at inference a style image is resized to
+    # this short side first (the seed's 96 px crops; 0 = as given). Contents run at any size (fully convolutional).
+    style_size: int = 96
 
     def __post_init__(self):
         L.style_loss_fn(self.style_loss)
@@ -53,6 +57,8 @@ class VariationalConfig:
             raise ValueError(f"loss_arch {self.loss_arch!r} not in ('vgg19', 'vgg16')")
         if self.num_down < 1 or self.base_channels < 1 or self.style_dim < 1:
             raise ValueError("num_down, base_channels and style_dim must be >= 1")
+        if self.style_size < 0:
+            raise ValueError(f"style_size must be >= 0, got {self.style_size}")
         self.style_layers = tuple(self.style_layers)
 
 
@@ -127,16 +133,18 @@ class Encoder(nn.Module):
 
 
 class StyleEncoder(nn.Module):
-    """The content encoder's design without normalisation (it would erase style), adaptive pooling, mean/log-var."""
+    """"Designed analogously to the content encoder, the only difference being adaptive pooling after the last
+    convolution" (seed 3.1): the content encoder's blocks (instance norm included), a last 1x1 convolution to
+    2 x D_s channels, adaptive average pooling to (mu, log-variance)."""
 
     def __init__(self, base: int, num_down: int, style_dim: int):
         super().__init__()
-        self.encoder = Encoder(base, num_down, norm=False)
-        self.head = nn.Linear(base * 2 ** num_down, 2 * style_dim)
+        self.encoder = Encoder(base, num_down, norm=True)
+        self.head = nn.Conv2d(base * 2 ** num_down, 2 * style_dim, 1)
 
     def forward(self, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.relu(self.encoder(style)[-1])
-        mu, logvar = self.head(F.adaptive_avg_pool2d(h, 1).flatten(1)).chunk(2, dim=1)
+        h = self.head(F.relu(self.encoder(style)[-1]))
+        mu, logvar = F.adaptive_avg_pool2d(h, 1).flatten(1).chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)  # keeps exp(logvar) finite early in training
 
 
@@ -176,7 +184,8 @@ class VariationalStyleTransfer(nn.Module):
         self.decoder = Decoder(cfg.base_channels, cfg.num_down, cfg.bottleneck_blocks, cfg.style_dim)
         self.loss_vgg = build_vgg(cfg.loss_arch, cfg.loss_vgg_weights, cfg.vgg_width)
         self._taps = tuple(dict.fromkeys(cfg.style_layers + (cfg.content_layer,)))
-        # Generator steps taken, for the KL warm-up; a buffer so that checkpoints and --resume carry it.
+        # Optimiser steps taken (after_optimizer_step), for the KL warm-up; a buffer so checkpoints and resume
+        # carry it. Counted per update, not per micro-batch: gradient accumulation does not shorten the warm-up.
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------------------------------ trainer interface
@@ -201,7 +210,17 @@ class VariationalStyleTransfer(nn.Module):
         return 2 ** self.cfg.num_down
 
     def encode_style(self, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Style image(s) -> (mu, logvar), each (B, style_dim)."""
+        """Style image(s) -> (mu, logvar), each (B, style_dim), at the size given (training crops)."""
+        return self.style_encoder(style)
+
+    def encode_style_image(self, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: a style image of any size, brought to the training scale (``style_size``), -> (mu, logvar)."""
+        size = self.cfg.style_size
+        if size and min(style.shape[-2:]) != size:
+            h, w = style.shape[-2:]
+            scale = size / min(h, w)
+            style = F.interpolate(style, size=(max(1, round(h * scale)), max(1, round(w * scale))),
+                                  mode="bilinear", antialias=True, align_corners=False)
         return self.style_encoder(style)
 
     @staticmethod
@@ -218,7 +237,7 @@ class VariationalStyleTransfer(nn.Module):
         """``(t, codes)`` at ``steps`` evenly spaced points from style A's mean code to style B's, ends included."""
         if steps < 2:
             raise ValueError(f"steps={steps}: an interpolation needs both ends (>= 2)")
-        za, zb = self.encode_style(style_a)[0], self.encode_style(style_b)[0]
+        za, zb = self.encode_style_image(style_a)[0], self.encode_style_image(style_b)[0]
         ts = torch.linspace(0, 1, steps).tolist()
         return ts, [za + t * (zb - za) for t in ts]
 
@@ -239,9 +258,9 @@ class VariationalStyleTransfer(nn.Module):
         """
         if blur:
             raise ValueError("the variational model has no content prior to blur")
-        z, _ = self.encode_style(style)
+        z, _ = self.encode_style_image(style)
         if alpha != 1.0:
-            zc, _ = self.encode_style(content)
+            zc, _ = self.encode_style_image(content)
             z = zc + alpha * (z.expand_as(zc) - zc)
         return self.decode(content, z).clamp(0, 1)
 
@@ -265,12 +284,14 @@ class VariationalStyleTransfer(nn.Module):
         terms = self.losses(content, style, out, mu, logvar)
         kl_w = cfg.w_kl * L.kl_warmup_weight(int(self.steps_done), cfg.kl_warmup_start, cfg.kl_warmup_steps)
         loss = cfg.w_content * terms["content"] + cfg.w_style * terms["style"] + kl_w * terms["kl"]
-        if self.training:
-            self.steps_done += 1
         logs = {k: float(v.detach()) for k, v in terms.items()}
         logs["kl_weight"] = kl_w
         images = {"content": content.detach(), "style": style.detach(), "output": out.detach()}
         return loss, logs, images
+
+    def after_optimizer_step(self) -> None:
+        """Called by ``train.step.optimizer_step`` after each generator update: one more step of KL warm-up."""
+        self.steps_done += 1
 
     def discriminator_step(self, batch: dict[str, torch.Tensor]):
         raise RuntimeError("the variational model has no discriminator")
@@ -279,7 +300,7 @@ class VariationalStyleTransfer(nn.Module):
 # --------------------------------------------------------------------------------------------------------- registry
 _TINY = {"base_channels": 4, "num_down": 2, "bottleneck_blocks": 1, "style_dim": 8, "loss_vgg_weights": None,
          "vgg_width": 1 / 16, "style_layers": ("relu1_1", "relu2_1", "relu3_1"), "content_layer": "relu3_1",
-         "kl_warmup_steps": 4}
+         "kl_warmup_steps": 4, "style_size": 32}
 
 
 def _build(defaults: dict, overrides: dict) -> VariationalStyleTransfer:
