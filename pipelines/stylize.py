@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not getattr(cfg, field_name):
             raise ConfigError(f"--{field_name} is required", hint="bbst stylize --help shows an example")
     from train.inference import Stylizer, list_images, load_image, save_image
+    from train.stylising import cannot_stylise
 
     contents, styles = list_images(cfg.content), list_images(cfg.style)
     single = len(contents) == 1 and len(styles) == 1 and not Path(cfg.out).is_dir() and Path(cfg.out).suffix
@@ -94,6 +95,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     stylizer = Stylizer(cfg.checkpoint, cfg.device, cfg.alpha, cfg.blur, cfg.max_side, cfg.style_size,
                         prior_weight=cfg.prior_weight, steps=cfg.steps, attention_mode=cfg.attention_mode,
                         attention_chunk=cfg.attention_chunk, max_style_tokens=cfg.max_style_tokens)
+    meta = getattr(stylizer.model, "checkpoint_meta", None)
+    cannot = cannot_stylise(meta["model_config"], meta["step"]) if meta else None
+    if cannot:
+        print(f"bbst stylize: note: {cfg.checkpoint} cannot stylise: {cannot}", file=sys.stderr, flush=True)
     rows: list[dict] = []
     style_cache: dict[Path, torch.Tensor | Exception] = {}
     for cpath in contents:

@@ -32,6 +32,7 @@ from train.config import TrainConfig
 from train.data import ShardPairLoader
 from train.models import create_model
 from train.step import bf16_autocast, make_optimizers, optimizer_step
+from train.stylising import cannot_stylise
 
 log = logging.getLogger("bbst.train")
 IMAGE_ORDER = ("content", "style", "prior", "output")
@@ -243,6 +244,9 @@ def train(cfg: TrainConfig, resume: bool | str = False,
                  samples_per_step, loader.samples_per_epoch(loader.position.epoch),
                  loader.batches_per_epoch(loader.position.epoch) // cfg.optim.grad_accum, step,
                  cfg.schedule.max_steps)
+        cannot = cannot_stylise(model.model_config(), cfg.schedule.max_steps)
+        if cannot:
+            log.warning("this run cannot stylise: %s", cannot)
         log.info("run folder %s: config %s, metrics %s, TensorBoard events; checkpoints in %s "
                  "(continue with --resume %s)", cfg.logging.dir, config_path, metrics_path, ckpt_dir,
                  cfg.logging.dir)

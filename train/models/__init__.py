@@ -96,6 +96,9 @@ def load_model_from_checkpoint(path: str, map_location: str | torch.device = "cp
             cfg[key] = None  # the checkpoint carries these frozen weights: skip looking for the weight file
     model = create_model(state["model_name"], **cfg)
     model.load_state_dict(weights)
+    # what the checkpoint said of itself, before the overrides above: bbst stylize reads it to tell a model that
+    # cannot stylise (random loss network, few steps)
+    model.checkpoint_meta = {"model_config": dict(state["model_config"]), "step": state.get("step")}
     return model.eval()
 
 
