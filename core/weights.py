@@ -32,6 +32,8 @@ HF_FILENAMES = (
 )
 SEARCH_VALUES = ("auto", "cache")  # weights values that mean "search the local places"
 WEIGHTS_DIR_ENV = "BBST_WEIGHTS_DIR"
+# the last line of every weights-not-found error: the command that lists every backbone and how to fetch it
+LIST_HINT = "`bbst weights` lists every backbone, where bbst looks for it and the command that fetches it"
 
 
 class WeightsNotFoundError(MissingInputError):
@@ -219,7 +221,8 @@ def find_weights(spec: str | os.PathLike | None, source: WeightsSource | Backbon
         if path.is_file():
             return path
         raise WeightsNotFoundError(f"{what} weights not found: {path} does not exist. Pass an existing "
-                                   f".safetensors/.pth/.bin file, or 'auto' to search the local caches. {fetch}".strip())
+                                   f".safetensors/.pth/.bin file, or 'auto' to search the local caches. {fetch}".strip(),
+                                   hint=LIST_HINT)
     found, looked = locate(source)
     if found is not None:
         return found
@@ -227,7 +230,7 @@ def find_weights(spec: str | os.PathLike | None, source: WeightsSource | Backbon
     where = f"${WEIGHTS_DIR_ENV} ({dirs['bbst']})" + (f", or set ${src.env} to the file" if src.env else "")
     raise WeightsNotFoundError(
         f"{what} weights not found (nothing is downloaded). Looked in:\n  " + "\n  ".join(map(str, looked))
-        + f"\nPut the file in {where}, or pass its path explicitly. {fetch}".rstrip())
+        + f"\nPut the file in {where}, or pass its path explicitly. {fetch}".rstrip(), hint=LIST_HINT)
 
 
 def weights_table() -> list[dict]:

@@ -26,6 +26,7 @@ COMMANDS = {
     "compare": ("pipelines.compare", "every model on the same pairs: one table and one image grid"),
     "convert-checkpoint": ("pipelines.convert_checkpoint",
                            "rewrite an older bbst checkpoint you trust as one that loads without pickle"),
+    "weights": ("pipelines.weights", "pretrained backbones: which are here, where bbst looks, how to fetch each"),
     "balanced-loss-analysis": ("pipelines.balanced_loss_analysis",
                                "classic vs balanced Gram style loss: Study III, and Studies I-V from ratings"),
     "reproduce": ("pipelines.reproduce", "one named experiment end to end: train each model, evaluate, compare"),

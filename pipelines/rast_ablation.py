@@ -62,14 +62,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from core.device import resolve_device
-    from train.evaluation import RANDOM_METRICS_NOTE, load_protocol
-    from train.metrics import StyleTransferMetrics
+    from train.evaluation import RANDOM_METRICS_NOTE, build_metrics, load_protocol
     from train.rast_ablation import TABLES, run_table, table_configs
 
     protocol, _ = load_protocol(args.protocol)
     device = str(resolve_device(args.device))
-    kw = {"device": device, "metrics": protocol.metrics, "style_match": protocol.style_match}
-    metrics = StyleTransferMetrics.random_init(**kw) if args.random_metrics else StyleTransferMetrics(**kw)
+    metrics = build_metrics(protocol, device, args.random_metrics)  # its weights error names --random-metrics
     return run_table(args.configs or table_configs(args.table), args.data, args.protocol, args.out, metrics,
                      steps=args.steps, sets=args.sets, device=device, timing=not args.no_timing,
                      note=RANDOM_METRICS_NOTE if args.random_metrics else "",

@@ -97,8 +97,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         attention_chunk=cfg.attention_chunk, max_style_tokens=cfg.max_style_tokens)
     meta = getattr(stylizer.model, "checkpoint_meta", None)
     cannot = cannot_stylise(meta["model_config"], meta["step"]) if meta else None
-    if cannot:
-        print(f"bbst stylize: note: {cfg.checkpoint} cannot stylise: {cannot}", file=sys.stderr, flush=True)
     rows: list[dict] = []
     style_cache: dict[Path, torch.Tensor | Exception] = {}
     for cpath in contents:
@@ -142,6 +140,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                 hint=f"{results} lists each pair's error")
         print(f"bbst stylize: {len(rows) - failed} of {len(rows)} pairs stylised into {out_dir}"
               + (f"; {failed} failed (their errors are in {results})" if failed else ""), file=sys.stderr)
+    if cannot:  # last, beside the outputs it explains
+        print(f"bbst stylize: note: {cfg.checkpoint} cannot stylise: {cannot}", file=sys.stderr, flush=True)
     return rows
 
 

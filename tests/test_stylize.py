@@ -86,6 +86,10 @@ def test_folder_mode_reports_failures_and_fails_when_every_pair_fails(tmp_path, 
     assert [r["status"] for r in rows] == ["ok", "error"]
     err = capsys.readouterr().err
     assert f"bbst stylize: 1 of 2 pairs stylised into {tmp_path / 'some'}; 1 failed" in err, err
+    # the fixture's checkpoint (random tiny VGG, step 1) is named as one that cannot stylise, after the outputs
+    assert err.rstrip().splitlines()[-1].startswith(f"bbst stylize: note: {checkpoint} cannot stylise: its VGG "
+                                                    "network is random-init (vgg_weights=None, vgg_width=0.0625)")
+    assert "1 training steps are too few" in err
     (cdir / "a.jpg").unlink()
     assert main(["--checkpoint", str(checkpoint), "--content", str(cdir), "--style", str(sdir), "--out",
                  str(tmp_path / "none")]) == 2
@@ -151,3 +155,13 @@ def test_cuda_stylize_matches_cpu(checkpoint):
     ref = cpu.stylize(c, s, alpha=1.2)
     out = gpu.stylize(c.cuda(), s.cuda(), alpha=1.2).cpu()
     assert torch.allclose(out, ref, atol=2e-3)
+
+
+def test_cannot_stylise_names_a_random_loss_network_and_too_few_steps():
+    from train.stylising import MIN_STYLISING_STEPS, cannot_stylise
+
+    real = {"vgg_weights": "auto", "vgg_width": 1.0, "loss_vgg_weights": "auto", "loss_vgg_width": 1.0}
+    assert cannot_stylise(real, MIN_STYLISING_STEPS) is None and cannot_stylise({}, None) is None
+    assert cannot_stylise({**real, "loss_vgg_weights": None}, 5000).startswith(
+        "its VGG network is random-init (loss_vgg_weights=None)")
+    assert cannot_stylise(real, 2) == f"2 training steps are too few (a visible style takes at least {MIN_STYLISING_STEPS})"

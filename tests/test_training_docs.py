@@ -60,6 +60,7 @@ RUN = [
     "bbst train --config neat_tiny --set schedule.max_steps=4",
     "bbst train --resume runs/neat_tiny --set schedule.max_steps=6",
     "bbst --version",
+    "bbst weights",
     "bbst build --help",
     "bbst make-protocol --tiny eval-tiny/",
     "bbst evaluate --protocol eval-tiny/protocol.yaml --model tiny=ckpt.pt --random-metrics --out eval-tiny/out",
@@ -106,7 +107,7 @@ PARSED_ONLY = [
     (r"torchrun", "several GPUs"),
     (r"bbst train --config first_image_cpu$", "a real VGG-19 (not on the test machine) and 20-30 minutes"),
     (r"bbst stylize --checkpoint runs/first_image/checkpoints/ckpt-00000600", "the recipe's trained checkpoint"),
-    (r"bbst weights$", "run by tests/test_weights.py"),
+    (r"bbst convert-checkpoint", "a checkpoint written by an older bbst (tests/test_checkpoint.py converts one)"),
 ]
 
 

@@ -312,7 +312,13 @@ def build_metrics(protocol: Protocol, device: str, random_init: bool = False, vg
     kw = {"device": device, "metrics": protocol.metrics, "style_match": protocol.style_match}
     if random_init:
         return StyleTransferMetrics.random_init(**kw)
-    return StyleTransferMetrics(vgg_weights, lpips_net, lpips_backbone, inception_weights, **kw)
+    from core.weights import WeightsNotFoundError
+
+    try:
+        return StyleTransferMetrics(vgg_weights, lpips_net, lpips_backbone, inception_weights, **kw)
+    except WeightsNotFoundError as exc:  # the metrics have a way to run without their backbones: say so
+        exc.hint = f"{exc.hint}; or run without them: --random-metrics (random backbones, meaningless numbers)"
+        raise
 
 
 RANDOM_METRICS_NOTE = "Metric backbones are RANDOM (smoke run): the numbers are meaningless."
