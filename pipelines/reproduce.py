@@ -49,13 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add(p, "protocol", metavar="FILE")
     flags.add(p, "steps")
     flags.add(p, "eval_every")
-    flags.add(p, "train_sets", "--train-set", action="append", metavar="KEY=VALUE")
     flags.add(p, "sizes", metavar="SIZE")
     flags.add(p, "timing_sizes", metavar="WxH")
     flags.add(p, "timing")
     flags.add(p, "random_metrics", action="store_true")
     flags.add(p, "adapt_steps")
     flags.add(p, "device")
+    p.add_argument("--train-set", dest="train_sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training option of every model, after the experiment's own train_sets, e.g. "
+                        "--train-set optim.lr=3.0e-4; repeatable (default: none)")
     p.add_argument("--only", action="append", default=[], metavar="LABEL",
                    help="run only the model with this label; repeatable (default: all the experiment's models)")
     p.add_argument("--list", action="store_true", help="list the packaged experiments and their models, and exit (default: off)")
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
                           hint=f"packaged experiments: {', '.join(list_experiments())}")
     args.config = str(experiment_path(named or args.config))
     exp = load_args(Experiment, args, args.config_flags)
+    exp.train_sets = list(exp.train_sets) + list(args.train_sets)
     if args.only:
         exp = _select(exp, args.only)
     if not exp.models:

@@ -23,8 +23,7 @@ from train.reproduce import (
 
 def test_two_families_train_evaluate_and_their_gram_distance_drops(tmp_path):
     out = tmp_path / "out"
-    result = main(["--tiny", "--only", "NeAT", "--only", "AdaIN", "--steps", "12", "--set", "adapt_steps=2",
-                   "--out", str(out)])
+    result = main(["--tiny", "--only", "NeAT", "--only", "AdaIN", "--steps", "12", "--out", str(out)])
     with open(out / "comparison.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["model"], int(r["step"])) for r in rows] == [("NeAT", 0), ("NeAT", 12), ("AdaIN", 0), ("AdaIN", 12)]
@@ -41,6 +40,11 @@ def test_two_families_train_evaluate_and_their_gram_distance_drops(tmp_path):
     # every kept checkpoint is a trainer checkpoint a user can resume or stylise with
     assert sorted(p.name for p in (out / "runs" / "NeAT" / "checkpoints").iterdir()) == [
         "ckpt-00000000.pt", "ckpt-00000012.pt"]
+    # a rerun into the same folder evaluates the trained checkpoints again, without training, to the same numbers
+    stamp = (out / "runs" / "NeAT" / "checkpoints" / "ckpt-00000012.pt").stat().st_mtime_ns
+    again = main(["--tiny", "--only", "NeAT", "--only", "AdaIN", "--steps", "12", "--out", str(out)])
+    assert (out / "runs" / "NeAT" / "checkpoints" / "ckpt-00000012.pt").stat().st_mtime_ns == stamp
+    assert [r["gram"] for r in again["rows"]] == pytest.approx([r["gram"] for r in result["rows"]])
 
 
 def test_gram_change_flags_a_model_that_did_not_improve_and_keeps_its_rows():

@@ -263,9 +263,16 @@ def run_experiment(exp: Experiment, out: str | Path, base: str | Path = ".") -> 
             trained[run.label] = trained[run.reuse]
             continue
         cfg = training_config(exp, run, base, data_root, out)
-        log.info("%s: training %s for %d steps", run.label, cfg.model.name, cfg.schedule.max_steps)
+        steps, earlier = cfg.schedule.max_steps, checkpoints(Path(cfg.logging.dir))
         t0 = time.perf_counter()
-        train(cfg)
+        if earlier and earlier[-1][0] > steps:
+            raise ConfigError(f"{cfg.logging.dir}: holds checkpoints up to step {earlier[-1][0]} of an earlier run, "
+                              f"more than this run's {steps}", hint="choose another --out, or remove that folder")
+        if earlier and earlier[-1][0] == steps:  # a rerun into the same --out: the model is trained already
+            log.info("%s: %s already trained to step %d, not trained again", run.label, cfg.model.name, steps)
+        else:  # a new run, or one an interruption stopped: resume continues its data stream exactly
+            log.info("%s: training %s for %d steps", run.label, cfg.model.name, steps)
+            train(cfg, resume=bool(earlier))
         found = checkpoints(Path(cfg.logging.dir))
         if not found or found[0][0] != 0:
             raise RuntimeError(f"{run.label}: the run kept no step-0 checkpoint in {cfg.logging.dir}/checkpoints")
