@@ -136,77 +136,6 @@ def build_rows(cfg: CompareConfig, protocol, base: Path, device: str) -> list:
     return rows
 
 
-def deception_scorer(cfg: CompareConfig, protocol, base: Path, device: str):
-    """The deception-rate column when ``--artist-model`` is given (None otherwise)."""
-    if not cfg.artist_model:
-        return None
-    from train.deception import (
-        DeceptionScorer,
-        keep_artists_with,
-        load_artist_model,
-        read_artist_csv,
-        read_reference_set,
-        reference_batches,
-    )
-    from train.evaluation import resolve
-    from train.inference import load_image
-
-    styles = [resolve(base, s) for s in protocol.styles]
-    refs, ref_artists = None, None
-    if cfg.deception_mode == "nearest":
-        if not cfg.deception_references:
-            raise ConfigError("--deception-mode nearest needs --deception-references: held-out artists' paintings "
-                              "(a folder of ARTIST/ subfolders or an image,artist CSV)")
-        try:
-            reference_set = read_reference_set(cfg.deception_references)
-        except FileNotFoundError as exc:
-            raise MissingInputError(f"--deception-references {exc}") from None
-        except ValueError as exc:
-            raise BadInputError(f"--deception-references {exc}") from None
-        kept = keep_artists_with(reference_set, cfg.deception_min_paintings)
-        if not kept:
-            raise BadInputError(f"--deception-references {cfg.deception_references}: no artist has "
-                                f"{cfg.deception_min_paintings} paintings (--deception-min-paintings)")
-        ref_paths, ref_artists = [p for p, _ in kept], [a for _, a in kept]
-        refs = reference_batches(ref_paths, load_image, cfg.artist_input_size)
-    style_artist = {}
-    if cfg.artists:
-        try:
-            style_artist = read_artist_csv(cfg.artists)
-        except FileNotFoundError as exc:
-            raise MissingInputError(f"--artists {exc}") from None
-        except ValueError as exc:
-            raise BadInputError(f"--artists {exc}") from None
-    elif cfg.deception_mode == "nearest":  # a style drawn from the reference set: its artist is known there
-        style_artist = {p.stem: a for p, a in reference_set}
-    else:
-        raise ConfigError("--artist-model needs --artists CSV (style,artist columns)")
-    missing = sorted({Path(s).stem for s in styles} - set(style_artist))
-    if missing:
-        raise BadInputError(f"no artist for style(s) {missing[:5]}: give them in --artists or the references")
-    if ref_artists is not None:
-        absent = sorted({style_artist[Path(s).stem] for s in styles} - set(ref_artists))
-        if absent:
-            raise BadInputError(f"--deception-references {cfg.deception_references}: no reference paintings by "
-                                f"{absent[:5]}, the artists of some styles")
-    names = None
-    if cfg.deception_mode == "classify":
-        if not cfg.artist_names:
-            raise ConfigError("--deception-mode classify needs --artist-names (one artist per line, logit order)")
-        if not Path(cfg.artist_names).is_file():
-            raise MissingInputError(f"--artist-names {cfg.artist_names}: file not found")
-        names = [n.strip() for n in Path(cfg.artist_names).read_text().splitlines() if n.strip()]
-    try:
-        model = load_artist_model(cfg.artist_model, device)
-    except FileNotFoundError as exc:
-        raise MissingInputError(f"--artist-model {exc}") from None
-    try:
-        return DeceptionScorer(model, style_artist, cfg.deception_mode, names, cfg.artist_input_size, device,
-                               refs, ref_artists)
-    except ValueError as exc:
-        raise ConfigError(f"--deception-mode {cfg.deception_mode}: {exc}") from None
-
-
 @error_boundary("compare")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
@@ -217,7 +146,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not cfg.models:
         raise ConfigError("nothing to compare: give --model NAME=CKPT (repeatable)")
     protocol, base, device, metrics = prepare(cfg)
-    scorer = deception_scorer(cfg, protocol, base, device)
+    from train.deception import scorer_from_options
+    from train.evaluation import resolve
+
+    scorer = scorer_from_options(cfg, [resolve(base, st) for st in protocol.styles], device)
     rows = build_rows(cfg, protocol, base, device)
     note = "Every model on the same content-style pairs; MetaStyle adapted to each style first (its own column)."
     if cfg.random_metrics:

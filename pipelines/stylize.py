@@ -10,13 +10,9 @@ the message): an unreadable image fails its rows, not the run.
 from __future__ import annotations
 
 import argparse
-import csv
-import logging
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # `python pipelines/stylize.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,12 +28,6 @@ from core.cli import (
     setup_logging,
 )
 from core.config import ConfigError
-from core.errors import BadInputError
-
-if TYPE_CHECKING:
-    import torch
-
-log = logging.getLogger("bbst.stylize")
 
 
 @dataclass
@@ -86,60 +76,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for field_name in REQUIRED:
         if not getattr(cfg, field_name):
             raise ConfigError(f"--{field_name} is required", hint="bbst stylize --help shows an example")
-    from train.inference import Stylizer, list_images, load_image, save_image
+    from train.inference import Stylizer, list_images, stylize_pairs
     from train.stylising import cannot_stylise
 
     contents, styles = list_images(cfg.content), list_images(cfg.style)
-    single = len(contents) == 1 and len(styles) == 1 and not Path(cfg.out).is_dir() and Path(cfg.out).suffix
-    out_dir = Path(cfg.out).parent if single else Path(cfg.out)
     stylizer = Stylizer(cfg.checkpoint, cfg.device, cfg.alpha, cfg.blur, cfg.max_side, cfg.style_size,
                         prior_weight=cfg.prior_weight, steps=cfg.steps, attention_mode=cfg.attention_mode,
                         attention_chunk=cfg.attention_chunk, max_style_tokens=cfg.max_style_tokens)
     meta = getattr(stylizer.model, "checkpoint_meta", None)
     cannot = cannot_stylise(meta["model_config"], meta["step"]) if meta else None
-    rows: list[dict] = []
-    style_cache: dict[Path, torch.Tensor | Exception] = {}
-    for cpath in contents:
-        try:
-            content: torch.Tensor | Exception = load_image(cpath)
-        except (FileNotFoundError, ValueError) as exc:
-            content = exc
-        for spath in styles:
-            if spath not in style_cache:
-                try:
-                    style_cache[spath] = load_image(spath)
-                except (FileNotFoundError, ValueError) as exc:
-                    style_cache[spath] = exc
-            style = style_cache[spath]
-            target = Path(cfg.out) if single else out_dir / f"{cpath.stem}_stylized_{spath.stem}.png"
-            row = {"content": str(cpath), "style": str(spath), "output": str(target), "status": "ok", "error": "",
-                   "seconds": 0.0, "height": 0, "width": 0}
-            bad = content if isinstance(content, Exception) else style if isinstance(style, Exception) else None
-            if bad is not None:
-                if single:
-                    raise bad
-                row.update(status="error", error=str(bad))
-                log.warning("skipping %s x %s: %s", cpath.name, spath.name, bad)
-            else:
-                t = time.perf_counter()
-                out = stylizer(content, style)
-                row.update(seconds=round(time.perf_counter() - t, 4), height=out.shape[-2], width=out.shape[-1])
-                save_image(out, target)
-                log.info("%s (%dx%d, %.2fs)", target, out.shape[-1], out.shape[-2], row["seconds"])
-            rows.append(row)
-    if not single:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        results = out_dir / "results.csv"
-        with open(results, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    rows = stylize_pairs(stylizer, contents, styles, cfg.out)
+    if Path(cfg.out).is_dir():  # a folder of pairs (one pair into a file says nothing more)
         failed = sum(r["status"] != "ok" for r in rows)
-        if failed == len(rows):
-            raise BadInputError(f"every one of the {len(rows)} content x style pairs failed; nothing was stylised",
-                                hint=f"{results} lists each pair's error")
-        print(f"bbst stylize: {len(rows) - failed} of {len(rows)} pairs stylised into {out_dir}"
-              + (f"; {failed} failed (their errors are in {results})" if failed else ""), file=sys.stderr)
+        print(f"bbst stylize: {len(rows) - failed} of {len(rows)} pairs stylised into {cfg.out}"
+              + (f"; {failed} failed (their errors are in {Path(cfg.out) / 'results.csv'})" if failed else ""),
+              file=sys.stderr)
     if cannot:  # last, beside the outputs it explains
         print(f"bbst stylize: note: {cfg.checkpoint} cannot stylise: {cannot}", file=sys.stderr, flush=True)
     return rows

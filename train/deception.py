@@ -212,3 +212,68 @@ class DeceptionScorer:
 
     def value(self) -> float:
         return self.rate.result()["deception_rate"]
+
+
+def scorer_from_options(cfg, styles: list[str], device) -> DeceptionScorer | None:
+    """The deception-rate column of a comparison of the ``styles`` images, from a command's options (None without
+    ``cfg.artist_model``): ``artist_model``, ``artists``, ``artist_names``, ``deception_mode``,
+    ``deception_references``, ``deception_min_paintings``, ``artist_input_size``. Errors name their flag."""
+    if not cfg.artist_model:
+        return None
+    from core.config import ConfigError
+    from core.errors import BadInputError, MissingInputError
+    from train.inference import load_image
+
+    refs, ref_artists = None, None
+    if cfg.deception_mode == "nearest":
+        if not cfg.deception_references:
+            raise ConfigError("--deception-mode nearest needs --deception-references: held-out artists' paintings "
+                              "(a folder of ARTIST/ subfolders or an image,artist CSV)")
+        try:
+            reference_set = read_reference_set(cfg.deception_references)
+        except FileNotFoundError as exc:
+            raise MissingInputError(f"--deception-references {exc}") from None
+        except ValueError as exc:
+            raise BadInputError(f"--deception-references {exc}") from None
+        kept = keep_artists_with(reference_set, cfg.deception_min_paintings)
+        if not kept:
+            raise BadInputError(f"--deception-references {cfg.deception_references}: no artist has "
+                                f"{cfg.deception_min_paintings} paintings (--deception-min-paintings)")
+        ref_paths, ref_artists = [p for p, _ in kept], [a for _, a in kept]
+        refs = reference_batches(ref_paths, load_image, cfg.artist_input_size)
+    style_artist = {}
+    if cfg.artists:
+        try:
+            style_artist = read_artist_csv(cfg.artists)
+        except FileNotFoundError as exc:
+            raise MissingInputError(f"--artists {exc}") from None
+        except ValueError as exc:
+            raise BadInputError(f"--artists {exc}") from None
+    elif cfg.deception_mode == "nearest":  # a style drawn from the reference set: its artist is known there
+        style_artist = {p.stem: a for p, a in reference_set}
+    else:
+        raise ConfigError("--artist-model needs --artists CSV (style,artist columns)")
+    missing = sorted({Path(s).stem for s in styles} - set(style_artist))
+    if missing:
+        raise BadInputError(f"no artist for style(s) {missing[:5]}: give them in --artists or the references")
+    if ref_artists is not None:
+        absent = sorted({style_artist[Path(s).stem] for s in styles} - set(ref_artists))
+        if absent:
+            raise BadInputError(f"--deception-references {cfg.deception_references}: no reference paintings by "
+                                f"{absent[:5]}, the artists of some styles")
+    names = None
+    if cfg.deception_mode == "classify":
+        if not cfg.artist_names:
+            raise ConfigError("--deception-mode classify needs --artist-names (one artist per line, logit order)")
+        if not Path(cfg.artist_names).is_file():
+            raise MissingInputError(f"--artist-names {cfg.artist_names}: file not found")
+        names = [n.strip() for n in Path(cfg.artist_names).read_text().splitlines() if n.strip()]
+    try:
+        model = load_artist_model(cfg.artist_model, device)
+    except FileNotFoundError as exc:
+        raise MissingInputError(f"--artist-model {exc}") from None
+    try:
+        return DeceptionScorer(model, style_artist, cfg.deception_mode, names, cfg.artist_input_size, device,
+                               refs, ref_artists)
+    except ValueError as exc:
+        raise ConfigError(f"--deception-mode {cfg.deception_mode}: {exc}") from None

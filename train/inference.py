@@ -153,6 +153,62 @@ class Stylizer:
         return self.model.stylize(content, style, **self.controls())
 
 
+def stylize_pairs(stylizer, contents: list[Path], styles: list[Path], out: str | Path) -> list[dict]:
+    """Stylise every content x style pair and return one row per pair (``status`` ok or error, with the message).
+
+    One pair and an ``out`` with a file suffix (not a folder): the image is written there and an unreadable image
+    raises. Otherwise each pair becomes ``out/<content>_stylized_<style>.png`` and ``out/results.csv`` holds the
+    rows: an unreadable image fails its rows, not the run, unless every pair fails.
+    """
+    import csv
+    import logging
+    import time
+
+    log = logging.getLogger("bbst.stylize")
+    single = len(contents) == 1 and len(styles) == 1 and not Path(out).is_dir() and bool(Path(out).suffix)
+    out_dir = Path(out).parent if single else Path(out)
+    rows: list[dict] = []
+    images: dict[Path, torch.Tensor | Exception] = {}
+
+    def image(path: Path) -> torch.Tensor | Exception:  # each image decoded once; a failure is kept as the value
+        if path not in images:
+            try:
+                images[path] = load_image(path)
+            except (FileNotFoundError, ValueError) as exc:
+                images[path] = exc
+        return images[path]
+
+    for cpath in contents:
+        for spath in styles:
+            content, style = image(cpath), image(spath)
+            target = Path(out) if single else out_dir / f"{cpath.stem}_stylized_{spath.stem}.png"
+            row = {"content": str(cpath), "style": str(spath), "output": str(target), "status": "ok", "error": "",
+                   "seconds": 0.0, "height": 0, "width": 0}
+            bad = content if isinstance(content, Exception) else style if isinstance(style, Exception) else None
+            if bad is not None:
+                if single:
+                    raise bad
+                row.update(status="error", error=str(bad))
+                log.warning("skipping %s x %s: %s", cpath.name, spath.name, bad)
+            else:
+                t = time.perf_counter()
+                result = stylizer(content, style)
+                row.update(seconds=round(time.perf_counter() - t, 4), height=result.shape[-2], width=result.shape[-1])
+                save_image(result, target)
+                log.info("%s (%dx%d, %.2fs)", target, result.shape[-1], result.shape[-2], row["seconds"])
+            rows.append(row)
+    if not single:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "results.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        if all(r["status"] != "ok" for r in rows):
+            raise BadInputError(f"every one of the {len(rows)} content x style pairs failed; nothing was stylised",
+                                hint=f"{out_dir / 'results.csv'} lists each pair's error")
+    return rows
+
+
 class AdaptingStylizer:
     """A meta-trained MetaStyle model as a ``(content, style) -> image`` callable, like :class:`Stylizer`.
 
