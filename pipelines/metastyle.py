@@ -1,16 +1,18 @@
 """MetaStyle after meta-training: adapt to a new style in a few steps, stylise with it, interpolate adapted models.
 
 ``python pipelines/metastyle.py adapt --checkpoint META.pt --style S.jpg --content photos/ --steps 200
---out adapted.pt`` runs ``--steps`` Adam updates of the perceptual loss (random ``--crop`` crops of the content
-images, ``--batch`` per step) from the meta-trained parameters and saves the adapted model as a checkpoint that
-``pipelines/stylize.py`` and ``pipelines/evaluate.py`` load like any other. The adaptation time and losses are
+--out adapted.pt`` runs ``--steps`` updates (the model's ``adapt_optimizer``) of the perceptual loss (random
+``--crop`` crops of the content images, training content as in the paper, ``--batch`` per step) from the
+meta-trained parameters and saves the adapted model as a checkpoint that ``pipelines/stylize.py`` and
+``pipelines/evaluate.py`` load like any other. The adaptation time and losses are
 recorded in it (``adaptation``).
 
 ``python pipelines/metastyle.py stylize --checkpoint adapted.pt --content A.jpg --out A_styled.png`` is the
 feed-forward stylisation (no style image: the adapted network renders its one style).
 
-``python pipelines/metastyle.py interpolate --checkpoint a.pt b.pt --content A.jpg --steps 5 --out grid.png
-[--save-weights 0.5 0.5 --save mixed.pt]`` renders convex combinations of the adapted models' parameters.
+``python pipelines/metastyle.py interpolate --checkpoint a.pt b.pt [c.pt ...] --content A.jpg --steps 5 --out grid.png
+[--save-weights 0.5 0.5 --save mixed.pt]`` renders convex combinations of the adapted models' parameters along the
+path through every given model (``--steps`` points per leg: a to b, then b to c, ...).
 """
 
 from __future__ import annotations
@@ -81,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--content", nargs="+", required=True, metavar="PATH",
                    help="content image(s), one grid row each (required)")
     i.add_argument("--out", required=True, metavar="FILE",
-                   help="PNG grid of --steps points from the first model to the second (required)")
+                   help="PNG grid of the mixtures along the path through every model (required)")
     i.add_argument("--steps", type=int, default=5, metavar="N",
-                   help="points from the first to the second model, ends included (default: 5)")
+                   help="points per leg of the path (model k to model k+1), ends included (default: 5)")
     i.add_argument("--save", default="", metavar="FILE",
                    help="also save the mixture given by --save-weights as a checkpoint (default: none)")
     i.add_argument("--save-weights", type=float, nargs="+", default=None, metavar="W",
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {"written": written}
     # interpolate
     from train.image_grid import save_grid
-    from train.models.metastyle import interpolate_models
+    from train.models.metastyle import interpolate_models, interpolation_path
 
     loaded = [_load(p, device) for p in args.checkpoint]
     models = [m for m, _ in loaded]
@@ -165,11 +167,11 @@ def main(argv: list[str] | None = None) -> dict:
     contents = [resize_max_side(load_image(p), args.max_side).to(device) for p in args.content]
     if args.steps < 2:
         raise BbstError(f"--steps {args.steps}: must be >= 2 (both ends are included)")
-    ts = torch.linspace(0, 1, args.steps).tolist()
-    mixes = [interpolate_models(models[:2], [1 - t, t]) for t in ts]
+    weights = interpolation_path(len(models), args.steps)
+    mixes = [interpolate_models(models, w) for w in weights]
     rows = [[m.stylize(c) for m in mixes] for c in contents]
     save_grid(rows, args.out)
-    result = {"out": args.out, "t": ts}
+    result = {"out": args.out, "weights": weights}
     if args.save:
         if not args.save_weights or len(args.save_weights) != len(models):
             raise BbstError(f"--save needs --save-weights with one weight per checkpoint ({len(models)})")

@@ -52,7 +52,13 @@ def test_adapt_stylize_interpolate(tmp_path, setup, capsys):
     res = main(["interpolate", "--checkpoint", *adapted, "--content", photo, "--steps", "3",
                 "--out", str(tmp_path / "interp.png"), "--save", str(tmp_path / "mix.pt"),
                 "--save-weights", "0.25", "0.75"])
-    assert res["t"] == [0.0, 0.5, 1.0] and (tmp_path / "interp.png").is_file()
+    assert res["weights"] == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]] and (tmp_path / "interp.png").is_file()
+    # three models: the grid walks a -> b -> a2, every checkpoint takes part
+    res3 = main(["interpolate", "--checkpoint", *adapted, adapted[0], "--content", photo, "--steps", "3",
+                 "--out", str(tmp_path / "interp3.png")])
+    assert res3["weights"] == [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]]
+    with Image.open(tmp_path / "interp3.png") as img:
+        assert img.size[0] > Image.open(tmp_path / "interp.png").size[0]
     mix = load_model_from_checkpoint(res["saved"])
     a, b = (load_model_from_checkpoint(p) for p in adapted)
     for pm, pa, pb in zip(mix.transformer.parameters(), a.transformer.parameters(), b.transformer.parameters()):

@@ -115,7 +115,8 @@ def test_shipped_configs_load_and_build(name):
     weights = {"vgg_weights": None, "loss_vgg_weights": None, "vgg_width": 1 / 16} if "neat" in name else \
         {"loss_vgg_weights": None, "vgg_width": 1 / 16}
     model = create_model(cfg.model.name, **kwargs, **weights)
-    expected = {"variational.yaml": "gram", "metastyle.yaml": "gram", "neat_balanced_vgg16.yaml": "balanced_gram"}
+    expected = {"variational.yaml": "gram", "metastyle.yaml": "gram_frobenius",
+                "neat_balanced_vgg16.yaml": "balanced_gram"}
     assert model.model_config()["style_loss"] == expected[name]
     if name == "neat_balanced_vgg16.yaml":
         assert model.loss_vgg is not None and model.cfg.content_layer == "relu3_3"

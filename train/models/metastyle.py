@@ -5,6 +5,11 @@ parameters w to one style by T gradient steps on training content images, starti
 theta; the outer problem trains theta so that the adapted w_{s,T} does well on held-out content for that style.
 After meta-training, 100-200 steps adapt theta to a new style; the adapted network is an ordinary fast feed-forward
 stylisation network, and convex combinations of adapted parameters interpolate between styles.
+
+The paper's formulas are followed where it gives them: the bilevel problem with the gradient of the outer loss taken
+through the T inner steps (second order; ``second_order: false`` is the first-order approximation), the perceptual
+loss alpha * content + beta * sum_i ||G(phi_i(I_s)) - G(phi_i(I_x))||_F^2 with G = psi psi^T / CHW, Psi = identity.
+docs/models.md names every choice the paper leaves open and what this module picks.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from torch.func import functional_call
 
 from train import losses as L
 from train.models import build_from_config, register_model
+from train.models.johnson import TransformerNet, norm_parameter_names
 from train.models.vgg import VGG16_STYLE_LAYERS, build_vgg
 
 log = logging.getLogger(__name__)
-STYLE_WEIGHTS = {"gram": 2.5e3, "balanced_gram": 2.5, "mean_std": 3.0}  # style losses summed over 4 layers
+# Style losses MetaStyle can use: the paper's sum of squared Frobenius norms, or the repository's other style losses.
+STYLE_LOSSES = {"gram_frobenius": L.gram_frobenius_style, **L.STYLE_LOSSES}
 
 
 @dataclass
@@ -44,88 +51,36 @@ class MetaStyleConfig:
     vgg_width: float = 1.0  # channel multiplier of the loss VGG (1.0 with real weights; tiny for tests)
     style_layers: tuple[str, ...] = VGG16_STYLE_LAYERS  # relu1_2, relu2_2, relu3_3, relu4_3
     content_layer: str = "relu2_2"  # content tap (Johnson et al.)
-    style_loss: str = "gram"  # "gram" (Gram of C*H*W-normalised features), "balanced_gram" or "mean_std"
+    style_loss: str = "gram_frobenius"  # the paper's sum over layers of ||G(S) - G(X)||_F^2; or a STYLE_LOSSES name
     w_content: float = 1.0  # alpha of the perceptual loss
-    w_style: float | None = None  # beta; None = STYLE_WEIGHTS[style_loss]
+    # beta. The paper gives none; None = measured on the first meta-batch as content / style loss of theta's
+    # outputs (so the two terms start at the same magnitude), then kept fixed and stored in the checkpoint
+    w_style: float | None = None
     # --- bilevel meta-training (inside generator_step; the trainer's optimizer is the outer one)
     inner_steps: int = 1  # T: inner gradient steps per style (the paper: 1 to 5)
-    inner_lr: float = 1e-4  # delta: inner SGD step size
-    inner_params: str = "all"  # parameters the inner loop adapts: "all" or "norm" (instance-norm scale/shift only)
-    second_order: bool = False  # differentiate through the inner gradients (create_graph); False = first order
+    inner_lr: float = 1e-4  # delta: inner SGD step size (not given by the paper)
+    inner_params: str = "all"  # parameters w the inner loop adapts: "all" (the paper) or "norm" (instance-norm only)
+    second_order: bool = True  # differentiate through the inner gradients (the paper's bilevel gradient)
     # --- fast adaptation to a new style (adapt())
     adapt_steps: int = 200  # update steps on content images with one style (the paper: 100 to 200)
-    adapt_lr: float = 1e-3  # Adam learning rate of the adaptation
+    adapt_optimizer: str = "adam"  # "adam" (adapt_lr) or "sgd" (the inner loop's rule: step inner_lr)
+    adapt_lr: float = 1e-3  # Adam learning rate of the adaptation (adapt_optimizer "adam")
     adapt_params: str = "all"  # "all" or "norm"
     adapted_style: str = ""  # set by adapt(): the style this network was adapted to ("" = meta-trained theta)
 
     def __post_init__(self):
-        L.style_loss_fn(self.style_loss)
-        if self.w_style is None:
-            self.w_style = STYLE_WEIGHTS[self.style_loss]
+        if self.style_loss not in STYLE_LOSSES:
+            raise ValueError(f"style_loss {self.style_loss!r} not in {sorted(STYLE_LOSSES)}")
+        if self.w_style is not None and self.w_style <= 0:
+            raise ValueError(f"w_style must be > 0 (or None to measure it), got {self.w_style}")
+        if self.adapt_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"adapt_optimizer {self.adapt_optimizer!r} not in ('adam', 'sgd')")
         for name in ("inner_params", "adapt_params"):
             if getattr(self, name) not in ("all", "norm"):
                 raise ValueError(f"{name} {getattr(self, name)!r} not in ('all', 'norm')")
         if self.inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
         self.style_layers = tuple(self.style_layers)
-
-
-# ----------------------------------------------------------------------------------------- transformation network
-def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, stride, padding=k // 2, padding_mode="reflect")
-
-
-class _Residual(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.c1, self.n1 = _conv(c, c, 3), nn.InstanceNorm2d(c, affine=True)
-        self.c2, self.n2 = _conv(c, c, 3), nn.InstanceNorm2d(c, affine=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.n2(self.c2(F.relu(self.n1(self.c1(x)))))
-
-
-class _UpConv(nn.Module):
-    """Nearest upsampling then a convolution (instead of a transposed conv: no checkerboard artefacts)."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv = _conv(cin, cout, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-
-
-class TransformerNet(nn.Module):
-    """Johnson et al.'s image transformation network: 9x9 conv, two stride-2 convs, residual blocks at stride 4,
-    two upsampling convs, 9x9 conv to RGB; instance norm with learnt scale/shift; sigmoid output in [0, 1]."""
-
-    def __init__(self, width: float = 1.0, res_blocks: int = 5):
-        super().__init__()
-        c1, c2, c3 = (max(2, round(c * width)) for c in (32, 64, 128))
-
-        def block(conv: nn.Module, c: int) -> list[nn.Module]:
-            return [conv, nn.InstanceNorm2d(c, affine=True), nn.ReLU()]
-
-        self.net = nn.Sequential(
-            *block(_conv(3, c1, 9), c1), *block(_conv(c1, c2, 3, 2), c2), *block(_conv(c2, c3, 3, 2), c3),
-            *(_Residual(c3) for _ in range(res_blocks)),
-            *block(_UpConv(c3, c2), c2), *block(_UpConv(c2, c1), c1),
-            _conv(c1, 3, 9),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % 4, (-w) % 4
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-        return torch.sigmoid(self.net(x))[..., :h, :w]
-
-
-def norm_parameter_names(net: nn.Module) -> set[str]:
-    """Names of the instance-norm scale/shift parameters (the style-specific ones per Dumoulin et al.)."""
-    return {f"{mod_name}.{p}" if mod_name else p for mod_name, mod in net.named_modules()
-            if isinstance(mod, nn.InstanceNorm2d) for p, _ in mod.named_parameters(recurse=False)}
 
 
 # ------------------------------------------------------------------------------------------------------------ model
@@ -139,6 +94,8 @@ class MetaStyle(nn.Module):
         self.loss_vgg = build_vgg(cfg.loss_arch, cfg.loss_vgg_weights, cfg.vgg_width)
         self._taps = tuple(dict.fromkeys(cfg.style_layers + (cfg.content_layer,)))
         self._norm_names = norm_parameter_names(self.transformer)
+        # beta; 0 = not measured yet (w_style None). A buffer, so checkpoints carry the measured value.
+        self.register_buffer("beta", torch.tensor(float(cfg.w_style or 0.0)))
 
     # ------------------------------------------------------------------------------------------ trainer interface
     def generator_parameters(self) -> list[nn.Parameter]:
@@ -174,8 +131,17 @@ class MetaStyle(nn.Module):
         n = out.shape[0]
         sf = {k: v.expand(n, -1, -1, -1) if v.shape[0] == 1 else v for k, v in style_feats.items()}
         terms = {"content": L.content_perceptual(fo[cfg.content_layer], fc),
-                 "style": L.style_loss_fn(cfg.style_loss)(fo, sf, cfg.style_layers)}
-        return cfg.w_content * terms["content"] + cfg.w_style * terms["style"], terms
+                 "style": STYLE_LOSSES[cfg.style_loss](fo, sf, cfg.style_layers)}
+        if float(self.beta) <= 0:
+            self._measure_beta(terms)
+        return cfg.w_content * terms["content"] + self.beta * terms["style"], terms
+
+    def _measure_beta(self, terms: dict[str, torch.Tensor]) -> None:
+        ratio = (self.cfg.w_content * terms["content"].detach() / terms["style"].detach().clamp_min(1e-12)).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(ratio)  # one beta on every rank
+            ratio /= torch.distributed.get_world_size()
+        self.beta.fill_(float(ratio))
 
     # ------------------------------------------------------------------------------------------- meta-training
     def _fast_names(self, which: str) -> list[str]:
@@ -226,7 +192,10 @@ class MetaStyle(nn.Module):
               steps: int | None = None, lr: float | None = None, params: str | None = None,
               style_name: str = "", on_step: Callable[[int, float], None] | None = None,
               ) -> tuple[MetaStyle, dict]:
-        """A copy of this model adapted to ``style`` (1, 3, h, w) by ``steps`` Adam updates of the perceptual loss.
+        """A copy of this model adapted to ``style`` (1, 3, h, w) by ``steps`` updates of the perceptual loss.
+
+        The update is ``adapt_optimizer``'s: Adam at ``lr`` (default ``adapt_lr``), or plain gradient steps of size
+        ``inner_lr``, the rule meta-training anticipates (``lr`` is then ignored).
 
         ``content_batches`` is a tensor of content images (used as one fixed batch) or ``f(step) -> batch``.
         Returns (adapted model in eval mode, {"losses": per-step loss, "seconds": wall time}).
@@ -239,7 +208,8 @@ class MetaStyle(nn.Module):
         model.cfg = dataclasses.replace(cfg, adapted_style=style_name or "style")
         names = set(model._fast_names(which))
         trainable = [p for n, p in model.transformer.named_parameters() if n in names]
-        opt = torch.optim.Adam(trainable, lr=lr)
+        opt = (torch.optim.Adam(trainable, lr=lr) if cfg.adapt_optimizer == "adam"
+               else torch.optim.SGD(trainable, lr=cfg.inner_lr))
         sf = model.style_targets(style)
         losses = []
         t0 = time.perf_counter()
@@ -283,6 +253,21 @@ def interpolate_models(models: list[MetaStyle], weights: list[float]) -> MetaSty
     out.cfg = dataclasses.replace(models[0].cfg,
                                   adapted_style=" + ".join(f"{w:g}*{n}" for w, n in zip(weights, names)))
     return out.eval()
+
+
+def interpolation_path(num_models: int, steps: int) -> list[list[float]]:
+    """Mixture weights along the path through every adapted model in order: ``steps`` points (ends included) from
+    model 0 to model 1, then on to model 2, and so on; shared ends appear once. Each weight vector is convex."""
+    if num_models < 2 or steps < 2:
+        raise ValueError(f"need at least two models and two steps, got {num_models} and {steps}")
+    path = []
+    for k in range(num_models - 1):
+        for i in range(0 if k == 0 else 1, steps):
+            t = i / (steps - 1)
+            w = [0.0] * num_models
+            w[k], w[k + 1] = 1.0 - t, t
+            path.append(w)
+    return path
 
 
 # ---------------------------------------------------------------------------------------- adaptation content
