@@ -10,9 +10,19 @@ import torch
 
 from classifier.calibration import calibrated
 from core.device import resolve_device
-from core.schema import Status
+from core.schema import EMBEDDING_PARTS, Status
 
 log = logging.getLogger(__name__)
+
+
+def select_embedding(features: np.ndarray, content_dim: int, part: str) -> np.ndarray:
+    """The ``part`` of the classifier's ``[content, style]`` features, L2-normalised, as float16."""
+    if part not in EMBEDDING_PARTS:
+        raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_PARTS)}, got {part!r}")
+    x = np.asarray(features, dtype=np.float32)
+    x = x[:, :content_dim] if part == "content" else x[:, content_dim:] if part == "style" else x
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float16)
 
 
 class StyleScorer:
@@ -24,7 +34,7 @@ class StyleScorer:
     ``"score_error"`` with the reason in ``error``; other rows are unaffected. Decoding and resizing run on
     the CPU in ``num_threads`` threads; the forward runs under ``torch.inference_mode()`` (bf16 autocast on CUDA).
 
-    With ``embedding`` (``"content"``, ``"style"`` or ``"features"``, see :func:`curate.semantic.select_embedding`)
+    With ``embedding`` (``"content"``, ``"style"`` or ``"features"``, see :func:`select_embedding`)
     the batch also gets ``embedding``: that part of the features the score was computed from, L2-normalised,
     float16 (None where not scored), for the semantic deduplication.
     """
@@ -101,8 +111,6 @@ class StyleScorer:
         if rows:
             row_scores, errors, feats = self.score_and_embed([images[i] for i in rows])
             if self.embedding:
-                from curate.semantic import select_embedding
-
                 feats = select_embedding(feats, self.model.content_dim, self.embedding)
             for j, i in enumerate(rows):
                 if errors[j] is not None:

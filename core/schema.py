@@ -89,6 +89,8 @@ META_DIR = "meta"  # DIR/meta/part-{PPPPPP}.parquet, one per input partition, ev
 MANIFEST_FILE = "manifest.json"  # DIR/manifest.json, wids-compatible shard index of every shard
 SUMMARY_FILE = "summary.json"  # DIR/summary.json
 REPORT_FILE = "report.html"  # DIR/report.html
+# Which part of the classifier's [content, style] features a build keeps as each image's embedding.
+EMBEDDING_PARTS = ("content", "style", "features")
 # Working files of an unfinished run, all under DIR/_staging (removed when the run completes).
 STAGING = "_staging"
 DEDUP_DIR = f"{STAGING}/dedup"  # exact/near-duplicate decisions, one Parquet per bucket, and done.json

@@ -32,11 +32,10 @@ import numpy as np
 import pyarrow as pa
 
 from core.config import check_range
-from core.schema import STAGING
+from core.schema import EMBEDDING_PARTS, STAGING
 
 EMBEDDINGS_DIR = "embeddings"  # DIR/embeddings/part-PPPPPP.parquet: key, embedding (float16, L2-normalised)
 SEMANTIC_DIR = f"{STAGING}/semantic"  # centroids, pairs per bucket, decisions, done marker
-EMBEDDING_PARTS = ("content", "style", "features")
 BLOCK_ROWS = 2048  # most rows of one similarity block (block rows x cluster size float32 at a time)
 BLOCK_VALUES = 1 << 25  # most similarities in one block (128 MiB): a large cluster is compared in fewer rows
 # A matrix product's rounding depends on its shape (BLAS blocking), so candidates from it within this margin of
@@ -72,16 +71,6 @@ class SemanticConfig:
 
 
 # --------------------------------------------------------------------------------------------------- embeddings
-def select_embedding(features: np.ndarray, content_dim: int, part: str) -> np.ndarray:
-    """The ``part`` of the classifier's ``[content, style]`` features, L2-normalised, as float16."""
-    if part not in EMBEDDING_PARTS:
-        raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_PARTS)}, got {part!r}")
-    x = np.asarray(features, dtype=np.float32)
-    x = x[:, :content_dim] if part == "content" else x[:, content_dim:] if part == "style" else x
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norm, 1e-12)).astype(np.float16)
-
-
 def embeddings_rel(p: int) -> str:
     from core import schema
 

@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # `python pipelines/balanced_loss_analysis.py` pu
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # numpy, torch and the model code are imported inside the functions that use them: `--help` prints before torch
-from core.cli import HelpFormatter, error_boundary, examples_epilog, exit_with, make_parser
+from core.cli import HelpFormatter, error_boundary, examples_epilog, exit_with, make_parser, setup_logging
 from core.config import ConfigError
 from core.errors import BadInputError
 
@@ -192,7 +192,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 @error_boundary("balanced-loss-analysis")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging(args.log_level)
     if args.command == "studies" and not args.labels:
         raise ConfigError("studies: cannot run without --labels CSV (image, style, rating, rater): Studies I, II, "
                           "IV and V need people's ratings of stylised images")

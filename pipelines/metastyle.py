@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # `python pipelines/metastyle.py` puts pipelines/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
-from core.cli import HelpFormatter, error_boundary, examples_epilog, exit_with, make_parser
+from core.cli import HelpFormatter, error_boundary, examples_epilog, exit_with, make_parser, setup_logging
 from core.errors import BadInputError, BbstError
 
 log = logging.getLogger("bbst.metastyle")
@@ -123,7 +123,7 @@ def _prepare_contents(folder: str, crop: int, device) -> list:
 @error_boundary("metastyle")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging(args.log_level)
     import torch
 
     from core.device import resolve_device

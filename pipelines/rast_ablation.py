@@ -14,14 +14,13 @@ RAST baseline and baseline + LPIPS (Table 3), ``simplified`` the full and the si
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python pipelines/rast_ablation.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.cli import error_boundary, exit_with
+from core.cli import error_boundary, exit_with, setup_logging
 
 EXAMPLES = (
     (("bbst rast-ablation --table 1 --data bbst-demo --protocol eval-tiny/protocol.yaml --steps 2 "
@@ -60,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 @error_boundary("rast-ablation")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     from core.device import resolve_device
     from train.evaluation import RANDOM_METRICS_NOTE, build_metrics, load_protocol
     from train.rast_ablation import TABLES, run_table, table_configs

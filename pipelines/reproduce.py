@@ -21,7 +21,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/reproduce.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.cli import ConfigFlags, add_config_file_flags, error_boundary, exit_with, load_args, make_parser
+from core.cli import (
+    ConfigFlags,
+    add_config_file_flags,
+    error_boundary,
+    exit_with,
+    load_args,
+    make_parser,
+    setup_logging,
+)
 from core.config import ConfigError
 
 log = logging.getLogger("bbst.reproduce")
@@ -80,7 +88,7 @@ def _select(exp, only: list[str]):
 @error_boundary("reproduce")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     from train.reproduce import Experiment, experiment_path, list_experiments, load_experiment, run_experiment
 
     if args.list:

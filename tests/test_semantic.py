@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from classifier.scoring import select_embedding
 from core import schema
 from core.store import Store
 from curate import semantic
@@ -38,7 +39,7 @@ def write_partitions(store: Store, keys: list[str], emb: np.ndarray) -> dict[int
         parts.setdefault(schema.split_key(k)[0], []).append(i)
     for p, idx in parts.items():
         store.write_parquet(semantic.embeddings_rel(p), semantic.embeddings_table(
-            [keys[i] for i in idx], semantic.select_embedding(emb[idx], emb.shape[1], "features")))
+            [keys[i] for i in idx], select_embedding(emb[idx], emb.shape[1], "features")))
     return {p: len(idx) for p, idx in parts.items()}
 
 
@@ -130,7 +131,7 @@ def test_chain_through_a_rejected_row_keeps_the_far_end(tmp_path):
 
 
 def brute_force(keys: list[str], emb: np.ndarray, threshold: float) -> dict[int, int]:
-    x = semantic.select_embedding(emb, emb.shape[1], "features")
+    x = select_embedding(emb, emb.shape[1], "features")
     pairs = semantic.similar_pairs(keys_to_int(keys), x, threshold)
     res = semantic.resolve_pairs(pairs)
     return dict(zip(res["key"].tolist(), res["dup_of"].tolist()))
@@ -193,16 +194,16 @@ def test_embeddings_are_float16_unit_vectors_keyed_by_sample(tmp_path):
     keys = [int_to_key(i) for i in range(5)]
     store = Store(str(tmp_path))
     for part, dim in (("content", 8), ("style", 4), ("features", 12)):
-        e = semantic.select_embedding(feats, 8, part)
+        e = select_embedding(feats, 8, part)
         assert e.dtype == np.float16 and e.shape == (5, dim)
         np.testing.assert_allclose(np.linalg.norm(e.astype(np.float32), axis=1), 1, atol=2e-3)
-    store.write_parquet(semantic.embeddings_rel(0), semantic.embeddings_table(keys, semantic.select_embedding(
+    store.write_parquet(semantic.embeddings_rel(0), semantic.embeddings_table(keys, select_embedding(
         feats, 8, "content")))
     t = store.read_parquet(semantic.embeddings_rel(0))
     assert t.schema.field("embedding").type.value_type.bit_width == 16 and t["key"].to_pylist() == keys
     got_keys, got = semantic.read_embeddings(store, 0)
     assert got_keys.tolist() == list(range(5))
-    np.testing.assert_array_equal(got, semantic.select_embedding(feats, 8, "content"))
+    np.testing.assert_array_equal(got, select_embedding(feats, 8, "content"))
 
 
 def test_kmeans_is_seeded_and_its_centroids_are_unit_vectors():
@@ -221,7 +222,7 @@ def test_config_refuses_out_of_range_values(bad):
 
 def test_blocked_similarities_equal_one_block(monkeypatch):
     rng = np.random.default_rng(9)
-    emb = semantic.select_embedding(groups_of_variants(30, 3, rng), DIM, "features")
+    emb = select_embedding(groups_of_variants(30, 3, rng), DIM, "features")
     keys = np.arange(len(emb), dtype=np.int64) * 7
     whole = semantic.similar_pairs(keys, emb, 0.9)
     monkeypatch.setattr(semantic, "BLOCK_VALUES", 5 * len(emb))  # blocks of 5 rows
