@@ -307,6 +307,31 @@ def load_args(cls: type, args: argparse.Namespace, flags: ConfigFlags | None = N
                        origins=origins)
 
 
+def config_parser(command: str, description: str, examples: Iterable[tuple[str, str]], cls: type, set_example: str,
+                  flags: dict[str, dict] | None = None, rest: bool = True) -> ArgumentParser:
+    """``bbst <command>``'s parser for config dataclass ``cls``: ``--config``/``--set``, a flag for each dotted key
+    of ``flags`` (its value: keyword arguments of :meth:`ConfigFlags.add`), then with ``rest`` one for every other
+    top-level option. :func:`parse_config` reads it."""
+    p = make_parser(command, description, examples)
+    add_config_file_flags(p, cls.__name__, set_example)
+    config_flags = ConfigFlags(cls)
+    for key, options in (flags or {}).items():
+        config_flags.add(p, key, **options)
+    if rest:
+        config_flags.add_rest(p)
+    p.set_defaults(config_flags=config_flags)
+    return p
+
+
+def parse_config(parser: argparse.ArgumentParser, cls: type, argv: list[str] | None) -> tuple[Any, argparse.Namespace]:
+    """``(config, args)`` of ``argv``: defaults <- ``--config`` <- named flags <- ``--set``; logging set up at
+    ``--log-level``."""
+    args = parser.parse_args(argv)
+    cfg = load_args(cls, args, args.config_flags)
+    setup_logging(args.log_level)
+    return cfg, args
+
+
 # --------------------------------------------------------------------------------------------------- errors
 def debug_requested(argv: Iterable[str] | None = None) -> bool:
     argv = sys.argv[1:] if argv is None else argv
@@ -382,5 +407,5 @@ def exit_with(result: Any) -> None:
 
 
 __all__ = ["ArgumentParser", "ConfigError", "ConfigFlags", "HelpFormatter", "add_config_file_flags", "config_keys",
-           "debug_requested", "error_boundary", "examples_epilog", "exit_with", "format_error", "load_args", "make_parser",
-           "setup_logging", "version"]
+           "config_parser", "debug_requested", "error_boundary", "examples_epilog", "exit_with", "format_error",
+           "load_args", "make_parser", "parse_config", "setup_logging", "version"]

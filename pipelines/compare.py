@@ -31,18 +31,10 @@ if __package__ in (None, ""):  # `python pipelines/compare.py` puts pipelines/ f
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
-from core.cli import (
-    ConfigFlags,
-    add_config_file_flags,
-    error_boundary,
-    exit_with,
-    load_args,
-    make_parser,
-    setup_logging,
-)
+from core.cli import config_parser, error_boundary, exit_with, parse_config
 from core.config import ConfigError
 from core.errors import BadInputError, MissingInputError
-from train.config import EvalConfig
+from train.config import EVAL_FLAGS, EvalConfig
 
 log = logging.getLogger("bbst.compare")
 
@@ -80,19 +72,8 @@ EXAMPLES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser("compare", __doc__.split("\n")[0], EXAMPLES)
-    add_config_file_flags(p, "CompareConfig", "adapt_steps=100")
-    flags = ConfigFlags(CompareConfig)  # the dataclass comments are the option docs
-    for name in ("protocol", "pairs", "content", "style"):
-        flags.add(p, name, metavar="PATH")
-    flags.add(p, "models", "--model", action="append", metavar="NAME=CKPT")
-    flags.add(p, "sizes", metavar="SIZE")
-    flags.add(p, "timing_sizes", metavar="WxH")
-    for name in ("no_timing", "random_metrics"):
-        flags.add(p, name, action="store_true")
-    flags.add_rest(p)  # every other option, in the dataclass's order
-    p.set_defaults(config_flags=flags)
-    return p
+    return config_parser("compare", __doc__.split("\n")[0], EXAMPLES, CompareConfig, "adapt_steps=100",
+                         EVAL_FLAGS)
 
 
 def adaptation_contents(cfg: CompareConfig, protocol, base: Path) -> list:
@@ -138,9 +119,7 @@ def build_rows(cfg: CompareConfig, protocol, base: Path, device: str) -> list:
 
 @error_boundary("compare")
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    cfg = load_args(CompareConfig, args, args.config_flags)
-    setup_logging(args.log_level)
+    cfg, _ = parse_config(build_parser(), CompareConfig, argv)
     from train.evaluation import RANDOM_METRICS_NOTE, evaluate, prepare, write_comparison
 
     if not cfg.models:

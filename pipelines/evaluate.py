@@ -29,18 +29,10 @@ if __package__ in (None, ""):  # `python pipelines/evaluate.py` puts pipelines/ 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside the functions that use them: `--help` prints before torch loads
-from core.cli import (
-    ConfigFlags,
-    add_config_file_flags,
-    error_boundary,
-    exit_with,
-    load_args,
-    make_parser,
-    setup_logging,
-)
+from core.cli import config_parser, error_boundary, exit_with, parse_config
 from core.config import ConfigError
 from core.errors import MissingInputError
-from train.config import EvalConfig
+from train.config import EVAL_FLAGS, EvalConfig
 
 if TYPE_CHECKING:
     from train.evaluation import Row
@@ -62,20 +54,9 @@ EXAMPLES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser("evaluate", __doc__.split("\n")[0], EXAMPLES)
-    add_config_file_flags(p, "EvaluateConfig", "timing_repeats=5")
-    flags = ConfigFlags(EvaluateConfig)  # the dataclass comments are the option docs
-    for name in ("protocol", "pairs", "content", "style"):
-        flags.add(p, name, metavar="PATH")
-    flags.add(p, "models", "--model", action="append", metavar="NAME=CKPT")
-    flags.add(p, "outputs", action="append", metavar="NAME=DIR")
-    flags.add(p, "sizes", metavar="SIZE")
-    flags.add(p, "timing_sizes", metavar="WxH")
-    for name in ("no_blur_row", "no_timing", "random_metrics"):
-        flags.add(p, name, action="store_true")
-    flags.add_rest(p)  # every other option, in the dataclass's order
-    p.set_defaults(config_flags=flags)
-    return p
+    return config_parser("evaluate", __doc__.split("\n")[0], EXAMPLES, EvaluateConfig, "timing_repeats=5",
+                         {**EVAL_FLAGS, "outputs": {"action": "append", "metavar": "NAME=DIR"},
+                          "no_blur_row": {"action": "store_true"}})
 
 
 def build_rows(cfg: EvaluateConfig, device: str) -> list[Row]:
@@ -100,9 +81,7 @@ def build_rows(cfg: EvaluateConfig, device: str) -> list[Row]:
 
 @error_boundary("evaluate")
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    cfg = load_args(EvaluateConfig, args, args.config_flags)
-    setup_logging(args.log_level)
+    cfg, _ = parse_config(build_parser(), EvaluateConfig, argv)
     from train.evaluation import RANDOM_METRICS_NOTE, evaluate, prepare
 
     if not cfg.models and not cfg.outputs:

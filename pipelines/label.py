@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # `python pipelines/label.py` puts pipelines/ on 
 
 from classifier.labeling.app import create_app, needs_token
 from classifier.labeling.session import LabelConfig
-from core.cli import error_boundary, format_error, setup_logging
+from core.cli import config_parser, error_boundary, format_error, parse_config
 from core.errors import BbstError
 
 EXAMPLES = (
@@ -32,37 +32,17 @@ EXAMPLES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.cli import ConfigFlags, add_config_file_flags, make_parser
-
-    p = make_parser("label", __doc__.splitlines()[0], EXAMPLES)
-    add_config_file_flags(p, "LabelConfig", "sampling.random_share=0.5")
-    flags = ConfigFlags(LabelConfig)
-    flags.add(p, "pool", metavar="POOL", required=True)
-    flags.add(p, "db", metavar="FILE")
-    flags.add(p, "classifier", metavar="CKPT")
-    flags.add(p, "model", metavar="NAME")
-    flags.add(p, "weights", metavar="FILE|cache")
-    flags.add(p, "style_weights", metavar="FILE|cache")
-    flags.add(p, "server.host", metavar="ADDR")
-    flags.add(p, "server.port")
-    flags.add(p, "server.token", metavar="TOKEN")
-    flags.add(p, "active.retrain_every")
-    flags.add(p, "active.min_per_class")
-    p.set_defaults(config_flags=flags)
-    return p
-
-
-def parse_args(argv=None) -> tuple[LabelConfig, argparse.Namespace]:
-    from core.cli import load_args
-
-    args = build_parser().parse_args(argv)
-    return load_args(LabelConfig, args, args.config_flags), args
+    metavars = {"pool": "POOL", "db": "FILE", "classifier": "CKPT", "model": "NAME", "weights": "FILE|cache",
+                "style_weights": "FILE|cache", "server.host": "ADDR", "server.port": "N", "server.token": "TOKEN",
+                "active.retrain_every": "N", "active.min_per_class": "N"}
+    flags = {key: {"metavar": m, **({"required": True} if key == "pool" else {})} for key, m in metavars.items()}
+    return config_parser("label", __doc__.splitlines()[0], EXAMPLES, LabelConfig, "sampling.random_share=0.5",
+                         flags, rest=False)
 
 
 @error_boundary("label")
 def main(argv=None) -> int:
-    cfg, args = parse_args(argv)
-    setup_logging(args.log_level)
+    cfg, args = parse_config(build_parser(), LabelConfig, argv)
     import uvicorn
 
     # hand the GIL over sooner (default 5 ms): a request thread waiting behind the feature worker is latency

@@ -21,15 +21,7 @@ if __package__ in (None, ""):  # `python pipelines/make_protocol.py` puts pipeli
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # the evaluation code (torch) is imported inside main(): `--help` prints before torch loads
-from core.cli import (
-    ConfigFlags,
-    add_config_file_flags,
-    error_boundary,
-    exit_with,
-    load_args,
-    make_parser,
-    setup_logging,
-)
+from core.cli import config_parser, error_boundary, exit_with, parse_config
 from core.config import ConfigError
 
 log = logging.getLogger("bbst.make_protocol")
@@ -56,23 +48,15 @@ EXAMPLES = (
 
 
 def build_parser():
-    p = make_parser("make-protocol", __doc__.split("\n")[0], EXAMPLES)
-    add_config_file_flags(p, "MakeProtocolConfig", "n_style=20")
-    flags = ConfigFlags(MakeProtocolConfig)
-    flags.add(p, "template", metavar="FILE")
-    for name in ("content", "style", "out"):
-        flags.add(p, name, metavar="PATH", required=True)
-    flags.add(p, "tiny", metavar="DIR")
-    flags.add_rest(p)
-    p.set_defaults(config_flags=flags)
-    return p
+    path = {"metavar": "PATH", "required": True}
+    return config_parser("make-protocol", __doc__.split("\n")[0], EXAMPLES, MakeProtocolConfig, "n_style=20",
+                         {"template": {"metavar": "FILE"}, "content": path, "style": path, "out": path,
+                          "tiny": {"metavar": "DIR"}})
 
 
 @error_boundary("make-protocol")
 def main(argv: list[str] | None = None) -> Path:
-    args = build_parser().parse_args(argv)
-    cfg = load_args(MakeProtocolConfig, args, args.config_flags)
-    setup_logging(args.log_level)
+    cfg, _ = parse_config(build_parser(), MakeProtocolConfig, argv)
     from train.evaluation import make_protocol, write_tiny_protocol
 
     if cfg.tiny:

@@ -18,15 +18,7 @@ if __package__ in (None, ""):  # `python pipelines/stylize.py` puts pipelines/ f
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and the model code are imported inside main(): `--help` prints before torch loads
-from core.cli import (
-    ConfigFlags,
-    add_config_file_flags,
-    error_boundary,
-    exit_with,
-    load_args,
-    make_parser,
-    setup_logging,
-)
+from core.cli import config_parser, error_boundary, exit_with, parse_config
 from core.config import ConfigError
 
 
@@ -58,21 +50,14 @@ REQUIRED = ("checkpoint", "content", "style", "out")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser("stylize", __doc__.split("\n")[0], EXAMPLES)
-    add_config_file_flags(p, "StylizeConfig", "alpha=0.5")
-    flags = ConfigFlags(StylizeConfig)  # the dataclass comments are the option docs
-    for name in REQUIRED:
-        flags.add(p, name, metavar="PATH", required=True)
-    flags.add_rest(p)  # alpha, blur, max_side, ...: every other option, in the dataclass's order
-    p.set_defaults(config_flags=flags)
-    return p
+    # the required inputs first; alpha, blur, max_side, ...: every other option, in the dataclass's order
+    return config_parser("stylize", __doc__.split("\n")[0], EXAMPLES, StylizeConfig, "alpha=0.5",
+                         {name: {"metavar": "PATH", "required": True} for name in REQUIRED})
 
 
 @error_boundary("stylize")
 def main(argv: list[str] | None = None) -> list[dict]:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    cfg = load_args(StylizeConfig, args, args.config_flags)
+    cfg, _ = parse_config(build_parser(), StylizeConfig, argv)
     for field_name in REQUIRED:
         if not getattr(cfg, field_name):
             raise ConfigError(f"--{field_name} is required", hint="bbst stylize --help shows an example")

@@ -162,3 +162,14 @@ class EvalConfig:
     random_metrics: bool = False  # random-init metric backbones: smoke tests only, numbers are meaningless
     device: str = "auto"  # "auto", "cpu", "cuda"...
     out: str = "eval"  # output folder
+
+
+# How EvalConfig's options read on the command line (core.cli.config_parser's ``flags``): the evaluation commands
+# share them, so --model, --sizes ... mean the same in each.
+EVAL_FLAGS: dict[str, dict] = {
+    **{name: {"metavar": "PATH"} for name in ("protocol", "pairs", "content", "style")},
+    "models": {"flag": "--model", "action": "append", "metavar": "NAME=CKPT"},
+    "sizes": {"metavar": "SIZE"},
+    "timing_sizes": {"metavar": "WxH"},
+    **{name: {"action": "store_true"} for name in ("no_timing", "random_metrics")},
+}
