@@ -1,21 +1,8 @@
 """Compare every trained model on the same protocol pairs: one table and one image grid (PNG + HTML).
 
-``python pipelines/compare.py --protocol protocol.yaml --model NeAT=neat.pt --model "NeAT balanced"=bal.pt
---model RAST=rast.pt --model Variational=vst.pt --model MetaStyle=meta.pt --out comparison/``
-
-The comparison is the evaluation protocol of ``train/evaluation.py`` (docs/evaluation.md) run on every
-``--model NAME=CKPT``: any trainer checkpoint (NeAT, RAST, the balanced-loss variants, the variational model,
-MetaStyle). A meta-trained MetaStyle checkpoint is first adapted to each style of the protocol
-(``--adapt-steps`` update steps on ``--adapt-crop`` crops of ``--adapt-content``: content images of its training
-set, as in the paper; never the protocol's own test images, which the comparison refuses); its mean adaptation
-time per style is its own column and its speed columns time the adapted network.
-Without ``--protocol``, pairs come from ``--pairs CSV`` or every ``--content DIR`` x ``--style DIR`` pair.
-
-Writes ``comparison.md``/``.csv`` (LPIPS, SIFID, Chamfer, SSIM, Gram x 10^3 means over the pairs; seconds per image
-at each ``--timing-sizes``; adaptation seconds per style; the deception rate when ``--artist-model`` and
-``--artists`` are given: by default the balanced-loss paper's ``nearest`` protocol over the reference paintings of
-``--deception-references``), and, as ``bbst evaluate`` does, ``quality``/``speed`` tables, ``per_pair.csv`` (a pair
-whose image cannot be read has status ``error`` and is left out of the means), ``grid.png`` and ``grid.html``.
+``bbst evaluate`` run on every ``--model NAME=CKPT``, plus a meta-trained MetaStyle checkpoint adapted to each style
+first (on ``--adapt-content``, training-set images; its adaptation time is its own column) and the deception rate
+when ``--artist-model`` is given. docs/models.md describes the table; ``train.evaluation`` does the work.
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
 """Evaluate style-transfer models on a protocol: a quality table (NeAT Table 1), a speed table (Table 2), a grid.
 
-``python pipelines/evaluate.py --protocol protocol.yaml --model NeAT=neat.pt --no-blur-row
---model "NeAT (no prior deltas)"=neat_no_prior.pt --model RAST=rast.pt --out eval/``
-
-The protocol file (train/evaluation.py, docs/evaluation.md) fixes the content and style images, the pairs, the
-sizes, the metrics and the timing; ``pipelines/make_protocol.py`` builds one from your images. Without
-``--protocol``, pairs come from a CSV with ``content`` and ``style`` columns (``--pairs``) or from every pair of
-``--content DIR`` x ``--style DIR``, with the default protocol settings.
-
-Rows come from checkpoints of any registered model (``--model NAME=CKPT``, stylised here) and/or folders of
-precomputed outputs of other methods (``--outputs NAME=DIR`` holding ``<content>_stylized_<style>.png``, the naming
-of pipelines/stylize.py). ``--no-blur-row`` adds NeAT's "no prior blurring" row (blur 0) for every checkpoint
-whose model has a blur control; Table 1's "no prior deltas" row is a model trained without them
-(train/configs/neat_no_prior_1024.yaml), a ``--model`` row like any other. Writes ``quality.md/.csv``,
-``speed.md/.csv``, ``per_pair.csv`` and ``grid.html`` into ``--out``.
+Rows are checkpoints of any registered model (``--model NAME=CKPT``) and folders of other methods' outputs
+(``--outputs NAME=DIR``); pairs come from a protocol file, a pairs CSV or two folders. docs/evaluation.md has
+the protocol format and the tables; ``train.evaluation`` does the work.
 """
 
 from __future__ import annotations

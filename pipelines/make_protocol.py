@@ -1,13 +1,8 @@
 """Build an evaluation protocol file from images you supply: pick N contents and M styles, record paths and checksums.
 
-``python pipelines/make_protocol.py --template train/protocols/neat_paper.yaml --content photos/ --style art/
---out eval/protocol.yaml`` picks 15 content and 50 style images (the template's ``n_content``/``n_style``, or
-``--n-content``/``--n-style``) at random with ``--seed``, and writes a protocol whose image paths are relative to
-the protocol file, with each local file's SHA-256 so a later run can tell the images changed. ``--content`` and
-``--style`` take a folder, an image, or a text file listing one path or fsspec URL per line.
-
-``python pipelines/make_protocol.py --tiny DIR`` writes a small generated protocol (synthetic images) for trying the
-evaluation out.
+``--content``/``--style`` take a folder, an image, or a text file of paths or URLs; ``--template`` supplies the
+settings (``n_content``, ``n_style``, sizes...). ``--tiny DIR`` writes a small generated protocol instead. The
+work is ``train.evaluation.make_protocol``; docs/evaluation.md has the format.
 """
 
 from __future__ import annotations

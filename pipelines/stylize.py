@@ -1,10 +1,7 @@
 """Stylise images (files or folders) at their own resolution with a trained checkpoint.
 
-``python pipelines/stylize.py --checkpoint CKPT --content A.jpg --style B.jpg --out C.png [--alpha 1.0] [--blur 1.0]``
-
-With a folder for ``--content`` and/or ``--style`` every content x style pair is stylised into the ``--out`` folder
-as ``<content>_stylized_<style>.png`` and ``results.csv`` records one row per pair (status ``ok`` or ``error`` with
-the message): an unreadable image fails its rows, not the run.
+Folders give every content x style pair, written as ``<content>_stylized_<style>.png`` with ``results.csv`` (one
+row per pair, ``ok`` or ``error``: an unreadable image fails its rows, not the run): ``train.inference.stylize_pairs``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """Train a style-transfer model (NeAT by default) on curated content/style shards.
 
-One training function (``train.trainer.train``) under three launchers:
-
-* ``--launcher none`` (default): one process, CPU or one GPU.
-* ``--launcher torchrun``: ``torchrun --nproc_per_node 8 pipelines/train_model.py --config cfg.yaml
-  --launcher torchrun``; rank and world size come from torchrun's environment (nccl on GPU, gloo on CPU).
-* ``--launcher ray``: wraps the same function in Ray Train's ``TorchTrainer`` with
-  ``ScalingConfig(num_workers=distributed.num_workers, use_gpu=distributed.use_gpu)``; attaches to the cluster
-  named by ``RAY_ADDRESS`` or starts a local Ray.
-
-``--resume RUN`` continues the run in folder ``RUN`` from its saved ``config.yaml`` and newest checkpoint, with no
-other flag (``--resume`` alone: the newest checkpoint of ``--config``'s run; ``--resume CKPT``: that file):
-model, both optimizers, data-stream position and random state, so the run continues as if never stopped. The
-number of ranks may change; settings that define the model or the data order may not (refused in one line).
+One training function (``train.trainer.train``) under three launchers: ``none`` (one process), ``torchrun``
+(rank and world size from torchrun's environment) and ``ray`` (Ray Train's ``TorchTrainer``, attached to the
+cluster named by ``RAY_ADDRESS`` or a local Ray). ``--resume RUN|CKPT`` continues a run exactly
+(``train.trainer.resolve_run``); docs/training.md has the details.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """Explore a trained variational style-transfer model's style space: sample new styles, interpolate two styles.
 
-``python pipelines/vst_styles.py sample --checkpoint CKPT --content A.jpg B.jpg --num 8 --out samples.png``
-draws ``--num`` style codes from the prior N(0, I) and renders every content image with each (one row per content).
-
-``python pipelines/vst_styles.py interpolate --checkpoint CKPT --content A.jpg --style S1.jpg S2.jpg
---steps 7 --out interp.png`` encodes both styles (their mean codes), renders the content at ``--steps`` evenly spaced
-points of the line between the codes, and writes the row [style 1, t=0 ... t=1, style 2].
-
-Both write the PNG grid and a JSON sidecar (``<out>.json``) with the codes used, so a grid can be reproduced.
+``sample`` renders each content image with ``--num`` style codes drawn from the prior; ``interpolate`` renders it
+at ``--steps`` points between two styles' codes (``VariationalStyleTransfer.interpolate_styles``). Both write a PNG
+grid and ``<out>.json`` with the codes used.
 """
 
 from __future__ import annotations
