@@ -24,6 +24,12 @@ def make_key(partition: int, row: int) -> str:
     return f"{partition:0{KEY_PARTITION_DIGITS}d}{row:0{KEY_ROW_DIGITS}d}"
 
 
+def partition_range(p: int) -> tuple[int, int]:
+    """``[lo, hi)`` of the keys of partition ``p`` read as integers."""
+    span = 10**KEY_ROW_DIGITS
+    return p * span, (p + 1) * span
+
+
 def split_key(key: str) -> tuple[int, int]:
     """Inverse of :func:`make_key`."""
     return int(key[:KEY_PARTITION_DIGITS]), int(key[KEY_PARTITION_DIGITS:])

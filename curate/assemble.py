@@ -41,12 +41,6 @@ def column(table: pa.Table, name: str) -> list:
     return table[name].to_pylist() if name in table.column_names else [None] * table.num_rows
 
 
-def partition_range(p: int) -> tuple[int, int]:
-    """``[lo, hi)`` of the int keys of partition ``p``."""
-    span = 10 ** schema.KEY_ROW_DIGITS
-    return p * span, (p + 1) * span
-
-
 def merge_scores(rows: pa.Table, scores: pa.Table | None) -> pa.Table:
     """Rows with ``score``, ``classifier_version`` and (for unscorable images) ``score_error`` from ``scores``."""
     if scores is None or not scores.num_rows:
@@ -393,7 +387,7 @@ def dedup_done(store) -> bool:
 
 def load_decisions(store, p: int) -> tuple[dict[int, int], dict[int, int]]:
     """``(exact duplicates, near duplicates)`` that concern partition ``p``, from the run's dedup files."""
-    lo, hi = partition_range(p)
+    lo, hi = schema.partition_range(p)
     dups: dict[int, int] = {}
     near_file = None
     for name in store.ls(DEDUP_DIR):

@@ -9,11 +9,37 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from core.schema import Status
-from curate.semantic import SemanticConfig
+from core.config import check_range
+from core.schema import EMBEDDING_PARTS, Status
 
 DEFAULT_CHUNKS = 4  # 16-bit chunks: a good layout up to ~100k kept hashes (see choose_chunks)
 MAX_PROBES_PER_CHUNK = 100_000  # refuse layouts whose neighbour enumeration would explode (e.g. 1 chunk, d=6)
+
+
+@dataclasses.dataclass
+class SemanticConfig:
+    """The optional semantic pass over the classifier's embeddings (needs ``score.classifier``)."""
+
+    enabled: bool = False  # mark kept images whose embeddings are within threshold of a smaller key's
+    threshold: float = 0.95  # cosine similarity at or above which two images count as the same
+    embedding: str = "content"  # content (pooled trunk embedding), style (style statistics) or features (both)
+    clusters: int = 0  # k-means clusters; 0 picks one per ~1000 embeddings (at most 10,000)
+    probes: int = 2  # nearest clusters each embedding is compared in
+    iterations: int = 10  # k-means iterations
+    sample: int = 200_000  # most embeddings k-means trains on (and 256 per cluster; a key-ordered stride)
+    seed: int = 0  # k-means initialisation
+    examples: int = 12  # duplicate pairs shown in the summary and the report
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {self.threshold}")
+        if self.embedding not in EMBEDDING_PARTS:
+            raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_PARTS)}, got {self.embedding!r}")
+        check_range(self, "clusters", low=0)
+        check_range(self, "probes", low=1)
+        check_range(self, "iterations", low=0)
+        check_range(self, "sample", low=1)
+        check_range(self, "examples", low=0)
 
 
 @dataclasses.dataclass

@@ -24,15 +24,14 @@ compared, and the decisions then do not depend on the centroids at all.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from core.config import check_range
-from core.schema import EMBEDDING_PARTS, STAGING
+from core.schema import STAGING, partition_range
+from curate.dedup import SemanticConfig
 
 EMBEDDINGS_DIR = "embeddings"  # DIR/embeddings/part-PPPPPP.parquet: key, embedding (float16, L2-normalised)
 SEMANTIC_DIR = f"{STAGING}/semantic"  # centroids, pairs per bucket, decisions, done marker
@@ -42,32 +41,6 @@ BLOCK_VALUES = 1 << 25  # most similarities in one block (128 MiB): a large clus
 # the threshold are decided by the pair's own dot product: the same value whatever the cluster or block.
 MARGIN = 1e-3
 SAMPLE_PER_CLUSTER = 256  # k-means trains on at most this many embeddings per centroid (faiss's default too)
-
-
-@dataclasses.dataclass
-class SemanticConfig:
-    """The optional semantic pass over the classifier's embeddings (needs ``score.classifier``)."""
-
-    enabled: bool = False  # mark kept images whose embeddings are within threshold of a smaller key's
-    threshold: float = 0.95  # cosine similarity at or above which two images count as the same
-    embedding: str = "content"  # content (pooled trunk embedding), style (style statistics) or features (both)
-    clusters: int = 0  # k-means clusters; 0 picks one per ~1000 embeddings (at most 10,000)
-    probes: int = 2  # nearest clusters each embedding is compared in
-    iterations: int = 10  # k-means iterations
-    sample: int = 200_000  # most embeddings k-means trains on (and 256 per cluster; a key-ordered stride)
-    seed: int = 0  # k-means initialisation
-    examples: int = 12  # duplicate pairs shown in the summary and the report
-
-    def __post_init__(self) -> None:
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {self.threshold}")
-        if self.embedding not in EMBEDDING_PARTS:
-            raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_PARTS)}, got {self.embedding!r}")
-        check_range(self, "clusters", low=0)
-        check_range(self, "probes", low=1)
-        check_range(self, "iterations", low=0)
-        check_range(self, "sample", low=1)
-        check_range(self, "examples", low=0)
 
 
 # --------------------------------------------------------------------------------------------------- embeddings
@@ -330,7 +303,6 @@ def load_decisions(store, p: int) -> dict[int, tuple[int, float]]:
     """``{key: (kept key, similarity)}`` of partition ``p``'s semantic duplicates (empty without the pass)."""
     if not store.exists(decisions_rel()):
         return {}
-    from curate.assemble import partition_range
 
     lo, hi = partition_range(p)
     t = store.read_parquet(decisions_rel(), filters=[("key", ">=", lo), ("key", "<", hi)])

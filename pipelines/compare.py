@@ -67,8 +67,7 @@ def adaptation_contents(cfg: CompareConfig, protocol, base: Path) -> list:
     """Content images for MetaStyle's adaptation from ``--adapt-content`` (training-set images; unreadable ones
     skipped). The protocol's content images are refused: the comparison must not see them before it scores them."""
     from train.evaluation import resolve
-    from train.inference import list_images
-    from train.models.metastyle import load_adaptation_contents
+    from train.inference import list_images, load_adaptation_contents
 
     if not cfg.adapt_content:
         raise ConfigError("MetaStyle adapts on content images of its training set: give --adapt-content DIR "

@@ -5,6 +5,7 @@
 * ``curate``, ``classifier`` and ``train`` import ``core`` and themselves only: never each other, a script, Ray.
 * ``pipelines`` scripts import the libraries, never another script (``pipelines/cli.py`` dispatches by name).
 * ``benchmarks`` import the libraries and the scripts.
+* No two modules of a library import each other, directly or round a longer loop.
 * No library module imports a private name (``_x``) of another module, and tests use no private name of a
   script.
 
@@ -129,3 +130,49 @@ def test_the_tree_follows_the_import_rule():
             rel = path.relative_to(ROOT).as_posix()
             found += violations(rel, path.read_text(encoding="utf-8"), scripts)
     assert found == [], "import rule broken:\n" + "\n".join(found)
+
+
+def _module_names(rel: str, source: str, modules: set[str]) -> set[str]:
+    """The project modules (of ``modules``) that the file imports, at any depth."""
+    found = set()
+    for _, module, names in _imports(ast.parse(source)):
+        for candidate in [module] + [f"{module}.{n}" for n in names or ()]:
+            if candidate in modules:
+                found.add(candidate)
+    return found - {_module_of(rel)}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import loop of ``graph`` (module -> modules it imports), each as its modules in loop order."""
+    cycles, seen = [], set()
+
+    def walk(path: list[str]) -> None:
+        for nxt in sorted(graph.get(path[-1], ())):
+            if nxt == path[0]:
+                key = frozenset(path)
+                if key not in seen:
+                    seen.add(key)
+                    cycles.append(path + [nxt])
+            elif nxt not in path and nxt > path[0]:  # each loop is found once, from its smallest module
+                walk(path + [nxt])
+
+    for start in sorted(graph):
+        walk([start])
+    return cycles
+
+
+def test_the_loop_check_finds_loops():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+    modules = {"curate.x", "curate.y"}
+    graph = {"curate.x": _module_names("curate/x.py", "def f():\n    from curate import y\n", modules),
+             "curate.y": _module_names("curate/y.py", "from curate.x import thing", modules)}
+    assert import_cycles(graph) == [["curate.x", "curate.y", "curate.x"]]
+
+
+def test_no_import_loops_inside_a_library():
+    for package in LIBRARIES:
+        files = {_module_of(p.relative_to(ROOT).as_posix()): p for p in (ROOT / package).rglob("*.py")}
+        graph = {m: _module_names(p.relative_to(ROOT).as_posix(), p.read_text(encoding="utf-8"), set(files))
+                 for m, p in files.items()}
+        assert import_cycles(graph) == [], f"import loops in {package}/"

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from train import losses as L
+from train.inference import load_adaptation_contents
 from train.models import create_model
-from train.models.metastyle import load_adaptation_contents
 
 
 def _directional_derivatives(second_order: bool, inner_lr: float = 0.1, inner_steps: int = 2):

@@ -15,8 +15,7 @@ from classifier.scoring import select_embedding
 from core import schema
 from core.store import Store
 from curate import semantic
-from curate.dedup import int_to_key, keys_to_int
-from curate.semantic import SemanticConfig
+from curate.dedup import SemanticConfig, int_to_key, keys_to_int
 
 DIM = 64
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from core.device import resolve_device
 from core.errors import BadInputError, BbstError, MissingInputError
 from core.images import IMAGE_EXTENSIONS, is_image_name, open_image
 
+log = logging.getLogger(__name__)
 CONTROLS = ("alpha", "blur", "prior_weight", "steps")
 ADAPTATION_HEADER = "adaptation (s/style) ↓"  # AdaptingStylizer's speed-table column
 
@@ -48,6 +50,32 @@ def load_image(path: str | Path) -> torch.Tensor:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInputError(f"{path}: cannot decode image ({exc})") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+
+
+def load_adaptation_contents(paths: list[Path], crop: int, held_out: list[Path] = ()) -> list[torch.Tensor]:
+    """Adaptation content images (:func:`fit_for_crops`) from ``paths``, unreadable ones skipped with a warning.
+
+    MetaStyle adapts on content images of its training set; an image that is also one of ``held_out`` (the
+    evaluation's test images: the same file, or the same bytes under another name) raises ValueError naming it,
+    before any image is decoded.
+    """
+    from train.models.metastyle import fit_for_crops
+
+    def digest(p: Path) -> str:
+        return hashlib.sha1(Path(p).read_bytes()).hexdigest()
+
+    held = {Path(p).resolve() for p in held_out}
+    held_digests = {digest(p) for p in held if p.is_file()}
+    for p in paths:
+        if Path(p).resolve() in held or (Path(p).is_file() and digest(p) in held_digests):
+            raise ValueError(f"{p} is one of the evaluation's test images: adapt on training content instead")
+    images = []
+    for p in paths:
+        try:
+            images.append(fit_for_crops(load_image(p), crop))
+        except (FileNotFoundError, ValueError) as exc:
+            log.warning("adaptation content: skipping %s", exc)
+    return images
 
 
 def save_image(img: torch.Tensor, path: str | Path) -> None:

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -284,32 +282,6 @@ def fit_for_crops(img: torch.Tensor, crop: int, max_side: int | None = None) -> 
         s = crop / min(h, w)
         img = F.interpolate(img, size=(max(crop, round(h * s)), max(crop, round(w * s))), mode="bilinear")
     return img
-
-
-def load_adaptation_contents(paths: list[Path], crop: int, held_out: list[Path] = ()) -> list[torch.Tensor]:
-    """Adaptation content images (:func:`fit_for_crops`) from ``paths``, unreadable ones skipped with a warning.
-
-    MetaStyle adapts on content images of its training set; an image that is also one of ``held_out`` (the
-    evaluation's test images: the same file, or the same bytes under another name) raises ValueError naming it,
-    before any image is decoded.
-    """
-    from train.inference import load_image
-
-    def digest(p: Path) -> str:
-        return hashlib.sha1(Path(p).read_bytes()).hexdigest()
-
-    held = {Path(p).resolve() for p in held_out}
-    held_digests = {digest(p) for p in held if p.is_file()}
-    for p in paths:
-        if Path(p).resolve() in held or (Path(p).is_file() and digest(p) in held_digests):
-            raise ValueError(f"{p} is one of the evaluation's test images: adapt on training content instead")
-    images = []
-    for p in paths:
-        try:
-            images.append(fit_for_crops(load_image(p), crop))
-        except (FileNotFoundError, ValueError) as exc:
-            log.warning("adaptation content: skipping %s", exc)
-    return images
 
 
 def random_crops(images: list[torch.Tensor], crop: int, batch: int, gen: torch.Generator) -> torch.Tensor:
