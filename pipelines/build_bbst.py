@@ -40,6 +40,7 @@ from core.config import ConfigError
 from core.progress import ProgressMeter, driver_io_bytes
 from core.schema import STAGING
 from core.store import Store
+from core.watchdog import guard_descendants
 from curate import assemble, dedup, demo, outputs, staging
 from curate.build_config import BuildConfig
 
@@ -498,7 +499,10 @@ def _init_ray(verbose: bool = False) -> None:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray's start-up mostly waits on the processes it launches: import what the first phase needs meanwhile
     threading.Thread(target=_preload, args=(PRELOAD,), daemon=True).start()
-    # attaches to the cluster when RAY_ADDRESS is set (ray job submit), else starts a local Ray
+    # attaches to the cluster when RAY_ADDRESS is set (ray job submit), else starts a local Ray, which then ends
+    # with this driver even when it is killed (guarded before ray.init: its start-up can take a while)
+    if not os.environ.get("RAY_ADDRESS"):
+        guard_descendants()
     ray.init(include_dashboard=False, logging_level=logging.INFO if verbose else logging.ERROR,
              log_to_driver=verbose, configure_logging=True)
 
