@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -37,22 +35,20 @@ sys.path.insert(0, str(REPO))
 
 from core.schema import SHARDS_DIR, make_key, shard_name
 from core.synthetic import encode, make_image
+from core.tarwrite import write_shard
 
 
 def build_pool(root: Path, n: int, size: int) -> Path:
     """``root/shards/style-000000.tar`` with ``n`` generated JPEGs (alternating photo/artwork) and JSON sidecars."""
-    shards = root / SHARDS_DIR
-    shards.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    with tarfile.open(shards / shard_name("style", 0), "w") as tf:
+
+    def samples():
         for i in range(n):
-            key = make_key(0, i)
             data = encode(make_image(i % 2, size, size, rng))
-            meta = json.dumps({"key": key, "sha256": hashlib.sha256(data).hexdigest(), "kind": i % 2}).encode()
-            for name, payload in ((f"{key}.jpg", data), (f"{key}.json", meta)):
-                info = tarfile.TarInfo(name)
-                info.size = len(payload)
-                tf.addfile(info, io.BytesIO(payload))
+            yield {"key": make_key(0, i), "ext": "jpg", "image": data, "sha256": hashlib.sha256(data).hexdigest(),
+                   "kind": i % 2}
+
+    write_shard(str(root / SHARDS_DIR / shard_name("style", 0)), samples(), ordered=True)
     return root
 
 
