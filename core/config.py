@@ -194,6 +194,7 @@ def read_yaml(path: str | Path) -> dict:
 PACKAGED = {
     "config": (("train", "configs"), ("pipelines", "configs")),
     "protocol": (("train", "protocols"),),
+    "experiment": (("train", "experiments"),),
 }
 YAML_SUFFIXES = (".yaml", ".yml")
 

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not named and not args.config:
         raise ConfigError("name an experiment: --tiny, --experiment NAME or --config FILE",
                           hint=f"packaged experiments: {', '.join(list_experiments())}")
-    args.config = str(experiment_path(named or args.config))
+    args.config = str(experiment_path(named or args.config, "--experiment" if named else "--config"))
     exp = load_args(Experiment, args, args.config_flags)
     exp.train_sets = list(exp.train_sets) + list(args.train_sets)
     if args.only:

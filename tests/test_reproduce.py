@@ -102,7 +102,7 @@ def test_an_experiment_must_name_its_models_once_and_reuse_only_earlier_ones():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--experiment", "nope"], "unknown experiment 'nope'"),
+    (["--experiment", "nope"], "--experiment nope: not found (no such file, and no packaged experiment"),
     (["--tiny", "--only", "Nope"], "--only 'Nope'"),
     (["--experiment", "neat_table1"], "give --data DIR"),
     ([], "name an experiment"),

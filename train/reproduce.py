@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.config import ConfigError, load_config
+from core.config import ConfigError, load_config, packaged_names, resolve_file
 from core.errors import MissingInputError
 
 if TYPE_CHECKING:
@@ -96,20 +96,12 @@ class Experiment:
 
 
 def list_experiments() -> list[str]:
-    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+    return packaged_names("experiment")
 
 
-def experiment_path(name_or_path: str) -> Path:
-    """A packaged experiment's file by name, or the given file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise MissingInputError(f"{path}: experiment file not found")
-        return path
-    named = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
-    if not named.is_file():
-        raise ConfigError(f"unknown experiment {name_or_path!r}; known: {', '.join(list_experiments())}")
-    return named
+def experiment_path(name_or_path: str, flag: str = "--experiment") -> Path:
+    """A packaged experiment's file by name, or the given file (core.config.resolve_file, as every --config)."""
+    return Path(resolve_file(name_or_path, "experiment", flag))
 
 
 def load_experiment(name_or_path: str, overrides: dict | None = None, sets: list[str] | None = None) -> Experiment:
