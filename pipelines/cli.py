@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None):
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"bbst: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        import difflib
+
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f"\n  hint: did you mean bbst {close[0]}?" if close else ""
+        print(f"bbst: error: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     try:
         module = importlib.import_module(COMMANDS[name][0])

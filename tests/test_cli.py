@@ -54,6 +54,8 @@ def test_usage_version_and_unknown(capsys):
     assert capsys.readouterr().out.startswith("bbst ")
     assert cli.main(["nope"]) == 2
     assert "bbst: error: unknown command 'nope'" in capsys.readouterr().err
+    assert cli.main(["stylise"]) == 2
+    assert "bbst: error: unknown command 'stylise'\n  hint: did you mean bbst stylize?" in capsys.readouterr().err
     proc = _bbst("--version")
     assert proc.returncode == 0 and proc.stdout.strip().startswith("bbst ") and not proc.stderr
 
