@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
 
-    from classifier.factory import create_model
+    from classifier.factory import create_classifier
     from core.device import resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     configs, clip_name, overrides = SIZES[args.size]
-    models = {name: create_model(name, **overrides).to(device).eval() for name in configs}
+    models = {name: create_classifier(name, **overrides).to(device).eval() for name in configs}
     # the shared trunk's own timm forward without the style branch: separates the cost of the statistics from
     # the difference between the timm and open_clip ViT implementations
     models["timm_trunk_plain"] = models[configs[0]].trunk
@@ -114,12 +114,12 @@ def _end_to_end(name: str, device: torch.device, args) -> float:
     import numpy as np
 
     from classifier.checkpoint import save_classifier
-    from classifier.factory import create_model
+    from classifier.factory import create_classifier
     from classifier.head import HeadResult
     from classifier.scoring import StyleScorer
     from core.synthetic import encode, make_image
 
-    model = create_model(name)
+    model = create_classifier(name)
     with tempfile.TemporaryDirectory() as tmp:
         save_classifier(tmp, model, HeadResult(head=model.head), training_data_hash="bench")
         scorer = StyleScorer(tmp, device=str(device), batch_size=args.batch_size, num_threads=args.threads)

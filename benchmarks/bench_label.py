@@ -154,7 +154,7 @@ def bench_browser(pool: Path, work: Path, decisions: int, retrain_every: int) ->
 def bench_rescore(work: Path, n: int, model_name: str) -> dict:
     import torch
 
-    from classifier.factory import create_model
+    from classifier.factory import create_classifier
     from classifier.features import FeatureCache, extract_features
     from classifier.head import train_head
     from classifier.labeling.active import ActiveConfig, ActiveLearner
@@ -163,7 +163,7 @@ def bench_rescore(work: Path, n: int, model_name: str) -> dict:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = create_model(model_name).eval()
+    model = create_classifier(model_name).eval()
     dim, hidden = model.num_features, model.cfg.head.hidden
     rng = np.random.default_rng(0)
     keys = [make_key(1, i) for i in range(n)]

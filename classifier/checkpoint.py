@@ -151,11 +151,11 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     """``(model, head_result, meta)`` rebuilt from the checkpoint alone (no backbone weight files needed)."""
     from safetensors.torch import load_file
 
-    from classifier.factory import create_model
+    from classifier.factory import create_classifier
     from classifier.head import HeadResult
 
     folder, meta = read_checkpoint_config(path)
-    model = create_model(meta["model_name"], config=meta["model_config"])
+    model = create_classifier(meta["model_name"], config=meta["model_config"])
     state = load_file(str(folder / WEIGHTS_FILE))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -20,7 +20,7 @@ def build_demo_classifier(images: list[bytes], labels: list[int], out_dir: str, 
     and :class:`classifier.scoring.StyleScorer` warns loudly when it loads one. Returns the checkpoint path.
     """
     from classifier.checkpoint import data_hash
-    from classifier.factory import create_model
+    from classifier.factory import create_classifier
     from classifier.features import extract_features, sha256_bytes
     from classifier.labels import TrainDataError
     from classifier.training import fit_classifier
@@ -31,7 +31,7 @@ def build_demo_classifier(images: list[bytes], labels: list[int], out_dir: str, 
     if len(np.unique(labels_arr)) < 2:
         raise ValueError("the demo classifier needs examples of both classes (0 = photo, 1 = artwork)")
     torch.manual_seed(seed)
-    model = create_model(model_name).eval()
+    model = create_classifier(model_name).eval()
     feats = extract_features(model, images, batch_size=64)
     shas = [sha256_bytes(b) for b in images]
     # small corpora: keep at least a few validation rows per class so calibration has something to fit

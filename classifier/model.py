@@ -47,7 +47,7 @@ class HeadConfig:
 
 
 @dataclass
-class ModelConfig:
+class ClassifierConfig:
     """Architecture of a :class:`StyleClassifier` (the JSON files in ``model_configs/``)."""
 
     mode: Literal["shared", "two_trunk"] = "shared"  # one backbone pass feeds both branches, or one backbone each
@@ -56,7 +56,7 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=HeadConfig)  # fusion head
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)  # the one input transform
     normalize_content: bool = True  # L2-normalise the content embedding (as CLIP-embedding heads expect)
-    description: str = ""  # one line for list_models()
+    description: str = ""  # one line for list_classifiers()
 
     def __post_init__(self) -> None:
         if self.mode == "shared" and self.style.trunk is not None:
@@ -180,7 +180,7 @@ class StyleClassifier(nn.Module):
     Calibration (temperature) lives in the checkpoint, not in the module.
     """
 
-    def __init__(self, cfg: ModelConfig, name: str = "", weights: str | os.PathLike | None = None,
+    def __init__(self, cfg: ClassifierConfig, name: str = "", weights: str | os.PathLike | None = None,
                  style_weights: str | os.PathLike | None = None):
         super().__init__()
         self.cfg, self.name = cfg, name
@@ -204,7 +204,7 @@ class StyleClassifier(nn.Module):
         self._style_renorm = self._renorm_params(cfg)
 
     @staticmethod
-    def _renorm_params(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _renorm_params(cfg: ClassifierConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Scale/shift mapping the model's normalized input to the style trunk's own normalization."""
         trunk = cfg.style.trunk
         if trunk is None:

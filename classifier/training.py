@@ -40,7 +40,7 @@ class TrainClassifierConfig:
     labels_db: str | None = None  # labeling-session SQLite database (table labels(key, label, annotator, created_at, ...))
     images: str | None = None  # folder holding WebDataset shards (*.tar, searched recursively) or image files
     out: str = "runs/classifier"  # output folder: checkpoint/, report/, summary.json
-    model: str = "bbst_vitb16_clip"  # registered classifier architecture (classifier.factory.list_models())
+    model: str = "bbst_vitb16_clip"  # registered classifier architecture (classifier.factory.list_classifiers())
     weights: str | None = None  # content/shared trunk weights: a local file, or "cache" to search the local caches
     style_weights: str | None = None  # style trunk weights of a two-trunk model (file or "cache")
     feature_cache: str | None = None  # feature cache root; default <out>/features (one subfolder per model)
@@ -210,11 +210,11 @@ def usable_images(cfg: TrainClassifierConfig, labels: dict[str, int], paths: dic
 
     A key without one is an error naming it, or with ``skip_missing`` is listed in ``out/skipped.json``.
     """
-    from classifier.factory import get_model_config
+    from classifier.factory import get_classifier_config
     from classifier.transforms import ImageDecodeError, ImageTransform
 
     images = load_images(cfg.images, set(labels), paths)
-    transform = ImageTransform(get_model_config(cfg.model).preprocess)
+    transform = ImageTransform(get_classifier_config(cfg.model).preprocess)
     skipped: dict[str, str] = {k: "no image found" for k in labels if k not in images}
     for k, data in images.items():
         try:
@@ -241,7 +241,7 @@ def train_classifier(cfg: TrainClassifierConfig) -> dict:
     import torch
 
     from classifier.checkpoint import data_hash
-    from classifier.factory import create_model
+    from classifier.factory import create_classifier
     from classifier.features import FeatureCache, cached_features, feature_fingerprint, sha256_bytes
 
     t0 = time.monotonic()
@@ -268,7 +268,7 @@ def train_classifier(cfg: TrainClassifierConfig) -> dict:
     if cfg.weights is None and not cfg.model.startswith("test_"):
         log.warning("model %s has random-init trunks (no --weights): the classifier will be near useless; see "
                     "docs/classifier.md for where real backbone weights go", cfg.model)
-    model = create_model(cfg.model, weights=cfg.weights, style_weights=cfg.style_weights).to(device).eval()
+    model = create_classifier(cfg.model, weights=cfg.weights, style_weights=cfg.style_weights).to(device).eval()
     cache_root = Path(cfg.feature_cache) if cfg.feature_cache else out / "features"
 
     def features_of(m) -> np.ndarray:  # cached by sha256 under a folder per model fingerprint

@@ -113,9 +113,14 @@ def _join(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 
 
-def _from_dict(cls: type[T], data: dict, where: str) -> T:
+def check_fields(cls: type, data: dict, where: str) -> dict:
+    """``data`` checked against the fields of dataclass ``cls`` without building it: unknown keys and wrongly typed
+    values raise :class:`ConfigError` naming ``where.key``; returns the values coerced to the field types.
+
+    For a section that overrides only some fields of a dataclass whose other defaults come from elsewhere (the
+    trainer's ``model.kwargs`` over a registered model's own defaults).
+    """
     import difflib
-    import re
 
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -135,6 +140,14 @@ def _from_dict(cls: type[T], data: dict, where: str) -> T:
             if exc.key is None:
                 exc.key = _join(where, name)
             raise
+    return kwargs
+
+
+def _from_dict(cls: type[T], data: dict, where: str) -> T:
+    import re
+
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = check_fields(cls, data, where)
     try:
         return cls(**kwargs)
     except ConfigError:

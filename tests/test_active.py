@@ -8,7 +8,7 @@ import torch
 from label_pool import make_folder_pool, truth_of_key
 
 from classifier.checkpoint import load_classifier
-from classifier.factory import create_model
+from classifier.factory import create_classifier
 from classifier.features import FeatureCache, feature_fingerprint
 from classifier.labeling.active import ActiveConfig, ActiveLearner
 from classifier.labeling.pool import open_pool
@@ -19,7 +19,7 @@ from classifier.labeling.store import LabelStore
 def model():
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    return create_model("test_vit_shared").eval()
+    return create_classifier("test_vit_shared").eval()
 
 
 def _learner(tmp_path, model, n=40, **cfg):

@@ -28,25 +28,6 @@ def test_stylize_keeps_the_content_size_and_range(name):
     assert not torch.allclose(model.stylize(torch.rand(2, 3, 37, 53).fill_(0.5), torch.zeros(1, 3, 40, 32)), other)
 
 
-@pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize("style_loss", ["gram", "balanced_gram"])
-def test_a_few_steps_lower_the_loss_on_a_fixed_batch(name, style_loss):
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = create_model(name, style_loss=style_loss)
-    opt = torch.optim.Adam(model.generator_parameters(), 1e-3)
-    batch = {"content": torch.rand(2, 3, 64, 64), "style": torch.rand(2, 3, 64, 64)}
-    losses = []
-    for _ in range(6):
-        loss, _, images = model.generator_step(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert images["output"].shape == (2, 3, 64, 64)
-    assert losses[-1] < 0.8 * losses[0], losses
-
-
 def test_the_objective_is_the_papers_vgg16_content_and_style_terms():
     torch.manual_seed(0)
     model = create_model("adain_tiny", style_loss="balanced_gram", w_style=7.0)

@@ -37,11 +37,11 @@ def test_classifier_resave_killed_while_writing_config_keeps_the_old_config(tmp_
     import json
 
     from classifier.checkpoint import CONFIG_FILE, save_classifier
-    from classifier.factory import create_model
+    from classifier.factory import create_classifier
     from classifier.head import HeadResult
     from core import atomic
 
-    model = create_model("test_vit_shared")
+    model = create_classifier("test_vit_shared")
     save_classifier(tmp_path, model, HeadResult(head=model.head), training_data_hash="first")
     before = (tmp_path / CONFIG_FILE).read_text()
 

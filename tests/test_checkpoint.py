@@ -78,9 +78,9 @@ class _WritesMarker:
 def evil(tmp_path):
     marker = tmp_path / "ran"
     bare = tmp_path / "evil.pkl"
-    bare.write_bytes(pickle.dumps({"model_name": "test_neat", "model": _WritesMarker(marker)}))
+    bare.write_bytes(pickle.dumps({"model_name": "neat_tiny", "model": _WritesMarker(marker)}))
     zipped = tmp_path / "evil.pt"
-    torch.save({"model_name": "test_neat", "model_config": {}, "model": _WritesMarker(marker), "step": 1}, zipped)
+    torch.save({"model_name": "neat_tiny", "model_config": {}, "model": _WritesMarker(marker), "step": 1}, zipped)
     # the file really does run code when pickle loads it (in another process: this tree never calls pickle.load)
     subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))", str(bare)],
                    check=False, capture_output=True, timeout=60)
@@ -172,9 +172,9 @@ def test_rng_state_round_trips_without_pickle(tmp_path):
 
 def _old_checkpoint(tmp_path) -> tuple[Path, dict]:
     """What an older bbst wrote: NumPy's RNG state as an ndarray, torch's version as a TorchVersion."""
-    model = create_model("test_neat")
+    model = create_model("neat_tiny")
     np.random.seed(5)
-    state = {"format": "bbst-train-checkpoint-v1", "model_name": "test_neat", "model_config": model.model_config(),
+    state = {"format": "bbst-train-checkpoint-v1", "model_name": "neat_tiny", "model_config": model.model_config(),
              "model": model.state_dict(), "step": 7, "config": {"seed": 1},
              "rng": [{"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}],
              "versions": {"torch": torch.__version__}, "loss": np.float64(0.5)}
@@ -210,14 +210,14 @@ def test_older_checkpoint_is_refused_with_the_command_that_converts_it(tmp_path,
 
 
 def test_checkpoints_bbst_writes_load_without_pickle(tmp_path):
-    model = create_model("test_neat")
+    model = create_model("neat_tiny")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    state = {"format": "bbst-train-checkpoint-v1", "model_name": "test_neat", "model_config": model.model_config(),
+    state = {"format": "bbst-train-checkpoint-v1", "model_name": "neat_tiny", "model_config": model.model_config(),
              "model": model.state_dict(), "opt_g": opt.state_dict(), "rng": [capture_rng_state()], "step": 3,
              "versions": {"torch": str(torch.__version__)}}
     path = save_checkpoint(state, str(tmp_path / "ck"), 3)
     assert load_checkpoint(path)["step"] == 3
-    save_model_checkpoint(model, str(tmp_path / "m.pt"), "test_neat", extra={"adaptation": {"steps": 2}})
+    save_model_checkpoint(model, str(tmp_path / "m.pt"), "neat_tiny", extra={"adaptation": {"steps": 2}})
     assert torch.load(tmp_path / "m.pt", weights_only=True)["adaptation"] == {"steps": 2}
 
 

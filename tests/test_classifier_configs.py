@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from classifier.evaluate import PAPER_REFERENCE, write_report
-from classifier.factory import create_model, get_model_config, list_models
+from classifier.factory import create_classifier, get_classifier_config, list_classifiers
 
 
 def test_paper_layout_imagenet_vit_content_aladin_style_mlp_head():
-    cfg = get_model_config("bbst_vitb16_imagenet_aladin")
+    cfg = get_classifier_config("bbst_vitb16_imagenet_aladin")
     assert cfg.mode == "two_trunk"
     assert cfg.content.arch == "vit_base_patch16_224" and cfg.content.kwargs["num_classes"] == 0
     assert cfg.content.weights.hf_repo == "timm/vit_base_patch16_224.orig_in21k_ft_in1k"  # original ViT, ImageNet
@@ -24,15 +24,15 @@ def test_paper_layout_imagenet_vit_content_aladin_style_mlp_head():
             "style": {"trunk": {"kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
                                            "num_heads": 2, "out_dim": 16}}},
             "preprocess": {"size": 32}}
-    model = create_model("bbst_vitb16_imagenet_aladin", **tiny).eval()
+    model = create_classifier("bbst_vitb16_imagenet_aladin", **tiny).eval()
     with torch.no_grad():
         feats = model.forward_features(torch.rand(2, 3, 32, 32))
     assert feats.shape == (2, 32 + 16)
 
 
 def test_every_config_describes_itself_accurately():
-    for name in list_models("bbst_*"):
-        cfg = get_model_config(name)
+    for name in list_classifiers("bbst_*"):
+        cfg = get_classifier_config(name)
         desc = cfg.description
         assert desc, name
         claims_paper = desc.startswith("the paper's layout")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from classifier.aladin import AladinCheckpointError, AladinStyleBranch, remap_aladin_state_dict
-from classifier.factory import create_model, get_model_config, list_models
+from classifier.factory import create_classifier, get_classifier_config, list_classifiers
 from classifier.transforms import ImageDecodeError, ImageTransform, PreprocessConfig
 from core.config import ConfigError
 from core.synthetic import encode, make_image
@@ -23,22 +23,22 @@ TEST_MODELS = ["test_vit_shared", "test_vit_2trunk", "test_vit_aladin"]
 
 
 def test_registry_lists_real_and_test_models_and_rejects_unknown_names():
-    names = list_models()
+    names = list_classifiers()
     assert set(TEST_MODELS) <= set(names)
     assert {"bbst_vitb16_clip", "bbst_vitb16_2trunk", "bbst_vitb16_aladin"} <= set(names)
-    assert list_models("test_*") == sorted(TEST_MODELS)
+    assert list_classifiers("test_*") == sorted(TEST_MODELS)
     with pytest.raises(ValueError, match="unknown classifier model 'nope'.*test_vit_shared"):
-        create_model("nope")
+        create_classifier("nope")
     with pytest.raises(ConfigError, match="unknown key"):
-        create_model("test_vit_shared", head={"widht": 3})
-    real = get_model_config("bbst_vitb16_clip")
+        create_classifier("test_vit_shared", head={"widht": 3})
+    real = get_classifier_config("bbst_vitb16_clip")
     assert real.content.arch == "vit_base_patch16_clip_224" and real.preprocess.size == 224 and real.mode == "shared"
 
 
 @pytest.mark.parametrize("name", TEST_MODELS)
 def test_forward_contract_and_shapes(name):
     torch.manual_seed(0)
-    model = create_model(name).eval()
+    model = create_classifier(name).eval()
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -62,13 +62,13 @@ def _count_block_calls(trunk) -> list[int]:
 
 
 def test_shared_trunk_runs_one_backbone_pass_and_two_trunk_runs_two():
-    shared = create_model("test_vit_shared").eval()
+    shared = create_classifier("test_vit_shared").eval()
     calls = _count_block_calls(shared.trunk)
     with torch.no_grad():
         shared(torch.randn(2, 3, 64, 64))
     assert shared.style_trunk is None and calls[0] == len(shared.trunk.blocks)  # each block once
 
-    two = create_model("test_vit_2trunk").eval()
+    two = create_classifier("test_vit_2trunk").eval()
     content_calls, style_calls = _count_block_calls(two.trunk), _count_block_calls(two.style_trunk)
     with torch.no_grad():
         two(torch.randn(2, 3, 64, 64))
@@ -76,7 +76,7 @@ def test_shared_trunk_runs_one_backbone_pass_and_two_trunk_runs_two():
 
 
 def test_style_embedding_is_the_projection_of_all_block_token_statistics():
-    model = create_model("test_vit_shared").eval()
+    model = create_classifier("test_vit_shared").eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -97,7 +97,7 @@ def test_style_embedding_is_the_projection_of_all_block_token_statistics():
 
 
 def test_style_statistics_react_to_texture_not_only_to_colour():
-    model = create_model("test_vit_shared").eval()
+    model = create_classifier("test_vit_shared").eval()
     t = ImageTransform(model.cfg.preprocess)
     flat = Image.new("RGB", (64, 64), (120, 60, 200))
     rng = np.random.default_rng(0)
@@ -112,7 +112,7 @@ def test_style_statistics_react_to_texture_not_only_to_colour():
 def test_missing_weight_file_is_a_clear_error(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere" / "vit.safetensors"
     with pytest.raises(WeightsNotFoundError, match=str(missing)):
-        create_model("test_vit_shared", weights=str(missing))
+        create_classifier("test_vit_shared", weights=str(missing))
     # "cache": every standard cache folder is named in the error, nothing is downloaded
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -143,11 +143,11 @@ def test_trunk_loads_a_local_timm_file(tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(1)
-    donor = create_model("test_vit_shared")
+    donor = create_classifier("test_vit_shared")
     path = tmp_path / "trunk.safetensors"
     save_file({k: v.contiguous() for k, v in donor.trunk.state_dict().items()}, str(path))
     torch.manual_seed(2)
-    model = create_model("test_vit_shared", weights=str(path))
+    model = create_classifier("test_vit_shared", weights=str(path))
     for k, v in donor.trunk.state_dict().items():
         torch.testing.assert_close(model.trunk.state_dict()[k], v)
 
@@ -161,7 +161,7 @@ def test_trunk_loads_an_open_clip_checkpoint_and_matches_encode_image(tmp_path):
                 text_cfg=CLIPTextCfg(context_length=8, vocab_size=50, width=16, heads=1, layers=1)).eval()
     path = tmp_path / "open_clip_tiny.bin"
     torch.save(clip.state_dict(), path)
-    model = create_model("test_vit_shared", weights=str(path),
+    model = create_classifier("test_vit_shared", weights=str(path),
                          content={"kwargs": {"num_classes": 16}}, normalize_content=False).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -239,7 +239,7 @@ def test_released_aladin_checkpoint_layout_loads_as_style_branch(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(branch(x), _reference_aladin(sd, x, heads=2), rtol=1e-4, atol=1e-5)
     # through the factory: the style trunk of a two-trunk model, fed the model's own normalization
-    model = create_model("test_vit_aladin", style_weights=str(path)).eval()
+    model = create_classifier("test_vit_aladin", style_weights=str(path)).eval()
     img = make_image(1, 64, 64, seed=0)
     t = ImageTransform(model.cfg.preprocess)
     xm = t(img)[None]

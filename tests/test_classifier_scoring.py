@@ -14,7 +14,7 @@ from ray_local import ray_local  # noqa: F401 - session fixture
 from classifier.calibration import calibrated
 from classifier.checkpoint import CheckpointFormatError, load_classifier, save_classifier
 from classifier.demo import build_demo_classifier
-from classifier.factory import create_model
+from classifier.factory import create_classifier
 from classifier.head import HeadResult, predict_proba
 from classifier.model import FusionHead
 from classifier.scoring import StyleScorer
@@ -156,7 +156,7 @@ def test_untrained_real_config_scores_through_the_same_path(tmp_path):
     """The scorer is model-agnostic: a two-trunk tiny checkpoint scores the same way."""
     images, labels = labelled_batch(60, size=64, seed=5)
     blobs = [encode(im) for im in images]
-    model = create_model("test_vit_2trunk").eval()
+    model = create_classifier("test_vit_2trunk").eval()
     from classifier.features import extract_features
     from classifier.head import train_head
 

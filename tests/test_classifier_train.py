@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from classifier.calibration import expected_calibration_error, fit_temperature, roc_auc, select_thresholds, sigmoid
-from classifier.factory import create_model
+from classifier.factory import create_classifier
 from classifier.features import FeatureCache, cached_features, extract_features, feature_fingerprint, sha256_bytes
 from classifier.head import predict_proba, split_by_key, train_head
 from core.schema import make_key
@@ -35,7 +35,7 @@ def generated():
 def test_head_on_frozen_random_tiny_backbone_learns_the_generated_problem(generated, name):
     blobs, labels, keys = generated
     torch.manual_seed(0)
-    model = create_model(name).eval()
+    model = create_classifier(name).eval()
     feats = extract_features(model, blobs, batch_size=64)
     assert feats.shape == (len(blobs), model.num_features)
     result = train_head(feats, labels, keys, val_fraction=0.25, seed=0, hidden=32, dropout=0.0, max_epochs=200)
@@ -105,7 +105,7 @@ def test_thresholds_reach_the_target_precision_on_each_side():
 
 def test_feature_cache_round_trip_persistence_and_model_guard(tmp_path, generated):
     blobs = generated[0][:40]
-    model = create_model("test_vit_shared").eval()
+    model = create_classifier("test_vit_shared").eval()
     fp = feature_fingerprint(model)
     cache = FeatureCache(tmp_path / "fc", fingerprint=fp)
     shas = [sha256_bytes(b) for b in blobs]
@@ -126,7 +126,7 @@ def test_feature_cache_round_trip_persistence_and_model_guard(tmp_path, generate
     with pytest.raises(ValueError, match="dimension"):
         again.put(["x" * 64], np.zeros((1, 3), np.float32))
     torch.manual_seed(5)
-    assert feature_fingerprint(create_model("test_vit_shared")) != fp  # other weights, other features
+    assert feature_fingerprint(create_classifier("test_vit_shared")) != fp  # other weights, other features
 
 
 # ------------------------------------------------------------------------------------------ entry point

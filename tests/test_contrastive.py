@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 from train.contrastive import accumulated_contrastive_grads, group_contrastive
 from train.models import create_model
 
-TINY_NO_GAN = {"test_neat": {"w_adv": 0.0, "w_patch_simple": 0.0, "w_patch_complex": 0.0, "w_style_nce": 0.0},
-               "test_rast": {"w_adv": 0.0}}
+TINY_NO_GAN = {"neat_tiny": {"w_adv": 0.0, "w_patch_simple": 0.0, "w_patch_complex": 0.0, "w_style_nce": 0.0},
+               "rast_tiny": {"w_adv": 0.0}}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -57,7 +57,7 @@ def _accumulated_grads(model, micro: list[dict], rank: int = 0, world: int = 1) 
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", ["test_neat", "test_rast"])
+@pytest.mark.parametrize("name", ["neat_tiny", "rast_tiny"])
 def test_logit_accumulation_equals_the_big_batch_gradient(name):
     torch.manual_seed(0)
     model = create_model(name, **TINY_NO_GAN[name])
@@ -79,7 +79,7 @@ def _rank_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = create_model("test_rast", **TINY_NO_GAN["test_rast"])
+    model = create_model("rast_tiny", **TINY_NO_GAN["rast_tiny"])
     micro = _micro(4)[2 * rank:2 * rank + 2]  # rank 0 gets micro-batches 0-1, rank 1 gets 2-3
     grads = _accumulated_grads(model, micro, rank, world)
     for g in grads.values():  # what train.distributed.average_gradients does
@@ -99,7 +99,7 @@ def test_negatives_are_gathered_from_every_rank(tmp_path):
                        start_method="spawn")
     two_ranks = torch.load(tmp_path / "grads.pt", weights_only=True)
     torch.manual_seed(0)
-    model = create_model("test_rast", **TINY_NO_GAN["test_rast"])
+    model = create_model("rast_tiny", **TINY_NO_GAN["rast_tiny"])
     ref = _big_batch_grads(model, _micro(4))
     for k in ref:
         torch.testing.assert_close(two_ranks[k], ref[k], rtol=1e-4, atol=max(1e-7, 1e-6 * float(ref[k].abs().max())), msg=k)

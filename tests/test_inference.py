@@ -43,8 +43,8 @@ def test_cover_crop_and_fit_pad_keep_the_aspect():
 
 
 def test_stylizer_passes_only_the_controls_a_model_has(tmp_path):
-    rast = _ckpt(tmp_path / "rast.pt", "test_rast")
-    neat = _ckpt(tmp_path / "neat.pt", "test_neat")
+    rast = _ckpt(tmp_path / "rast.pt", "rast_tiny")
+    neat = _ckpt(tmp_path / "neat.pt", "neat_tiny")
     c, s = torch.rand(1, 3, 30, 44), torch.rand(1, 3, 32, 32)
     assert Stylizer(rast, "cpu", steps=2)(c, s).shape == c.shape
     assert Stylizer(neat, "cpu", blur=0.0, prior_weight=0.0)(c, s).shape == c.shape
@@ -53,13 +53,13 @@ def test_stylizer_passes_only_the_controls_a_model_has(tmp_path):
     with pytest.raises(ControlError, match="no control steps"):
         Stylizer(neat, "cpu", steps=2)
     # an in-memory model works the same way
-    assert Stylizer(create_model("test_rast"), "cpu", alpha=0.5)(c, s).shape == c.shape
+    assert Stylizer(create_model("rast_tiny"), "cpu", alpha=0.5)(c, s).shape == c.shape
 
 
 def test_stylize_script_runs_rast_checkpoints(tmp_path):
     from pipelines.stylize import main
 
-    rast = _ckpt(tmp_path / "rast.pt", "test_rast")
+    rast = _ckpt(tmp_path / "rast.pt", "rast_tiny")
     photo_like(50, 34, seed=1).save(tmp_path / "c.jpg")
     artwork_like(40, 60, seed=2).save(tmp_path / "s.png")
     rows = main(["--checkpoint", rast, "--content", str(tmp_path / "c.jpg"), "--style", str(tmp_path / "s.png"),

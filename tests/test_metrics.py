@@ -109,9 +109,9 @@ def test_evaluate_writes_quality_and_speed_tables(tmp_path):
     from train.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("test_neat")
+    model = create_model("neat_tiny")
     ckpt = tmp_path / "ckpt.pt"
-    torch.save({"model_name": "test_neat", "model_config": model.model_config(), "model": model.state_dict(),
+    torch.save({"model_name": "neat_tiny", "model_config": model.model_config(), "model": model.state_dict(),
                 "step": 0}, ckpt)
     photo_like(64, 48, seed=1).save(tmp_path / "c1.jpg")
     artwork_like(48, 48, seed=2).save(tmp_path / "s1.png")

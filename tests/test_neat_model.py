@@ -40,11 +40,11 @@ def _batch(b=2, size=48):
 
 
 def test_registry_lists_and_rejects_unknown():
-    assert {"neat", "neat_tiny", "test_neat"} <= set(list_models())
+    assert {"neat", "neat_tiny", "neat_balanced", "neat_balanced_tiny"} <= set(list_models())
     with pytest.raises(ValueError, match="known models: .*neat"):
         create_model("no_such_model")
     with pytest.raises(TypeError, match="unknown NeAT config keys"):
-        create_model("test_neat", not_a_field=1)
+        create_model("neat_tiny", not_a_field=1)
 
 
 def test_vgg_taps_shapes_and_missing_weights(tmp_path, monkeypatch):
@@ -147,7 +147,7 @@ def test_decoder_and_discriminator_shapes():
 
 
 def test_generator_and_discriminator_steps_finite_and_differentiable():
-    model = create_model("test_neat")
+    model = create_model("neat_tiny")
     loss, logs, images = model.generator_step(_batch())
     expected = {"style", "content", "identity_pixel", "identity_feature", "adv", "patch_simple", "patch_complex",
                 "contrast_style", "contrast_content", "style_nce"}
@@ -167,7 +167,7 @@ def test_generator_and_discriminator_steps_finite_and_differentiable():
 
 
 def test_style_nce_queue_is_filled_and_gives_negatives_to_a_batch_of_one():
-    model = create_model("test_neat", nce_queue_size=3)
+    model = create_model("neat_tiny", nce_queue_size=3)
     before = model.nce_queue_relu3_1.clone()
     model.discriminator_step(_batch(b=2))
     assert int(model.nce_queue_ptr) == 2
@@ -182,7 +182,7 @@ def test_style_nce_queue_is_filled_and_gives_negatives_to_a_batch_of_one():
 
 
 def test_r1_penalties_are_logged_and_differentiable():
-    model = create_model("test_neat", w_r1=10.0, w_patch_r1=1.0)
+    model = create_model("neat_tiny", w_r1=10.0, w_patch_r1=1.0)
     dloss, dlogs = model.discriminator_step(_batch(size=64))
     assert dlogs["r1"] >= 0 and dlogs["patch_r1"] > 0
     dloss.backward()
@@ -190,32 +190,18 @@ def test_r1_penalties_are_logged_and_differentiable():
 
 
 def test_no_discriminator_gives_zero_loss_and_config_roundtrip():
-    model = create_model("test_neat", w_adv=0.0, w_patch_simple=0.0, w_patch_complex=0.0, w_style_nce_d=0.0)
+    model = create_model("neat_tiny", w_adv=0.0, w_patch_simple=0.0, w_patch_complex=0.0, w_style_nce_d=0.0)
     dloss, logs = model.discriminator_step(_batch())
     assert float(dloss.detach()) == 0.0 and logs == {}
     with pytest.raises(ValueError, match="multiples of 16"):
         model.generator_step({k: torch.rand(2, 3, 40, 48) for k in ("content", "style", "style2")})
-    rebuilt = create_model("test_neat", **model.model_config())
+    rebuilt = create_model("neat_tiny", **model.model_config())
     assert rebuilt.model_config() == model.model_config()
     rebuilt.load_state_dict(model.state_dict())
 
 
-def test_few_steps_lower_generator_loss():
-    model = create_model("test_neat", w_adv=0.0, w_patch_simple=0.0, w_patch_complex=0.0)
-    opt = torch.optim.Adam(model.generator_parameters(), lr=3e-3)
-    batch = _batch(size=32)
-    losses = []
-    for _ in range(8):
-        loss, _, _ = model.generator_step(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert losses[-1] < losses[0] * 0.9, losses
-
-
 def test_stylize_any_size_alpha_and_blur():
-    model = create_model("test_neat").eval()
+    model = create_model("neat_tiny").eval()
     # make the decoder do something so alpha matters
     torch.nn.init.normal_(model.decoder.net[-1].weight, std=0.1)
     c, s = torch.rand(1, 3, 37, 51), torch.rand(1, 3, 40, 40)

@@ -29,7 +29,7 @@ def _batch(b: int = 2, size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]
 @pytest.mark.parametrize("kwargs", [{}, {"transform": "adain"}, {"simplified": True}])
 def test_shapes_and_both_directions(kwargs):
     torch.manual_seed(0)
-    model = create_model("test_rast", **kwargs).eval()
+    model = create_model("rast_tiny", **kwargs).eval()
     c, s = torch.rand(1, 3, 37, 53), torch.rand(1, 3, 40, 48)
     out = model.stylize(c, s)
     assert out.shape == c.shape and 0 <= out.min() and out.max() <= 1
@@ -48,7 +48,7 @@ def test_shapes_and_both_directions(kwargs):
 
 
 def test_every_reference_loss_is_computed_with_the_reference_weights():
-    model = create_model("test_rast")
+    model = create_model("rast_tiny")
     _, logs, _ = model.generator_step(_batch())
     assert set(logs) == {"content_transitive", "style_transitive", "style_diff", "content_restoration",
                          "style_restoration", "identity_pixel", "identity_feature", "adv", "contrast_style",
@@ -57,7 +57,7 @@ def test_every_reference_loss_is_computed_with_the_reference_weights():
     assert (w["content_transitive"], w["style_transitive"], w["style_diff"], w["content_restoration"],
             w["style_restoration"], w["identity_pixel"], w["identity_feature"], w["contrast_style"],
             w["contrast_content"], w["adv"]) == (2, 2, 2, 1, 1, 50, 1, 1, 1, 5)
-    both = create_model("test_rast", w_content=0.25, w_style=0.25, w_idempotency=1.0)
+    both = create_model("rast_tiny", w_content=0.25, w_style=0.25, w_idempotency=1.0)
     assert {"content", "style", "idempotency"} <= set(both.generator_step(_batch())[1])
 
 
@@ -70,7 +70,7 @@ def _with_transform(model, fn):
 
 
 def test_identity_transform_restores_exactly():
-    model = _with_transform(create_model("test_rast", **NO_GAN, w_idempotency=1.0), lambda x, y: x)
+    model = _with_transform(create_model("rast_tiny", **NO_GAN, w_idempotency=1.0), lambda x, y: x)
     _, logs, images = model.generator_step(_batch())
     for term in ("content_transitive", "style_transitive", "content_restoration", "style_restoration",
                  "identity_pixel", "identity_feature", "idempotency"):
@@ -81,10 +81,10 @@ def test_identity_transform_restores_exactly():
 
 
 def test_idempotency_loss_is_zero_for_an_idempotent_transform():
-    model = create_model("test_rast")
+    model = create_model("rast_tiny")
     c, s = _batch()["content"], _batch()["style"]
     fs = model.encode(s)
-    copy_style = _with_transform(create_model("test_rast"), lambda x, y: y)  # T(T(c, s), s) = s = T(c, s)
+    copy_style = _with_transform(create_model("rast_tiny"), lambda x, y: y)  # T(T(c, s), s) = s = T(c, s)
     fs_img = copy_style.encode(s)
     assert float(copy_style.idempotency_loss(s, fs_img)) == 0.0
     # a real (non-idempotent) network gives a positive value
@@ -136,7 +136,7 @@ def test_lpips_gradient_reaches_the_generator():
 
 
 def test_lpips_loss_with_a_local_backbone(tmp_path, monkeypatch):
-    model = create_model("test_rast", **NO_GAN, w_lpips=1.0)
+    model = create_model("rast_tiny", **NO_GAN, w_lpips=1.0)
     loss, logs, _ = model.generator_step(_batch(size=48))
     assert logs["lpips"] > 0
     loss.backward()
@@ -145,28 +145,13 @@ def test_lpips_loss_with_a_local_backbone(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv("BBST_LPIPS_BACKBONE", raising=False)
     with pytest.raises(FileNotFoundError, match="LPIPS alex backbone weights not found"):
-        create_model("test_rast", w_lpips=1.0, lpips_backbone="auto")
-
-
-def test_few_steps_lower_the_loss_on_a_fixed_batch():
-    torch.manual_seed(0)
-    model = create_model("test_rast", **NO_GAN)
-    opt = torch.optim.Adam(model.generator_parameters(), lr=2e-3)
-    batch = _batch()
-    losses = []
-    for _ in range(8):
-        loss, _, _ = model.generator_step(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert losses[-1] < 0.8 * losses[0], losses
+        create_model("rast_tiny", w_lpips=1.0, lpips_backbone="auto")
 
 
 def test_checkpoint_rebuilds_the_model_with_its_frozen_networks(tmp_path):
-    model = create_model("test_rast", w_lpips=1.0, lpips_backbone=None)
+    model = create_model("rast_tiny", w_lpips=1.0, lpips_backbone=None)
     path = tmp_path / "ckpt.pt"
-    torch.save({"model_name": "test_rast", "model_config": model.model_config(), "model": model.state_dict(),
+    torch.save({"model_name": "rast_tiny", "model_config": model.model_config(), "model": model.state_dict(),
                 "step": 1}, path)
     rebuilt = load_model_from_checkpoint(str(path), attention_mode="full")
     assert rebuilt.cfg.attention_mode == "full"
@@ -222,9 +207,9 @@ def test_style_loss_switch_uses_the_chosen_loss_in_every_style_term(name):
     from train.models.neat import STYLE_WEIGHTS
 
     torch.manual_seed(0)
-    base = create_model("test_rast", **NO_GAN)
+    base = create_model("rast_tiny", **NO_GAN)
     torch.manual_seed(0)
-    model = create_model("test_rast", style_loss=name, **NO_GAN)
+    model = create_model("rast_tiny", style_loss=name, **NO_GAN)
     assert model.cfg.style_loss_scale == STYLE_WEIGHTS[name] / STYLE_WEIGHTS["mean_std"]
     batch = _batch()
     _, logs, _ = model.generator_step(batch)
@@ -235,7 +220,7 @@ def test_style_loss_switch_uses_the_chosen_loss_in_every_style_term(name):
         assert logs[k] != pytest.approx(base_logs[k], rel=1e-3)
 
     # the style_transitive term recomputed from its definition with the chosen loss
-    fixed = create_model("test_rast", style_loss=name, style_loss_scale=1.0, **NO_GAN)
+    fixed = create_model("rast_tiny", style_loss=name, style_loss_scale=1.0, **NO_GAN)
     fixed.load_state_dict(model.state_dict())
     captured = {}
     original = L.STYLE_LOSSES[name]
@@ -257,4 +242,4 @@ def test_style_loss_switch_uses_the_chosen_loss_in_every_style_term(name):
     assert logs["style_transitive"] == pytest.approx(model.cfg.style_loss_scale * fixed_logs["style_transitive"],
                                                      rel=1e-4)
     with pytest.raises(ValueError, match="style_loss 'nope'"):
-        create_model("test_rast", style_loss="nope")
+        create_model("rast_tiny", style_loss="nope")

@@ -81,26 +81,6 @@ def test_trains_and_resumes_exactly(tmp_path, shard_root, label):
     assert out.shape == (1, 3, 40, 40)
 
 
-def test_a_few_steps_lower_the_balanced_neat_loss_on_a_fixed_batch():
-    from train.models import create_model
-
-    torch.manual_seed(0)
-    no_gan = {"w_adv": 0.0, "w_patch_simple": 0.0, "w_patch_complex": 0.0, "w_style_nce": 0.0}
-    model = create_model("neat_balanced_tiny", **no_gan)
-    batch = {"content": torch.rand(2, 3, 32, 32), "style": torch.rand(2, 3, 32, 32)}
-    opt = torch.optim.Adam(model.generator_parameters(), lr=2e-3)
-    losses, styles = [], []
-    for _ in range(8):
-        loss, logs, _ = model.generator_step(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        styles.append(logs["style"])
-    assert styles[-1] < styles[0], styles
-    assert sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses  # identity terms dominate the first steps
-
-
 @pytest.mark.parametrize("name", ["variational.yaml", "metastyle.yaml", "neat_balanced_vgg16.yaml"])
 def test_shipped_configs_load_and_build(name):
     from core.config import load_config

@@ -21,10 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture
 def checkpoint(tmp_path):
     torch.manual_seed(0)
-    model = create_model("test_neat")
+    model = create_model("neat_tiny")
     torch.nn.init.normal_(model.decoder.net[-1].weight, std=0.05)  # a non-trivial "trained" decoder
     path = tmp_path / "ckpt.pt"
-    torch.save({"model_name": "test_neat", "model_config": model.model_config(), "model": model.state_dict(),
+    torch.save({"model_name": "neat_tiny", "model_config": model.model_config(), "model": model.state_dict(),
                 "step": 1}, path)
     return path
 

@@ -40,7 +40,7 @@ def test_model_codes_prior_sampling_and_any_size():
         model.stylize(content, style, blur=1.0)
 
 
-def test_kl_warmup_counts_optimiser_steps_and_a_few_steps_lower_the_loss():
+def test_kl_warmup_counts_optimiser_steps():
     """Three micro-batches per update (gradient accumulation): the warm-up advances once per update."""
     from train.config import OptimConfig
     from train.step import make_optimizers, optimizer_step
@@ -49,15 +49,10 @@ def test_kl_warmup_counts_optimiser_steps_and_a_few_steps_lower_the_loss():
     model = create_model("variational_tiny", kl_warmup_start=2, kl_warmup_steps=4)
     micro = [{"content": torch.rand(2, 3, 32, 32), "style": torch.rand(2, 3, 32, 32)} for _ in range(3)]
     opts = make_optimizers(model, OptimConfig(lr=3e-3))
-    losses, kl_w = [], []
-    for _ in range(12):
-        logs = optimizer_step(model, micro, opts).logs
-        losses.append(logs["loss_g"])
-        kl_w.append(logs["g/kl_weight"])
+    kl_w = [optimizer_step(model, micro, opts).logs["g/kl_weight"] for _ in range(12)]
     # updates 0-2 at weight 0, then w_kl * (step - 2) / 4 until the ramp ends at update 6
     assert kl_w[:3] == [0.0, 0.0, 0.0] and kl_w[4] == pytest.approx(0.5e-3) and kl_w[-1] == pytest.approx(1e-3)
     assert int(model.steps_done) == 12  # buffer: checkpoints carry the warm-up position
-    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
 
 
 def test_style_encoder_is_the_content_encoder_with_adaptive_pooling():

@@ -69,10 +69,10 @@ def test_a_source_names_a_backbone_and_unknown_names_fail_early(empty_caches):
 
 
 def test_every_classifier_config_names_a_known_backbone():
-    from classifier.factory import get_model_config, list_models
+    from classifier.factory import get_classifier_config, list_classifiers
 
-    for name in list_models():
-        cfg = get_model_config(name)
+    for name in list_classifiers():
+        cfg = get_classifier_config(name)
         for trunk in (cfg.content, cfg.style.trunk):
             if trunk is not None and trunk.weights.backbone is not None:
                 assert trunk.weights.backbone in BACKBONES

@@ -67,8 +67,22 @@ class LoaderConfig:
 @dataclass
 class ModelConfig:
     name: str = "neat_tiny"  # registered model name (train.models.list_models())
-    kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the model's own config (loss weights...)
+    # overrides of the model's own config, typed by its family's dataclass (NeATConfig, RASTConfig, ...): loss
+    # weights, widths, prior settings; an unknown key or a wrong type is an error when the file is loaded
+    kwargs: dict[str, Any] = field(default_factory=dict)
     style_loss: str = ""  # style loss of every model ("mean_std", "gram", "balanced_gram"); "" = the model's own
+
+    def __post_init__(self) -> None:
+        if not self.kwargs:
+            return  # nothing to check (and importing every model family is not free)
+        from core.config import ConfigError, check_fields
+        from train.models import model_config_class
+
+        try:
+            family = model_config_class(self.name)
+        except ValueError as exc:
+            raise ConfigError(f"model.name: {exc}", key="model.name") from None
+        self.kwargs = check_fields(family, self.kwargs, "model.kwargs")
 
 
 @dataclass

@@ -570,7 +570,7 @@ def build_session(cfg: LabelConfig) -> LabelSession:
             version = str(meta.get("version") or Path(cfg.classifier).stem)
             demo = bool(meta.get("demo"))
         else:
-            from classifier.factory import create_model
+            from classifier.factory import create_classifier
 
             # seeded so a backbone without weight files (tiny test variants) is the same network after a restart,
             # which keeps its feature-cache fingerprint valid
@@ -581,7 +581,7 @@ def build_session(cfg: LabelConfig) -> LabelSession:
                           f"each class)" + (f"; {cfg.model} has random-init trunks (no --weights), so even later "
                                             "rounds learn little: `bbst weights` lists the backbone files"
                                             if random_trunks else ""))
-            model = create_model(cfg.model, weights=cfg.weights, style_weights=cfg.style_weights)
+            model = create_classifier(cfg.model, weights=cfg.weights, style_weights=cfg.style_weights)
         model.eval()
         cache = FeatureCache(cfg.feature_cache or db.parent / f"{db.stem}.features",
                              fingerprint=feature_fingerprint(model))

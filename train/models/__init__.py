@@ -66,6 +66,19 @@ def _load_model_modules() -> None:
         _loaded = True
 
 
+def model_config_class(name: str) -> type:
+    """The config dataclass of a registered model (``NeATConfig``, ``RASTConfig``, ...): the factory's return
+    annotation is the model class, whose ``__init__(cfg: <Family>Config)`` names it. The trainer's config checks
+    ``model.kwargs`` against it when the file is loaded, so a wrong key or type is an error naming the file."""
+    import typing
+
+    _load_model_modules()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY)) or '(none)'}")
+    model_cls = typing.get_type_hints(_REGISTRY[name])["return"]
+    return typing.get_type_hints(model_cls.__init__)["cfg"]
+
+
 def list_models() -> list[str]:
     """Sorted names of every registered model."""
     _load_model_modules()
@@ -102,4 +115,4 @@ def load_model_from_checkpoint(path: str, map_location: str | torch.device = "cp
     return model.eval()
 
 
-__all__ = ["create_model", "list_models", "load_model_from_checkpoint", "register_model"]
+__all__ = ["create_model", "list_models", "load_model_from_checkpoint", "model_config_class", "register_model"]

@@ -657,8 +657,3 @@ def neat_balanced_tiny(**kwargs) -> NeAT:
     """Tiny random-init ``neat_balanced`` for CPU tests."""
     return _build({**_TINY, "style_loss": "balanced_gram"}, kwargs)
 
-
-@register_model
-def test_neat(**kwargs) -> NeAT:
-    """Alias of ``neat_tiny`` following timm's ``test_*`` naming for test variants."""
-    return _build(_TINY, kwargs)

@@ -486,8 +486,3 @@ def rast_tiny(**kwargs) -> RAST:
     """Random-init tiny RAST (VGG width 1/16, small discriminators) for CPU tests at 32-64 px."""
     return _build(_TINY, kwargs)
 
-
-@register_model
-def test_rast(**kwargs) -> RAST:
-    """Alias of ``rast_tiny`` following timm's ``test_*`` naming for test variants."""
-    return _build(_TINY, kwargs)
