@@ -118,3 +118,60 @@ def load_tensor_file(path: str, what: str = "checkpoint", map_location: Any = "c
     except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, AssertionError, OverflowError,
             zipfile.BadZipFile, OSError) as exc:  # what torch's loader raises on bytes that are no pickle
         raise BadInputError(f"{path}: not a bbst {what} (not a file torch.save wrote: {_first_line(exc)})") from None
+
+
+def _whole_pickle(data: bytes) -> bool:
+    """Whether ``data`` is exactly one complete pickle stream (raw tensor bytes almost never parse as one)."""
+    if data[:1] != b"\x80":
+        return False
+    try:
+        last = None
+        for op, _, pos in pickletools.genops(data):
+            last = (op.name, pos)
+        return last is not None and last[0] == "STOP" and last[1] == len(data) - 1
+    except (ValueError, EOFError, UnicodeDecodeError):
+        return False
+
+
+def _allowed_globals() -> set[str]:
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+    except ImportError:  # another torch: every global of a bare pickle is then refused
+        return set()
+    return set(_get_allowed_globals())
+
+
+def refuse_pickles_in_archive(path: str, what: str = "model archive") -> None:
+    """Refuse a zip archive (a ``torch.export`` ``.pt2``) any member of which would need pickle to build more than
+    tensors and plain values; its loader unpickles such members without the weights-only guard."""
+    import io
+
+    import torch
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: {what} not found") from None
+    except (zipfile.BadZipFile, OSError):
+        return  # not an archive: the loader reports what it is
+    names: list[str] = []
+    allowed = None
+    with archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            with archive.open(info) as f:
+                head = f.read(4)
+            if head == b"PK\x03\x04":  # a torch.save file inside the archive
+                names += torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(archive.read(info)))
+            elif head[:1] == b"\x80":
+                data = archive.read(info)
+                if _whole_pickle(data):
+                    allowed = _allowed_globals() if allowed is None else allowed
+                    names += [n for n in pickle_globals(io.BytesIO(data)) if n not in allowed]
+    if names:
+        names = list(dict.fromkeys(names))
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise PickleRefusedError(f"{path}: refused: loading it would need pickle to call {shown}, which can run any "
+                                 f"code; a {what} bbst loads holds only tensors, numbers, strings and lists or dicts "
+                                 "of them", names)

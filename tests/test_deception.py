@@ -104,3 +104,37 @@ def test_reference_set_from_a_folder_or_a_list_and_the_thirty_painting_rule(tmp_
     rate.set_references(reference_batches([p for p, _ in refs], load_image, 8, batch=3), [a for _, a in refs])
     assert rate.ref_feats.shape[0] == 4
     assert rate.add(torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8), ["kahlo"]) == [True]
+
+
+class _WritesMarker:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pt2_with_a_pickled_member_runs_nothing(tmp_path, model_file):
+    """torch.export.load falls back to full pickle for some members; such an archive is refused before it loads."""
+    import io
+    import zipfile
+
+    from core.tensorfile import PickleRefusedError
+
+    marker = tmp_path / "ran"
+    evil = io.BytesIO()
+    torch.save({"x": _WritesMarker(marker)}, evil)
+    crafted = tmp_path / "crafted.pt2"
+    with zipfile.ZipFile(model_file) as src, zipfile.ZipFile(crafted, "w") as out:
+        names = [i.filename for i in src.infolist()]
+        assert any(n.endswith("sample_inputs/model.pt") for n in names), names
+        for info in src.infolist():
+            out.writestr(info, evil.getvalue() if info.filename.endswith("sample_inputs/model.pt")
+                         else src.read(info.filename))
+    with pytest.raises(PickleRefusedError, match=r"refused: .*posix\.system"):
+        load_artist_model(crafted)
+    with pytest.raises(PickleRefusedError, match=r"refused: .*posix\.system"):  # TorchScript is tried first
+        load_artist_model(crafted.rename(tmp_path / "crafted.pt"))
+    assert not marker.exists()

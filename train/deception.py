@@ -27,6 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from core.errors import BadInputError
+from core.tensorfile import PickleRefusedError, refuse_pickles_in_archive
+
 MODES = ("classify", "nearest")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,6 +44,8 @@ def load_artist_model(path: str | os.PathLike, device: str | torch.device = "cpu
         raise FileNotFoundError(f"{p}: artist model not found (save yours with torch.export.save(torch.export."
                                 "export(model, (example,), dynamic_shapes=...), path))")
     def exported() -> torch.nn.Module:
+        # torch.export.load unpickles some members without the weights-only guard: refuse those that need it
+        refuse_pickles_in_archive(str(p), "torch.export program")
         return torch.export.load(str(p)).module().to(device)
 
     def scripted() -> torch.nn.Module:
@@ -53,9 +58,11 @@ def load_artist_model(path: str | os.PathLike, device: str | torch.device = "cpu
     for loader in ((exported, scripted) if p.suffix == ".pt2" else (scripted, exported)):
         try:
             return loader()
+        except PickleRefusedError:
+            raise
         except (RuntimeError, ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
             errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    raise ValueError(f"{p}: neither a torch.export program nor a TorchScript model ({'; '.join(errors)})")
+    raise BadInputError(f"{p}: neither a torch.export program nor a TorchScript model ({'; '.join(errors)})")
 
 
 class DeceptionRate:
