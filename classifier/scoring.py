@@ -63,6 +63,12 @@ class StyleScorer:
                         "random-init tiny backbones; its scores mean nothing for real data.\n" + "!" * 78,
                         checkpoint, self.version)
 
+    @property
+    def embedding_dim(self) -> int:
+        """Length of the ``embedding`` vectors (0 without an ``embedding`` part)."""
+        dims = {"content": self.model.content_dim, "style": self.model.style_dim, "features": self.model.num_features}
+        return dims.get(self.embedding or "", 0)
+
     def _autocast(self):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -466,9 +466,8 @@ def score_partition(store, p: int, scorer, fingerprint: str, batch_size: int) ->
     if getattr(scorer, "embedding", None):
         from curate.semantic import embeddings_rel, embeddings_table
 
-        dim = len(embs[0]) if embs else 0
         store.write_parquet(embeddings_rel(p), embeddings_table(emb_keys, np.stack(embs) if embs else
-                                                                np.zeros((0, dim), np.float16)))
+                                                                np.zeros((0, scorer.embedding_dim), np.float16)))
     table = concat(parts) if parts else pa.table({"key": pa.array([], pa.string()), "score": pa.array([], pa.float64())})
     store.write_parquet(scores_rel(p), table.replace_schema_metadata({"fingerprint": fingerprint}))
     return {"partition": p, "scored": ok.num_rows}

@@ -57,8 +57,9 @@ TASK_CPUS = 1
 def _kill_hook(env: str, count: int) -> None:
     """TEST ONLY (tests/test_resume.py): SIGKILL this process once ``count`` reaches the number in ``env``.
 
-    Unset in every real run; the resume tests set ``BBST_KILL_AFTER_PARTITIONS`` or ``BBST_KILL_AFTER_SHARDS``
-    to kill the driver at a known point and check that a rerun finishes the same dataset.
+    Unset in every real run; the resume tests set ``BBST_KILL_AFTER_PARTITIONS``, ``BBST_KILL_AFTER_SHARDS`` or
+    ``BBST_KILL_AFTER_SEMANTIC_BUCKETS`` to kill the driver at a known point and check that a rerun finishes the
+    same dataset.
     """
     limit = os.environ.get(env)
     if limit and count >= int(limit):
@@ -284,7 +285,9 @@ def semantic_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -
                      for i in range(0, len(parts), per_task)]
         scattered = [[s] for s in scattered] if buckets == 1 else scattered
         pairs = _remote(semantic.bucket_to_store, num_cpus=TASK_CPUS)
-        ray.get([pairs.remote(store, j, sem.threshold, *[s[j] for s in scattered]) for j in todo])
+        for done, _ in enumerate(as_completed(lambda j: pairs.remote(store, j, sem.threshold,
+                                                                     *[s[j] for s in scattered]), todo), 1):
+            _kill_hook("BBST_KILL_AFTER_SEMANTIC_BUCKETS", done)
     return ray.get(_remote(semantic.resolve_to_store, num_cpus=TASK_CPUS).remote(store, buckets, sem, clusters))
 
 

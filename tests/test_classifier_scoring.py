@@ -111,6 +111,7 @@ def test_scorer_gives_the_embedding_its_score_came_from(demo):
         np.testing.assert_array_equal(out["score"], expected["score"])  # same scores, same statuses
         assert list(out["status"]) == list(expected["status"]) == ["ok", "score_error", "too_small", "ok"]
         assert out["embedding"][1] is None and out["embedding"][2] is None
+        assert len(out["embedding"][0]) == StyleScorer(ckpt, embedding=part).embedding_dim
         for row, f in ((0, feats[0]), (3, feats[1])):
             e = out["embedding"][row]
             want = f[cols] / np.linalg.norm(f[cols])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ray_local import ray_local  # noqa: F401 - session fixture
 
 from classifier.scoring import select_embedding
 from core import schema
@@ -203,6 +204,10 @@ def test_embeddings_are_float16_unit_vectors_keyed_by_sample(tmp_path):
     got_keys, got = semantic.read_embeddings(store, 0)
     assert got_keys.tolist() == list(range(5))
     np.testing.assert_array_equal(got, select_embedding(feats, 8, "content"))
+    # a partition where nothing was scored still has its file, with the dimension
+    store.write_parquet(semantic.embeddings_rel(1), semantic.embeddings_table([], np.zeros((0, 8), np.float16)))
+    none_keys, none = semantic.read_embeddings(store, 1)
+    assert none_keys.shape == (0,) and none.shape == (0, 8)
 
 
 def test_kmeans_is_seeded_and_its_centroids_are_unit_vectors():
@@ -229,3 +234,46 @@ def test_blocked_similarities_equal_one_block(monkeypatch):
     assert len(whole["a"]) >= 30
     for c in ("a", "b", "similarity"):
         np.testing.assert_array_equal(np.sort(blocked[c]), np.sort(whole[c]))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sigkill_in_the_semantic_pass_then_rerun_equals_uninterrupted_run(tmp_path, ray_local):  # noqa: F811
+    """Killed once the similar pairs are written: the rerun reuses the centroids and the pairs, decides, and
+    gives the dataset of a run that was never interrupted."""
+    import signal
+
+    from test_build_bbst import check_invariants
+    from test_resume import _args, _comparable, _run_killed, _shard_contents
+
+    from classifier.demo import build_demo_classifier
+    from core import synthetic
+    from curate.demo import demo_corpus
+    from pipelines import build_bbst
+
+    images, labels = synthetic.labelled_batch(16, size=64, seed=1)
+    ckpt = build_demo_classifier([synthetic.encode(im) for im in images], labels.tolist(), str(tmp_path / "clf"))
+    with demo_corpus(tmp_path / "corpus", n_images=18, min_side=64, seed=3) as urls:
+        def args(out):
+            return [*_args(urls, out), "--classifier", ckpt, "--set", "dedup.semantic.enabled=true",
+                    "--set", "dedup.semantic.embedding=style", "--set", "dedup.semantic.threshold=0.9",
+                    "--set", "split.style_min_score=0.0"]
+
+        clean = build_bbst.main(args(tmp_path / "clean"))
+        out = tmp_path / "out"
+        proc = _run_killed(args(out), "BBST_KILL_AFTER_SEMANTIC_BUCKETS", 1, ray_local)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        done = Store(str(out))
+        assert done.exists(semantic.centroids_rel()) and done.exists(semantic.pairs_rel(0))
+        assert not done.exists(semantic.decisions_rel())
+        centroids = semantic.load_centroids(done)
+        pairs_written = done.fs.modified(done.path(semantic.pairs_rel(0)))
+        summary = build_bbst.main([*args(out), "--set", "keep_staging=true"])
+    np.testing.assert_array_equal(semantic.load_centroids(done), centroids)
+    assert done.fs.modified(done.path(semantic.pairs_rel(0))) == pairs_written  # reused, not recomputed
+    check_invariants(tmp_path / "clean")
+    assert _comparable(out) == _comparable(tmp_path / "clean")
+    assert _shard_contents(out) == _shard_contents(tmp_path / "clean")
+    assert summary["semantic_dedup"] == clean["semantic_dedup"]
+    assert summary["counts_by_status"] == clean["counts_by_status"]
+    assert clean["counts_by_status"]["semantic_duplicate"] > 0
