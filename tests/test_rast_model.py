@@ -135,7 +135,7 @@ def test_lpips_gradient_reaches_the_generator():
     assert all(not p.requires_grad and p.grad is None for p in model.lpips.parameters())
 
 
-def test_lpips_loss_with_a_local_backbone(tmp_path, monkeypatch):
+def test_lpips_loss_is_frozen_and_a_missing_backbone_is_a_clear_error(tmp_path, monkeypatch):
     model = create_model("rast_tiny", **NO_GAN, w_lpips=1.0)
     loss, logs, _ = model.generator_step(_batch(size=48))
     assert logs["lpips"] > 0

@@ -74,3 +74,23 @@ def test_styles_are_encoded_at_the_training_scale():
     content = torch.rand(1, 3, 40, 40)
     torch.testing.assert_close(model.stylize(content, big), model.stylize(content, small))
     assert not torch.allclose(model.encode_style(big)[0], model.encode_style(small)[0])
+
+
+def test_decoder_uses_every_u_net_skip_and_the_kl_term_is_the_gaussian_formula():
+    torch.manual_seed(0)
+    model = create_model("variational_tiny").eval()
+    for p in model.decoder.parameters():  # away from the identity-like init, so every path carries signal
+        torch.nn.init.normal_(p, std=0.2)
+    content, z = torch.rand(1, 3, 32, 32), torch.randn(1, model.cfg.style_dim)
+    with torch.no_grad():
+        feats = model.content_encoder(content)
+        out = model.decoder(feats, z)
+        for i in range(len(feats) - 1):  # each skip resolution (the last entry is the bottleneck input)
+            changed = list(feats)
+            changed[i] = feats[i] + 1.0
+            assert not torch.allclose(model.decoder(changed, z), out), f"skip {i} is not used"
+    mu, logvar = torch.randn(3, model.cfg.style_dim), torch.randn(3, model.cfg.style_dim)
+    expected = (0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)).mean()
+    batch = {"content": torch.rand(3, 3, 32, 32), "style": torch.rand(3, 3, 32, 32)}
+    terms = model.losses(batch["content"], batch["style"], batch["content"], mu, logvar)
+    torch.testing.assert_close(terms["kl"], expected)

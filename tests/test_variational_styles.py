@@ -56,6 +56,16 @@ def test_interpolation_grid_ends_are_the_two_styles(tmp_path, files, capsys):
     meta = json.loads(Path(out + ".json").read_text())
     codes = torch.tensor(meta["codes"])
     assert torch.allclose(codes[1] - codes[0], codes[3] - codes[2], atol=1e-5)  # evenly spaced on a line
+    # t = 0 and t = 1 are the two styles' mean codes, as the model encodes those images
+    from train.inference import load_image
+    from train.models import load_model_from_checkpoint
+
+    model = load_model_from_checkpoint(ckpt)
+    with torch.no_grad():
+        mean_a, mean_b = (model.encode_style_image(load_image(p))[0][0] for p in (s1, s2))
+    torch.testing.assert_close(codes[0], mean_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(codes[-1], mean_b, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(mean_a, mean_b)
     assert main(["interpolate", "--checkpoint", ckpt, "--content", c1, "--style", s1, s2, "--steps", "1",
                  "--out", out]) == 2
     _one_line(capsys, "--steps 1: must be >= 2")
