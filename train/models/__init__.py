@@ -2,8 +2,8 @@
 
 Adding a model family: write ``train/models/<family>.py`` with factory functions decorated by ``@register_model``
 (the function name is the model name; keyword arguments override the model's config dataclass; unknown keys
-raise) and add the module to ``_MODEL_MODULES``. Provide a ``test_<family>`` / ``<family>_tiny`` random-init variant
-for CPU tests. The model object then needs:
+raise) and add the module to ``_MODEL_MODULES``. Provide a ``<family>_tiny`` random-init variant for CPU tests
+(tests/test_model_registry.py checks every one against this contract). The model object then needs:
 
 * for training (``train.trainer``): ``generator_parameters()``, ``discriminator_parameters()`` (may be empty),
   ``generator_step(batch) -> (loss, logs, images)``, ``discriminator_step(batch) -> (loss, logs)`` and
