@@ -17,7 +17,6 @@ The rate is reported over all images and as the mean of per-artist rates (Sanako
 
 from __future__ import annotations
 
-import csv
 import os
 import zipfile
 from collections import Counter, defaultdict
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import BadInputError
+from core.tables import read_csv_rows
 from core.tensorfile import PickleRefusedError, refuse_pickles_in_archive
 
 MODES = ("classify", "nearest")
@@ -135,16 +135,7 @@ class DeceptionRate:
 
 def read_artist_csv(path: str | os.PathLike) -> dict[str, str]:
     """CSV with ``style`` (image path or file stem) and ``artist`` columns -> {stem: artist}."""
-    import csv
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: artist CSV not found")
-    with open(p, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"style", "artist"} <= set(reader.fieldnames):
-            raise ValueError(f"{p}: needs 'style' and 'artist' columns, has {reader.fieldnames}")
-        return {Path(r["style"]).stem: r["artist"] for r in reader}
+    return {Path(r["style"]).stem: r["artist"] for r in read_csv_rows(path, ("style", "artist"), "artist CSV")}
 
 
 def read_reference_set(source: str | os.PathLike) -> list[tuple[Path, str]]:
@@ -160,12 +151,8 @@ def read_reference_set(source: str | os.PathLike) -> list[tuple[Path, str]]:
         return out
     if not p.is_file():
         raise FileNotFoundError(f"{p}: reference set not found (a folder of ARTIST/ subfolders or an image,artist CSV)")
-    with open(p, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"image", "artist"} <= set(reader.fieldnames):
-            raise ValueError(f"{p}: needs 'image' and 'artist' columns, has {reader.fieldnames}")
-        out = [(Path(r["image"]) if Path(r["image"]).is_absolute() else p.parent / r["image"], r["artist"])
-               for r in reader]
+    out = [(Path(r["image"]) if Path(r["image"]).is_absolute() else p.parent / r["image"], r["artist"])
+           for r in read_csv_rows(p, ("image", "artist"), "reference set")]
     if not out:
         raise ValueError(f"{p}: no paintings")
     return out

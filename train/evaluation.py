@@ -52,6 +52,7 @@ import yaml
 
 from core.config import ConfigError, from_dict, read_yaml, resolve_file, to_dict
 from core.progress import ProgressMeter
+from core.tables import read_csv_rows
 from train.inference import load_image, resize_cover_crop, resize_max_side, save_image
 from train.metrics import METRIC_NAMES, STYLE_MATCH_MODES, seconds_per_image
 
@@ -253,20 +254,13 @@ def protocol_from_inputs(protocol: str = "", pairs: str = "", content: str = "",
 
     Returns the protocol and the folder its paths are relative to.
     """
-    from core.errors import BadInputError, MissingInputError
     from train.inference import list_images
 
     if protocol:
         return load_protocol(protocol)
     if pairs:
         path = Path(pairs)
-        if not path.is_file():
-            raise MissingInputError(f"--pairs {path}: pairs CSV not found")
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"content", "style"} <= set(reader.fieldnames):
-                raise BadInputError(f"{path}: needs 'content' and 'style' columns, has {reader.fieldnames}")
-            rows = list(reader)
+        rows = read_csv_rows(path, ("content", "style"), "pairs CSV", flag="--pairs")
         contents = list(dict.fromkeys(r["content"] for r in rows))
         styles = list(dict.fromkeys(r["style"] for r in rows))
         index = [[contents.index(r["content"]), styles.index(r["style"])] for r in rows]

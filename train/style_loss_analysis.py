@@ -15,7 +15,6 @@ written by ``pipelines/balanced_loss_analysis.py``.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Callable
@@ -25,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.errors import BadInputError, MissingInputError
+from core.errors import BadInputError
+from core.tables import read_csv_rows
 from train.losses import gram_layer_terms
 
 # rating -> the paper's human score h (Study II: "Good" -1, "OK" 0, "Bad" 1; under- and over-stylised are bad)
@@ -51,21 +51,14 @@ def read_labels(path: str | os.PathLike) -> list[Rating]:
     and the line.
     """
     p = Path(path)
-    if not p.is_file():
-        raise MissingInputError(f"{p}: labels file not found")
-    with open(p, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = set(LABEL_COLUMNS) - set(reader.fieldnames or [])
-        if missing:
-            raise BadInputError(f"{p}: missing column(s) {sorted(missing)}; needs {', '.join(LABEL_COLUMNS)}")
-        out = []
-        for line, row in enumerate(reader, start=2):
-            rating = (row["rating"] or "").strip().lower()
-            if rating not in RATINGS:
-                raise BadInputError(f"{p}:{line}: rating {row['rating']!r} not in {sorted(RATINGS)}")
-            image, style = (Path(row[k].strip()) for k in ("image", "style"))
-            out.append(Rating(image if image.is_absolute() else p.parent / image,
-                              style if style.is_absolute() else p.parent / style, rating, row["rater"].strip()))
+    out = []
+    for line, row in enumerate(read_csv_rows(p, LABEL_COLUMNS, "labels file"), start=2):
+        rating = (row["rating"] or "").strip().lower()
+        if rating not in RATINGS:
+            raise BadInputError(f"{p}:{line}: rating {row['rating']!r} not in {sorted(RATINGS)}")
+        image, style = (Path(row[k].strip()) for k in ("image", "style"))
+        out.append(Rating(image if image.is_absolute() else p.parent / image,
+                          style if style.is_absolute() else p.parent / style, rating, row["rater"].strip()))
     if not out:
         raise BadInputError(f"{p}: no ratings")
     return out
