@@ -14,6 +14,9 @@ atomically, so a rerun after a SIGKILL at any moment redoes only what is missing
    (``curate/dedup.py``); the smallest key wins;
 3. *score* (with a classifier; actors that load the model once), *split*, *plan* shards by key order,
    *write* shards in parallel tasks, then per-partition metadata, the manifest, the summary and the report.
+
+One helper, :func:`as_completed`, submits a phase's tasks with a window and hands back each result as it finishes;
+the Ray-free steps (input checks, fingerprint, demo set-up, bucket sizing) are in ``curate/``.
 """
 
 from __future__ import annotations
