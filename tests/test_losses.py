@@ -180,3 +180,9 @@ def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
     assert L.kl_warmup_weight(4, start=2, ramp=4) == 0.5
     assert L.kl_warmup_weight(100, start=2, ramp=4) == 1.0
     assert L.kl_warmup_weight(0) == 1.0
+
+
+def test_matching_style_weight_makes_the_two_terms_equal():
+    content, style = torch.tensor(0.3), torch.tensor(1.5e-4)
+    beta = L.matching_style_weight(content, style, w_content=2.0)
+    assert beta * float(style) == pytest.approx(2.0 * float(content))

@@ -158,6 +158,17 @@ def gram_supremum_per_sample(out_feats: dict[str, torch.Tensor], style_feats: di
     return sum(gram_layer_terms(out_feats[n], style_feats[n])["supremum"] for n in layers)
 
 
+def matching_style_weight(content: torch.Tensor, style: torch.Tensor, w_content: float = 1.0) -> float:
+    """beta with beta * style = w_content * content for these (detached) loss values: the trade-off at which the two
+    terms have the same magnitude (the balanced-loss paper's rule for its beta). Averaged over the ranks of a
+    distributed run, so every rank trains with the same beta."""
+    ratio = (w_content * content.detach() / style.detach().clamp_min(1e-12)).float()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(ratio)
+        ratio /= torch.distributed.get_world_size()
+    return float(ratio)
+
+
 # The style losses a model config can name in its ``style_loss`` field (TrainConfig ``model.style_loss`` sets it
 # for every model at once): "mean_std" (AdaIN moments), "gram" (classic), "balanced_gram" (Cheng et al.).
 STYLE_LOSSES = {"mean_std": style_mean_std, "gram": gram_style, "balanced_gram": balanced_gram_style}

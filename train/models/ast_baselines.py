@@ -158,19 +158,12 @@ class ASTBaseline(nn.Module):
         return {"content": L.content_perceptual(fo[cfg.content_layer], fc),
                 "style": L.style_loss_fn(cfg.style_loss)(fo, fs, cfg.style_layers)}
 
-    def _calibrate_beta(self, terms: dict[str, torch.Tensor]) -> None:
-        ratio = (terms["content"].detach() / terms["style"].detach().clamp_min(1e-12)).float()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(ratio)  # one beta on every rank
-            ratio /= torch.distributed.get_world_size()
-        self.beta.fill_(float(ratio))
-
     def generator_step(self, batch: dict[str, torch.Tensor]):
         content, style = batch["content"], batch["style"]
         out = self.transfer(content, style)
         terms = self.loss_terms(out, content, style)
-        if float(self.beta) <= 0:
-            self._calibrate_beta(terms)
+        if float(self.beta) <= 0:  # first batch: measure beta (w_style None), then keep it
+            self.beta.fill_(L.matching_style_weight(terms["content"], terms["style"], self.cfg.w_content))
         loss = self.cfg.w_content * terms["content"] + self.beta * terms["style"]
         logs = {k: float(v.detach()) for k, v in terms.items()} | {"beta": float(self.beta)}
         images = {"content": content.detach(), "style": style.detach(), "output": out.detach().clamp(0, 1)}

@@ -130,16 +130,9 @@ class MetaStyle(nn.Module):
         sf = {k: v.expand(n, -1, -1, -1) if v.shape[0] == 1 else v for k, v in style_feats.items()}
         terms = {"content": L.content_perceptual(fo[cfg.content_layer], fc),
                  "style": STYLE_LOSSES[cfg.style_loss](fo, sf, cfg.style_layers)}
-        if float(self.beta) <= 0:
-            self._measure_beta(terms)
+        if float(self.beta) <= 0:  # first meta-batch: measure beta (w_style None), then keep it
+            self.beta.fill_(L.matching_style_weight(terms["content"], terms["style"], cfg.w_content))
         return cfg.w_content * terms["content"] + self.beta * terms["style"], terms
-
-    def _measure_beta(self, terms: dict[str, torch.Tensor]) -> None:
-        ratio = (self.cfg.w_content * terms["content"].detach() / terms["style"].detach().clamp_min(1e-12)).float()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(ratio)  # one beta on every rank
-            ratio /= torch.distributed.get_world_size()
-        self.beta.fill_(float(ratio))
 
     # ------------------------------------------------------------------------------------------- meta-training
     def _fast_names(self, which: str) -> list[str]:
