@@ -325,7 +325,7 @@ def comparison_rows(result: dict, meta: list[dict], main_size: str) -> list[dict
         row = {"model": m["model"], "step": m["step"], "config": m["config"], "pairs": q["pairs"],
                **{k: q[k] for k in QUALITY_COLUMNS if k in q},
                **{k: q[k] for k in q if k not in ("model", "size", "pairs", *QUALITY_COLUMNS)},
-               **{f"seconds_{k}": v for k, v in t.items() if k != "model"},
+               **{speed_column(k): v for k, v in t.items() if k != "model"},
                "backbone": m["backbone"], "train_seconds": round(m["train_seconds"], 1)}
         rows.append(row)
     return rows
@@ -345,6 +345,14 @@ def add_restoration(table: list[dict], rows: list, scales: list[int], protocol, 
             ssim, psnr = values[i], values[len(scales) + i]
             entry[f"restoration_ssim_{r}"] = None if ssim == "n/a" else float(ssim)
             entry[f"restoration_psnr_{r}"] = None if psnr == "n/a" else float(psnr)
+
+
+def speed_column(key: str) -> str:
+    """CSV column of a speed-table entry: ``seconds_<WxH>`` for a timing size, a slug of the header for a cost
+    (MetaStyle's ``adaptation (s/style) ↓`` -> ``adaptation_s_style``)."""
+    if re.fullmatch(r"\d+x\d+", key):
+        return f"seconds_{key}"
+    return re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")
 
 
 def gram_change(rows: list[dict]) -> dict[str, dict]:
@@ -381,8 +389,11 @@ def write_comparison(exp: Experiment, rows: list[dict], result: dict, out: Path,
         w.writerows(rows)
     heads = {**result["headers"], "gram": "Gram ↓ (×10³)"}
     quality = [k for k in QUALITY_COLUMNS if k in columns]
-    quality += [k for k in columns if k.startswith(("seconds_", "restoration_")) and any(r.get(k) is not None
-                                                                                          for r in rows)]
+    costs = {speed_column(h): h for h in heads  # speed-table costs beside the timings (MetaStyle's adaptation)
+             if h not in QUALITY_COLUMNS and speed_column(h) in columns and not speed_column(h).startswith("seconds_")}
+    quality += [k for k in columns if (k.startswith(("seconds_", "restoration_")) or k in costs)
+                and any(r.get(k) is not None for r in rows)]
+    heads.update(costs)
     heads.update({k: f"restoration {k.split('_')[1].upper()} {k.split('_')[2]} ↑" for k in quality
                   if k.startswith("restoration_")})
     heads.update({k: f"{k.removeprefix('seconds_')} s/image ↓" for k in quality if k.startswith("seconds_")})
