@@ -10,13 +10,16 @@ import torch
 
 from classifier.evaluate import PAPER_REFERENCE, write_report
 from classifier.factory import create_classifier, get_classifier_config, list_classifiers
+from core.weights import BACKBONES
 
 
 def test_paper_layout_imagenet_vit_content_aladin_style_mlp_head():
     cfg = get_classifier_config("bbst_vitb16_imagenet_aladin")
     assert cfg.mode == "two_trunk"
     assert cfg.content.arch == "vit_base_patch16_224" and cfg.content.kwargs["num_classes"] == 0
-    assert cfg.content.weights.hf_repo == "timm/vit_base_patch16_224.orig_in21k_ft_in1k"  # original ViT, ImageNet
+    # original ViT, ImageNet: the config names a row of the one backbone table, which says where its file comes from
+    assert cfg.content.weights.backbone == "vit_b16_orig"
+    assert BACKBONES["vit_b16_orig"].source.hf_repo == "timm/vit_base_patch16_224.orig_in21k_ft_in1k"
     assert cfg.style.type == "aladin" and cfg.style.trunk.arch == "aladin_vit"
     assert cfg.style.trunk.kwargs["out_dim"] == 256 and cfg.head.hidden > 0
     # the same layout at test size builds and runs (random init; real weights come from the local caches)
