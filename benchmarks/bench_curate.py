@@ -344,6 +344,69 @@ def dedup_driver(root: str) -> None:
                       "driver_peak_rss_after_plan_mb": round(peak_plan / 1024, 1)}), flush=True)
 
 
+# --------------------------------------------------------------------------------------------------- semantic pass
+def make_semantic_rows(root: Path, rows: int, dim: int, per_partition: int = 10_000, seed: int = 0) -> dict[int, int]:
+    """Embeddings as the score stage publishes them: random unit vectors, except that 5 % of the rows are a
+    variant (cosine 0.96-0.99) of a row earlier in their partition: the duplicates the pass must find."""
+    import numpy as np
+
+    from core import schema
+    from core.store import Store
+    from curate import semantic
+
+    store = Store(str(root))
+    rng = np.random.default_rng(seed)
+    partitions = {}
+    planted = 0
+    for p in range(-(-rows // per_partition)):
+        n = min(per_partition, rows - p * per_partition)
+        x = rng.normal(size=(n, dim)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        for i in np.nonzero(rng.random(n) < 0.05)[0]:
+            if i == 0:
+                continue
+            base = x[int(rng.integers(i))]
+            noise = rng.normal(size=dim).astype(np.float32)
+            noise -= (noise @ base) * base
+            cos = rng.uniform(0.96, 0.99)
+            x[i] = cos * base + np.sqrt(1 - cos**2) * noise / np.linalg.norm(noise)
+            planted += 1
+        store.write_parquet(semantic.embeddings_rel(p), semantic.embeddings_table(
+            [schema.make_key(p, i) for i in range(n)], x.astype(np.float16)))
+        partitions[p] = n
+    store.write_json(f"{schema.STAGING}/partitions.json", partitions)
+    store.write_json(f"{schema.STAGING}/planted.json", planted)
+    return partitions
+
+
+def semantic_driver(root: str, probes: int) -> None:
+    """The semantic pass of a build over already published embeddings, on a fresh local Ray; prints its time,
+    the driver's peak RSS and what it found."""
+    import resource
+
+    import ray
+
+    from core.store import Store
+    from curate.build_config import BuildConfig
+    from curate.dedup import DedupConfig, SemanticConfig
+    from pipelines import build_bbst
+
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    store = Store(root)
+    partitions = {int(k): v for k, v in store.read_json("_staging/partitions.json").items()}
+    cfg = BuildConfig(dedup=DedupConfig(semantic=SemanticConfig(enabled=True, probes=probes)))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.monotonic()
+    account = build_bbst.semantic_phase(cfg, store, partitions)
+    wall = time.monotonic() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rows": sum(partitions.values()), "planted_near_copies": store.read_json("_staging/planted.json"),
+                      "semantic_seconds": round(wall, 1),
+                      "driver_peak_rss_mb": round(peak / 1024, 1), "driver_rss_before_mb": round(base / 1024, 1),
+                      **{k: v for k, v in account.items() if k != "examples"}}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=1000)
@@ -368,8 +431,15 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also run build_bbst on a list padded with this many failing URLs (memory vs list length)")
     p.add_argument("--dedup-rows", type=int, default=0,
                    help="only measure the dedup phase over this many synthetic metadata rows (driver peak memory)")
+    p.add_argument("--semantic-rows", type=int, default=0,
+                   help="only measure the semantic dedup pass over this many synthetic embeddings (5 %% planted "
+                        "near copies)")
+    p.add_argument("--semantic-dim", type=int, default=512, help="embedding dimension for --semantic-rows")
+    p.add_argument("--semantic-probes", type=int, default=2,
+                   help="clusters each embedding is compared in (as many as there are clusters: exhaustive)")
     p.add_argument("--keep", action="store_true", help="keep the working folder (URL list and the runs' logs)")
     p.add_argument("--dedup-driver", help=argparse.SUPPRESS)
+    p.add_argument("--semantic-driver", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.plot:
         plot_scale_curve([json.loads(Path(f).read_text()) for f in args.plot], Path(args.png))
@@ -383,15 +453,24 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dedup_driver:
         dedup_driver(args.dedup_driver)
         return {}
-    if args.dedup_rows:
+    if args.semantic_driver:
+        semantic_driver(args.semantic_driver, args.semantic_probes)
+        return {}
+    if args.dedup_rows or args.semantic_rows:
         work = Path(tempfile.mkdtemp(prefix="bbst-dedup-", dir=str(REPO / ".scratch") if (REPO / ".scratch").is_dir()
                                      else None))
         t0 = time.monotonic()
-        make_dedup_rows(work, args.dedup_rows)
-        print(f"generated {args.dedup_rows} staged rows in {time.monotonic() - t0:.0f}s under {work}", flush=True)
+        if args.dedup_rows:
+            make_dedup_rows(work, args.dedup_rows)
+        else:
+            make_semantic_rows(work, args.semantic_rows, args.semantic_dim)
+        print(f"generated {args.dedup_rows or args.semantic_rows} staged rows in {time.monotonic() - t0:.0f}s under "
+              f"{work}", flush=True)
         env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
         env.pop("RAY_ADDRESS", None)
-        out = subprocess.run([sys.executable, __file__, "--dedup-driver", str(work)], env=env, check=True,
+        which = ["--dedup-driver", str(work)] if args.dedup_rows else \
+            ["--semantic-driver", str(work), "--semantic-probes", str(args.semantic_probes)]
+        out = subprocess.run([sys.executable, __file__, *which], env=env, check=True,
                              capture_output=True, text=True).stdout
         result = json.loads(out.strip().splitlines()[-1])
         print(json.dumps(result, indent=2))
