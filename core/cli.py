@@ -323,6 +323,30 @@ def config_parser(command: str, description: str, examples: Iterable[tuple[str, 
     return p
 
 
+def subcommand_parsers(command: str, description: str, examples: Iterable[tuple[str, str]], commands: dict[str, str],
+                       cls: type | None = None, set_example: str = "") -> tuple[ArgumentParser, dict[str, Any]]:
+    """``bbst <command> COMMAND`` parser and its subparsers, one per ``{name: help}`` of ``commands``: each gets the
+    examples whose third word is its name and ``--debug``; with config dataclass ``cls`` also ``--config``/``--set``
+    and an empty :class:`ConfigFlags` (``sub.get_default("config_flags")``) for :func:`parse_config`."""
+    examples = list(examples)
+    p = make_parser(command, description, examples)
+    names = list(commands)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help=f"{', '.join(names[:-1])} or {names[-1]} (required)")
+    subs = {}
+    for name, help_ in commands.items():
+        own = [e for e in examples if e[0].split()[2] == name]
+        s = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter,
+                           epilog=examples_epilog(own) if own else None)
+        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error instead of one line (default: off)")
+        if cls is not None:
+            add_config_file_flags(s, cls.__name__, set_example)
+            s.set_defaults(config_flags=ConfigFlags(cls))
+        subs[name] = s
+    return p, subs
+
+
 def parse_config(parser: argparse.ArgumentParser, cls: type, argv: list[str] | None) -> tuple[Any, argparse.Namespace]:
     """``(config, args)`` of ``argv``: defaults <- ``--config`` <- named flags <- ``--set``; logging set up at
     ``--log-level``."""
@@ -408,4 +432,4 @@ def exit_with(result: Any) -> None:
 
 __all__ = ["ArgumentParser", "ConfigError", "ConfigFlags", "HelpFormatter", "add_config_file_flags", "config_keys",
            "config_parser", "debug_requested", "error_boundary", "examples_epilog", "exit_with", "format_error",
-           "load_args", "make_parser", "parse_config", "setup_logging", "version"]
+           "load_args", "make_parser", "parse_config", "setup_logging", "subcommand_parsers", "version"]

@@ -9,12 +9,15 @@
   Bad = 1; an under- or over-stylised rating is "Bad") per layer and aggregated, one row per rater and their average
   (Tables 2 and 3).
 
-Studies I, II, IV and V need ratings by people: :func:`read_labels` reads them from a CSV. The plots and files are
-written by ``pipelines/balanced_loss_analysis.py``.
+Studies I, II, IV and V need ratings by people: :func:`read_labels` reads them from a CSV. :func:`correlation_run`
+and :func:`rating_run` run a study end to end and write its CSV, JSON and plot files (``bbst balanced-loss-analysis``).
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -32,6 +35,9 @@ from train.losses import gram_layer_terms
 RATINGS = {"under": 1.0, "good": -1.0, "ok": 0.0, "over": 1.0}
 LABEL_COLUMNS = ("image", "style", "rating", "rater")
 AGGREGATE = "aggregate"
+RANDOM_VGG_NOTE = "random VGG-16: smoke run, the numbers are meaningless"
+
+log = logging.getLogger("bbst.balanced_loss")
 
 
 @dataclass(frozen=True)
@@ -202,3 +208,103 @@ def supremum_study(per_layer: dict[str, dict[str, list[float]]]) -> dict[str, di
                   "slope": slope, "intercept": intercept,
                   "classic_log10_range": float(np.log10(y[pos].max() / y[pos].min())) if pos.sum() > 1 else 0.0}
     return out
+
+
+# --------------------------------------------------------------------------------------------------- runs
+def _figure(ncols: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 3.6), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def _save_figure(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """``rows`` as a CSV with the first row's keys as header."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def correlation_run(images: str, pairs: int, seed: int, out: str | os.PathLike, vgg, layers: tuple[str, ...],
+                    load: Callable[[Path], torch.Tensor], note: str = "") -> dict:
+    """Study III over ``pairs`` random (S, P) pairs of the images in folder ``images`` (``load`` reads one):
+    writes ``pairs.csv``, ``correlation.json`` and ``correlation.png`` (Figure 4) into ``out``; returns the summary."""
+    from train.inference import list_images
+
+    paths, loaded = [], []
+    for path in list_images(images):
+        try:
+            loaded.append(load(path))
+            paths.append(path)
+        except ValueError as exc:
+            log.warning("skipping %s", exc)
+    if len(loaded) < 2:
+        raise BadInputError(f"--images {images}: needs at least two readable images")
+    gen = np.random.default_rng(seed)
+    rows, per = [], {n: {"classic": [], "supremum": []} for n in layers}
+    for _ in range(pairs):
+        i, j = gen.choice(len(loaded), 2, replace=False)
+        res = layer_losses(vgg, loaded[j], loaded[i], layers)
+        row = {"style": str(paths[i]), "output": str(paths[j])}
+        for n in layers:
+            for kind in ("classic", "supremum"):
+                row[f"{n}_{kind}"] = float(res[n][kind][0])
+                per[n][kind].append(row[f"{n}_{kind}"])
+        rows.append(row)
+    summary = {"pairs": len(rows), "layers": supremum_study(per), **({"note": note} if note else {})}
+    plt, fig, axes = _figure(len(layers))
+    for ax, n in zip(axes, layers):
+        x, y = np.array(per[n]["supremum"]), np.array(per[n]["classic"])
+        stats = summary["layers"][n]
+        ax.scatter(x, y, s=4, alpha=0.5)
+        if not math.isnan(stats["slope"]):
+            xs = np.linspace(x.min(), x.max(), 2)
+            ax.plot(xs, stats["slope"] * xs + stats["intercept"], color="red")
+        ax.set_title(f"{n}  r={stats['pearson']:.3f}")
+        ax.set_xlabel("sup L (supremum)")
+        ax.set_ylabel("classic L")
+    _save_figure(plt, fig, Path(out) / "correlation.png")
+    write_csv(Path(out) / "pairs.csv", rows)
+    (Path(out) / "correlation.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def rating_run(labels: str, out: str | os.PathLike, vgg, layers: tuple[str, ...],
+               load: Callable[[Path], torch.Tensor], note: str = "") -> dict:
+    """Studies I, II, IV and V on the ratings CSV ``labels``: writes ``losses.csv``, ``correlation.csv`` (Tables 2
+    and 3), ``studies.json`` and ``distributions.png`` (Figures 2 and 5) into ``out``; returns the summary."""
+    rows, skipped = score_ratings(read_labels(labels), vgg, layers, load)
+    for reason in skipped:
+        log.warning("skipping %s", reason)
+    if not rows:
+        raise BadInputError(f"--labels {labels}: no rated image could be read")
+    summary = {**studies(rows, layers), "skipped": len(skipped), **({"note": note} if note else {})}
+    cols = loss_columns(layers)
+    table = [{"rater": rt, **{c: summary["correlation"][rt][c] for c in cols}}
+             for rt in [*summary["raters"], "average", "all"]]
+    ratings = [r for r in RATINGS if any(row["rating"] == r for row in rows)]
+    plt, fig, axes = _figure(2)
+    for ax, kind in zip(axes, ("classic", "balanced")):
+        for lb in ratings:
+            v = np.array([r[f"{kind}/{AGGREGATE}"] for r in rows if r["rating"] == lb])
+            if kind == "classic":
+                v = np.log10(np.clip(v, 1e-30, None))
+            ax.hist(v, bins=30, alpha=0.5, label=lb)
+        ax.set_xlabel("log10 classic style loss" if kind == "classic" else "balanced style loss")
+        ax.set_ylabel("images")
+        ax.legend()
+    _save_figure(plt, fig, Path(out) / "distributions.png")
+    write_csv(Path(out) / "losses.csv", rows)
+    write_csv(Path(out) / "correlation.csv", table)
+    (Path(out) / "studies.json").write_text(json.dumps(summary, indent=2))
+    return summary
