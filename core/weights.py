@@ -11,12 +11,15 @@ caches searched, where to fetch the file). :func:`find_weights` turns a weights 
 
 A file that is not found raises :class:`WeightsNotFoundError`, which lists every place looked at and where to
 get the file. :func:`locate` is the same search without the error, and :func:`weights_table` reports every
-backbone's search at once (what a ``bbst weights`` listing shows).
+backbone's search at once; :func:`weights_listing` adds each one's fetch command and :func:`render_listing` is
+the text a ``bbst weights`` listing shows.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,7 @@ HF_FILENAMES = (
 SEARCH_VALUES = ("auto", "cache")  # weights values that mean "search the local places"
 WEIGHTS_DIR_ENV = "BBST_WEIGHTS_DIR"
 # the last line of every weights-not-found error: the command that lists every backbone and how to fetch it
+HF_CLI = "huggingface-cli download"  # the Hugging Face hub's own client; it fills the cache bbst reads
 LIST_HINT = "`bbst weights` lists every backbone, where bbst looks for it and the command that fetches it"
 
 
@@ -242,3 +246,51 @@ def weights_table() -> list[dict]:
                      "files": row.files, "hf_repo": row.source.hf_repo, "fetch": row.fetch,
                      "found": str(found) if found else None, "looked": [str(p) for p in looked]})
     return rows
+
+
+def fetch_command(row: dict, weights_dir: str) -> str | None:
+    """The shell command that fetches ``row``'s file into a folder bbst searches, or None when only a note exists.
+
+    A file with a direct URL goes to ``weights_dir`` (``$BBST_WEIGHTS_DIR``); a Hugging Face file goes to the hub
+    cache through the hub's own client, which is where bbst reads it.
+    """
+    url = next(iter(re.findall(r"https://\S+\.(?:pth|pt|bin|safetensors)", row["fetch"])), None)
+    if url:
+        target = f"{weights_dir}/{url.rsplit('/', 1)[-1]}"
+        return f"mkdir -p {shlex.quote(weights_dir)} && curl -L -o {shlex.quote(target)} {url}"
+    if row.get("hf_repo"):
+        name = next((f for f in ("open_clip_pytorch_model.bin", "model.safetensors") if f in row["files"]),
+                    row["files"][0])
+        return f"{HF_CLI} {row['hf_repo']} {name}"
+    return None
+
+
+def weights_listing() -> list[dict]:
+    """:func:`weights_table` with each row's fetch command (``command``) and the weights folder variable."""
+    weights_dir = str(cache_dirs()["bbst"])
+    return [{**row, "command": fetch_command(row, weights_dir), "weights_dir_env": WEIGHTS_DIR_ENV}
+            for row in weights_table()]
+
+
+def render_listing(table: list[dict]) -> str:
+    """The listing a terminal shows for rows of :func:`weights_listing`: one block per backbone."""
+    dirs = cache_dirs()
+    present = sum(1 for r in table if r["found"])
+    lines = [(f"{present} of {len(table)} backbones present. bbst never downloads weights; it looks, in order, in the "
+             "file an environment variable names, "
+             f"${WEIGHTS_DIR_ENV} ({dirs['bbst']}), torch hub ({dirs['torch_hub']}), the Hugging Face cache "
+             f"({dirs['hf_hub']}) and the open_clip / CLIP caches ({dirs['open_clip']}, {dirs['clip']})."), ""]
+    for r in table:
+        state = f"present: {r['found']}" if r["found"] else "MISSING"
+        lines.append(f"{r['title']} [{r['name']}]: {state}")
+        lines.append(f"  used by: {r['used_by']}")
+        lines.append(f"  files:   {', '.join(r['files'])}" + (f" (or ${r['env']} = the file)" if r["env"] else "")
+                     + (f"; Hugging Face repo {r['hf_repo']}" if r["hf_repo"] else ""))
+        if not r["found"]:
+            if r["command"]:
+                lines.append(f"  fetch:   {r['command']}")
+            lines.append(f"  source:  {r['fetch']}")
+        lines.append("")
+    lines.append("Evaluation commands run without the metric backbones with --random-metrics (the numbers are then "
+                 "meaningless); the tiny test models (*_tiny, test_*) need no weights.")
+    return "\n".join(lines)
