@@ -187,3 +187,21 @@ EVAL_FLAGS: dict[str, dict] = {
     "timing_sizes": {"metavar": "WxH"},
     **{name: {"action": "store_true"} for name in ("no_timing", "random_metrics")},
 }
+
+
+@dataclass
+class VstStylesConfig:
+    """``bbst vst-styles``: render a variational model's style space (``train.style_space.render_style_space``)."""
+
+    checkpoint: str = ""  # trainer checkpoint of a variational model
+    content: list[str] = field(default_factory=list)  # content image(s), one grid row each
+    out: str = ""  # output PNG grid; <out>.json records the codes
+    max_side: int = 512  # content long side in pixels
+    cell: int = 256  # grid cell size in pixels
+    device: str = "auto"  # auto, cpu, cuda, cuda:1...
+    num: int = 8  # sample: styles drawn from the prior
+    seed: int = 0  # sample: random seed of the draws
+    temperature: float = 1.0  # sample: scale of the prior's standard deviation
+    style: list[str] = field(default_factory=list)  # interpolate: the two style images
+    steps: int = 7  # interpolate: points from style A to style B, ends included
+    style_size: int = 512  # interpolate: style long side loaded (the model encodes it at its own style_size)
