@@ -178,6 +178,40 @@ class EvalConfig:
     out: str = "eval"  # output folder
 
 
+
+@dataclass
+class EvaluateConfig(EvalConfig):
+    """``bbst evaluate``: checkpoints and saved outputs of other methods on one protocol."""
+
+    outputs: list[str] = field(default_factory=list)  # NAME=DIR rows of precomputed <content>_stylized_<style>.png
+    no_blur_row: bool = False  # add "NAME (no prior blurring)" per checkpoint with a blur control (blur=0), Table 1
+    alpha: float = 1.0  # style strength for checkpoint rows
+
+
+@dataclass
+class CompareConfig(EvalConfig):
+    """``bbst compare``: every model on one protocol, MetaStyle adapted per style, optional deception rate."""
+
+    timing_sizes: list[str] = field(default_factory=lambda: ["512x512", "1920x1080"])  # seconds-per-image columns
+    out: str = "comparison"  # output folder
+    adapt_steps: int | None = None  # MetaStyle adaptation steps per style (None = the model's adapt_steps)
+    adapt_content: str = ""  # MetaStyle adaptation content folder: training-set images, not the protocol's
+    adapt_crop: int = 256  # MetaStyle adaptation crop size in pixels
+    adapt_batch: int = 4  # MetaStyle adaptation crops per step
+    adapt_seed: int = 0  # seed of the adaptation crops
+    artist_model: str = ""  # artist classifier for the deception rate (torch.export .pt2 or TorchScript file)
+    artists: str = ""  # CSV style,artist: the artist of each style image (nearest: default from the references)
+    artist_names: str = ""  # text file, one artist per line in the model's logit order (classify mode)
+    deception_mode: Literal["classify", "nearest"] = "nearest"  # artist of the nearest reference painting, or arg-max
+    deception_references: str = ""  # nearest: held-out artists' paintings, ARTIST/ subfolders or image,artist CSV
+    deception_min_paintings: int = 30  # nearest mode: keep artists with at least this many references (paper: 30)
+    artist_input_size: int = 224  # square input size of the artist model
+    grid_cell: int = 192  # grid.png cell size in pixels
+
+    def __post_init__(self):
+        if self.adapt_crop < 1 or self.adapt_batch < 1:
+            raise ValueError(f"adapt_crop and adapt_batch must be >= 1, got {self.adapt_crop}, {self.adapt_batch}")
+
 # How EvalConfig's options read on the command line (core.cli.config_parser's ``flags``): the evaluation commands
 # share them, so --model, --sizes ... mean the same in each.
 EVAL_FLAGS: dict[str, dict] = {
