@@ -133,10 +133,22 @@ def make_parser(command: str, description: str, examples: Iterable[tuple[str, st
     return p
 
 
-def setup_logging(level: str = "INFO", handlers: list | None = None) -> None:
-    """The one logging set-up of every command: ``time LEVEL logger: message`` lines at ``level`` (``--log-level``)."""
+def setup_logging(level: str = "INFO", handlers: list | None = None, progress: bool = False) -> None:
+    """The one logging set-up of every command: ``time LEVEL logger: message`` lines at ``level`` (``--log-level``);
+    with ``progress``, INFO lines as they are (a progress line reads ``step N/M | ...``) and ``LEVEL logger:``
+    before the others."""
     import logging
 
+    class ProgressFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            if record.levelno == logging.INFO:
+                return record.getMessage()
+            return f"{record.levelname} {record.name}: {record.getMessage()}"
+
+    if progress:
+        handler = logging.StreamHandler()
+        handler.setFormatter(ProgressFormatter())
+        handlers = [handler]
     logging.basicConfig(level=str(level).upper(), format=LOG_FORMAT, handlers=handlers)
 
 
@@ -425,11 +437,66 @@ def error_boundary(command: str) -> Callable[[Callable[..., Any]], Callable[...,
     return wrap
 
 
+def command_usage(commands: dict[str, tuple[str, str]]) -> str:
+    """The ``bbst`` usage text: every command of ``{name: (module, help)}`` and the global options."""
+    lines = ["usage: bbst [--version] [--debug] COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<18} {help_}" for name, (_, help_) in commands.items()]
+    lines += ["", "options:",
+              "  --version          print the bbst version and exit",
+              f"  --debug            show full tracebacks of errors in any command (same as {DEBUG_ENV}=1)",
+              "", "`bbst COMMAND --help` shows the options of one command, with examples.",
+              "Errors in your input print one line `bbst COMMAND: error: ...` and exit with code 2."]
+    return "\n".join(lines)
+
+
+def dispatch(commands: dict[str, tuple[str, str]], argv: list[str]) -> Any:
+    """Run ``bbst COMMAND ARGS...``: import the module ``commands[COMMAND][0]`` names and call its ``main(ARGS)``.
+
+    A leading ``--debug`` is handed on through ``$BBST_DEBUG``; no command, ``-h`` and ``--help`` print the usage,
+    ``--version`` the version; an unknown command prints the nearest one and returns 2.
+    """
+    import importlib
+
+    argv = list(argv)
+    if argv and argv[0] == "--debug":  # global form of each command's --debug, handed on through the environment
+        previous = os.environ.get(DEBUG_ENV)
+        os.environ[DEBUG_ENV] = "1"
+        try:
+            return dispatch(commands, argv[1:])
+        finally:
+            if previous is None:
+                del os.environ[DEBUG_ENV]
+            else:
+                os.environ[DEBUG_ENV] = previous
+    if not argv or argv[0] in ("-h", "--help"):
+        print(command_usage(commands))
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"bbst {version()}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(commands), n=1)
+        hint = f"\n  hint: did you mean bbst {close[0]}?" if close else ""
+        print(f"bbst: error: unknown command {name!r}{hint}\n\n{command_usage(commands)}", file=sys.stderr)
+        return 2
+    try:
+        return importlib.import_module(commands[name][0]).main(rest)
+    except BbstError as exc:  # scripts catch their own; this covers errors raised outside a script's main
+        if debug_requested(rest):
+            raise
+        print(format_error(name, exc), file=sys.stderr, flush=True)
+        return exc.exit_code
+
+
 def exit_with(result: Any) -> None:
     """``sys.exit`` for a ``main`` that returns a summary (success, 0) or an exit code."""
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
 
 
-__all__ = ["ArgumentParser", "ConfigError", "ConfigFlags", "HelpFormatter", "add_config_file_flags", "config_keys",
-           "config_parser", "debug_requested", "error_boundary", "examples_epilog", "exit_with", "format_error",
-           "load_args", "make_parser", "parse_config", "setup_logging", "subcommand_parsers", "version"]
+__all__ = ["ArgumentParser", "ConfigError", "ConfigFlags", "HelpFormatter", "add_config_file_flags", "command_usage",
+           "config_keys", "config_parser", "debug_requested", "dispatch", "error_boundary", "examples_epilog",
+           "exit_with", "format_error", "load_args", "make_parser", "parse_config", "setup_logging",
+           "subcommand_parsers", "version"]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
 if __package__ in (None, ""):  # `python pipelines/cli.py`: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.cli import DEBUG_ENV, exit_with, format_error, version
-from core.errors import BbstError
+from core.cli import dispatch, exit_with
 
 COMMANDS = {
     "build": ("pipelines.build_bbst", "curate: URL lists -> filtered, deduplicated, scored WebDataset shards"),
@@ -33,51 +31,8 @@ COMMANDS = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: bbst [--version] [--debug] COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<18} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "options:",
-              "  --version          print the bbst version and exit",
-              f"  --debug            show full tracebacks of errors in any command (same as {DEBUG_ENV}=1)",
-              "", "`bbst COMMAND --help` shows the options of one command, with examples.",
-              "Errors in your input print one line `bbst COMMAND: error: ...` and exit with code 2."]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--debug":  # global form of each command's --debug, handed on through the environment
-        previous = os.environ.get(DEBUG_ENV)
-        os.environ[DEBUG_ENV] = "1"
-        try:
-            return main(argv[1:])
-        finally:
-            if previous is None:
-                del os.environ[DEBUG_ENV]
-            else:
-                os.environ[DEBUG_ENV] = previous
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    if argv[0] in ("-V", "--version"):
-        print(f"bbst {version()}")
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
-        hint = f"\n  hint: did you mean bbst {close[0]}?" if close else ""
-        print(f"bbst: error: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    try:
-        module = importlib.import_module(COMMANDS[name][0])
-        return module.main(rest)
-    except BbstError as exc:  # scripts catch their own; this covers errors raised outside a script's main
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in rest:
-            raise
-        print(format_error(name, exc), file=sys.stderr, flush=True)
-        return exc.exit_code
+    return dispatch(COMMANDS, sys.argv[1:] if argv is None else argv)
 
 
 def run() -> None:

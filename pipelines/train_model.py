@@ -8,7 +8,6 @@ cluster named by ``RAY_ADDRESS`` or a local Ray). ``--resume RUN|CKPT`` continue
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -18,9 +17,9 @@ from typing import Any
 if __package__ in (None, ""):  # `python pipelines/train_model.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.cli import error_boundary, exit_with, setup_logging
+from core.cli import add_config_file_flags, error_boundary, exit_with, make_parser, setup_logging
 from core.config import ConfigError, from_dict, to_dict
-from train.config import TrainConfig
+from train.config import TrainConfig, pin_local_paths
 
 log = logging.getLogger("bbst.train")
 
@@ -33,9 +32,7 @@ EXAMPLES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from core.cli import add_config_file_flags, make_parser
-
+def build_parser():
     p = make_parser("train", __doc__.split("\n")[0], EXAMPLES)
     add_config_file_flags(p, "TrainConfig (see train/configs/neat_tiny.yaml, neat_1024.yaml)", "loader.batch_size=8")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN|CKPT",
@@ -44,17 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=("none", "torchrun", "ray"), default="none",
                    help="how ranks are started: one process, torchrun's environment, or Ray Train (default: none)")
     return p
-
-
-def _absolute(cfg: TrainConfig) -> TrainConfig:
-    # Ray workers may run in another directory: pin local paths before the config travels
-    def fix(p: str) -> str:
-        return p if not p or "://" in p else os.path.abspath(p)
-
-    cfg.data.root = [fix(r) for r in cfg.data.root] if isinstance(cfg.data.root, list) else fix(cfg.data.root)
-    cfg.logging.dir = fix(cfg.logging.dir)
-    cfg.checkpoint.dir = fix(cfg.checkpoint.dir)
-    return cfg
 
 
 def _ray_train_loop(config: dict) -> None:
@@ -87,7 +73,7 @@ def run_ray(cfg: TrainConfig, resume: bool | str, log_level: str = "INFO") -> An
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
-    cfg = _absolute(cfg)
+    cfg = pin_local_paths(cfg)
     trainer = TorchTrainer(
         _ray_train_loop,
         train_loop_config={"cfg": to_dict(cfg), "resume": resume, "log_level": log_level},
@@ -97,21 +83,10 @@ def run_ray(cfg: TrainConfig, resume: bool | str, log_level: str = "INFO") -> An
     return trainer.fit()
 
 
-class _ConsoleFormatter(logging.Formatter):
-    """Progress lines (INFO) as they are, so each reads ``step N/M | ...``; warnings and errors say what they are."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        if record.levelno == logging.INFO:
-            return record.getMessage()
-        return f"{record.levelname} {record.name}: {record.getMessage()}"
-
-
 @error_boundary("train")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(_ConsoleFormatter())
-    setup_logging(args.log_level, handlers=[handler])
+    setup_logging(args.log_level, progress=True)
     from train.trainer import resolve_run, train
 
     cfg, resume = resolve_run(args.config, args.sets, args.resume)

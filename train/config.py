@@ -154,6 +154,20 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads per process (0 = leave torch's default)
 
 
+
+def pin_local_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its local data, log and checkpoint paths made absolute (URLs kept), so the config means the same
+    in a worker process that runs in another directory (Ray Train)."""
+    import os
+
+    def fix(p: str) -> str:
+        return p if not p or "://" in p else os.path.abspath(p)
+
+    cfg.data.root = [fix(r) for r in cfg.data.root] if isinstance(cfg.data.root, list) else fix(cfg.data.root)
+    cfg.logging.dir = fix(cfg.logging.dir)
+    cfg.checkpoint.dir = fix(cfg.checkpoint.dir)
+    return cfg
+
 @dataclass
 class EvalConfig:
     """What a style-transfer evaluation runs on and how it measures: ``bbst evaluate`` and ``bbst compare`` extend it,
