@@ -238,6 +238,25 @@ EVAL_FLAGS: dict[str, dict] = {
 
 
 @dataclass
+class StylizeConfig:
+    """``bbst stylize``: one checkpoint on content x style pairs (``train.inference.stylize_files``)."""
+
+    checkpoint: str = ""  # trainer checkpoint (model_name, model_config, model state dict)
+    content: str = ""  # content image or folder of images
+    style: str = ""  # style image or folder of images
+    out: str = ""  # output file (single pair) or folder
+    alpha: float = 1.0  # style strength: 0 = content, 1 = as trained, > 1 amplifies the style
+    blur: float | None = None  # prior blur strength: None = as trained, 0 = off, 0.5 = half the window sizes (NeAT)
+    prior_weight: float | None = None  # prior weighting: None = as trained, 0 = decoded deltas alone (NeAT)
+    steps: int | None = None  # repeated applications of the transfer: None = 1 (RAST)
+    max_side: int = 3840  # content larger than this (long side) is downscaled to it; 3840 = 4K UHD
+    style_size: int = 512  # style images are resized to this long side (bounds attention cost; 0 = keep)
+    attention_mode: str | None = None  # override the checkpoint's attention ("chunked", "sdpa", "full")
+    attention_chunk: int | None = None  # override content tokens per attention chunk
+    max_style_tokens: int | None = None  # override the style-token cap
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"...
+
+@dataclass
 class VstStylesConfig:
     """``bbst vst-styles``: render a variational model's style space (``train.style_space.render_style_space``)."""
 

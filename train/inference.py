@@ -237,6 +237,29 @@ def stylize_pairs(stylizer, contents: list[Path], styles: list[Path], out: str |
     return rows
 
 
+
+def stylize_files(cfg) -> tuple[list[dict], list[str]]:
+    """``bbst stylize`` for a ``train.config.StylizeConfig``: :func:`stylize_pairs` with the config's checkpoint and
+    controls; returns the rows and the lines to show the user (a folder's summary; why the checkpoint cannot
+    stylise, last)."""
+    from train.stylising import cannot_stylise
+
+    contents, styles = list_images(cfg.content), list_images(cfg.style)
+    stylizer = Stylizer(cfg.checkpoint, cfg.device, cfg.alpha, cfg.blur, cfg.max_side, cfg.style_size,
+                        prior_weight=cfg.prior_weight, steps=cfg.steps, attention_mode=cfg.attention_mode,
+                        attention_chunk=cfg.attention_chunk, max_style_tokens=cfg.max_style_tokens)
+    meta = getattr(stylizer.model, "checkpoint_meta", None)
+    cannot = cannot_stylise(meta["model_config"], meta["step"]) if meta else None
+    rows = stylize_pairs(stylizer, contents, styles, cfg.out)
+    notes = []
+    if Path(cfg.out).is_dir():  # a folder of pairs (one pair into a file says nothing more)
+        failed = sum(r["status"] != "ok" for r in rows)
+        notes.append(f"{len(rows) - failed} of {len(rows)} pairs stylised into {cfg.out}"
+                     + (f"; {failed} failed (their errors are in {Path(cfg.out) / 'results.csv'})" if failed else ""))
+    if cannot:
+        notes.append(f"note: {cfg.checkpoint} cannot stylise: {cannot}")
+    return rows, notes
+
 class AdaptingStylizer:
     """A meta-trained MetaStyle model as a ``(content, style) -> image`` callable, like :class:`Stylizer`.
 
