@@ -16,7 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/label.py` puts pipelines/ on sys.path, not the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from classifier.labeling.app import create_app, needs_token
+from classifier.labeling.app import create_app, needs_token, startup_lines
 from classifier.labeling.session import LabelConfig
 from core.cli import config_parser, error_boundary, format_error, parse_config
 from core.errors import BbstError
@@ -57,25 +57,14 @@ def main(argv=None) -> int:
         # a missing or unreadable file deep in the model code: one clear line naming the file, no traceback
         print(format_error("label", exc), file=sys.stderr)
         return 2
-    shown_host = cfg.server.host if ":" not in cfg.server.host else f"[{cfg.server.host}]"
-    url = f"http://{shown_host}:{cfg.server.port}/"
-    s = app.state.session
-    print(f"bbst labeling: {len(s.pool)} images from {s.pool.source}, database {cfg.db}, "
-          f"{s.store.label_count()} labels, round {s.store.current_round()}", flush=True)
-    for note in (s.model_note, s.pool_note):
-        if note:
-            print(f"note: {note}", flush=True)
-    if require:
-        print(f"access token: {token}", flush=True)
-        print(f"open {url}?token={token}", flush=True)
-    else:
-        print(f"open {url}", flush=True)
+    for line in startup_lines(app, cfg, token):
+        print(line, flush=True)
     # uvicorn's own startup lines only when asked for: the line above already says where to go
     uvicorn_level = args.log_level.lower() if args.log_level.lower() in ("debug", "trace") else "warning"
     try:
         uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=uvicorn_level, access_log=False)
     finally:
-        s.close()  # releases the database lock
+        app.state.session.close()  # releases the database lock
     return 0
 
 

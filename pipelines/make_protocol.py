@@ -9,30 +9,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python pipelines/make_protocol.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# the evaluation code (torch) is imported inside main(): `--help` prints before torch loads
 from core.cli import config_parser, error_boundary, exit_with, parse_config
 from core.config import ConfigError
+from train.config import MakeProtocolConfig
 
 log = logging.getLogger("bbst.make_protocol")
-
-
-@dataclass
-class MakeProtocolConfig:
-    template: str | None = None  # protocol YAML (or packaged name, e.g. neat_paper) whose settings are kept
-    content: str | None = None  # folder, image or list file of content images
-    style: str | None = None  # folder, image or list file of style images
-    n_content: int | None = None  # content images to pick (none = the template's, else all)
-    n_style: int | None = None  # style images to pick (none = the template's, else all)
-    seed: int | None = None  # seed of the random pick (none = the template's, else 0)
-    name: str | None = None  # protocol name written into the tables (none = the template's)
-    out: str | None = None  # protocol file to write
-    tiny: str | None = None  # instead: write a tiny generated protocol (and its images) in this folder
 
 
 EXAMPLES = (

@@ -257,6 +257,20 @@ class StylizeConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"...
 
 @dataclass
+class MakeProtocolConfig:
+    """``bbst make-protocol``: an evaluation protocol from your images, or a tiny generated one."""
+
+    template: str | None = None  # protocol YAML (or packaged name, e.g. neat_paper) whose settings are kept
+    content: str | None = None  # folder, image or list file of content images
+    style: str | None = None  # folder, image or list file of style images
+    n_content: int | None = None  # content images to pick (none = the template's, else all)
+    n_style: int | None = None  # style images to pick (none = the template's, else all)
+    seed: int | None = None  # seed of the random pick (none = the template's, else 0)
+    name: str | None = None  # protocol name written into the tables (none = the template's)
+    out: str | None = None  # protocol file to write
+    tiny: str | None = None  # instead: write a tiny generated protocol (and its images) in this folder
+
+@dataclass
 class VstStylesConfig:
     """``bbst vst-styles``: render a variational model's style space (``train.style_space.render_style_space``)."""
 

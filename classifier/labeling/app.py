@@ -236,6 +236,18 @@ def create_app(cfg: LabelConfig, *, require_token: bool = False, token: str | No
     return app
 
 
+
+def startup_lines(app, cfg: LabelConfig, token: str | None) -> list[str]:
+    """What a starting labeling server prints: the pool, database and progress, the session's notes, the access
+    token (when one is required) and the address to open."""
+    host = cfg.server.host if ":" not in cfg.server.host else f"[{cfg.server.host}]"
+    url = f"http://{host}:{cfg.server.port}/"
+    s = app.state.session
+    lines = [(f"bbst labeling: {len(s.pool)} images from {s.pool.source}, database {cfg.db}, "
+              f"{s.store.label_count()} labels, round {s.store.current_round()}")]
+    lines += [f"note: {note}" for note in (s.model_note, s.pool_note) if note]
+    return lines + ([f"access token: {token}", f"open {url}?token={token}"] if token else [f"open {url}"])
+
 def _error(status: int, message: str):
     from starlette.responses import JSONResponse
 
