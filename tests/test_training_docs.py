@@ -107,6 +107,7 @@ PARSED_ONLY = [
     (r"torchrun", "several GPUs"),
     (r"bbst train --config first_image_cpu$", "a real VGG-19 (not on the test machine) and 20-30 minutes"),
     (r"bbst stylize --checkpoint runs/first_image/checkpoints/ckpt-00000600", "the recipe's trained checkpoint"),
+    (r"bbst reproduce --tiny", "every family trained for minutes (tests/test_reproduce.py runs two families)"),
     (r"bbst convert-checkpoint", "a checkpoint written by an older bbst (tests/test_checkpoint.py converts one)"),
 ]
 
