@@ -336,10 +336,12 @@ def config_parser(command: str, description: str, examples: Iterable[tuple[str, 
 
 
 def subcommand_parsers(command: str, description: str, examples: Iterable[tuple[str, str]], commands: dict[str, str],
-                       cls: type | None = None, set_example: str = "") -> tuple[ArgumentParser, dict[str, Any]]:
+                       cls: type | dict[str, type] | None = None,
+                       set_example: str = "") -> tuple[ArgumentParser, dict[str, Any]]:
     """``bbst <command> COMMAND`` parser and its subparsers, one per ``{name: help}`` of ``commands``: each gets the
-    examples whose third word is its name and ``--debug``; with config dataclass ``cls`` also ``--config``/``--set``
-    and an empty :class:`ConfigFlags` (``sub.get_default("config_flags")``) for :func:`parse_config`."""
+    examples whose third word is its name and ``--debug``; with config dataclass ``cls`` (one for all, or one per
+    subcommand name) also ``--config``/``--set`` and an empty :class:`ConfigFlags` (``sub.get_default(
+    "config_flags")``) for :func:`parse_config`."""
     examples = list(examples)
     p = make_parser(command, description, examples)
     names = list(commands)
@@ -352,18 +354,20 @@ def subcommand_parsers(command: str, description: str, examples: Iterable[tuple[
                            epilog=examples_epilog(own) if own else None)
         s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error instead of one line (default: off)")
-        if cls is not None:
-            add_config_file_flags(s, cls.__name__, set_example)
-            s.set_defaults(config_flags=ConfigFlags(cls))
+        own_cls = cls.get(name) if isinstance(cls, dict) else cls
+        if own_cls is not None:
+            add_config_file_flags(s, own_cls.__name__, set_example)
+            s.set_defaults(config_flags=ConfigFlags(own_cls))
         subs[name] = s
     return p, subs
 
 
-def parse_config(parser: argparse.ArgumentParser, cls: type, argv: list[str] | None) -> tuple[Any, argparse.Namespace]:
+def parse_config(parser: argparse.ArgumentParser, cls: type | None,
+                 argv: list[str] | None) -> tuple[Any, argparse.Namespace]:
     """``(config, args)`` of ``argv``: defaults <- ``--config`` <- named flags <- ``--set``; logging set up at
-    ``--log-level``."""
+    ``--log-level``. ``cls`` None: the config class of the (sub)parser that parsed the flags."""
     args = parser.parse_args(argv)
-    cfg = load_args(cls, args, args.config_flags)
+    cfg = load_args(cls or args.config_flags.cls, args, args.config_flags)
     setup_logging(args.log_level)
     return cfg, args
 

@@ -23,7 +23,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/metastyle.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.cli import error_boundary, exit_with, setup_logging, subcommand_parsers
+from core.cli import config_keys, error_boundary, exit_with, parse_config, subcommand_parsers
+from core.config import ConfigError
+from train.config import MetaStyleAdaptConfig, MetaStyleInterpolateConfig, MetaStyleStylizeConfig
 
 EXAMPLES = (
     ("bbst metastyle adapt --checkpoint meta.pt --style style.jpg --content photos/ --steps 200 --out adapted.pt",
@@ -35,64 +37,46 @@ EXAMPLES = (
 )
 
 
+REQUIRED = ("checkpoint", "content", "out")
+METAVARS = {"checkpoint": "CKPT", "style": "PATH", "content": "PATH", "out": "FILE", "save": "FILE", "save_weights": "W"}
+CONFIGS = {"adapt": MetaStyleAdaptConfig, "stylize": MetaStyleStylizeConfig, "interpolate": MetaStyleInterpolateConfig}
+
+
 def build_parser():
     p, subs = subcommand_parsers("metastyle", __doc__.split("\n")[0], EXAMPLES, {
         "adapt": "adapt a meta-trained model to one style and save it",
         "stylize": "feed-forward stylisation with an adapted model",
-        "interpolate": "convex combinations of adapted models"})
-    for sp in subs.values():
-        sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
-    a, s, i = subs["adapt"], subs["stylize"], subs["interpolate"]
-    a.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="meta-trained MetaStyle checkpoint, from the trainer (required)")
-    a.add_argument("--style", required=True, metavar="PATH", help="style image (required)")
-    a.add_argument("--content", required=True, metavar="PATH",
-                   help="content image or folder the adaptation steps crop from (required)")
-    a.add_argument("--out", required=True, metavar="FILE", help="adapted checkpoint to write (required)")
-    a.add_argument("--steps", type=int, default=None, metavar="N",
-                   help="update steps (default: the model's adapt_steps, 200 for metastyle)")
-    a.add_argument("--lr", type=float, default=None, metavar="X", help="Adam learning rate (default: the model's adapt_lr)")
-    a.add_argument("--params", choices=("all", "norm"), default=None,
-                   help="adapt all parameters or only the norm scales and shifts (default: the model's adapt_params)")
-    a.add_argument("--crop", type=int, default=256, metavar="N", help="content crop size in pixels (default: 256)")
-    a.add_argument("--batch", type=int, default=4, metavar="N", help="content crops per step (default: 4)")
-    a.add_argument("--style-size", type=int, default=512, metavar="N", help="style long side in pixels (default: 512)")
-    a.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the crop sampling (default: 0)")
-    s.add_argument("--checkpoint", required=True, metavar="CKPT", help="adapted checkpoint (required)")
-    s.add_argument("--content", required=True, metavar="PATH", help="content image or folder (required)")
-    s.add_argument("--out", required=True, metavar="PATH", help="output file (one image) or folder (required)")
-    s.add_argument("--max-side", type=int, default=3840, metavar="N",
-                   help="content larger than this (long side) is downscaled to it (default: 3840)")
-    i.add_argument("--checkpoint", nargs="+", required=True, metavar="CKPT",
-                   help="two or more adapted checkpoints (required)")
-    i.add_argument("--content", nargs="+", required=True, metavar="PATH",
-                   help="content image(s), one grid row each (required)")
-    i.add_argument("--out", required=True, metavar="FILE",
-                   help="PNG grid of the mixtures along the path through every model (required)")
-    i.add_argument("--steps", type=int, default=5, metavar="N",
-                   help="points per leg of the path (model k to model k+1), ends included (default: 5)")
-    i.add_argument("--save", default="", metavar="FILE",
-                   help="also save the mixture given by --save-weights as a checkpoint (default: none)")
-    i.add_argument("--save-weights", type=float, nargs="+", default=None, metavar="W",
-                   help="one weight per checkpoint, >= 0, summing to 1 (default: none)")
-    i.add_argument("--max-side", type=int, default=512, metavar="N", help="content long side in pixels (default: 512)")
+        "interpolate": "convex combinations of adapted models"}, CONFIGS, "device=cpu")
+    model_default = {"steps": "the model's adapt_steps, 200 for metastyle", "lr": "the model's adapt_lr",
+                     "params": "the model's adapt_params"}  # None in the config: the meta-trained model's own
+    for name, sp in subs.items():
+        flags = sp.get_default("config_flags")
+        for key in (*REQUIRED, "style") if name == "adapt" else REQUIRED:
+            flags.add(sp, key, metavar=METAVARS[key], required=True)
+        for key in config_keys(CONFIGS[name]):
+            if key not in {f.key for f in flags.flags}:
+                options = {"metavar": METAVARS[key]} if key in METAVARS else {}
+                flags.add(sp, key, **options, **({"default": model_default[key]} if name == "adapt"
+                                                 and key in model_default else {}))
     return p
 
 
 @error_boundary("metastyle")
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    cfg, args = parse_config(build_parser(), None, argv)
+    for key in (*REQUIRED, "style") if args.command == "adapt" else REQUIRED:
+        if not getattr(cfg, key):
+            raise ConfigError(f"--{key} is required")
     from train.style_space import adapt_checkpoint, interpolate_checkpoints, stylize_adapted
 
     if args.command == "adapt":
-        return adapt_checkpoint(args.checkpoint, args.style, args.content, args.out, steps=args.steps, lr=args.lr,
-                                params=args.params, crop=args.crop, batch=args.batch, style_size=args.style_size,
-                                seed=args.seed, device=args.device)
+        return adapt_checkpoint(cfg.checkpoint, cfg.style, cfg.content, cfg.out, steps=cfg.steps, lr=cfg.lr,
+                                params=cfg.params, crop=cfg.crop, batch=cfg.batch, style_size=cfg.style_size,
+                                seed=cfg.seed, device=cfg.device)
     if args.command == "stylize":
-        return stylize_adapted(args.checkpoint, args.content, args.out, args.max_side, args.device)
-    return interpolate_checkpoints(args.checkpoint, args.content, args.out, args.steps, args.max_side, args.save,
-                                   args.save_weights, args.device)
+        return stylize_adapted(cfg.checkpoint, cfg.content, cfg.out, cfg.max_side, cfg.device)
+    return interpolate_checkpoints(cfg.checkpoint, cfg.content, cfg.out, cfg.steps, cfg.max_side, cfg.save,
+                                   cfg.save_weights, cfg.device)
 
 
 if __name__ == "__main__":

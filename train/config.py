@@ -286,3 +286,46 @@ class VstStylesConfig:
     style: list[str] = field(default_factory=list)  # interpolate: the two style images
     steps: int = 7  # interpolate: points from style A to style B, ends included
     style_size: int = 512  # interpolate: style long side loaded (the model encodes it at its own style_size)
+
+
+@dataclass
+class MetaStyleAdaptConfig:
+    """``bbst metastyle adapt`` (``train.style_space.adapt_checkpoint``)."""
+
+    checkpoint: str = ""  # meta-trained MetaStyle checkpoint, from the trainer
+    style: str = ""  # style image
+    content: str = ""  # content image or folder the adaptation steps crop from
+    out: str = ""  # adapted checkpoint to write
+    steps: int | None = None  # update steps
+    lr: float | None = None  # Adam learning rate
+    params: Literal["all", "norm"] | None = None  # adapt all parameters or only the norm scales and shifts
+    crop: int = 256  # content crop size in pixels
+    batch: int = 4  # content crops per step
+    style_size: int = 512  # style long side in pixels
+    seed: int = 0  # seed of the crop sampling
+    device: str = "auto"  # auto, cpu, cuda, cuda:1...
+
+
+@dataclass
+class MetaStyleStylizeConfig:
+    """``bbst metastyle stylize`` (``train.style_space.stylize_adapted``)."""
+
+    checkpoint: str = ""  # adapted checkpoint
+    content: str = ""  # content image or folder
+    out: str = ""  # output file (one image) or folder
+    max_side: int = 3840  # content larger than this (long side) is downscaled to it
+    device: str = "auto"  # auto, cpu, cuda, cuda:1...
+
+
+@dataclass
+class MetaStyleInterpolateConfig:
+    """``bbst metastyle interpolate`` (``train.style_space.interpolate_checkpoints``)."""
+
+    checkpoint: list[str] = field(default_factory=list)  # two or more adapted checkpoints
+    content: list[str] = field(default_factory=list)  # content image(s), one grid row each
+    out: str = ""  # PNG grid of the mixtures along the path through every model
+    steps: int = 5  # points per leg of the path (model k to model k+1), ends included
+    save: str = ""  # also save the mixture given by --save-weights as a checkpoint
+    save_weights: list[float] = field(default_factory=list)  # one weight per checkpoint, >= 0, summing to 1
+    max_side: int = 512  # content long side in pixels
+    device: str = "auto"  # auto, cpu, cuda, cuda:1...
