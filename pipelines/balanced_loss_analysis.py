@@ -27,8 +27,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/balanced_loss_analysis.py` puts pipelines/ first on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.cli import error_boundary, exit_with, setup_logging, subcommand_parsers
+from core.cli import error_boundary, exit_with, parse_config, subcommand_parsers
 from core.config import ConfigError
+from train.config import LossCorrelationConfig, LossStudiesConfig
 
 log = logging.getLogger("bbst.balanced_loss")
 
@@ -40,52 +41,48 @@ EXAMPLES = (
 )
 
 
+CONFIGS = {"correlation": LossCorrelationConfig, "studies": LossStudiesConfig}
+METAVARS = {"images": "DIR", "labels": "CSV", "out": "DIR", "vgg_weights": "PATH"}
+
+
 def build_parser():
     p, subs = subcommand_parsers("balanced-loss-analysis", __doc__.split("\n")[0], EXAMPLES, {
         "correlation": "Study III: classic style loss vs its supremum over random image pairs",
-        "studies": "Studies I, II, IV, V: classic and balanced loss of rated outputs"})
-    c, d = subs["correlation"], subs["studies"]
-    c.add_argument("--images", required=True, metavar="DIR",
-                   help="folder of images to sample (S, P) pairs from (required)")
-    c.add_argument("--pairs", type=int, default=2000, metavar="N",
-                   help="pairs to sample (default: 2000; the paper: 200,000)")
-    c.add_argument("--seed", type=int, default=0, metavar="N", help="pair sampling seed (default: 0)")
-    d.add_argument("--labels", metavar="CSV",
-                   help="ratings: image, style, rating (under/good/ok/over), rater columns (required)")
-    for sp in (c, d):
-        sp.add_argument("--out", required=True, metavar="DIR", help="output folder (required)")
-        sp.add_argument("--size", type=int, default=512, metavar="N",
-                        help="long side of every image in pixels, aspect kept (default: 512)")
-        sp.add_argument("--vgg-weights", default="auto", metavar="PATH",
-                        help="VGG-16 weights file (default: auto, the local torch cache or $BBST_VGG16_WEIGHTS)")
-        sp.add_argument("--random-vgg", action="store_true",
-                        help="random small VGG-16: smoke runs only, the numbers mean nothing (default: off)")
-        sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
+        "studies": "Studies I, II, IV, V: classic and balanced loss of rated outputs"}, CONFIGS, "size=256")
+    for name, sp in subs.items():
+        flags = sp.get_default("config_flags")
+        first = "images" if name == "correlation" else "labels"
+        for key in (first, "out"):
+            flags.add(sp, key, metavar=METAVARS[key], required=True)
+        flags.add(sp, "vgg_weights", metavar="PATH")
+        flags.add_rest(sp)
     return p
 
 
 @error_boundary("balanced-loss-analysis")
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    if args.command == "studies" and not args.labels:
+    cfg, args = parse_config(build_parser(), None, argv)
+    if args.command == "studies" and not cfg.labels:
         raise ConfigError("studies: cannot run without --labels CSV (image, style, rating, rater): Studies I, II, "
                           "IV and V need people's ratings of stylised images")
+    for key in ("images", "out") if args.command == "correlation" else ("out",):
+        if not getattr(cfg, key):
+            raise ConfigError(f"--{key.replace('_', '-')} is required")
     from core.device import resolve_device
     from train.inference import load_image, resize_max_side
     from train.models.vgg import VGG16_STYLE_LAYERS, VGG16Encoder
     from train.style_loss_analysis import RANDOM_VGG_NOTE, correlation_run, rating_run
 
-    device = resolve_device(args.device)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    vgg = (VGG16Encoder(None, width=1 / 16) if args.random_vgg else VGG16Encoder(args.vgg_weights)).to(device)
-    run = {"out": args.out, "vgg": vgg, "layers": VGG16_STYLE_LAYERS, "note": RANDOM_VGG_NOTE if args.random_vgg else "",
-           "load": lambda path: resize_max_side(load_image(path), args.size).to(device)}
+    device = resolve_device(cfg.device)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    vgg = (VGG16Encoder(None, width=1 / 16) if cfg.random_vgg else VGG16Encoder(cfg.vgg_weights)).to(device)
+    run = {"out": cfg.out, "vgg": vgg, "layers": VGG16_STYLE_LAYERS, "note": RANDOM_VGG_NOTE if cfg.random_vgg else "",
+           "load": lambda path: resize_max_side(load_image(path), cfg.size).to(device)}
     if args.command == "correlation":
-        summary = correlation_run(args.images, args.pairs, args.seed, **run)
+        summary = correlation_run(cfg.images, cfg.pairs, cfg.seed, **run)
     else:
-        summary = rating_run(args.labels, **run)
-    log.info("wrote %s", args.out)
+        summary = rating_run(cfg.labels, **run)
+    log.info("wrote %s", cfg.out)
     return summary
 
 

@@ -329,3 +329,30 @@ class MetaStyleInterpolateConfig:
     save_weights: list[float] = field(default_factory=list)  # one weight per checkpoint, >= 0, summing to 1
     max_side: int = 512  # content long side in pixels
     device: str = "auto"  # auto, cpu, cuda, cuda:1...
+
+
+@dataclass
+class LossAnalysisConfig:
+    """What both studies of ``bbst balanced-loss-analysis`` share (``train.style_loss_analysis``)."""
+
+    out: str = ""  # output folder
+    size: int = 512  # long side of every image in pixels, aspect kept
+    vgg_weights: str = "auto"  # VGG-16 weights file (auto = the local torch cache or $BBST_VGG16_WEIGHTS)
+    random_vgg: bool = False  # random small VGG-16: smoke runs only, the numbers mean nothing
+    device: str = "auto"  # auto, cpu, cuda, cuda:1...
+
+
+@dataclass
+class LossCorrelationConfig(LossAnalysisConfig):
+    """``bbst balanced-loss-analysis correlation``: Study III (``train.style_loss_analysis.correlation_run``)."""
+
+    images: str = ""  # folder of images to sample (S, P) pairs from
+    pairs: int = 2000  # pairs to sample (the paper: 200,000)
+    seed: int = 0  # pair sampling seed
+
+
+@dataclass
+class LossStudiesConfig(LossAnalysisConfig):
+    """``bbst balanced-loss-analysis studies``: Studies I, II, IV, V (``train.style_loss_analysis.rating_run``)."""
+
+    labels: str = ""  # ratings: image, style, rating (under/good/ok/over), rater columns
