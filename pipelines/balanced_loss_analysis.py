@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python pipelines/balanced_loss_analysis.py` puts pipelines/ first on sys.path
+if __package__ in (None, ""):  # run as a file: pipelines/ is first on sys.path, the repo root is not
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.cli import error_boundary, exit_with, parse_config, subcommand_parsers

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
+from pathlib import Path
 
-if __package__ in (None, ""):  # `python pipelines/cli.py`: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file: pipelines/ is first on sys.path, the repo root is not
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.cli import dispatch, exit_with
 

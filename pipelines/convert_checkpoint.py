@@ -8,11 +8,11 @@ checkpoints hold besides tensors and plain values, and writes NEW, which every c
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from pathlib import Path
 
-if __package__ in (None, ""):  # `python pipelines/convert_checkpoint.py` puts pipelines/ first on sys.path
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file: pipelines/ is first on sys.path, the repo root is not
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch is imported inside main(): `--help` prints before torch loads
 from core.cli import error_boundary, exit_with, make_parser

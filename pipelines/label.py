@@ -13,7 +13,7 @@ import secrets
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python pipelines/label.py` puts pipelines/ on sys.path, not the repo root
+if __package__ in (None, ""):  # run as a file: pipelines/ is first on sys.path, the repo root is not
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from classifier.labeling.app import create_app, needs_token, startup_lines

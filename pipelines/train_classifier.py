@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python pipelines/train_classifier.py` without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: pipelines/ is first on sys.path, the repo root is not
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.cli import config_parser, error_boundary, parse_config
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python pipelines/train_model.py` puts pipelines/ first on sys.path
+if __package__ in (None, ""):  # run as a file: pipelines/ is first on sys.path, the repo root is not
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.cli import add_config_file_flags, error_boundary, exit_with, make_parser, setup_logging

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python pipelines/weights.py` puts pipelines/ first on sys.path
+if __package__ in (None, ""):  # run as a file: pipelines/ is first on sys.path, the repo root is not
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.cli import error_boundary, exit_with, make_parser
