@@ -1,5 +1,7 @@
 """Typed configuration: training (data, loader, model, optimisation, schedule, logging, checkpoints,
-distribution) and the evaluation settings every style-transfer evaluation command shares.
+distribution), the evaluation settings every style-transfer evaluation command shares, and the config of each
+``train`` command (stylize, evaluate, compare, make-protocol, metastyle, vst-styles, balanced-loss-analysis): this
+module imports nothing heavy, so a script builds its flags from these classes before torch loads.
 
 Filled by ``core.config.load_config(TrainConfig, path, sets=[...])``: a YAML file supplies values, ``--set``
 overrides them, unknown keys are errors. A checkpoint stores ``to_dict(cfg)`` so a run describes itself.
