@@ -404,6 +404,23 @@ def format_error(command: str, exc: BaseException) -> str:
     return text
 
 
+def prewarm(modules: Iterable[str]) -> threading.Thread:
+    """Import ``modules`` in a background thread while the caller waits on something else (a cluster starting);
+    only a head start: the first failing import stops it, and the real import reports the problem."""
+    import importlib
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001
+                return
+
+    thread = threading.Thread(target=run, name=f"{PREWARM_THREAD_PREFIX}-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 def _wait_for_prewarm_threads() -> None:
     for t in threading.enumerate():
         if t is not threading.current_thread() and t.name.startswith(PREWARM_THREAD_PREFIX):
@@ -502,5 +519,5 @@ def exit_with(result: Any) -> None:
 
 __all__ = ["ArgumentParser", "ConfigError", "ConfigFlags", "HelpFormatter", "add_config_file_flags", "command_usage",
            "config_keys", "config_parser", "debug_requested", "dispatch", "error_boundary", "examples_epilog",
-           "exit_with", "format_error", "load_args", "make_parser", "parse_config", "setup_logging",
+           "exit_with", "format_error", "load_args", "make_parser", "parse_config", "prewarm", "setup_logging",
            "subcommand_parsers", "version"]

@@ -307,6 +307,12 @@ def read_config_file(path: str | Path, _chain: tuple[str, ...] = ()) -> tuple[di
     return merge(base, own), given + [(k, path) for k in _leaf_keys(own)]
 
 
+def given_keys(config: str | None, sets: list[str] | None) -> set[str]:
+    """The top-level options a ``--config`` file (a name or a path) and ``--set`` pairs give a value, whatever it is."""
+    keys = set(read_yaml(resolve_file(config))) if config else set()
+    return keys | set(parse_overrides(sets))
+
+
 def parse_overrides(pairs: list[str] | None) -> dict:
     """Turn ``["download.timeout=5", "subsets.style.min_score=0.9"]`` into a nested dict (values parsed as YAML)."""
     out: dict = {}

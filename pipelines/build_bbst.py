@@ -38,8 +38,8 @@ if __package__ in (None, ""):  # run as a script (also under `ray job submit`): 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import schema
-from core.cli import error_boundary, setup_logging
-from core.config import ConfigError
+from core.cli import error_boundary, prewarm, setup_logging
+from core.config import ConfigError, given_keys
 from core.progress import ProgressMeter, driver_io_bytes
 from core.schema import STAGING
 from core.store import Store
@@ -472,25 +472,8 @@ def load_cli_config(args: argparse.Namespace) -> BuildConfig:
     return load_args(BuildConfig, args, args.config_flags, extra=extra, extra_origins=origins)
 
 
-def _config_keys(args) -> set[str]:
-    from core.config import parse_overrides, read_yaml, resolve_file
-
-    keys = set(read_yaml(resolve_file(args.config))) if args.config else set()
-    return keys | set(parse_overrides(args.sets))
-
-
 # modules the driver's first steps import (reading the URL list: pyarrow imports pandas on its first array)
 PRELOAD = ("pandas", "pyarrow.compute", "pyarrow.parquet", "curate.reader")
-
-
-def _preload(modules: tuple[str, ...]) -> None:
-    import importlib
-
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - only a head start: the real import reports any problem
-            return
 
 
 def _init_ray(verbose: bool = False) -> None:
@@ -504,7 +487,7 @@ def _init_ray(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", module=r"ray(\.|$)")
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray's start-up mostly waits on the processes it launches: import what the first phase needs meanwhile
-    threading.Thread(target=_preload, args=(PRELOAD,), daemon=True).start()
+    prewarm(PRELOAD)
     # attaches to the cluster when RAY_ADDRESS is set (ray job submit), else starts a local Ray, which then ends
     # with this driver even when it is killed (guarded before ray.init: its start-up can take a while)
     if not os.environ.get("RAY_ADDRESS"):
@@ -521,7 +504,7 @@ def run(args: argparse.Namespace) -> dict:
         _init_ray(args.ray_logs)
         summary = run_rescore(cfg, args.rescore, startup=time.monotonic() - t0)
     elif cfg.urls is None:
-        summary = run_demo(cfg, explicit_out=args.out is not None or "out" in _config_keys(args), t0=t0,
+        summary = run_demo(cfg, explicit_out=args.out is not None or "out" in given_keys(args.config, args.sets), t0=t0,
                            ray_logs=args.ray_logs)
     else:
         store = Store(cfg.out, cfg.storage_options)

@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python pipelines/reproduce.py` puts pipelines/ first on sys.path
+if __package__ in (None, ""):  # run as a file: pipelines/ is first on sys.path, the repo root is not
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.cli import (
@@ -74,27 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _select(exp, only: list[str]):
-    """The experiment with only the ``--only`` models (and the models they reuse)."""
-    labels = [m.label for m in exp.models]
-    unknown = [x for x in only if x not in labels]
-    if unknown:
-        raise ConfigError(f"--only {unknown[0]!r}: no such model in experiment {exp.name!r}; models: {labels}")
-    keep = set(only) | {m.reuse for m in exp.models if m.label in only and m.reuse}
-    exp.models = [m for m in exp.models if m.label in keep]
-    return exp
-
-
 @error_boundary("reproduce")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    from train.reproduce import Experiment, experiment_path, list_experiments, load_experiment, run_experiment
+    from train.reproduce import (
+        Experiment,
+        experiment_listing,
+        experiment_path,
+        list_experiments,
+        run_experiment,
+        select_models,
+    )
 
     if args.list:
-        for name in list_experiments():
-            exp = load_experiment(name)
-            print(f"{name}: {exp.steps} steps; {', '.join(m.label for m in exp.models)}")
+        print("\n".join(experiment_listing()))
         return {"experiments": list_experiments()}
     named = "tiny" if args.tiny else args.experiment
     if named and args.config:
@@ -106,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     exp = load_args(Experiment, args, args.config_flags)
     exp.train_sets = list(exp.train_sets) + list(args.train_sets)
     if args.only:
-        exp = _select(exp, args.only)
+        exp = select_models(exp, args.only)
     if not exp.models:
         raise ConfigError(f"{args.config}: the experiment lists no models")
     result = run_experiment(exp, args.out, base=Path(args.config).parent)

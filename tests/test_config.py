@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from core.config import ConfigError, load_config, parse_overrides
+from core.config import ConfigError, given_keys, load_config, parse_overrides
 
 
 @dataclass
@@ -114,3 +114,10 @@ def test_python_object_tag_through_commands(tmp_path, argv, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"bbst {argv[0]}: error: {path}: refused: tag"), lines
     assert not marker.exists()
+
+
+def test_given_keys_are_the_top_level_options_a_file_and_sets_name(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("out: somewhere\ncheck:\n  min_side: 5\n")
+    assert given_keys(str(path), ["download.timeout=3", "urls=x.csv"]) == {"out", "check", "download", "urls"}
+    assert given_keys(None, []) == set()

@@ -108,6 +108,26 @@ def load_experiment(name_or_path: str, overrides: dict | None = None, sets: list
     return load_config(Experiment, experiment_path(name_or_path), overrides=overrides, sets=sets)
 
 
+
+def experiment_listing() -> list[str]:
+    """One line per packaged experiment: its name, training steps and model labels."""
+    out = []
+    for name in list_experiments():
+        exp = load_experiment(name)
+        out.append(f"{name}: {exp.steps} steps; {', '.join(m.label for m in exp.models)}")
+    return out
+
+
+def select_models(exp: Experiment, only: list[str]) -> Experiment:
+    """``exp`` with only the models labelled in ``only`` (and the models they reuse); an unknown label is an error."""
+    labels = [m.label for m in exp.models]
+    unknown = [x for x in only if x not in labels]
+    if unknown:
+        raise ConfigError(f"--only {unknown[0]!r}: no such model in experiment {exp.name!r}; models: {labels}")
+    keep = set(only) | {m.reuse for m in exp.models if m.label in only and m.reuse}
+    exp.models = [m for m in exp.models if m.label in keep]
+    return exp
+
 def _resolve(item: str, base: Path, folder: Path) -> Path:
     """A file named in an experiment: absolute, relative to the experiment file, or packaged in ``folder``."""
     path = Path(item)
