@@ -115,15 +115,7 @@ def test_one_table_one_grid(setup, monkeypatch):
 def test_protocol_pairs_and_deception_column(setup, tmp_path):
     _, ckpts = setup
     proto = write_tiny_protocol(tmp_path / "proto")
-
-    class Colour(torch.nn.Module):
-        def forward(self, x):
-            return x.mean((2, 3))
-
-    model = tmp_path / "artist.pt2"
-    batch = torch.export.Dim("batch", min=1, max=64)
-    torch.export.save(torch.export.export(Colour(), (torch.rand(2, 3, 8, 8),), dynamic_shapes=({0: batch},)),
-                      str(model))
+    model = _colour_model(tmp_path)
     (tmp_path / "artists.csv").write_text("style,artist\ns0.png,a\ns1.png,b\n")
     (tmp_path / "names.txt").write_text("a\nb\nc\n")
     args = ["--protocol", str(proto), "--model", f"Variational={ckpts['Variational']}", "--model",
