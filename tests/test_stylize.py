@@ -55,14 +55,21 @@ def test_single_pair_non_square(tmp_path, checkpoint):
         assert not np.array_equal(np.asarray(img0.resize(img1.size)), np.asarray(img1))
 
 
-def test_folders_record_bad_images_as_rows(tmp_path, checkpoint):
+def _folders(tmp_path, styles: int):
+    """A content folder with one photo and one broken file, and a style folder with ``styles`` artworks."""
     cdir, sdir = tmp_path / "content", tmp_path / "style"
     cdir.mkdir()
     sdir.mkdir()
     photo_like(40, 56, seed=3).save(cdir / "a.jpg")
     (cdir / "broken.jpg").write_bytes(b"not a jpeg")
     artwork_like(48, 48, seed=4).save(sdir / "x.png")
-    artwork_like(32, 64, seed=5).save(sdir / "y.jpg")
+    if styles > 1:
+        artwork_like(32, 64, seed=5).save(sdir / "y.jpg")
+    return cdir, sdir
+
+
+def test_folders_record_bad_images_as_rows(tmp_path, checkpoint):
+    cdir, sdir = _folders(tmp_path, styles=2)
     rows = main(["--checkpoint", str(checkpoint), "--content", str(cdir), "--style", str(sdir), "--out",
                  str(tmp_path / "out")])
     assert len(rows) == 4
@@ -75,12 +82,7 @@ def test_folders_record_bad_images_as_rows(tmp_path, checkpoint):
 
 
 def test_folder_mode_reports_failures_and_fails_when_every_pair_fails(tmp_path, checkpoint, capsys):
-    cdir, sdir = tmp_path / "content", tmp_path / "style"
-    cdir.mkdir()
-    sdir.mkdir()
-    photo_like(40, 56, seed=3).save(cdir / "a.jpg")
-    (cdir / "broken.jpg").write_bytes(b"not a jpeg")
-    artwork_like(48, 48, seed=4).save(sdir / "x.png")
+    cdir, sdir = _folders(tmp_path, styles=1)
     rows = main(["--checkpoint", str(checkpoint), "--content", str(cdir), "--style", str(sdir), "--out",
                  str(tmp_path / "some")])
     assert [r["status"] for r in rows] == ["ok", "error"]
