@@ -316,21 +316,24 @@ def dedup_driver(root: str) -> None:
     partitions = {int(k): v for k, v in store.read_json("_staging/partitions.json").items()}
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.monotonic()
-    build_bbst.dedup_phase(BuildConfig(), store, partitions)
+    from curate.dedup import bucket_count, wave_rel
+
+    cfg = BuildConfig()
+    parts = sorted(partitions)
+    # one dedup wave over every partition: what the last wave of a build does
+    buckets = bucket_count(sum(partitions.values()), cfg.ray.dedup_buckets)
+    near = ray.get(build_bbst._dedup_wave(cfg, store, parts, partitions, buckets))
     wall = time.monotonic() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    done = store.read_json("_staging/dedup/done.json")
-    exact = sum(store.read_parquet(f"_staging/dedup/{n}").num_rows for n in store.ls("_staging", "dedup")
-                if n.startswith("exact-"))
+    rel = wave_rel(len(parts))
+    exact = sum(store.read_parquet(f"{rel}/{n}").num_rows for n in store.ls(rel) if n.startswith("exact-"))
     # the build's next steps without a classifier: each partition's decisions and split (one task each), then
     # the shard plan read in key order by one task; the driver holds references and the plan (one entry a shard)
     from curate import assemble
 
-    cfg = BuildConfig()
-    parts = sorted(partitions)
     t1 = time.monotonic()
     final = ray.remote(num_cpus=1)(assemble.finalize_partition)
-    ray.get([final.remote(store, p, cfg.split) for p in parts])
+    ray.get([final.remote(store, p, cfg.split, rel) for p in parts])
     t2 = time.monotonic()
     specs = ray.get(ray.remote(num_cpus=1)(assemble.plan_from_final).remote(
         store, parts, cfg.shards.target_samples, cfg.shards.target_bytes))
@@ -338,7 +341,7 @@ def dedup_driver(root: str) -> None:
     peak_plan = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"rows": sum(partitions.values()), "dedup_seconds": round(wall, 1),
                       "driver_peak_rss_mb": round(peak / 1024, 1), "driver_rss_before_dedup_mb": round(base / 1024, 1),
-                      "exact_duplicates": exact, "near_duplicates": done.get("near_duplicates"),
+                      "exact_duplicates": exact, "near_duplicates": near,
                       "finalize_seconds": round(t2 - t1, 1), "plan_seconds": round(t3 - t2, 1),
                       "shards_planned": len(specs), "samples_planned": sum(s["nsamples"] for s in specs),
                       "driver_peak_rss_after_plan_mb": round(peak_plan / 1024, 1)}), flush=True)

@@ -107,15 +107,22 @@ class ShardPlanner:
     a plan never needs every row at once: only one open shard per subset.
     """
 
-    def __init__(self, max_samples: int, max_bytes: int) -> None:
+    def __init__(self, max_samples: int, max_bytes: int, state: dict[str, Any] | None = None) -> None:
         from core.tarwrite import JSON_ESTIMATE
 
         if max_samples < 1 or max_bytes < 1:
             raise ValueError("max_samples and max_bytes must be >= 1")
         self.max_samples, self.max_bytes, self.json_estimate = max_samples, max_bytes, JSON_ESTIMATE
-        self.open: dict[str, dict[str, Any]] = {}
-        self.count: Counter[str] = Counter()
+        state = state or {}
+        self.open: dict[str, dict[str, Any]] = {k: dict(v) for k, v in state.get("open", {}).items()}
+        self.count: Counter[str] = Counter(state.get("count", {}))
         self.specs: list[ShardSpec] = []
+
+    def state(self) -> dict[str, Any]:
+        """What a later planner needs to go on where this one stopped (the open shard of each subset and the
+        shard count per subset; small whatever the run's size). The closed :attr:`specs` are not part of it."""
+        return {"open": {k: {**v, "parts": list(v["parts"])} for k, v in self.open.items()},
+                "count": dict(self.count)}
 
     def add_partition(self, p: int, keys: Iterable[str], subsets: Iterable[str | None], sizes: Iterable[int]) -> None:
         from core.tarwrite import padded_size
@@ -385,17 +392,24 @@ def dedup_done(store) -> bool:
     return store.exists(DEDUP_DIR, "done.json")
 
 
-def load_decisions(store, p: int) -> tuple[dict[int, int], dict[int, int]]:
-    """``(exact duplicates, near duplicates)`` that concern partition ``p``, from the run's dedup files."""
+def decisions_rel(store) -> str | None:
+    """Where the decisions of a finished dedup are (the folder of its last wave; None for a re-score, whose
+    statuses come from the build)."""
+    return store.read_json(f"{DEDUP_DIR}/done.json").get("decisions")
+
+
+def load_decisions(store, p: int, rel: str | None) -> tuple[dict[int, int], dict[int, int]]:
+    """``(exact duplicates, near duplicates)`` that concern partition ``p``, from the dedup files in ``rel`` (the
+    folder of a wave that covered ``p``; None: no decisions)."""
     lo, hi = schema.partition_range(p)
     dups: dict[int, int] = {}
     near_file = None
-    for name in store.ls(DEDUP_DIR):
+    for name in store.ls(rel) if rel else ():
         if name.startswith("exact-") and name.endswith(".parquet"):
-            t = store.read_parquet(f"{DEDUP_DIR}/{name}", filters=[("key", ">=", lo), ("key", "<", hi)])
+            t = store.read_parquet(f"{rel}/{name}", filters=[("key", ">=", lo), ("key", "<", hi)])
             dups.update(zip(t["key"].to_pylist(), t["dup_of"].to_pylist()))
         elif name == "near.parquet":
-            near_file = f"{DEDUP_DIR}/{name}"
+            near_file = f"{rel}/{name}"
     near: dict[int, int] = {}
     if near_file:
         wanted = set(dups.values())
@@ -406,14 +420,14 @@ def load_decisions(store, p: int) -> tuple[dict[int, int], dict[int, int]]:
     return dups, near
 
 
-def decided_rows(store, p: int) -> pa.Table:
-    """Partition ``p``'s staged rows with the run-wide dedup decisions applied."""
+def decided_rows(store, p: int, decisions: str | None) -> pa.Table:
+    """Partition ``p``'s staged rows with the run-wide dedup decisions (in the folder ``decisions``) applied."""
     from curate import semantic
     from curate.dedup import apply_decisions
     from curate.staging import rows_rel
 
     rows = store.read_parquet(rows_rel(p))
-    dups, near = load_decisions(store, p)
+    dups, near = load_decisions(store, p, decisions)
     keys = rows["key"].to_pylist()
     status, dup_of, error = apply_decisions(keys, column(rows, "status"), column(rows, "error"), dups, near)
     dup_of = [d if d is not None else o for d, o in zip(dup_of, column(rows, "duplicate_of"))]
@@ -438,7 +452,8 @@ def scores_fingerprint(store, p: int) -> str | None:
     return meta.get(b"fingerprint", b"").decode() or None
 
 
-def score_partition(store, p: int, scorer, fingerprint: str, batch_size: int) -> dict[str, int]:
+def score_partition(store, p: int, scorer, fingerprint: str, batch_size: int, decisions: str | None,
+                    ) -> dict[str, int]:
     """Score the ok rows of partition ``p`` with ``scorer`` (a StyleScorer); writes ``scores/part-P.parquet``.
 
     A scorer with an ``embedding`` part set also gives each scored row's embedding: they are published as
@@ -446,7 +461,7 @@ def score_partition(store, p: int, scorer, fingerprint: str, batch_size: int) ->
     """
     from curate.staging import concat, read_refs, to_table
 
-    rows = decided_rows(store, p)
+    rows = decided_rows(store, p, decisions)
     ok = rows.filter(pc.equal(rows["status"], "ok"))
     parts = []
     emb_keys, embs = [], []
@@ -473,23 +488,37 @@ def score_partition(store, p: int, scorer, fingerprint: str, batch_size: int) ->
     return {"partition": p, "scored": ok.num_rows}
 
 
-def finalize_partition(store, p: int, split) -> dict[str, Any]:
-    """Dedup decisions, scores and the split applied to partition ``p``: ``final/part-P.parquet``."""
-    rows = decided_rows(store, p)
+def finalize_partition(store, p: int, split, decisions: str | None) -> dict[str, Any]:
+    """Dedup decisions (in the folder ``decisions``), scores and the split applied to partition ``p``:
+    ``final/part-P.parquet``."""
+    rows = decided_rows(store, p, decisions)
     scores = store.read_parquet(scores_rel(p)) if store.exists(scores_rel(p)) else None
     rows = apply_split(merge_scores(rows, scores), split)
     store.write_parquet(final_rel(p), rows)
     return {"partition": p, "rows": rows.num_rows}
 
 
-def plan_from_final(store, partitions: list[int], max_samples: int, max_bytes: int) -> list[dict[str, Any]]:
-    """The shard plan of the run, reading four columns of each partition's final rows in key order."""
-    planner = ShardPlanner(max_samples, max_bytes)
+def plan_step(store, state: dict[str, Any] | None, partitions: list[int], max_samples: int, max_bytes: int,
+              last: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Go on with the shard plan over the next ``partitions`` (in key order, after those ``state`` has seen),
+    reading four columns of their final rows; returns ``(state, shards closed by this step)``. ``last``: the run
+    ends with these partitions, so the open shards close too.
+
+    Steps over consecutive runs of partitions give the plan of one pass over all of them (the planner is greedy
+    in key order), which is what lets shards be written while later partitions still download.
+    """
+    planner = ShardPlanner(max_samples, max_bytes, state)
     for p in sorted(partitions):
         t = store.read_parquet(final_rel(p), columns=["key", "status", "subset", "_ref_length"])
         t = t.filter(pc.equal(t["status"], "ok"))
         planner.add_partition(p, t["key"].to_pylist(), t["subset"].to_pylist(), t["_ref_length"].to_pylist())
-    return [s.to_json() for s in planner.finish()]
+    specs = planner.finish() if last else sorted(planner.specs, key=lambda s: s.name)
+    return planner.state(), [s.to_json() for s in specs]
+
+
+def plan_from_final(store, partitions: list[int], max_samples: int, max_bytes: int) -> list[dict[str, Any]]:
+    """The shard plan of the run in one step (see :func:`plan_step`)."""
+    return plan_step(store, None, partitions, max_samples, max_bytes, last=True)[1]
 
 
 def write_partition_meta(store, p: int, specs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -555,7 +584,7 @@ def begin_rescore(store, directory: str, classifier: str | None, options: dict) 
 
 def mark_rescore_staged(store, partitions: dict[int, int]) -> None:
     """Every partition's rows are staged from the old shards; their statuses were decided by the first run."""
-    store.write_json(f"{DEDUP_DIR}/done.json", {"rescore": True})
+    store.write_json(f"{DEDUP_DIR}/done.json", {"rescore": True, "decisions": None})
     store.write_json(f"{STAGING}/partitions.json", partitions)
 
 

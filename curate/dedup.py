@@ -509,15 +509,24 @@ def scatter_partitions(store, partitions: list[int], buckets: int) -> list[dict[
     return scatter_exact(t["key"].to_pylist(), t["sha256"].to_pylist(), t["phash"].to_pylist(), buckets)
 
 
-def reduce_bucket(store, j: int, cfg: DedupConfig, buckets: int, parts: list[dict[str, np.ndarray]],
-                  ) -> list[dict[str, np.ndarray] | None]:
-    """Exact step of sha256 bucket ``j``: writes its duplicates to the store, returns the candidates by band bucket."""
-    import pyarrow as pa
+def wave_rel(count: int) -> str:
+    """The folder of the decisions of the dedup wave over the first ``count`` partitions (``curate/flow.py``).
 
+    Each wave writes its own folder: a later wave never replaces a file that a step of the build may be reading
+    (object stores refuse a ranged read of an object replaced in between)."""
     from core.schema import DEDUP_DIR
 
+    return f"{DEDUP_DIR}/wave-{count:06d}"
+
+
+def reduce_bucket(store, rel: str, j: int, cfg: DedupConfig, buckets: int, parts: list[dict[str, np.ndarray]],
+                  ) -> list[dict[str, np.ndarray] | None]:
+    """Exact step of sha256 bucket ``j``: writes its duplicates to ``rel`` in the store, returns the candidates by
+    band bucket."""
+    import pyarrow as pa
+
     dups, cand = reduce_exact(parts, exact=cfg.exact)
-    store.write_parquet(f"{DEDUP_DIR}/exact-{j:04d}.parquet",
+    store.write_parquet(f"{rel}/exact-{j:04d}.parquet",
                         pa.table({"key": dups["key"], "dup_of": dups["dup_of"]}).sort_by("key"))
     return scatter_bands(cand, cfg.phash_distance, buckets) if cfg.near else [None] * buckets
 
@@ -526,12 +535,11 @@ def near_edges_of(distance: int, *parts: dict[str, np.ndarray] | None) -> dict[s
     return near_edges([p for p in parts if p is not None], distance)
 
 
-def resolve_to_store(store, *edges: dict[str, np.ndarray]) -> int:
-    """:func:`resolve_near` over every band bucket's pairs; writes the near duplicates, returns their count."""
+def resolve_to_store(store, rel: str, *edges: dict[str, np.ndarray]) -> int:
+    """:func:`resolve_near` over every band bucket's pairs; writes the near duplicates to ``rel``, returns their
+    count."""
     import pyarrow as pa
 
-    from core.schema import DEDUP_DIR
-
     res = resolve_near(list(edges))
-    store.write_parquet(f"{DEDUP_DIR}/near.parquet", pa.table(res))
+    store.write_parquet(f"{rel}/near.parquet", pa.table(res))
     return len(res["key"])

@@ -4,19 +4,22 @@ Runs on a laptop (``python pipelines/build_bbst.py`` starts a local Ray and, wit
 demo) and unchanged on a cluster (``ray job submit --working-dir . -- python pipelines/build_bbst.py
 --config my.yaml``: ``ray.init()`` attaches to the cluster named by ``RAY_ADDRESS``).
 
-The driver plans and coordinates; Ray workers move the bytes. Every phase is a set of Ray tasks over the
-staged files in ``DIR/_staging`` (see ``curate/staging.py``), and each task's output is a file written
-atomically, so a rerun after a SIGKILL at any moment redoes only what is missing:
+The driver plans and coordinates; Ray workers move the bytes. Every step is a Ray task over the staged files
+in ``DIR/_staging`` (see ``curate/staging.py``), and each task's output is a file written atomically, so a rerun
+after a SIGKILL at any moment redoes only what is missing. The steps overlap (``curate/flow.py``):
 
 1. *stage*: workers download, check and write each unit of rows (bytes and rows) to the output store;
    a partition is committed when its rows are merged into ``_staging/rows``;
-2. *dedup*: exact duplicates grouped by sha256, near duplicates by phash bands, resolved in key order
-   (``curate/dedup.py``); the smallest key wins;
-3. *score* (with a classifier; actors that load the model once), *split*, *plan* shards by key order,
-   *write* shards in parallel tasks, then per-partition metadata, the manifest, the summary and the report.
+2. *dedup waves*: exact duplicates grouped by the sha256 each download computed, near duplicates by phash bands,
+   resolved in key order over the longest committed prefix of partitions (``curate/dedup.py``); the smallest
+   key wins, so the decisions over a prefix are final while later partitions still download;
+3. *score* (with a classifier; actors that load the model once, started when the first partition is decided),
+   *finalize* (decisions, scores, split), *plan* shards in key order, *write* each shard as soon as the plan
+   closes it; with the optional semantic pass, the shards wait until every embedding has been compared;
+4. per-partition metadata, the manifest, the summary and the report.
 
-One helper, :func:`as_completed`, submits a phase's tasks with a window and hands back each result as it finishes;
-the Ray-free steps (input checks, fingerprint, demo set-up, bucket sizing) are in ``curate/``.
+:func:`process` runs steps 1-3 in one loop over the tasks in flight; the Ray-free steps (input checks,
+fingerprint, demo set-up, bucket sizing, the order of the steps) are in ``curate/``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,39 +72,6 @@ def _kill_hook(env: str, count: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-# --------------------------------------------------------------------------------------------------- scheduling
-_END = object()
-
-
-def as_completed(submit: Callable[[Any], Any], items: Iterable, window: int = 0,
-                 urgent: list | None = None) -> Iterator[tuple[Any, Any]]:
-    """Submit ``submit(item)`` (a Ray task) for every item, at most ``window`` in flight (0 = all at once), and yield
-    ``(item, result)`` as each finishes: the one scheduling loop of every phase.
-
-    Items the caller appends to ``urgent`` while iterating (follow-up work such as a partition's commit) are
-    submitted next, ahead of the remaining ``items``.
-    """
-    import ray
-
-    items, urgent = iter(items), urgent if urgent is not None else []
-    inflight: dict = {}
-    more = True
-    while True:
-        while urgent:
-            item = urgent.pop(0)
-            inflight[submit(item)] = item
-        while more and (not window or len(inflight) < window):
-            item = next(items, _END)
-            if item is _END:
-                more = False
-            else:
-                inflight[submit(item)] = item
-        if not inflight:
-            return
-        (ref,), _ = ray.wait(list(inflight), num_returns=1)
-        yield inflight.pop(ref), ray.get(ref)
-
-
 # --------------------------------------------------------------------------------------------------- Ray work
 def _remote(fn, **options):
     import ray
@@ -122,10 +91,10 @@ def _dedup_scatter(store, parts, buckets):
     return out if buckets > 1 else out[0]
 
 
-def _dedup_reduce(store, j, cfg, buckets, *parts):
+def _dedup_reduce(store, rel, j, cfg, buckets, *parts):
     from curate.dedup import reduce_bucket
 
-    bands = reduce_bucket(store, j, cfg, buckets, list(parts))
+    bands = reduce_bucket(store, rel, j, cfg, buckets, list(parts))
     return bands if buckets > 1 else bands[0]
 
 
@@ -142,138 +111,293 @@ class _ScoreActor:
 
         self.scorer = StyleScorer(**kwargs)
 
-    def score(self, store, p, fingerprint, batch_size):
-        return assemble.score_partition(store, p, self.scorer, fingerprint, batch_size)
+    def score(self, store, p, fingerprint, batch_size, decisions):
+        return assemble.score_partition(store, p, self.scorer, fingerprint, batch_size, decisions)
 
 
-# --------------------------------------------------------------------------------------------------- phases
-def stage_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> dict[str, Any]:
-    """Phase 1: download, check and stage every pending unit on the workers; commit partitions as they finish."""
+# --------------------------------------------------------------------------------------------------- the steps
+def scoring_of(cfg: BuildConfig) -> tuple[str, dict | None, str | None]:
+    """``(summary line, classifier info, scores fingerprint)`` of a run; a wrong or broken checkpoint fails here,
+    before anything is scored."""
+    if not cfg.score.classifier:
+        return "scoring skipped: no classifier given (set --classifier PATH to score and split by score)", None, None
+    from classifier.checkpoint import read_checkpoint_config
+
+    ckpt = cfg.score.classifier
+    _, meta = read_checkpoint_config(ckpt)
+    info = {"path": str(ckpt), "version": meta["version"], "demo": bool(meta.get("demo")),
+            "thresholds": dict(meta["thresholds"])}
+    fingerprint = f"{ckpt}:{outputs.file_digest(ckpt)}"
+    if cfg.dedup.semantic.enabled:  # the scores of such a run come with the embeddings
+        fingerprint += f":embedding={cfg.dedup.semantic.embedding}"
+    kind = "DEMO classifier" if info["demo"] else "classifier"
+    return f"scored with {kind} {info['version']} ({ckpt})", info, fingerprint
+
+
+class _Scorers:
+    """The classifier's actors (each loads the model once), started when the first partition is ready to score,
+    so that downloads never wait for a model; one partition per idle actor; stopped once everything is scored."""
+
+    def __init__(self, cfg: BuildConfig, store: Store, fingerprint: str, count: int) -> None:
+        kwargs = {"checkpoint": cfg.score.classifier, **cfg.score.options}
+        if cfg.dedup.semantic.enabled:
+            kwargs["embedding"] = cfg.dedup.semantic.embedding
+        if cfg.score.device:
+            kwargs["device"] = cfg.score.device
+        self.cfg, self.store, self.fingerprint, self.kwargs = cfg, store, fingerprint, kwargs
+        self.count = max(1, min(cfg.score.actors, count))
+        self.actors: list = []
+        self.idle: list = []
+        self.queue: collections.deque[int] = collections.deque()
+
+    def submit_ready(self, running: _Running, decisions: str | None) -> None:
+        import ray
+
+        while self.queue and (self.idle or len(self.actors) < self.count):
+            if not self.idle:
+                cls = ray.remote(num_cpus=self.cfg.score.num_cpus, num_gpus=self.cfg.score.num_gpus)(_ScoreActor)
+                self.actors.append(cls.remote(self.kwargs))
+                self.idle.append(self.actors[-1])
+            actor, p = self.idle.pop(), self.queue.popleft()
+            running.add(actor.score.remote(self.store, p, self.fingerprint, self.cfg.score.batch_size, decisions),
+                        ("score", p, actor))
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:  # their CPUs (or GPUs) are the next steps' now
+            ray.kill(actor)
+        self.actors, self.idle = [], []
+
+
+class _Running:
+    """Ray tasks in flight, each with what it is for; :meth:`next` hands back the first to finish."""
+
+    def __init__(self) -> None:
+        self.refs: dict = {}
+
+    def add(self, ref, what: tuple) -> None:
+        self.refs[ref] = what
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def next(self) -> tuple[tuple, Any]:
+        import ray
+
+        (ref,), _ = ray.wait(list(self.refs), num_returns=1)
+        return self.refs.pop(ref), ray.get(ref)
+
+
+def _dedup_wave(cfg: BuildConfig, store: Store, parts: list[int], partitions: dict[int, int], buckets: int):
+    """Exact and near duplicates over the staged rows of ``parts`` (a committed key-order prefix), as Ray tasks
+    over the metadata (``curate/dedup.py``); returns the ref of the last task, whose result is the number of near
+    duplicates. The decisions go to the wave's own folder, ``dedup.wave_rel(len(parts))``."""
+    rel = dedup.wave_rel(len(parts))
+    rows = sum(partitions[p] for p in parts)
+    per_task = dedup.partitions_per_scatter(rows, len(parts), buckets)
+    scatter = _remote(_dedup_scatter, num_returns=buckets, num_cpus=TASK_CPUS)
+    scattered = [scatter.remote(store, parts[i:i + per_task], buckets) for i in range(0, len(parts), per_task)]
+    scattered = [[r] for r in scattered] if buckets == 1 else scattered
+    reduce = _remote(_dedup_reduce, num_returns=buckets, num_cpus=TASK_CPUS)
+    banded = [reduce.remote(store, rel, j, cfg.dedup, buckets, *[s[j] for s in scattered]) for j in range(buckets)]
+    banded = [[r] for r in banded] if buckets == 1 else banded
+    if not cfg.dedup.near:
+        return _remote(_count_none, num_cpus=TASK_CPUS).remote(*[b[0] for b in banded])
+    edges = _remote(dedup.near_edges_of, num_cpus=TASK_CPUS)
+    edge_refs = [edges.remote(cfg.dedup.phash_distance, *[b[j] for b in banded]) for j in range(buckets)]
+    return _remote(dedup.resolve_to_store, num_cpus=TASK_CPUS).remote(store, rel, *edge_refs)
+
+
+def _count_none(*_results) -> int:
+    return 0
+
+
+def process(cfg: BuildConfig, store: Store, partitions: dict[int, int], owned: set[str], t_start: float,
+            phases: dict[str, float], stage: bool = True, deduplicate: bool = True,
+            ) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """Stage, deduplicate, score, split and write the shards of ``partitions``, every step as soon as its inputs
+    are final (``curate/flow.py``); then the per-partition metadata. Returns ``(manifest entries, partition
+    accounts, what the summary reports about scoring and semantic duplicates)``.
+
+    ``stage``: download the units not staged yet (a re-score has its rows already); ``deduplicate``: run the dedup
+    waves (a re-score keeps the decisions of the build).
+    """
     import ray
 
-    pending, units_per, todo = staging.plan_units(store, partitions, cfg.ray.unit_rows)
-    if len(pending) < len(partitions):
+    from curate.flow import BuildFlow
+
+    parts = sorted(partitions)
+    scoring, classifier, fingerprint = scoring_of(cfg)
+    semantic_on = cfg.dedup.semantic.enabled and classifier is not None
+    to_score = None
+    if classifier is not None:
+        to_score = {p for p in parts if assemble.scores_fingerprint(store, p) != fingerprint}
+        if len(to_score) < len(parts):
+            log.info("resume: %d of %d partitions already scored", len(parts) - len(to_score), len(parts))
+    split = cfg.split.with_classifier_thresholds(classifier["thresholds"] if classifier else None)
+
+    # staging: units not staged yet, partitions whose units are all staged but not merged (a kill between the two)
+    pending, units_per, todo = staging.plan_units(store, partitions, cfg.ray.unit_rows) if stage else ([], {}, [])
+    if len(pending) < len(partitions) and stage:
         log.info("resume: %d of %d partitions already staged", len(partitions) - len(pending), len(partitions))
-    left = collections.Counter(u.partition for u in todo)  # units of each pending partition still to stage
+    left = collections.Counter(u.partition for u in todo)
+    units = collections.deque(todo)
     meter = ProgressMeter(total=sum(partitions[p] for p in pending), interval_s=cfg.progress_interval_s,
                           label="download")
     meter.add(sum(partitions[p] for p in pending) - sum(u.stop - u.start for u in todo), {})
-    # a check decodes one image at a time; declaring its peak (from check.max_decode_mb) lets Ray place no more
-    # checks than fit a node
+    stage_task = _remote(_stage_unit, num_cpus=cfg.ray.stage_num_cpus, memory=_check_memory(cfg), max_retries=2)
+    commit = _remote(staging.compact_partition, num_cpus=TASK_CPUS, max_retries=2)
+    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1) // cfg.ray.stage_num_cpus))
+
+    dedup_done = not deduplicate or assemble.dedup_done(store)
+    decisions = assemble.decisions_rel(store) if dedup_done and deduplicate else None  # the last wave's folder
+    if deduplicate and dedup_done:
+        log.info("resume: dedup decisions already made")
+    flow = BuildFlow(partitions, committed=set(parts) - set(pending), decided=dedup_done, to_score=to_score,
+                     hold=semantic_on)
+    buckets = dedup.bucket_count(sum(partitions.values()), cfg.ray.dedup_buckets)
+    scorers = _Scorers(cfg, store, fingerprint, len(to_score)) if to_score else None
+    final = _remote(assemble.finalize_partition, num_cpus=TASK_CPUS)
+    plan = _remote(assemble.plan_step, num_cpus=TASK_CPUS)
+    write = _remote(assemble.write_planned_shard, num_cpus=cfg.shards.num_cpus, max_retries=2)
+    shard_meter = ProgressMeter(interval_s=cfg.progress_interval_s, label="shards", unit="shards")
+    running = _Running()
+    specs: list[dict] = []
+    entries: list[dict] = []
+    plan_state: dict | None = None
+    marks = {"committed": 0, "written": 0, "near": 0, "units_left": len(todo)}
+
+    def start(steps) -> None:
+        for step in steps:
+            if step.kind == "wave":
+                ref = _dedup_wave(cfg, store, parts[:step.count], partitions, buckets)
+                running.add(ref, ("wave", step.count, time.monotonic()))
+            elif step.kind == "score":
+                scorers.queue.append(step.partition)
+            elif step.kind == "finalize":
+                running.add(final.remote(store, step.partition, split, decisions), ("final", step.partition))
+            elif step.kind == "plan":
+                running.add(plan.remote(store, plan_state, list(step.partitions), cfg.shards.target_samples,
+                                        cfg.shards.target_bytes, step.last), ("plan",))
+            else:
+                specs.append(step.spec)
+                running.add(write.remote(store, step.spec), ("write", step.spec["name"]))
+        if scorers is not None:
+            scorers.submit_ready(running, decisions)
+
+    def drain(steps) -> None:
+        nonlocal plan_state, decisions
+        start(steps)
+        while True:
+            while units and sum(1 for w in running.refs.values() if w[0] == "unit") < window:
+                unit = units.popleft()
+                running.add(stage_task.remote(store, cfg.download, cfg.check, unit), ("unit", unit))
+            if not running:
+                return
+            what, result = running.next()
+            kind, steps = what[0], []
+            if kind == "unit":
+                unit = what[1]
+                phases.setdefault("until_first_rows", time.monotonic() - t_start)
+                meter.add(result["rows"], result["statuses"], result["examples"])
+                left[unit.partition] -= 1
+                marks["units_left"] -= 1
+                if left[unit.partition] == 0:
+                    running.add(commit.remote(store, unit.partition, units_per[unit.partition]),
+                                ("commit", unit.partition))
+            elif kind == "commit":
+                marks["committed"] += 1
+                _kill_hook("BBST_KILL_AFTER_PARTITIONS", marks["committed"])
+                steps = flow.on_commit(what[1])
+            elif kind == "wave":
+                marks["near"] = result
+                phases["dedup"] = phases.get("dedup", 0.0) + time.monotonic() - what[2]
+                decisions = dedup.wave_rel(what[1])  # covers every partition decided so far
+                steps = flow.on_wave(what[1])
+                if flow.all_decided:
+                    store.write_json(f"{schema.DEDUP_DIR}/done.json",
+                                     {"buckets": buckets, "near_duplicates": result, "decisions": decisions})
+            elif kind == "score":
+                scorers.idle.append(what[2])
+                steps = flow.on_scored(what[1])
+                if not flow.to_score and not scorers.queue:
+                    scorers.close()
+            elif kind == "final":
+                steps = flow.on_final(what[1])
+            elif kind == "plan":
+                plan_state, closed = result
+                steps = flow.on_planned(closed)
+            else:  # a shard
+                entries.append(result)
+                phases.setdefault("until_first_shard", time.monotonic() - t_start)
+                shard_meter.add(1)
+                if not result.get("reused"):
+                    marks["written"] += 1
+                    _kill_hook("BBST_KILL_AFTER_SHARDS", marks["written"])
+            if kind == "unit" and not marks["units_left"]:
+                meter.close()
+                phases["read_download_check"] = time.monotonic() - t_start
+            start(steps)
+
+    pre_commits = [p for p in pending if left[p] == 0]  # every unit staged before a kill, only the merge is missing
+    for p in pre_commits:
+        running.add(commit.remote(store, p, units_per[p]), ("commit", p))
+    if not todo:
+        meter.close()
+        phases["read_download_check"] = time.monotonic() - t_start
+    drain(flow.start())
+    semantic = None
+    if semantic_on:  # compares the embeddings of every scored row: the shards wait for it
+        t = time.monotonic()
+        semantic = semantic_phase(cfg, store, partitions)
+        phases["semantic_dedup"] = time.monotonic() - t
+        drain(flow.release())
+    if scorers is not None:
+        scorers.close()
+    if not flow.done:
+        raise RuntimeError("the build stopped before every partition was planned")  # a bug, not an input problem
+    shard_meter.close()
+    reused = sum(1 for e in entries if e.get("reused"))
+    if reused:
+        log.info("resume: %d of %d shards already complete (checksums verified)", reused, len(specs))
+    log.info("%d dedup waves; %d shards", flow.waves, len(specs))
+    t = time.monotonic()
+    outputs.remove_stale_shards(store, {s["name"] for s in specs}, owned)
+    meta = _remote(assemble.write_partition_meta, num_cpus=TASK_CPUS)
+    accounts = ray.get([meta.remote(store, p, specs) for p in parts])
+    phases["metadata"] = time.monotonic() - t
+    entries = sorted(({k: v for k, v in e.items() if k not in ("keys_digest", "reused")} for e in entries),
+                     key=lambda e: e["url"])
+    extra = {"classifier": classifier, **({"semantic_dedup": semantic} if semantic else {}),
+             "scoring": scoring, "split_thresholds": {"style_min_score": split.style_threshold(),
+                                                      "content_max_score": split.content_threshold()},
+             "dedup_waves": flow.waves}
+    return entries, accounts, extra
+
+
+def _check_memory(cfg: BuildConfig) -> int:
+    """What one download+check task declares: a check decodes one image at a time, and its peak (from
+    check.max_decode_mb) lets Ray place no more checks than fit a node."""
+    import ray
+
     memory = cfg.check.peak_memory_bytes()
     largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
     if largest and memory > largest:  # a request no node can meet would wait forever
         log.warning("check.max_decode_mb=%s needs %.0f MiB per check, more than the largest node's memory "
                     "(%.0f MiB): declaring that instead", cfg.check.max_decode_mb, memory / 2**20, largest / 2**20)
         memory = int(largest)
-    # plain tasks on the workers Ray started with the node (an actor pool ran the same units ~20 % slower)
-    stage = _remote(_stage_unit, num_cpus=cfg.ray.stage_num_cpus, memory=memory, max_retries=2)
-    commit = _remote(staging.compact_partition, num_cpus=TASK_CPUS, max_retries=2)
-    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1) // cfg.ray.stage_num_cpus))
-
-    def submit(item):  # a unit to stage, or a partition (its number) whose units are all staged: commit it
-        if isinstance(item, int):
-            return commit.remote(store, item, units_per[item])
-        return stage.remote(store, cfg.download, cfg.check, item)
-
-    commits = [p for p in pending if left[p] == 0]  # every unit staged before a kill, only the merge is missing
-    kept_bytes, first_result, committed = 0, None, 0
-    for item, result in as_completed(submit, todo, window, urgent=commits):
-        if isinstance(item, int):
-            committed += 1
-            _kill_hook("BBST_KILL_AFTER_PARTITIONS", committed)
-            continue
-        first_result = first_result or time.monotonic()
-        kept_bytes += result["kept_bytes"]
-        meter.add(result["rows"], result["statuses"], result["examples"])
-        left[item.partition] -= 1
-        if left[item.partition] == 0:
-            commits.append(item.partition)
-    meter.close()
-    return {"first_result": first_result, "kept_bytes": kept_bytes}
-
-
-def dedup_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> None:
-    """Phase 2: exact and near duplicates over every staged row, as Ray tasks over the metadata."""
-    import ray
-
-    if assemble.dedup_done(store):
-        log.info("resume: dedup decisions already made")
-        return
-    rows, parts = sum(partitions.values()), sorted(partitions)
-    buckets = dedup.bucket_count(rows, cfg.ray.dedup_buckets)
-    per_task = dedup.partitions_per_scatter(rows, len(parts), buckets)
-    scatter = _remote(_dedup_scatter, num_returns=buckets, num_cpus=TASK_CPUS)
-    scattered = [scatter.remote(store, parts[i:i + per_task], buckets) for i in range(0, len(parts), per_task)]
-    scattered = [[r] for r in scattered] if buckets == 1 else scattered
-    reduce = _remote(_dedup_reduce, num_returns=buckets, num_cpus=TASK_CPUS)
-    banded = [reduce.remote(store, j, cfg.dedup, buckets, *[s[j] for s in scattered]) for j in range(buckets)]
-    banded = [[r] for r in banded] if buckets == 1 else banded
-    if cfg.dedup.near:
-        edges = _remote(dedup.near_edges_of, num_cpus=TASK_CPUS)
-        edge_refs = [edges.remote(cfg.dedup.phash_distance, *[b[j] for b in banded]) for j in range(buckets)]
-        near = ray.get(_remote(dedup.resolve_to_store, num_cpus=TASK_CPUS).remote(store, *edge_refs))
-    else:
-        ray.get([b[0] for b in banded])
-        near = 0
-    store.write_json(f"{schema.DEDUP_DIR}/done.json", {"buckets": buckets, "near_duplicates": near})
-
-
-def score_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> tuple[str, dict | None]:
-    """Phase 3a: score ok rows (actors load the classifier once); partitions already scored are skipped."""
-    if not cfg.score.classifier:
-        msg = "scoring skipped: no classifier given (set --classifier PATH to score and split by score)"
-        log.info(msg)
-        return msg, None
-    import ray
-
-    from classifier.checkpoint import read_checkpoint_config
-
-    ckpt = cfg.score.classifier
-    _, meta = read_checkpoint_config(ckpt)  # a wrong or broken checkpoint fails here, before any actor starts
-    info = {"path": str(ckpt), "version": meta["version"], "demo": bool(meta.get("demo")),
-            "thresholds": dict(meta["thresholds"])}
-    fingerprint = f"{ckpt}:{outputs.file_digest(ckpt)}"
-    if cfg.dedup.semantic.enabled:  # the scores of such a run come with the embeddings
-        fingerprint += f":embedding={cfg.dedup.semantic.embedding}"
-    todo = [p for p in sorted(partitions) if assemble.scores_fingerprint(store, p) != fingerprint]
-    if len(todo) < len(partitions):
-        log.info("resume: %d of %d partitions already scored", len(partitions) - len(todo), len(partitions))
-    if todo:
-        kwargs = {"checkpoint": ckpt, **cfg.score.options}
-        if cfg.dedup.semantic.enabled:
-            kwargs["embedding"] = cfg.dedup.semantic.embedding
-        if cfg.score.device:
-            kwargs["device"] = cfg.score.device
-        cls = ray.remote(num_cpus=cfg.score.num_cpus, num_gpus=cfg.score.num_gpus)(_ScoreActor)
-        idle = [cls.remote(kwargs) for _ in range(max(1, min(cfg.score.actors, len(todo))))]
-        actors, busy = list(idle), {}
-
-        def submit(p):  # one partition per idle actor: the window is the number of actors
-            busy[p] = idle.pop()
-            return busy[p].score.remote(store, p, fingerprint, cfg.score.batch_size)
-
-        meter = ProgressMeter(total=len(todo), interval_s=cfg.progress_interval_s, label="score", unit="partitions")
-        for p, _ in as_completed(submit, todo, window=len(actors)):
-            idle.append(busy.pop(p))
-            meter.add(1)
-        meter.close()
-        for actor in actors:  # their CPUs are the next phases' now
-            ray.kill(actor)
-    kind = "DEMO classifier" if info["demo"] else "classifier"
-    return f"scored with {kind} {info['version']} ({ckpt})", info
+    return memory
 
 
 def semantic_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -> dict | None:
-    """Phase 3b: semantic duplicates among the scored rows (``curate/semantic.py``): k-means on a sample, the
-    embeddings scattered to their nearest clusters, similar pairs per bucket of clusters, resolved in key order."""
+    """Semantic duplicates among the scored rows (``curate/semantic.py``): k-means on a sample, the embeddings
+    scattered to their nearest clusters, similar pairs per bucket of clusters, resolved in key order."""
     import ray
 
     from curate import semantic
 
     sem = cfg.dedup.semantic
-    if not sem.enabled:
-        return None
     if semantic.semantic_done(store):
         log.info("resume: semantic duplicates already decided")
         return store.read_json(semantic.done_rel())
@@ -288,64 +412,27 @@ def semantic_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int]) -
                      for i in range(0, len(parts), per_task)]
         scattered = [[s] for s in scattered] if buckets == 1 else scattered
         pairs = _remote(semantic.bucket_to_store, num_cpus=TASK_CPUS)
-        for done, _ in enumerate(as_completed(lambda j: pairs.remote(store, j, sem.threshold,
-                                                                     *[s[j] for s in scattered]), todo), 1):
+        running = _Running()
+        for j in todo:
+            running.add(pairs.remote(store, j, sem.threshold, *[s[j] for s in scattered]), ("pairs", j))
+        for done in range(1, len(todo) + 1):
+            running.next()
             _kill_hook("BBST_KILL_AFTER_SEMANTIC_BUCKETS", done)
     return ray.get(_remote(semantic.resolve_to_store, num_cpus=TASK_CPUS).remote(store, buckets, sem, clusters))
 
 
-def shard_phase(cfg: BuildConfig, store: Store, partitions: dict[int, int], split,
-                owned: set[str]) -> tuple[list[dict], list[dict]]:
-    """Phase 3c: split each partition, plan shards by key order, write them in parallel tasks, then the
-    per-partition metadata; returns ``(manifest entries, partition accounts)``."""
-    import ray
-
-    parts = sorted(partitions)
-    final = _remote(assemble.finalize_partition, num_cpus=TASK_CPUS)
-    ray.get([final.remote(store, p, split) for p in parts])
-    specs = ray.get(_remote(assemble.plan_from_final, num_cpus=TASK_CPUS).remote(
-        store, parts, cfg.shards.target_samples, cfg.shards.target_bytes))
-    write = _remote(assemble.write_planned_shard, num_cpus=cfg.shards.num_cpus, max_retries=2)
-    meter = ProgressMeter(total=len(specs), interval_s=cfg.progress_interval_s, label="shards", unit="shards")
-    entries: list = [None] * len(specs)
-    written = 0
-    for (i, _), entry in as_completed(lambda item: write.remote(store, item[1]), enumerate(specs)):
-        entries[i] = entry
-        meter.add(1)
-        written += 0 if entry.get("reused") else 1
-        _kill_hook("BBST_KILL_AFTER_SHARDS", written)
-    meter.close()
-    reused = sum(1 for e in entries if e.get("reused"))
-    if reused:
-        log.info("resume: %d of %d shards already complete (checksums verified)", reused, len(specs))
-    outputs.remove_stale_shards(store, {s["name"] for s in specs}, owned)
-    meta = _remote(assemble.write_partition_meta, num_cpus=TASK_CPUS)
-    accounts = ray.get([meta.remote(store, p, specs) for p in parts])
-    entries = [{k: v for k, v in e.items() if k not in ("keys_digest", "reused")} for e in entries]
-    return entries, accounts
-
-
 def finish(cfg: BuildConfig, store: Store, record: outputs.RunRecord, partitions: dict[int, int], t_start: float,
-           startup: float, extra: dict | None, phases: dict[str, float], owned: set[str],
-           io_start: int | None = None) -> dict:
-    """Score, split, shards, metadata, manifest, summary, report; then the complete run record."""
+           startup: float, extra: dict | None, phases: dict[str, float], owned: set[str], stage: bool = True,
+           deduplicate: bool = True, io_start: int | None = None) -> dict:
+    """Every step of :func:`process`, then the manifest, the summary, the report and the complete run record."""
+    entries, accounts, info = process(cfg, store, partitions, owned, t_start, phases, stage, deduplicate)
+    scoring, classifier = info.pop("scoring"), info["classifier"]
     t = time.monotonic()
-    scoring, classifier = score_phase(cfg, store, partitions)
-    split = cfg.split.with_classifier_thresholds(classifier["thresholds"] if classifier else None)
-    phases["score"], t = time.monotonic() - t, time.monotonic()
-    semantic = semantic_phase(cfg, store, partitions) if classifier else None  # compares the scorer's embeddings
-    if semantic is not None:
-        phases["semantic_dedup"], t = time.monotonic() - t, time.monotonic()
-    entries, accounts = shard_phase(cfg, store, partitions, split, owned)
-    phases["shards_meta"] = time.monotonic() - t
     io_now = driver_io_bytes()
     if io_start is not None and io_now is not None:
         # what the driver itself read and wrote during the run (files, sockets, pipes), start-up imports excluded
         extra = {**(extra or {}), "driver_io_bytes": io_now - io_start}
-    extra = {**(extra or {}), "classifier": classifier, **({"semantic_dedup": semantic} if semantic else {}),
-             "split_thresholds": {"style_min_score": split.style_threshold(),
-                                  "content_max_score": split.content_threshold()},
-             "phase_seconds": {k: round(v, 3) for k, v in phases.items()}}
+    extra = {**(extra or {}), **info, "phase_seconds": {k: round(v, 3) for k, v in phases.items()}}
     summary, files = assemble.publish(store, entries, accounts, partitions, t_start, startup, scoring, extra,
                                       embeddings=cfg.dedup.semantic.enabled and classifier is not None)
     if cfg.report:
@@ -361,6 +448,7 @@ def finish(cfg: BuildConfig, store: Store, record: outputs.RunRecord, partitions
     outputs.complete(store, record, files)
     if not cfg.keep_staging:
         store.rm(STAGING, recursive=True)
+    log.debug("published in %.2f s", time.monotonic() - t)
     return summary
 
 
@@ -376,16 +464,9 @@ def run_build(cfg: BuildConfig, startup: float = 0.0, extra: dict | None = None,
     t_start, io_start = time.monotonic(), driver_io_bytes()
     partitions = staging.stage_list(store, cfg.urls, cfg.reader, cfg.storage_options)
     log.info("URL list: %d rows in %d partitions", sum(partitions.values()), len(partitions))
-    staged = stage_phase(cfg, store, partitions)
-    phases = {"read_download_check": time.monotonic() - t_start}
-    if staged["first_result"] is not None:
-        phases["until_first_rows"] = staged["first_result"] - t_start  # included in read_download_check
-    t = time.monotonic()
-    dedup_phase(cfg, store, partitions)
-    phases["dedup"] = time.monotonic() - t
     owned = set(previous.files if previous else [])
-    return finish(cfg, store, record, partitions, t_start, startup, extra, phases,
-                  {f.rsplit("/", 1)[-1] for f in owned if f.startswith(schema.SHARDS_DIR + "/")}, io_start)
+    return finish(cfg, store, record, partitions, t_start, startup, extra, {},
+                  {f.rsplit("/", 1)[-1] for f in owned if f.startswith(schema.SHARDS_DIR + "/")}, io_start=io_start)
 
 
 def run_rescore(cfg: BuildConfig, directory: str, startup: float = 0.0) -> dict:
@@ -404,7 +485,8 @@ def run_rescore(cfg: BuildConfig, directory: str, startup: float = 0.0) -> dict:
         ray.get([_remote(assemble.rescore_partition, num_cpus=TASK_CPUS).remote(store, p, rels)
                  for p in sorted(partitions)])
         assemble.mark_rescore_staged(store, partitions)
-    return finish(cfg, store, record, partitions, t_start, startup, {"rescored_from": len(sources)}, {}, set())
+    return finish(cfg, store, record, partitions, t_start, startup, {"rescored_from": len(sources)}, {}, set(),
+                  stage=False, deduplicate=False)
 
 
 def run_demo(cfg: BuildConfig, explicit_out: bool, t0: float, ray_logs: bool = False) -> dict:

@@ -104,13 +104,15 @@ def test_distributed_dedup_decisions_read_back_per_partition(tmp_path):
     store = Store(str(tmp_path))
     keys = [schema.make_key(0, 0), schema.make_key(0, 1), schema.make_key(1, 0), schema.make_key(1, 1)]
     dups, near = dedup_in_process(keys, ["s1", "s2", "s1", "s3"], ["00" * 8, "ff" * 8, "00" * 8, "ff" * 8 + ""])
-    store.write_parquet(f"{schema.DEDUP_DIR}/exact-0000.parquet",
+    rel = f"{schema.DEDUP_DIR}/wave-000002"
+    store.write_parquet(f"{rel}/exact-0000.parquet",
                         pa.table({"key": pa.array(list(dups), pa.int64()), "dup_of": pa.array(list(dups.values()))}))
-    store.write_parquet(f"{schema.DEDUP_DIR}/near.parquet",
+    store.write_parquet(f"{rel}/near.parquet",
                         pa.table({"key": pa.array(list(near), pa.int64()), "dup_of": pa.array(list(near.values()))}))
-    d1, n1 = assemble.load_decisions(store, 1)
+    d1, n1 = assemble.load_decisions(store, 1, rel)
     assert d1 == {int(keys[2]): int(keys[0])} and n1 == {int(keys[3]): int(keys[1])}
-    assert assemble.load_decisions(store, 0) == ({}, {})
+    assert assemble.load_decisions(store, 0, rel) == ({}, {})
+    assert assemble.load_decisions(store, 1, None) == ({}, {})
 
 
 def test_rescore_rows_reopen_samples_found_in_old_shards():
