@@ -366,3 +366,36 @@ def test_semantic_pass_marks_variants_publishes_embeddings_and_reports_pairs(tmp
     page = (out / schema.REPORT_FILE).read_text()
     assert "id='semantic-h'" in page and page.count("class='thumbs pair'") == 2
     assert page.count("data:image/jpeg") >= 4  # both images of each pair, from the staged bytes
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_first_shards_are_written_while_the_last_partition_still_downloads(tmp_path, fault_server, ray_local):  # noqa: F811
+    """Steps overlap (curate/flow.py): the shards of the first partitions do not wait for a slow last one."""
+    import time
+
+    urls = []
+    for i in range(12):
+        data = synthetic.encode(synthetic.make_image(i % 2, 120, 96, seed=300 + i))
+        if i < 8:
+            urls.append(fault_server.add_bytes(f"early{i}.jpg", data))
+        else:  # the last partition's images arrive after 4 s
+
+            def late(h, data=data):
+                time.sleep(4)
+                h.send_bytes(data, "image/jpeg")
+
+            fault_server.routes[f"/late{i}.jpg"] = late
+            urls.append(fault_server.url(f"late{i}.jpg"))
+    (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
+    out = tmp_path / "out"
+    summary = build_bbst.main(["--urls", str(tmp_path / "urls.txt"), "--out", str(out), "--min-side", "64",
+                               "--allow-private-network", "--set", "reader.rows_per_partition=4",
+                               "--set", "ray.unit_rows=4", "--set", "shards.target_samples=2",
+                               "--set", "download.timeout=20", "--set", "progress_interval_s=0",
+                               "--set", "report=false"])
+    check_invariants(out)
+    assert summary["counts_by_status"]["ok"] == 12
+    phases = summary["phase_seconds"]
+    assert phases["until_first_shard"] < phases["read_download_check"] - 2, phases
+    assert summary["dedup_waves"] >= 2
