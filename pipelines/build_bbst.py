@@ -261,12 +261,15 @@ def process(cfg: BuildConfig, store: Store, partitions: dict[int, int], owned: s
     final = _remote(assemble.finalize_partition, num_cpus=TASK_CPUS)
     plan = _remote(assemble.plan_step, num_cpus=TASK_CPUS)
     write = _remote(assemble.write_planned_shard, num_cpus=cfg.shards.num_cpus, max_retries=2)
+    meta = _remote(assemble.write_partition_meta, num_cpus=TASK_CPUS)
     shard_meter = ProgressMeter(interval_s=cfg.progress_interval_s, label="shards", unit="shards")
     running = _Running()
     specs: list[dict] = []
     entries: list[dict] = []
+    accounts: dict[int, dict] = {}
     plan_state: dict | None = None
-    marks = {"committed": 0, "written": 0, "near": 0, "units_left": len(todo)}
+    unmeta: list[int] = []  # planned partitions whose metadata is not submitted yet
+    marks = {"committed": 0, "written": 0, "units_left": len(todo)}
 
     def start(steps) -> None:
         for step in steps:
@@ -279,7 +282,7 @@ def process(cfg: BuildConfig, store: Store, partitions: dict[int, int], owned: s
                 running.add(final.remote(store, step.partition, split, decisions), ("final", step.partition))
             elif step.kind == "plan":
                 running.add(plan.remote(store, plan_state, list(step.partitions), cfg.shards.target_samples,
-                                        cfg.shards.target_bytes, step.last), ("plan",))
+                                        cfg.shards.target_bytes, step.last), ("plan", step.partitions))
             else:
                 specs.append(step.spec)
                 running.add(write.remote(store, step.spec), ("write", step.spec["name"]))
@@ -311,7 +314,6 @@ def process(cfg: BuildConfig, store: Store, partitions: dict[int, int], owned: s
                 _kill_hook("BBST_KILL_AFTER_PARTITIONS", marks["committed"])
                 steps = flow.on_commit(what[1])
             elif kind == "wave":
-                marks["near"] = result
                 phases["dedup"] = phases.get("dedup", 0.0) + time.monotonic() - what[2]
                 decisions = dedup.wave_rel(what[1])  # covers every partition decided so far
                 steps = flow.on_wave(what[1])
@@ -328,6 +330,9 @@ def process(cfg: BuildConfig, store: Store, partitions: dict[int, int], owned: s
             elif kind == "plan":
                 plan_state, closed = result
                 steps = flow.on_planned(closed)
+                unmeta.extend(what[1])  # (the flow may have handed out the next plan step already)
+            elif kind == "meta":
+                accounts[what[1]] = result
             else:  # a shard
                 entries.append(result)
                 phases.setdefault("until_first_shard", time.monotonic() - t_start)
@@ -339,6 +344,18 @@ def process(cfg: BuildConfig, store: Store, partitions: dict[int, int], owned: s
                 meter.close()
                 phases["read_download_check"] = time.monotonic() - t_start
             start(steps)
+            if kind == "plan":
+                submit_metadata()
+
+    def submit_metadata() -> None:
+        """The metadata of each planned partition none of whose rows is in a shard still open (it names the shard
+        of every row), with the specs of the shards that hold its rows."""
+        still_open = {p for shard in plan_state["open"].values() for p in shard["parts"]}
+        ready = [p for p in unmeta if p not in still_open]
+        unmeta[:] = [p for p in unmeta if p in still_open]
+        for p in ready:
+            mine = [s for s in specs if p in s["partitions"]]
+            running.add(meta.remote(store, p, mine), ("meta", p))
 
     pre_commits = [p for p in pending if left[p] == 0]  # every unit staged before a kill, only the merge is missing
     for p in pre_commits:
@@ -362,18 +379,17 @@ def process(cfg: BuildConfig, store: Store, partitions: dict[int, int], owned: s
     if reused:
         log.info("resume: %d of %d shards already complete (checksums verified)", reused, len(specs))
     log.info("%d dedup waves; %d shards", flow.waves, len(specs))
-    t = time.monotonic()
+    if unmeta or len(accounts) != len(parts):
+        raise RuntimeError("the build stopped before every partition's metadata was written")  # a bug
+    phases["after_downloads"] = time.monotonic() - t_start - phases["read_download_check"]
     outputs.remove_stale_shards(store, {s["name"] for s in specs}, owned)
-    meta = _remote(assemble.write_partition_meta, num_cpus=TASK_CPUS)
-    accounts = ray.get([meta.remote(store, p, specs) for p in parts])
-    phases["metadata"] = time.monotonic() - t
     entries = sorted(({k: v for k, v in e.items() if k not in ("keys_digest", "reused")} for e in entries),
                      key=lambda e: e["url"])
     extra = {"classifier": classifier, **({"semantic_dedup": semantic} if semantic else {}),
              "scoring": scoring, "split_thresholds": {"style_min_score": split.style_threshold(),
                                                       "content_max_score": split.content_threshold()},
              "dedup_waves": flow.waves}
-    return entries, accounts, extra
+    return entries, [accounts[p] for p in parts], extra
 
 
 def _check_memory(cfg: BuildConfig) -> int:
