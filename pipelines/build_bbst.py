@@ -135,8 +135,9 @@ def scoring_of(cfg: BuildConfig) -> tuple[str, dict | None, str | None]:
 
 
 class _Scorers:
-    """The classifier's actors (each loads the model once), started when the first partition is ready to score,
-    so that downloads never wait for a model; one partition per idle actor; stopped once everything is scored."""
+    """The classifier's actors (each loads the model once): created before the first download, so the model loads
+    while the downloads run and nothing waits for it; one partition per idle actor (a call queues until the actor
+    is ready); stopped once everything is scored."""
 
     def __init__(self, cfg: BuildConfig, store: Store, fingerprint: str, count: int) -> None:
         kwargs = {"checkpoint": cfg.score.classifier, **cfg.score.options}
@@ -145,19 +146,15 @@ class _Scorers:
         if cfg.score.device:
             kwargs["device"] = cfg.score.device
         self.cfg, self.store, self.fingerprint, self.kwargs = cfg, store, fingerprint, kwargs
-        self.count = max(1, min(cfg.score.actors, count))
-        self.actors: list = []
-        self.idle: list = []
+        import ray
+
+        cls = ray.remote(num_cpus=cfg.score.num_cpus, num_gpus=cfg.score.num_gpus)(_ScoreActor)
+        self.actors = [cls.remote(kwargs) for _ in range(max(1, min(cfg.score.actors, count)))]
+        self.idle = list(self.actors)
         self.queue: collections.deque[int] = collections.deque()
 
     def submit_ready(self, running: _Running, decisions: str | None) -> None:
-        import ray
-
-        while self.queue and (self.idle or len(self.actors) < self.count):
-            if not self.idle:
-                cls = ray.remote(num_cpus=self.cfg.score.num_cpus, num_gpus=self.cfg.score.num_gpus)(_ScoreActor)
-                self.actors.append(cls.remote(self.kwargs))
-                self.idle.append(self.actors[-1])
+        while self.queue and self.idle:
             actor, p = self.idle.pop(), self.queue.popleft()
             running.add(actor.score.remote(self.store, p, self.fingerprint, self.cfg.score.batch_size, decisions),
                         ("score", p, actor))
