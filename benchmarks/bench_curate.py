@@ -89,6 +89,26 @@ def _serve(root: str, port_q) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- measuring
+# what a process of either tool is, from its command line (Ray's workers retitle themselves ``ray::NAME``)
+PROCESS_KINDS = (("raylet/raylet", "raylet"), ("default_worker.py", "worker"), ("gcs_server", "gcs_server"),
+                 ("dashboard/agent.py", "dashboard agent"),
+                 ("runtime_env/agent/main.py", "runtime-env agent"), ("dashboard/dashboard.py", "api server"),
+                 ("log_monitor.py", "log monitor"), ("autoscaler/_private/monitor.py", "autoscaler monitor"),
+                 ("core.watchdog", "watchdog"), ("ray::DashboardAgent", "dashboard agent"),
+                 ("ray::RuntimeEnvAgent", "runtime-env agent"), ("ray::IDLE", "worker (idle)"), ("ray::", "worker"))
+
+
+def process_kind(proc, root_pid: int) -> str:
+    """A short label for ``proc`` in a per-process memory breakdown."""
+    if proc.pid == root_pid:
+        return "driver"
+    try:
+        cmd = " ".join(proc.cmdline()) or proc.name()
+    except Exception:  # noqa: BLE001 - gone meanwhile
+        return "other"
+    return next((kind for marker, kind in PROCESS_KINDS if marker in cmd), "other")
+
+
 class TreeMemory:
     """Peak memory summed over a process and all its descendants, sampled every ``interval`` seconds.
 
@@ -108,6 +128,8 @@ class TreeMemory:
         self.interval = interval
         self.t0 = time.monotonic()
         self.first_file_s: float | None = None  # seconds until a file matching first_file appeared
+        self.at_peak: dict[str, int] = {}  # PSS by process kind in the sample of the tree's peak
+        self.kind_peaks: dict[str, int] = {}  # each kind's own peak PSS (summed over its processes in one sample)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -134,17 +156,28 @@ class TreeMemory:
                 self.root_io = io_now.read_chars + io_now.write_chars
                 self.root_peak_rss = max(self.root_peak_rss, self.proc.memory_info().rss)
                 procs = [self.proc, *self.proc.children(recursive=True)]
-                total = 0
+                total, kinds = 0, {}
                 for p in procs:
                     try:
                         info = p.memory_full_info()
-                        total += getattr(info, "pss", info.rss)
+                        pss = getattr(info, "pss", info.rss)
                     except psutil.Error:
-                        pass
-                self.peak = max(self.peak, total)
+                        continue
+                    total += pss
+                    kind = process_kind(p, self.proc.pid)
+                    kinds[kind] = kinds.get(kind, 0) + pss
+                for kind, pss in kinds.items():
+                    self.kind_peaks[kind] = max(self.kind_peaks.get(kind, 0), pss)
+                if total > self.peak:
+                    self.peak, self.at_peak = total, kinds
             except psutil.Error:
                 pass
             self._stop.wait(self.interval)
+
+    def breakdown(self) -> dict:
+        """PSS by process kind (MiB) at the tree's peak, and each kind's own peak."""
+        mib = lambda d: {k: round(v / 2**20, 1) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
+        return {"pss_at_peak_mb": mib(self.at_peak), "kind_peak_pss_mb": mib(self.kind_peaks)}
 
     def stop(self) -> int:
         self._stop.set()
@@ -174,13 +207,7 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
 
 
 def run_bbst(urls: Path, out: Path, args) -> dict:
-    cmd = [sys.executable, str(REPO / "pipelines" / "build_bbst.py"), "--urls", str(urls), "--out", str(out),
-           "--min-side", str(args.min_side), "--allow-private-network",
-           "--set", f"download.threads={args.threads}",
-           "--set", f"download.per_host_concurrency={args.threads}", "--set", "report=false",
-           "--set", f"reader.rows_per_partition={args.rows_per_partition}", "--set", "progress_interval_s=30"]
-    if args.shard_samples:
-        cmd += ["--set", f"shards.target_samples={args.shard_samples}"]
+    cmd = bbst_command(urls, out, args)
     env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
     env.pop("RAY_ADDRESS", None)
     # a shard is written under a hidden temporary name and renamed: the first *.tar is a finished shard
@@ -202,9 +229,92 @@ def run_bbst(urls: Path, out: Path, args) -> dict:
             "driver_io_fraction": driver_io / max(summary["shard_bytes"], 1), "shard_bytes": summary["shard_bytes"], "ok": ok, "startup_s": wall - summary["duration_seconds"],
             "images_per_s_wall": ok / wall, "images_per_s_processing": ok / summary["duration_seconds"],
             "ramp_s": ramp, "images_per_s_after_ramp": ok / max(summary["duration_seconds"] - ramp, 1e-9),
-            "peak_pss_mb": peak / 2**20, "driver_peak_rss_mb": mem.root_peak_rss / 2**20,
+            "peak_pss_mb": peak / 2**20, "driver_peak_rss_mb": mem.root_peak_rss / 2**20, **mem.breakdown(),
             "first_shard_s": mem.first_file_s, "kept": kept, "deduped": deduped,
             "phase_seconds": summary.get("phase_seconds"), "rows": summary["rows_in"]}
+
+
+def bbst_command(urls: Path, out: Path, args) -> list[str]:
+    cmd = [sys.executable, str(REPO / "pipelines" / "build_bbst.py"), "--urls", str(urls), "--out", str(out),
+           "--min-side", str(args.min_side), "--allow-private-network",
+           "--set", f"download.threads={args.threads}",
+           "--set", f"download.per_host_concurrency={args.threads}", "--set", "report=false",
+           "--set", f"reader.rows_per_partition={args.rows_per_partition}", "--set", "progress_interval_s=30"]
+    if args.shard_samples:
+        cmd += ["--set", f"shards.target_samples={args.shard_samples}"]
+    return cmd
+
+
+def timeline_bbst(urls: Path, out: Path, args) -> list[tuple[float, str]]:
+    """One build, as a list of ``(seconds since the command started, event)``: the driver's own start-up steps
+    (its DEBUG log lines), each process as it appears, each worker's first task, the first unit staged, the
+    driver's exit and the moment the last of its processes is gone."""
+    import datetime
+
+    import psutil
+
+    cmd = bbst_command(urls, out, args) + ["--log-level", "DEBUG"]
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    os.sync()
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    events: list[tuple[float, str]] = []
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    root = psutil.Process(proc.pid)
+    seen: dict[int, psutil.Process] = {}
+    busy: set[int] = set()
+    staged = False
+    while proc.poll() is None:
+        now = time.time() - t0
+        try:
+            children = root.children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            try:
+                title = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+            if child.pid not in seen:
+                seen[child.pid] = child
+                events.append((now, f"{process_kind(child, proc.pid)} started"))
+            if title.startswith("ray::") and "IDLE" not in title and "Agent" not in title and child.pid not in busy:
+                busy.add(child.pid)
+                events.append((now, f"worker {child.pid} runs {title.split()[0]}"))
+        if not staged and next((out / "_staging" / "units").glob("*/*.parquet"), None) is not None:
+            staged = True
+            events.append((now, "first unit staged"))
+        time.sleep(0.02)
+    events.append((time.time() - t0, f"driver exited ({proc.returncode})"))
+    while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in seen.values()
+              if not _gone(p)):
+        time.sleep(0.02)
+    events.append((time.time() - t0, "last process of the run gone"))
+    reader.join(timeout=5)
+    for line in lines:  # "2026-12-01 10:00:00,123 DEBUG bbst.build: start-up: ..."
+        parts = line.split(" ", 4)
+        if len(parts) == 5 and parts[3].startswith("bbst") and parts[2] in ("DEBUG", "INFO"):
+            try:
+                when = datetime.datetime.strptime(f"{parts[0]} {parts[1]}", "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            except ValueError:
+                continue
+            events.append((when - t0, f"driver: {parts[4].strip()}"))
+    summary = out / "summary.json"
+    if summary.exists():
+        events.append((float("nan"), f"phases (s): {json.loads(summary.read_text()).get('phase_seconds')}"))
+    return sorted(events, key=lambda e: (e[0] != e[0], e[0]))
+
+
+def _gone(proc) -> bool:
+    import psutil
+
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
 
 
 def run_i2d(urls: Path, out: Path, args) -> dict:
@@ -232,7 +342,7 @@ def run_i2d(urls: Path, out: Path, args) -> dict:
     processing = (max(ends) - min(starts)) if starts else wall
     return {"tool": "img2dataset", "wall_s": wall, "ok": ok, "startup_s": wall - processing,
             "images_per_s_wall": ok / wall, "images_per_s_processing": ok / processing,
-            "peak_pss_mb": peak / 2**20, "driver_peak_rss_mb": mem.root_peak_rss / 2**20,
+            "peak_pss_mb": peak / 2**20, "driver_peak_rss_mb": mem.root_peak_rss / 2**20, **mem.breakdown(),
             "driver_io_bytes": mem.root_io, "first_shard_s": mem.first_file_s, "kept": kept, "deduped": set()}
 
 
@@ -440,6 +550,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--semantic-dim", type=int, default=512, help="embedding dimension for --semantic-rows")
     p.add_argument("--semantic-probes", type=int, default=2,
                    help="clusters each embedding is compared in (as many as there are clusters: exhaustive)")
+    p.add_argument("--timeline", action="store_true",
+                   help="one build_bbst run of --images N only: when each start-up step, process and first task "
+                        "happens, and how long the processes take to go after the driver")
     p.add_argument("--keep", action="store_true", help="keep the working folder (URL list and the runs' logs)")
     p.add_argument("--dedup-driver", help=argparse.SUPPRESS)
     p.add_argument("--semantic-driver", help=argparse.SUPPRESS)
@@ -501,6 +614,10 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()
     t_run = time.time()
     try:
+        if args.timeline:
+            for t, event in timeline_bbst(urls, work / "timeline", args):
+                print(f"{t:7.2f}s  {event}", flush=True)
+            return {}
         if args.rows:  # the floor of 50,000 small files says little and costs minutes of both cores
             floor = {"images_per_s": float("nan")}
         else:
@@ -530,6 +647,8 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{res['images_per_s_wall']:.1f} images/s (wall), {res['images_per_s_processing']:.1f} "
                       f"images/s (processing), peak PSS {res['peak_pss_mb']:.0f} MiB, driver peak RSS "
                       f"{res['driver_peak_rss_mb']:.0f} MiB, first shard after {res['first_shard_s']}s", flush=True)
+                print(f"round {r} {name}: PSS at the peak by process kind (MiB): {res['pss_at_peak_mb']}; "
+                      f"each kind's own peak: {res['kind_peak_pss_mb']}", flush=True)
         mem = None
         if args.memory_rows:
             padded = work / "urls-padded.parquet"
