@@ -570,6 +570,12 @@ def load_cli_config(args: argparse.Namespace) -> BuildConfig:
 # modules the driver's first steps import (reading the URL list: pyarrow imports pandas on its first array)
 PRELOAD = ("pandas", "pyarrow.compute", "pyarrow.parquet", "curate.reader")
 
+# Ray options of a local Ray started by this driver (an attached cluster keeps its own). Usage statistics and
+# Ray's metrics are off: nothing here reads them, and their exporters cost the dashboard agent memory and CPU.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_enable_metrics_collection": "0"}
+
+_local_ray: dict[str, Any] = {}  # the watchdog of the local Ray this driver started ("watchdog"), if any
+
 
 def _init_ray(verbose: bool = False) -> None:
     import ray
@@ -586,9 +592,36 @@ def _init_ray(verbose: bool = False) -> None:
     # attaches to the cluster when RAY_ADDRESS is set (ray job submit), else starts a local Ray, which then ends
     # with this driver even when it is killed (guarded before ray.init: its start-up can take a while)
     if not os.environ.get("RAY_ADDRESS"):
-        guard_descendants()
+        for key, value in RAY_ENV.items():  # read by the processes ray.init starts: set before it
+            os.environ.setdefault(key, value)
+        _local_ray["watchdog"] = guard_descendants()
+    t = time.monotonic()
     ray.init(include_dashboard=False, logging_level=logging.INFO if verbose else logging.ERROR,
              log_to_driver=verbose, configure_logging=True)
+    log.debug("start-up: ray.init took %.2f s", time.monotonic() - t)
+
+
+def _head_start(fn: Callable, *args: Any) -> Callable[[], Any]:
+    """Run ``fn(*args)`` in a thread while the caller waits on something else (Ray starting); returns a function
+    that waits for it and returns its result or raises its error."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"bbst-head-start-{fn.__name__}", daemon=True)
+    thread.start()
+
+    def result() -> Any:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    return result
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -604,9 +637,18 @@ def run(args: argparse.Namespace) -> dict:
     else:
         store = Store(cfg.out, cfg.storage_options)
         claimed = outputs.claim(store, outputs.build_fingerprint(cfg))  # before anything is staged, and before Ray
+        log.debug("start-up: inputs checked and output claimed after %.2f s", time.monotonic() - t0)
+        staged = None
+        if claimed[1] is None or claimed[1].state != "complete":
+            # the URL list is cut into input partitions while Ray starts; run_build finds them staged
+            staged = _head_start(staging.stage_list, store, cfg.urls, cfg.reader, cfg.storage_options)
         _init_ray(args.ray_logs)
+        if staged is not None:
+            staged()  # a list error (no rows, no URL column) is raised here, as run_build would raise it
+            log.debug("start-up: URL list staged after %.2f s", time.monotonic() - t0)
         summary = run_build(cfg, startup=time.monotonic() - t0, claimed=claimed)
     print(assemble.summary_text(summary), flush=True)
+    log.debug("run ended after %.2f s", time.monotonic() - t0)
     return summary
 
 
@@ -617,18 +659,53 @@ def main(argv: list[str] | None = None) -> dict:
     return run(args)
 
 
+def _stop_local_ray() -> None:
+    """Stop every process of the local Ray this driver started, all at once.
+
+    ``ray.shutdown`` stops them one kind after another, each with a SIGTERM and up to a second's wait (~1.3 s in
+    all); nothing of a local Ray outlives the driver (its state is in the GCS's memory, its object store a deleted
+    file), so a SIGKILL to each process is enough. The watchdog is spared: it leaves when this process ends.
+    """
+    import psutil
+
+    watchdog = _local_ray.get("watchdog")
+    try:
+        procs = [p for p in psutil.Process().children(recursive=True) if watchdog is None or p.pid != watchdog.pid]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+
+    def running(proc) -> bool:  # a killed process whose parent died waits as a zombie for init to reap it
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + 5
+    while any(running(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _exit_cleanly(code: int) -> None:
     """Exit with ``code`` even if a library left a non-daemon thread behind: a run never hangs after it ends.
 
-    Ray is shut down first: for a local Ray this process started, that stops its processes (the raylet stops
-    its workers and agents; skipping it would leave the agents running).
+    Ray goes first: a local Ray this process started is stopped (every process of it; the watchdog stops any
+    that escapes), an attached cluster is disconnected from.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     if "ray" in sys.modules:
         import ray
 
-        if ray.is_initialized():
+        if _local_ray:
+            t = time.monotonic()
+            _stop_local_ray()
+            log.debug("stopped the local Ray in %.2f s", time.monotonic() - t)
+        elif ray.is_initialized():
             stopper = threading.Thread(target=ray.shutdown, daemon=True)
             stopper.start()
             stopper.join(timeout=15)

@@ -121,18 +121,13 @@ def test_script_exits_in_seconds_without_traceback(tmp_path, urls, make):
     assert ("--urls" if make == "missing_urls" else "--out") in lines[0]
 
 
-def test_script_run_leaves_no_ray_process_behind(tmp_path):
-    """A finished command-line build exits, and every process of the local Ray it started goes with it."""
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(3):
-        (images / f"{i}.jpg").write_bytes(synthetic.encode(synthetic.photo_like(96, 80, seed=i), "JPEG"))
+def _run_script_watching_descendants(argv: list[str]) -> tuple[subprocess.CompletedProcess, list[str], int]:
+    """Run the build script with ``argv``; returns its result, the descendants still alive 10 s after it exited
+    (none expected) and the number of descendants seen while it ran."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "build_bbst.py"), "--images", str(images),
-                             "--out", str(out), "--min-side", "64", "--set", "report=false"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "build_bbst.py"), *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     # every descendant seen while it runs (Ray's agents leave the process tree if their raylet is killed,
     # and rename themselves, so only watching the tree finds them)
     seen: dict[int, psutil.Process] = {}
@@ -145,10 +140,7 @@ def test_script_run_leaves_no_ray_process_behind(tmp_path):
         except psutil.Error:
             pass
         time.sleep(0.05)
-    stdout, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, stdout
-    assert (out / "summary.json").exists() and "ok=3" in stdout
-    assert len(seen) >= 3  # GCS, raylet, workers, agents...
+    stdout, stderr = proc.communicate(timeout=30)
 
     def alive() -> list[str]:
         found = []
@@ -163,4 +155,31 @@ def test_script_run_leaves_no_ray_process_behind(tmp_path):
     wait = time.monotonic() + 10
     while alive() and time.monotonic() < wait:
         time.sleep(0.2)
-    assert not alive()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), alive(), len(seen)
+
+
+def test_script_run_leaves_no_ray_process_behind(tmp_path):
+    """A finished command-line build exits, and every process of the local Ray it started goes with it."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        (images / f"{i}.jpg").write_bytes(synthetic.encode(synthetic.photo_like(96, 80, seed=i), "JPEG"))
+    out = tmp_path / "out"
+    result, alive, seen = _run_script_watching_descendants(
+        ["--images", str(images), "--out", str(out), "--min-side", "64", "--set", "report=false"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "summary.json").exists() and "ok=3" in result.stdout
+    assert seen >= 3  # GCS, raylet, workers, agents...
+    assert not alive
+
+
+def test_list_error_found_while_ray_starts_is_one_line_and_leaves_no_process(tmp_path):
+    """The URL list is read while Ray starts: its errors (here: no rows) are still one line, exit code 2, and the
+    local Ray started meanwhile goes with the command."""
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"url": pa.array([], pa.string())}), empty)
+    result, alive, _ = _run_script_watching_descendants(["--urls", str(empty), "--out", str(tmp_path / "out")])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("bbst build: error: --urls ") and "no rows" in lines[0]
+    assert not alive
