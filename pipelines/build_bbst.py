@@ -570,9 +570,12 @@ def load_cli_config(args: argparse.Namespace) -> BuildConfig:
 # modules the driver's first steps import (reading the URL list: pyarrow imports pandas on its first array)
 PRELOAD = ("pandas", "pyarrow.compute", "pyarrow.parquet", "curate.reader")
 
-# Ray options of a local Ray started by this driver (an attached cluster keeps its own). Usage statistics and
-# Ray's metrics are off: nothing here reads them, and their exporters cost the dashboard agent memory and CPU.
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_enable_metrics_collection": "0"}
+# Environment of the processes of a local Ray this driver starts (an attached cluster keeps its own; a value the
+# user set wins). Usage statistics and Ray's metrics are off: nothing here reads them, and their exporters cost
+# the agents memory and CPU. Two malloc arenas per process instead of glibc's 8 per core: each of a worker's
+# download threads would otherwise get an arena of its own that keeps the freed image buffers (~25 MiB less
+# per build at the peak).
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_enable_metrics_collection": "0", "MALLOC_ARENA_MAX": "2"}
 
 _local_ray: dict[str, Any] = {}  # the watchdog of the local Ray this driver started ("watchdog"), if any
 

@@ -34,13 +34,13 @@ def fake_ray(monkeypatch):
     return calls
 
 
-def test_local_ray_starts_without_metrics_usage_stats_or_dashboard(fake_ray, monkeypatch):
+def test_local_ray_starts_without_metrics_usage_stats_dashboard_or_extra_arenas(fake_ray, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     build_bbst._init_ray()
     (call,) = fake_ray
     assert call["kwargs"]["include_dashboard"] is False
-    assert {k: call["env"][k] for k in build_bbst.RAY_ENV} == {"RAY_USAGE_STATS_ENABLED": "0",
-                                                              "RAY_enable_metrics_collection": "0"}
+    assert {k: call["env"][k] for k in build_bbst.RAY_ENV} == {
+        "RAY_USAGE_STATS_ENABLED": "0", "RAY_enable_metrics_collection": "0", "MALLOC_ARENA_MAX": "2"}
     assert build_bbst._local_ray == {"watchdog": "watchdog"}  # guarded, and stopped at exit as a local Ray
 
 
