@@ -128,6 +128,9 @@ class TreeMemory:
         self.interval = interval
         self.t0 = time.monotonic()
         self.first_file_s: float | None = None  # seconds until a file matching first_file appeared
+        # USS: the pages of the tree no other process maps. PSS splits a shared page among all its mappers, so
+        # the tree's PSS drops when unrelated processes (another Ray on the machine) map the same libraries
+        self.peak_uss = 0
         self.at_peak: dict[str, int] = {}  # PSS by process kind in the sample of the tree's peak
         self.kind_peaks: dict[str, int] = {}  # each kind's own peak PSS (summed over its processes in one sample)
         self._stop = threading.Event()
@@ -156,7 +159,7 @@ class TreeMemory:
                 self.root_io = io_now.read_chars + io_now.write_chars
                 self.root_peak_rss = max(self.root_peak_rss, self.proc.memory_info().rss)
                 procs = [self.proc, *self.proc.children(recursive=True)]
-                total, kinds = 0, {}
+                total, private, kinds = 0, 0, {}
                 for p in procs:
                     try:
                         info = p.memory_full_info()
@@ -164,12 +167,14 @@ class TreeMemory:
                     except psutil.Error:
                         continue
                     total += pss
+                    private += getattr(info, "uss", 0)
                     kind = process_kind(p, self.proc.pid)
                     kinds[kind] = kinds.get(kind, 0) + pss
                 for kind, pss in kinds.items():
                     self.kind_peaks[kind] = max(self.kind_peaks.get(kind, 0), pss)
                 if total > self.peak:
                     self.peak, self.at_peak = total, kinds
+                self.peak_uss = max(self.peak_uss, private)
             except psutil.Error:
                 pass
             self._stop.wait(self.interval)
@@ -177,7 +182,8 @@ class TreeMemory:
     def breakdown(self) -> dict:
         """PSS by process kind (MiB) at the tree's peak, and each kind's own peak."""
         mib = lambda d: {k: round(v / 2**20, 1) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
-        return {"pss_at_peak_mb": mib(self.at_peak), "kind_peak_pss_mb": mib(self.kind_peaks)}
+        return {"pss_at_peak_mb": mib(self.at_peak), "kind_peak_pss_mb": mib(self.kind_peaks),
+                "peak_uss_mb": round(self.peak_uss / 2**20, 1)}
 
     def stop(self) -> int:
         self._stop.set()
@@ -264,6 +270,7 @@ def timeline_bbst(urls: Path, out: Path, args) -> list[tuple[float, str]]:
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     root = psutil.Process(proc.pid)
+    root_title = root.cmdline()
     seen: dict[int, psutil.Process] = {}
     busy: set[int] = set()
     staged = False
@@ -275,9 +282,12 @@ def timeline_bbst(urls: Path, out: Path, args) -> list[tuple[float, str]]:
             children = []
         for child in children:
             try:
-                title = " ".join(child.cmdline())
+                argv = child.cmdline()
             except psutil.Error:
                 continue
+            if argv == root_title:  # forked, not yet running its program
+                continue
+            title = " ".join(argv)
             if child.pid not in seen:
                 seen[child.pid] = child
                 events.append((now, f"{process_kind(child, proc.pid)} started"))
@@ -647,7 +657,8 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{res['images_per_s_wall']:.1f} images/s (wall), {res['images_per_s_processing']:.1f} "
                       f"images/s (processing), peak PSS {res['peak_pss_mb']:.0f} MiB, driver peak RSS "
                       f"{res['driver_peak_rss_mb']:.0f} MiB, first shard after {res['first_shard_s']}s", flush=True)
-                print(f"round {r} {name}: PSS at the peak by process kind (MiB): {res['pss_at_peak_mb']}; "
+                print(f"round {r} {name}: peak USS {res['peak_uss_mb']:.0f} MiB; "
+                      f"PSS at the peak by process kind (MiB): {res['pss_at_peak_mb']}; "
                       f"each kind's own peak: {res['kind_peak_pss_mb']}", flush=True)
         mem = None
         if args.memory_rows:
