@@ -45,7 +45,7 @@ from core.config import ConfigError, given_keys
 from core.progress import ProgressMeter, driver_io_bytes
 from core.schema import STAGING
 from core.store import Store
-from core.watchdog import guard_descendants
+from core.watchdog import guard_descendants, stop_descendants
 from curate import assemble, dedup, demo, outputs, staging
 from curate.build_config import BuildConfig
 
@@ -662,37 +662,6 @@ def main(argv: list[str] | None = None) -> dict:
     return run(args)
 
 
-def _stop_local_ray() -> None:
-    """Stop every process of the local Ray this driver started, all at once.
-
-    ``ray.shutdown`` stops them one kind after another, each with a SIGTERM and up to a second's wait (~1.3 s in
-    all); nothing of a local Ray outlives the driver (its state is in the GCS's memory, its object store a deleted
-    file), so a SIGKILL to each process is enough. The watchdog is spared: it leaves when this process ends.
-    """
-    import psutil
-
-    watchdog = _local_ray.get("watchdog")
-    try:
-        procs = [p for p in psutil.Process().children(recursive=True) if watchdog is None or p.pid != watchdog.pid]
-    except psutil.Error:
-        return
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.Error:
-            continue
-
-    def running(proc) -> bool:  # a killed process whose parent died waits as a zombie for init to reap it
-        try:
-            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
-    deadline = time.monotonic() + 5
-    while any(running(p) for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def _exit_cleanly(code: int) -> None:
     """Exit with ``code`` even if a library left a non-daemon thread behind: a run never hangs after it ends.
 
@@ -705,8 +674,10 @@ def _exit_cleanly(code: int) -> None:
         import ray
 
         if _local_ray:
+            # ray.shutdown stops a local Ray's processes one kind after another, each with a SIGTERM and up to a
+            # second's wait (~1.3 s in all); nothing of it outlives the driver, so all of them go at once
             t = time.monotonic()
-            _stop_local_ray()
+            stop_descendants(spare={_local_ray["watchdog"].pid})  # the watchdog leaves when this process ends
             log.debug("stopped the local Ray in %.2f s", time.monotonic() - t)
         elif ray.is_initialized():
             stopper = threading.Thread(target=ray.shutdown, daemon=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -121,22 +122,26 @@ def test_script_exits_in_seconds_without_traceback(tmp_path, urls, make):
     assert ("--urls" if make == "missing_urls" else "--out") in lines[0]
 
 
-def _run_script_watching_descendants(argv: list[str]) -> tuple[subprocess.CompletedProcess, list[str], int]:
+def _run_script_watching_descendants(argv: list[str], env_extra: dict[str, str] | None = None,
+                                     ) -> tuple[subprocess.CompletedProcess, list[str], dict[str, dict]]:
     """Run the build script with ``argv``; returns its result, the descendants still alive 10 s after it exited
-    (none expected) and the number of descendants seen while it ran."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    (none expected) and the environment of each process name seen while it ran."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env_extra or {})
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "build_bbst.py"), *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     # every descendant seen while it runs (Ray's agents leave the process tree if their raylet is killed,
     # and rename themselves, so only watching the tree finds them)
     seen: dict[int, psutil.Process] = {}
+    environs: dict[str, dict] = {}
     root = psutil.Process(proc.pid)
     deadline = time.monotonic() + 180
     while proc.poll() is None and time.monotonic() < deadline:
         try:
             for child in root.children(recursive=True):
                 seen.setdefault(child.pid, child)
+                with contextlib.suppress(psutil.Error):
+                    environs.setdefault(child.name(), child.environ())
         except psutil.Error:
             pass
         time.sleep(0.05)
@@ -155,22 +160,27 @@ def _run_script_watching_descendants(argv: list[str]) -> tuple[subprocess.Comple
     wait = time.monotonic() + 10
     while alive() and time.monotonic() < wait:
         time.sleep(0.2)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), alive(), len(seen)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), alive(), environs
 
 
 def test_script_run_leaves_no_ray_process_behind(tmp_path):
-    """A finished command-line build exits, and every process of the local Ray it started goes with it."""
+    """A finished command-line build exits, and every process of the local Ray it started goes with it; Ray's
+    processes run with the build's settings (a value the user set wins)."""
     images = tmp_path / "images"
     images.mkdir()
     for i in range(3):
         (images / f"{i}.jpg").write_bytes(synthetic.encode(synthetic.photo_like(96, 80, seed=i), "JPEG"))
     out = tmp_path / "out"
-    result, alive, seen = _run_script_watching_descendants(
-        ["--images", str(images), "--out", str(out), "--min-side", "64", "--set", "report=false"])
+    result, alive, environs = _run_script_watching_descendants(
+        ["--images", str(images), "--out", str(out), "--min-side", "64", "--set", "report=false"],
+        env_extra={"MALLOC_ARENA_MAX": "3"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert (out / "summary.json").exists() and "ok=3" in result.stdout
-    assert seen >= 3  # GCS, raylet, workers, agents...
+    assert len(environs) >= 3  # GCS, raylet, workers, agents...
     assert not alive
+    raylet = environs["raylet"]  # and what it starts: workers and agents inherit its environment
+    assert (raylet["RAY_USAGE_STATS_ENABLED"], raylet["RAY_enable_metrics_collection"], raylet["MALLOC_ARENA_MAX"]) \
+        == ("0", "0", "3")
 
 
 def test_list_error_found_while_ray_starts_is_one_line_and_leaves_no_process(tmp_path):

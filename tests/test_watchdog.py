@@ -101,3 +101,27 @@ def _cmdline(p: psutil.Process) -> list[str]:
         return p.cmdline()
     except psutil.Error:
         return []
+
+
+STOP = """
+import subprocess, sys, psutil
+from core.watchdog import stop_descendants
+sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+child, grandchild_parent, spared = (subprocess.Popen(sleep), subprocess.Popen(["sh", "-c", "sleep 60 & wait"]),
+                                    subprocess.Popen(sleep))
+import time; time.sleep(0.3)
+procs = [psutil.Process(p.pid) for p in (child, grandchild_parent, spared)]
+procs += psutil.Process(grandchild_parent.pid).children()
+stop_descendants(spare={spared.pid})
+print(*[p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs])
+spared.kill()
+"""
+
+
+def test_stop_descendants_kills_children_and_grandchildren_at_once_but_the_spared():
+    # in a process of its own: it stops every descendant of the process that calls it
+    t0 = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", STOP], check=False, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.stdout.split() == ["False", "False", "True", "False"], result.stderr
+    assert time.monotonic() - t0 < 30
