@@ -404,21 +404,44 @@ def format_error(command: str, exc: BaseException) -> str:
     return text
 
 
-def prewarm(modules: Iterable[str]) -> threading.Thread:
-    """Import ``modules`` in a background thread while the caller waits on something else (a cluster starting);
-    only a head start: the first failing import stops it, and the real import reports the problem."""
-    import importlib
+def head_start(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """Run ``fn(*args)`` in a background thread while the caller waits on something else (a cluster starting);
+    returns a function that waits for it and returns its result or raises its error. The error boundary waits
+    for such a thread before a command exits."""
+    box: dict[str, Any] = {}
 
     def run() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"{PREWARM_THREAD_PREFIX}-{getattr(fn, '__name__', 'work')}",
+                              daemon=True)
+    thread.start()
+
+    def result() -> Any:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    return result
+
+
+def prewarm(modules: Iterable[str]) -> Callable[[], Any]:
+    """Import ``modules`` with a :func:`head_start`; only a head start: the first failing import stops it, and the
+    real import reports the problem."""
+    import importlib
+
+    def imports() -> None:
         for name in modules:
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001
                 return
 
-    thread = threading.Thread(target=run, name=f"{PREWARM_THREAD_PREFIX}-imports", daemon=True)
-    thread.start()
-    return thread
+    return head_start(imports)
 
 
 def _wait_for_prewarm_threads() -> None:
@@ -512,12 +535,30 @@ def dispatch(commands: dict[str, tuple[str, str]], argv: list[str]) -> Any:
         return exc.exit_code
 
 
+_EXIT_HOOKS: list[Callable[[], None]] = []
+
+
+def on_exit(hook: Callable[[], None]) -> None:
+    """Have :func:`run_exit_hooks` call ``hook`` (once, however often it is registered): what a command started
+    that should stop before the process exits (a local Ray), whichever way the command was run."""
+    if hook not in _EXIT_HOOKS:
+        _EXIT_HOOKS.append(hook)
+
+
+def run_exit_hooks() -> None:
+    while _EXIT_HOOKS:
+        _EXIT_HOOKS.pop()()
+
+
 def exit_with(result: Any) -> None:
-    """``sys.exit`` for a ``main`` that returns a summary (success, 0) or an exit code."""
+    """``sys.exit`` for a ``main`` that returns a summary (success, 0) or an exit code, after the exit hooks."""
+    sys.stdout.flush()
+    run_exit_hooks()
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
 
 
 __all__ = ["ArgumentParser", "ConfigError", "ConfigFlags", "HelpFormatter", "add_config_file_flags", "command_usage",
            "config_keys", "config_parser", "debug_requested", "dispatch", "error_boundary", "examples_epilog",
-           "exit_with", "format_error", "load_args", "make_parser", "parse_config", "prewarm", "setup_logging",
+           "exit_with", "format_error", "head_start", "load_args", "make_parser", "on_exit", "parse_config", "prewarm",
+           "run_exit_hooks", "setup_logging",
            "subcommand_parsers", "version"]

@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script (also under `ray job submit`): 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import schema
-from core.cli import error_boundary, prewarm, setup_logging
+from core.cli import error_boundary, head_start, on_exit, prewarm, run_exit_hooks, setup_logging
 from core.config import ConfigError, given_keys
 from core.progress import ProgressMeter, driver_io_bytes
 from core.schema import STAGING
@@ -598,33 +598,11 @@ def _init_ray(verbose: bool = False) -> None:
         for key, value in RAY_ENV.items():  # read by the processes ray.init starts: set before it
             os.environ.setdefault(key, value)
         _local_ray["watchdog"] = guard_descendants()
+    on_exit(_stop_ray)  # however the command ends: `python pipelines/build_bbst.py` or `bbst build`
     t = time.monotonic()
     ray.init(include_dashboard=False, logging_level=logging.INFO if verbose else logging.ERROR,
              log_to_driver=verbose, configure_logging=True)
     log.debug("start-up: ray.init took %.2f s", time.monotonic() - t)
-
-
-def _head_start(fn: Callable, *args: Any) -> Callable[[], Any]:
-    """Run ``fn(*args)`` in a thread while the caller waits on something else (Ray starting); returns a function
-    that waits for it and returns its result or raises its error."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name=f"bbst-head-start-{fn.__name__}", daemon=True)
-    thread.start()
-
-    def result() -> Any:
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
-
-    return result
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -644,7 +622,7 @@ def run(args: argparse.Namespace) -> dict:
         staged = None
         if claimed[1] is None or claimed[1].state != "complete":
             # the URL list is cut into input partitions while Ray starts; run_build finds them staged
-            staged = _head_start(staging.stage_list, store, cfg.urls, cfg.reader, cfg.storage_options)
+            staged = head_start(staging.stage_list, store, cfg.urls, cfg.reader, cfg.storage_options)
         _init_ray(args.ray_logs)
         if staged is not None:
             staged()  # a list error (no rows, no URL column) is raised here, as run_build would raise it
@@ -662,27 +640,29 @@ def main(argv: list[str] | None = None) -> dict:
     return run(args)
 
 
+def _stop_ray() -> None:
+    """Stop a local Ray this driver started, or disconnect from the cluster it attached to."""
+    import ray
+
+    if _local_ray:
+        # ray.shutdown stops a local Ray's processes one kind after another, each with a SIGTERM and up to a
+        # second's wait (~1.3 s in all); nothing of it outlives the driver, so all of them go at once
+        t = time.monotonic()
+        stop_descendants(spare={_local_ray["watchdog"].pid})  # the watchdog leaves when this process ends
+        log.debug("stopped the local Ray in %.2f s", time.monotonic() - t)
+    elif ray.is_initialized():
+        stopper = threading.Thread(target=ray.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(timeout=15)
+
+
 def _exit_cleanly(code: int) -> None:
     """Exit with ``code`` even if a library left a non-daemon thread behind: a run never hangs after it ends.
 
-    Ray goes first: a local Ray this process started is stopped (every process of it; the watchdog stops any
-    that escapes), an attached cluster is disconnected from.
-    """
+    Ray goes first (``_stop_ray``, an exit hook that ``bbst build`` runs too)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    if "ray" in sys.modules:
-        import ray
-
-        if _local_ray:
-            # ray.shutdown stops a local Ray's processes one kind after another, each with a SIGTERM and up to a
-            # second's wait (~1.3 s in all); nothing of it outlives the driver, so all of them go at once
-            t = time.monotonic()
-            stop_descendants(spare={_local_ray["watchdog"].pid})  # the watchdog leaves when this process ends
-            log.debug("stopped the local Ray in %.2f s", time.monotonic() - t)
-        elif ray.is_initialized():
-            stopper = threading.Thread(target=ray.shutdown, daemon=True)
-            stopper.start()
-            stopper.join(timeout=15)
+    run_exit_hooks()
     os._exit(code)
 
 

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from core import cli
 from curate.outputs import InputError
 from pipelines import build_bbst
 
@@ -35,6 +36,8 @@ def start(tmp_path, monkeypatch):
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.setattr(build_bbst, "prewarm", lambda modules: None)
     monkeypatch.setattr(build_bbst, "guard_descendants", guard)
+    monkeypatch.setattr(build_bbst, "_local_ray", {})
+    monkeypatch.setattr(cli, "_EXIT_HOOKS", [])  # the stop of the faked Ray is registered, never run
     monkeypatch.setattr(build_bbst, "run_build", run_build)
     monkeypatch.setattr(build_bbst.assemble, "summary_text", lambda summary: "")
 
@@ -54,6 +57,11 @@ def test_local_ray_starts_guarded_without_metrics_usage_stats_dashboard_or_extra
     assert {k: seen["env"][k] for k in build_bbst.RAY_ENV} == {
         "RAY_USAGE_STATS_ENABLED": "0", "RAY_enable_metrics_collection": "0", "MALLOC_ARENA_MAX": "2"}
     assert seen["guarded"]  # its processes end with the driver, however it ends
+
+
+def test_the_stop_of_a_started_ray_is_an_exit_hook(start):
+    start()
+    assert len(cli._EXIT_HOOKS) == 1  # its stop: `bbst build` (exit_with) and the script both run it
 
 
 def test_url_list_is_staged_while_ray_starts(start):

@@ -306,3 +306,19 @@ def test_unknown_flag_suggests_the_nearest_flag_or_its_set_key(command, argv, hi
         assert "hint:" not in err
     else:
         assert err.rstrip().splitlines()[-1] == "  " + hint, err
+
+
+def test_exit_with_runs_each_exit_hook_once_then_exits(monkeypatch):
+    from core import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "_EXIT_HOOKS", [])
+    hook = lambda: calls.append("stopped")
+    cli.on_exit(hook)
+    cli.on_exit(hook)
+    with pytest.raises(SystemExit) as stop:
+        cli.exit_with({"summary": 1})
+    assert stop.value.code == 0 and calls == ["stopped"]
+    with pytest.raises(SystemExit) as stop:
+        cli.exit_with(2)
+    assert stop.value.code == 2 and calls == ["stopped"]
