@@ -161,8 +161,9 @@ class UnitProcessor:
 
     def __call__(self, unit: Unit) -> dict[str, Any]:
         """Stage ``unit``; returns its account: rows, status counts, one example error per status, kept bytes."""
+        import itertools
         import warnings
-        from concurrent.futures import as_completed
+        from concurrent.futures import FIRST_COMPLETED, wait
 
         from PIL import Image
 
@@ -177,12 +178,27 @@ class UnitProcessor:
 
         def write_bin(f) -> int:
             pos = 0
-            futures = {self.downloader.pool.submit(self.downloader.fetch, url): i for i, url in enumerate(urls)}
-            # check each image as soon as its download ends: decode overlaps the remaining downloads
+            # check each image as soon as its download ends: decode overlaps the remaining downloads. At most
+            # twice the pool's threads are submitted and not yet checked, so the bodies that wait for the check
+            # stay a bounded number, whatever the unit's size and however fast the server answers
+            todo = iter(enumerate(urls))
+            futures: dict = {}
+
+            def submit_more() -> None:
+                for i, url in itertools.islice(todo, max(0, 2 * self.downloader.cfg.threads - len(futures))):
+                    futures[self.downloader.pool.submit(self.downloader.fetch, url)] = i
+
+            def finished() -> Iterator:
+                submit_more()
+                while futures:
+                    done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        yield futures.pop(fut), fut
+                    submit_more()
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                for fut in as_completed(futures):
-                    i = futures[fut]
+                for i, fut in finished():
                     row = fut.result()
                     data = row.pop("image")
                     if row["status"] == "ok":

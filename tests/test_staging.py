@@ -74,3 +74,27 @@ def test_to_table_types_missing_columns():
     t = staging.to_table({"width": np.array([None, None], dtype=object), "phash": np.array([None, "ab"], dtype=object),
                           "score": np.array([float("nan"), 0.5])})
     assert t.schema.field("width").type == pa.int64() and t["score"].to_pylist() == [None, 0.5]
+
+
+def test_a_unit_keeps_a_bounded_number_of_downloads_waiting_for_the_check(tmp_path, fault_server):
+    """However large the unit, at most twice the pool's threads are downloaded (or downloading) and not checked."""
+    urls = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": [fault_server.url("ok.jpg")] * 40}), urls)
+    store = Store(str(tmp_path / "out"))
+    parts = staging.stage_list(store, str(urls), ReaderConfig())
+    proc = staging.UnitProcessor(store, DownloadConfig(allow_private_network=True, retries=0, timeout=3, threads=2,
+                                                       per_host_concurrency=2), ImageCheckConfig(min_side=64))
+    check, ahead = proc.checker.check, []
+
+    def slow_check(data, source=None):
+        ahead.append(fault_server.hits("ok.jpg") - len(ahead))  # requests made beyond the images checked
+        import time
+
+        time.sleep(0.05)
+        return check(data, source)
+
+    proc.checker.check = slow_check
+    fault_server.reset_counts()
+    result = proc(staging.units_of(0, parts[0], 40)[0])
+    assert result["statuses"] == {"ok": 40}
+    assert max(ahead) <= 2 * 2, ahead
