@@ -16,7 +16,8 @@ after a SIGKILL at any moment redoes only what is missing. The steps overlap (``
 3. *score* (with a classifier; actors that load the model once, started when the first partition is decided),
    *finalize* (decisions, scores, split), *plan* shards in key order, *write* each shard as soon as the plan
    closes it; with the optional semantic pass, the shards wait until every embedding has been compared;
-4. per-partition metadata, the manifest, the summary and the report.
+4. per-partition metadata (once none of a partition's rows is in a shard still open), then the manifest, the
+   summary and the report.
 
 :func:`process` runs steps 1-3 in one loop over the tasks in flight; the Ray-free steps (input checks,
 fingerprint, demo set-up, bucket sizing, the order of the steps) are in ``curate/``.
@@ -213,8 +214,8 @@ def _count_none(*_results) -> int:
 def process(cfg: BuildConfig, store: Store, partitions: dict[int, int], owned: set[str], t_start: float,
             phases: dict[str, float], stage: bool = True, deduplicate: bool = True,
             ) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    """Stage, deduplicate, score, split and write the shards of ``partitions``, every step as soon as its inputs
-    are final (``curate/flow.py``); then the per-partition metadata. Returns ``(manifest entries, partition
+    """Stage, deduplicate, score, split and write the shards and the per-partition metadata of ``partitions``,
+    every step as soon as its inputs are final (``curate/flow.py``). Returns ``(manifest entries, partition
     accounts, what the summary reports about scoring and semantic duplicates)``.
 
     ``stage``: download the units not staged yet (a re-score has its rows already); ``deduplicate``: run the dedup
