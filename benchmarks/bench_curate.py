@@ -216,6 +216,8 @@ def run_bbst(urls: Path, out: Path, args) -> dict:
     cmd = bbst_command(urls, out, args)
     env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
     env.pop("RAY_ADDRESS", None)
+    if args.ray_address:  # the cluster case: the build attaches to a Ray that is already up
+        env["RAY_ADDRESS"] = args.ray_address
     # a shard is written under a hidden temporary name and renamed: the first *.tar is a finished shard
     wall, peak, _, mem = run_measured(cmd, env=env, log_path=out.with_suffix(".log"),
                                       first_file=(out / "shards", "*.tar"))
@@ -564,6 +566,10 @@ def main(argv: list[str] | None = None) -> dict:
                    help="one build_bbst run of --images N only: when each start-up step, process and first task "
                         "happens, and how long the processes take to go after the driver")
     p.add_argument("--keep", action="store_true", help="keep the working folder (URL list and the runs' logs)")
+    p.add_argument("--ray-address", default="",
+                   help="attach build_bbst to this running Ray (`ray start --head` first) instead of starting a local "
+                        "one: the figures of a cluster, where Ray is up before the build (its processes are then "
+                        "not in the build's process tree, so peak memory is the driver and nothing else)")
     p.add_argument("--dedup-driver", help=argparse.SUPPRESS)
     p.add_argument("--semantic-driver", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
