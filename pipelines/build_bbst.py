@@ -49,6 +49,7 @@ from core.store import Store
 from core.watchdog import guard_descendants, stop_descendants
 from curate import assemble, dedup, demo, outputs, staging
 from curate.build_config import BuildConfig
+from curate.outputs import InputError
 
 log = logging.getLogger("bbst.build")
 
@@ -581,6 +582,23 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_enable_metrics_collection": "0",
 _local_ray: dict[str, Any] = {}  # the watchdog of the local Ray this driver started ("watchdog"), if any
 
 
+def _check_cluster_answers(address: str, timeout: float = 10.0) -> None:
+    """Refuse a ``RAY_ADDRESS`` of the form ``host:port`` (a GCS address) that accepts no connection: ``ray.init``
+    would retry it for many minutes. Other forms (``auto``, ``ray://...``) are left to Ray."""
+    import re
+    import socket
+
+    match = re.fullmatch(r"\[?([\w.:-]+?)\]?:(\d+)", address.strip())
+    if not match or "://" in address:
+        return
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({exc.strerror or exc})",
+                         hint="start it first (ray start --head), or unset RAY_ADDRESS to run on a local Ray"
+                         ) from None
+
+
 def _init_ray(verbose: bool = False) -> None:
     import ray
 
@@ -601,8 +619,16 @@ def _init_ray(verbose: bool = False) -> None:
         _local_ray["watchdog"] = guard_descendants()
     on_exit(_stop_ray)  # however the command ends: `python pipelines/build_bbst.py` or `bbst build`
     t = time.monotonic()
-    ray.init(include_dashboard=False, logging_level=logging.INFO if verbose else logging.ERROR,
-             log_to_driver=verbose, configure_logging=True)
+    try:
+        ray.init(include_dashboard=False, logging_level=logging.INFO if verbose else logging.ERROR,
+                 log_to_driver=verbose, configure_logging=True)
+    except ConnectionError as exc:  # RAY_ADDRESS names a cluster that does not answer, or refuses this driver
+        if not os.environ.get("RAY_ADDRESS"):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}: cannot attach to that Ray cluster ({reason})",
+                         hint="start it first (ray start --head), or unset RAY_ADDRESS to run on a local Ray"
+                         ) from None
     log.debug("start-up: ray.init took %.2f s", time.monotonic() - t)
 
 
@@ -610,6 +636,8 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.monotonic()
     cfg = load_cli_config(args)
     outputs.check_inputs(cfg, args.rescore)  # every input error before Ray starts
+    if os.environ.get("RAY_ADDRESS"):
+        _check_cluster_answers(os.environ["RAY_ADDRESS"])
     if args.rescore:
         _init_ray(args.ray_logs)
         summary = run_rescore(cfg, args.rescore, startup=time.monotonic() - t0)

@@ -193,3 +193,21 @@ def test_list_error_found_while_ray_starts_is_one_line_and_leaves_no_process(tmp
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("bbst build: error: --urls ") and "no rows" in lines[0]
     assert not alive
+
+
+def test_a_ray_address_where_no_cluster_answers_is_one_line_before_anything_is_written(tmp_path):
+    """``ray.init`` retries an unreachable RAY_ADDRESS for many minutes; the build says so at once instead."""
+    from loopback import free_port
+
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/a.jpg\n")
+    address = f"127.0.0.1:{free_port()}"
+    t = time.monotonic()
+    result = subprocess.run([sys.executable, str(Path(build_bbst.__file__)), "--urls", str(urls), "--out",
+                             str(tmp_path / "out")], check=False, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "RAY_ADDRESS": address,
+                                 "PYTHONPATH": str(Path(build_bbst.__file__).resolve().parents[1])})
+    assert time.monotonic() - t < 60
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"bbst build: error: RAY_ADDRESS={address}: no Ray cluster answers there")
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -79,7 +79,12 @@ def test_user_values_win(start):
 
 
 def test_an_attached_cluster_keeps_its_own_environment(start):
-    os.environ["RAY_ADDRESS"] = "127.0.0.1:6379"
-    seen = start()
+    import socket
+
+    with socket.socket() as gcs:  # something answers at the address (the build checks that before ray.init)
+        gcs.bind(("127.0.0.1", 0))
+        gcs.listen()
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs.getsockname()[1]}"
+        seen = start()
     assert not set(build_bbst.RAY_ENV) & set(seen["env"])
     assert not seen["guarded"]  # not this driver's processes: at exit it only disconnects
