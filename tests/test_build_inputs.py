@@ -141,7 +141,9 @@ def _run_script_watching_descendants(argv: list[str], env_extra: dict[str, str] 
             for child in root.children(recursive=True):
                 seen.setdefault(child.pid, child)
                 with contextlib.suppress(psutil.Error):
-                    environs.setdefault(child.name(), child.environ())
+                    env = child.environ()
+                    if env:  # a process caught while it starts can show an empty environment: look again later
+                        environs.setdefault(child.name(), env)
         except psutil.Error:
             pass
         time.sleep(0.05)
